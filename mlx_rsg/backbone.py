@@ -1,0 +1,103 @@
+"""An mlx-lm decoder used as a feature extractor: layer by layer, no LM head.
+
+We build on mlx-lm's model classes and loader and only re-order *how* the inner model is called,
+so the training code can run the frozen prefix once and cache its output (`run_layers` with a
+start/end), and so Gemma's embedding scale is exact in float32 (see `embed`).
+
+Padding: batches are right-padded and attention is causal, so a real token never attends to a
+pad; pooling picks real positions only. No padding mask is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import create_attention_mask
+
+# Model types whose embeddings are multiplied by sqrt(hidden_size).
+_SCALED_EMBEDDINGS = {"gemma", "gemma2", "gemma3", "gemma3_text"}
+
+
+@dataclass
+class Backbone:
+    """An mlx-lm `Model` plus what we need to call it piecewise."""
+
+    model: nn.Module  # the mlx-lm Model (its `.model` is the decoder stack)
+    config: dict[str, Any]
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.model
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return self.decoder.layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config["hidden_size"]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
+    """Load a converted model directory with mlx-lm's own loader."""
+    from mlx_lm.utils import load_model
+
+    model, config = load_model(Path(path), lazy=lazy)
+    return Backbone(model=model, config=config)
+
+
+def load_tokenizer(path: str | Path):
+    """mlx-lm's TokenizerWrapper over the directory's Hugging Face tokenizer."""
+    from mlx_lm.utils import load_tokenizer as _load
+
+    return _load(Path(path))
+
+
+def embed(bb: Backbone, tokens: mx.array) -> mx.array:
+    """Token embeddings, scaled as the reference implementation scales them.
+
+    mlx-lm's Gemma 3 multiplies by sqrt(hidden) rounded to bfloat16 even in float32 (25.25 vs
+    25.298 at 640), which moves fp32 hidden states by up to 7.0 from transformers. Transformers
+    casts the scale to the embedding dtype, so we do the same: exact in fp32, bf16 in bf16.
+    """
+    h = bb.decoder.embed_tokens(tokens)
+    if bb.config.get("model_type") in _SCALED_EMBEDDINGS:
+        h = h * mx.array(bb.hidden_size**0.5, dtype=h.dtype)
+    return h
+
+
+def layer_window(bb: Backbone, i: int) -> int | None:
+    """The sliding-window size of layer i, or None for full causal attention."""
+    attn = getattr(bb.layers[i], "self_attn", None)
+    if getattr(attn, "is_sliding", False):
+        return bb.config.get("sliding_window")
+    return None
+
+
+def run_layers(bb: Backbone, h: mx.array, start: int = 0, end: int | None = None) -> mx.array:
+    """Apply decoder layers [start, end) to hidden states h of shape (B, L, D)."""
+    end = bb.num_layers if end is None else end
+    masks: dict[int | None, Any] = {}
+    for i in range(start, end):
+        window = layer_window(bb, i)
+        if window not in masks:
+            masks[window] = create_attention_mask(h, None, window_size=window)
+        h = bb.layers[i](h, masks[window], None)
+    return h
+
+
+def final_norm(bb: Backbone, h: mx.array) -> mx.array:
+    return bb.decoder.norm(h)
+
+
+def hidden_states(bb: Backbone, tokens: mx.array) -> mx.array:
+    """Final normalised hidden states (B, L, D): what transformers calls last_hidden_state."""
+    return final_norm(bb, run_layers(bb, embed(bb, tokens)))

@@ -1,0 +1,52 @@
+"""The `mlx-rsg` command line: a thin layer over the library. Each command imports its module
+lazily so `mlx-rsg --help` stays fast."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mlx_rsg import __version__
+from mlx_rsg.errors import UserError
+
+
+class _Group(click.Group):
+    """Turn UserError into one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="mlx-rsg")
+def main() -> None:
+    """Russian SuperGLUE on Apple MLX: convert, train, quantize, benchmark."""
+
+
+@main.command()
+def info() -> None:
+    """Print mlx / mlx-lm versions, the default device and the BLAS in use."""
+    from mlx_rsg import _blas
+
+    import mlx.core as mx
+    import mlx_lm
+
+    click.echo(f"mlx-rsg   {__version__}")
+    click.echo(f"mlx       {mx.__version__}")
+    click.echo(f"mlx-lm    {mlx_lm.__version__}")
+    click.echo(f"device    {mx.default_device()}")
+    if sys.platform.startswith("linux"):
+        blas = _blas.BLAS_PATH or "mlx's bundled reference BLAS (slow; apt install libopenblas0-pthread)"
+        click.echo(f"blas      {blas}")
+        if _blas.BLAS_ERROR and not _blas.BLAS_PATH:
+            click.echo(f"          (tried {_blas.BLAS_ERROR})")
+    else:
+        click.echo("blas      Accelerate (macOS)")
+
+
+# --- commands are registered below, one block per module ---

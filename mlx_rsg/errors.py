@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero, never a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or environment the user can fix. The message is shown as-is."""
+
+
+def located(path: object, line: int | None = None, field: str | None = None, msg: str = "") -> str:
+    """Format `file:line: field 'x': msg` consistently for every user-facing error."""
+    where = str(path)
+    if line is not None:
+        where += f":{line}"
+    if field:
+        where += f": field '{field}'"
+    return f"{where}: {msg}" if msg else where

@@ -1,0 +1,57 @@
+"""Atomic output: write into a temporary sibling, then rename, so no partial output survives."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlx_rsg.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory next to `out`; on success it replaces `out`.
+
+    An existing `out` is refused unless `force`. On any error the temporary directory is removed
+    and `out` is left exactly as it was.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out}: already exists (use --force to overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator:
+    """Open a temporary sibling of `out` for writing; rename it over `out` on success."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
