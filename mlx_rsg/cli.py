@@ -50,3 +50,8 @@ def info() -> None:
 
 
 # --- commands are registered below, one block per module ---
+
+from mlx_rsg.train_cli import predict_command, train_command  # noqa: E402
+
+main.add_command(train_command)
+main.add_command(predict_command)

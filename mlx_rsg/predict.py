@@ -1,0 +1,335 @@
+"""Inference from a run directory, without the training code.
+
+    import mlx_rsg
+    clf = mlx_rsg.load("runs/gemma-270m")
+    clf.predict("TERRa", [{"premise": "...", "hypothesis": "..."}])
+    # -> [{"idx": 0, "label": "entailment", "probs": {"entailment": 0.91, "not_entailment": 0.09}}]
+
+The same scoring path (`score_units` -> tasks.decode -> metrics.score_task) is what training uses
+for its per-epoch validation, so a run directory predicts exactly what the in-memory model did.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlx_rsg.errors import UserError
+
+
+def score_units(
+    model, tokenizer, task: str, records: list, max_len: int, batch_size: int, h0_fn=None
+):
+    """Run the classifier over every unit of `records`; return (units, logits) in unit order,
+    logits a numpy array (n_units, n_out)."""
+    import mlx.core as mx
+
+    from mlx_rsg.batching import encode_units, make_batches
+    from mlx_rsg.tasks import make_units
+
+    units = make_units(task, records, train=False)
+    encoded = encode_units(units, tokenizer, max_len)
+    batches = make_batches(encoded, batch_size, rng=None)
+    by_key: dict[Any, np.ndarray] = {}
+    for batch in batches:
+        h0 = h0_fn(batch) if h0_fn is not None else None
+        logits = model(batch, h0)
+        mx.eval(logits)
+        for key, row in zip(batch.keys, np.array(logits.astype(mx.float32)), strict=True):
+            by_key[key] = row
+    return units, np.stack([by_key[u.key] for u in units]) if units else np.zeros((0, 1))
+
+
+def evaluate(
+    model, tokenizer, records_by_task: dict[str, list], max_len: int, batch_size: int, log=None
+) -> dict[str, Any]:
+    """Official val metrics per task, each with a single `score` (two-metric tasks averaged),
+    and `score`: their unweighted mean."""
+    from mlx_rsg.metrics import score_task
+    from mlx_rsg.tasks import decode
+
+    model.eval()
+    tasks: dict[str, dict[str, float]] = {}
+    for task, records in records_by_task.items():
+        units, logits = score_units(model, tokenizer, task, records, max_len, batch_size)
+        preds = decode(task, records, [u.key for u in units], logits)
+        metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
+        metrics["score"] = float(np.mean(list(metrics.values())))
+        tasks[task] = metrics
+    score = float(np.mean([m["score"] for m in tasks.values()])) if tasks else float("nan")
+    return {"tasks": tasks, "score": score}
+
+
+class Predictor:
+    """A trained run: backbone + heads, ready to predict any task it was trained for."""
+
+    def __init__(self, model, tokenizer, info: dict[str, Any], run_dir: Path):
+        self.model, self.tokenizer, self.info, self.run_dir = model, tokenizer, info, run_dir
+        self.max_len = info["classifier"]["max_len"]
+        self.batch_size = 16
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.info["tasks"])
+
+    def task_name(self, task: str) -> str:
+        by_lower = {t.lower(): t for t in self.tasks}
+        if task.lower() not in by_lower:
+            raise UserError(
+                f"--task: {task!r} is not one of this run's tasks ({', '.join(self.tasks)})"
+            )
+        return by_lower[task.lower()]
+
+    def predictions(self, task: str, records: list) -> tuple[list, list, np.ndarray]:
+        """(predictions as tasks.decode returns them, units, logits)."""
+        from mlx_rsg.tasks import decode
+
+        task = self.task_name(task)
+        records = [as_record(task, r, i) for i, r in enumerate(records)]
+        units, logits = score_units(
+            self.model, self.tokenizer, task, records, self.max_len, self.batch_size
+        )
+        return decode(task, records, [u.key for u in units], logits), units, logits
+
+    def predict(self, task: str, records: list) -> list[dict[str, Any]]:
+        """One dict per record: idx, label (the task's official answer format) and probs."""
+        task = self.task_name(task)
+        records = [as_record(task, r, i) for i, r in enumerate(records)]
+        preds, units, logits = self.predictions(task, records)
+        probs = unit_probabilities(self.info["tasks"][task], units, logits)
+        out = []
+        for rec, pred in zip(records, _per_record(records, preds), strict=True):
+            row = {"idx": rec.idx, "label": pred}
+            p = probs.get(rec.idx)
+            if p is not None:
+                row["probs"] = p
+            out.append(row)
+        return out
+
+    def evaluate(self, records_by_task: dict[str, list]) -> dict[str, Any]:
+        return evaluate(self.model, self.tokenizer, records_by_task, self.max_len, self.batch_size)
+
+
+def _per_record(records: list, preds) -> list:
+    """decode's predictions aligned with records (it may return a list or an idx -> value map)."""
+    if isinstance(preds, dict):
+        return [preds[r.idx] for r in records]
+    return list(preds)
+
+
+def unit_probabilities(task_info: dict[str, Any], units: list, logits: np.ndarray) -> dict:
+    """Per record idx: {label: p} for label tasks (softmax over the head's logits); for choice
+    tasks the softmax over the record's candidates, keyed by candidate position."""
+    out: dict[Any, Any] = {}
+    if not len(units):
+        return out
+    if task_info["choice"]:
+        groups: dict[Any, list[int]] = {}
+        for i, u in enumerate(units):
+            groups.setdefault(u.group, []).append(i)
+        for rows in groups.values():
+            s = logits[rows, 0]
+            p = np.exp(s - s.max())
+            p = p / p.sum()
+            rec_idx = _record_idx(units[rows[0]])
+            out.setdefault(rec_idx, []).append([round(float(x), 6) for x in p])
+        return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+    labels = task_info["labels"]
+    for u, row in zip(units, logits, strict=True):
+        p = np.exp(row - row.max())
+        p = p / p.sum()
+        rec_idx = _record_idx(u)
+        entry = {str(lab): round(float(x), 6) for lab, x in zip(labels, p, strict=True)}
+        if rec_idx in out:  # several units per record (MuSeRC answers): a list
+            prev = out[rec_idx]
+            out[rec_idx] = (prev if isinstance(prev, list) else [prev]) + [entry]
+        else:
+            out[rec_idx] = entry
+    return out
+
+
+def _record_idx(unit) -> Any:
+    key = unit.key
+    return key[0] if isinstance(key, tuple) else key
+
+
+def as_record(task: str, obj, line: int | None = None):
+    """A record dataclass from a dict in the official JSON format (or a record unchanged)."""
+    if not isinstance(obj, dict):
+        return obj
+    from mlx_rsg.data import parse_record
+
+    if "idx" not in obj:  # records typed by hand: number them by position
+        obj = {**obj, "idx": line}
+    return parse_record(task, obj, path="<input>", line=line)
+
+
+def load(run_dir: str | Path, verify: bool = True) -> Predictor:
+    """Load a run directory: backbone (checked against its sha256), heads and trained weights."""
+    import mlx.core as mx
+
+    from mlx_rsg.backbone import load_backbone, load_tokenizer
+    from mlx_rsg.model import ClassifierConfig, RSGClassifier
+    from mlx_rsg.run import (
+        WEIGHTS,
+        dataclass_from_dict,
+        load_trainable,
+        read_run_json,
+        resolve_backbone,
+    )
+
+    run_dir = Path(run_dir)
+    info = read_run_json(run_dir)
+    if not (run_dir / WEIGHTS).is_file():
+        raise UserError(f"{run_dir}: no {WEIGHTS} (training has not finished an epoch yet)")
+    model_dir = resolve_backbone(run_dir, info, verify=verify)
+    bb = load_backbone(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    ccfg = dataclass_from_dict(ClassifierConfig, info["classifier"])
+    model = RSGClassifier(bb, ccfg, info["heads"])
+    load_trainable(model, run_dir / WEIGHTS)
+    mx.eval(model.parameters())
+    model.eval()
+    return Predictor(model, tokenizer, info, run_dir)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """JSON Lines from a file or '-' (stdin); one-line errors naming file and line."""
+    import json
+
+    from mlx_rsg.errors import located
+
+    if path == "-":
+        lines, name = sys.stdin.read().splitlines(), "<stdin>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{path}: no such file")
+        lines, name = p.read_text(encoding="utf-8").splitlines(), path
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(located(name, n, None, f"invalid JSON: {e.msg}")) from None
+        if not isinstance(obj, dict):
+            raise UserError(located(name, n, None, "expected a JSON object"))
+        out.append((n, obj))
+    return [_with_line(name, n, obj) for n, obj in out]
+
+
+def _with_line(name, n, obj):
+    obj = dict(obj)
+    obj.setdefault("idx", n - 1)
+    return obj
+
+
+def _data_records(
+    predictor: Predictor, data_dir: str, split: str, task_list: str, max_per_task: int | None
+) -> dict[str, list]:
+    from mlx_rsg.data import TASKS, available_splits, load_split
+    from mlx_rsg.train import diagnostic_records, parse_tasks
+
+    wanted = set(parse_tasks(task_list)) if task_list.lower() != "all" else set(TASKS)
+    out: dict[str, list] = {}
+    for task in TASKS:
+        if task not in wanted and not (task == "LiDiRus" and "TERRa" in wanted):
+            continue
+        if task == "LiDiRus":
+            if "TERRa" not in predictor.info["heads"]:
+                continue
+            # The diagnostic is both LiDiRus's val (labelled) and its test submission.
+            records = (
+                diagnostic_records(Path(data_dir)) if split != "test" else _lidirus_test(data_dir)
+            )
+        else:
+            if task not in predictor.info["tasks"] or split not in available_splits(data_dir, task):
+                continue
+            records = load_split(data_dir, task, split)
+        if records:
+            out[task] = records[:max_per_task] if max_per_task else records
+    if not out:
+        raise UserError(
+            f"{data_dir}: no {split} data for this run's tasks ({', '.join(predictor.tasks)})"
+        )
+    return out
+
+
+def _lidirus_test(data_dir: str) -> list:
+    from mlx_rsg.data import available_splits, load_split
+
+    splits = available_splits(data_dir, "LiDiRus")
+    return load_split(data_dir, "LiDiRus", splits[0]) if splits else []
+
+
+def _add_lidirus(predictor: Predictor) -> None:
+    """LiDiRus is scored with the TERRa head: make it a task of the predictor if TERRa is."""
+    from mlx_rsg.train import _task_info
+
+    if "TERRa" in predictor.info["tasks"] and "LiDiRus" not in predictor.info["tasks"]:
+        predictor.info["tasks"]["LiDiRus"] = _task_info(["LiDiRus"])["LiDiRus"]
+
+
+def cli(
+    *, run_dir, task, input_path, data_dir, split, task_list, submission, batch_size, max_per_task
+) -> None:
+    import json
+
+    import click
+
+    if (input_path is None) == (data_dir is None):
+        raise UserError("give either --task and --input FILE.jsonl, or --data RSG_DIR --split")
+    if input_path is not None and not task:
+        raise UserError("--input needs --task")
+    if data_dir is not None and split is None:
+        raise UserError("--data needs --split (val to score, test with --submission)")
+    if submission and split != "test":
+        raise UserError("--submission needs --split test")
+    if batch_size < 1:
+        raise UserError("--batch-size: must be at least 1")
+    records = read_jsonl(input_path) if input_path is not None else None
+    predictor = load(run_dir)
+    predictor.batch_size = batch_size
+    _add_lidirus(predictor)
+    if records is not None:
+        for row in predictor.predict(task, records):
+            click.echo(json.dumps(row, ensure_ascii=False, default=_json_default))
+        return
+    by_task = _data_records(predictor, data_dir, split, task_list, max_per_task)
+    if split == "test":
+        if not submission:
+            raise UserError("--split test needs --submission out.zip (test labels are hidden)")
+        write_run_submission(predictor, by_task, submission)
+        click.echo(f"wrote {submission} ({', '.join(by_task)})")
+        return
+    scores = predictor.evaluate(by_task)
+    for t, m in scores["tasks"].items():
+        detail = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "score")
+        click.echo(f"{t:8s} {m['score']:.4f}  {detail}")
+    if len(scores["tasks"]) > 1:
+        from mlx_rsg.metrics import total_score
+
+        total = total_score(
+            {t: {k: v for k, v in m.items() if k != "score"} for t, m in scores["tasks"].items()}
+        )
+        click.echo(f"{'total':8s} {total:.4f}  (mean over {len(scores['tasks'])} tasks)")
+
+
+def write_run_submission(predictor: Predictor, by_task: dict[str, list], out: str) -> None:
+    from mlx_rsg.submission import write_submission
+
+    preds = {t: predictor.predictions(t, recs)[0] for t, recs in by_task.items()}
+    write_submission(out, {t: (by_task[t], preds[t]) for t in by_task})
+
+
+def _json_default(v):
+    if isinstance(v, (set, frozenset, tuple)):
+        return list(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)

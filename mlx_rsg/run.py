@@ -1,0 +1,175 @@
+"""The run directory: everything inference needs, loadable without the training code.
+
+    RUN_DIR/
+      run.json                 format version, backbone reference (path + sha256 of its weight
+                               files, or "backbone/" when copied or fused), ClassifierConfig,
+                               TrainConfig, tasks with their heads and label sets, best epoch
+      trainable.safetensors    the best epoch's trained weights: heads + LoRA / adapters /
+                               unfrozen layers (names as in model.trainable_parameters())
+      metrics.json             val scores after every epoch, best epoch, wall time
+      losses.jsonl             one line per training batch (step, task, loss, lr)
+      checkpoints/             the last checkpoint for --resume (weights, optimizer, position)
+      backbone/                only with --copy-backbone or --fuse: a standalone model directory
+
+Only run.json, trainable.safetensors and (if present) backbone/ are read by `load_run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from mlx_rsg.errors import UserError
+from mlx_rsg.io import atomic_file
+
+RUN_FORMAT = "mlx-rsg-run"
+RUN_VERSION = 1
+WEIGHTS = "trainable.safetensors"
+# Files of a model directory that a standalone copy needs (weights, config, tokenizer).
+_MODEL_FILE_GLOBS = ("*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weight_hashes(model_dir: Path) -> dict[str, str]:
+    """sha256 of every *.safetensors file of a model directory (the weights a run depends on)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{model_dir}: no *.safetensors weights (is it a converted model dir?)")
+    return {f.name: sha256_file(f) for f in files}
+
+
+def backbone_ref(model_dir: str | Path) -> dict[str, Any]:
+    model_dir = Path(model_dir).resolve()
+    return {"path": str(model_dir), "sha256": weight_hashes(model_dir), "copied": False}
+
+
+def copy_model_dir(src: Path, dst: Path) -> None:
+    """Copy the files that make a loadable model directory (not caches, not adapters)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for pattern in _MODEL_FILE_GLOBS:
+        for f in Path(src).glob(pattern):
+            shutil.copy2(f, dst / f.name)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no run.json)")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if info.get("format") != RUN_FORMAT:
+        raise UserError(f"{path}: field 'format': expected {RUN_FORMAT!r}")
+    if info.get("version", 0) > RUN_VERSION:
+        raise UserError(f"{path}: field 'version': {info['version']} is newer than this mlx-rsg")
+    return info
+
+
+def dataclass_from_dict(cls, d: dict[str, Any]):
+    """Rebuild a config dataclass from JSON, tolerating fields added later (defaults) and
+    turning JSON lists back into tuples where the default is a tuple."""
+    names = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for k, v in d.items():
+        if k not in names:
+            continue
+        if isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def resolve_backbone(run_dir: Path, info: dict[str, Any], verify: bool = True) -> Path:
+    """The model directory a run was trained on; refuse if its weights changed since."""
+    ref = info["backbone"]
+    if ref.get("copied"):
+        path = Path(run_dir) / "backbone"
+    else:
+        path = Path(ref["path"])
+    if not path.is_dir():
+        raise UserError(
+            f"{run_dir}/run.json: field 'backbone.path': {path} does not exist "
+            "(move it back, or train with --copy-backbone)"
+        )
+    if verify and not ref.get("copied"):
+        now = weight_hashes(path)
+        if now != ref["sha256"]:
+            raise UserError(
+                f"{run_dir}/run.json: field 'backbone.sha256': the weights in {path} are not "
+                "the ones this run was trained on"
+            )
+    return path
+
+
+def save_weights(path: Path, arrays: dict) -> None:
+    """Atomically write a flat dict of arrays as safetensors."""
+    import mlx.core as mx
+
+    with atomic_file(path, "wb") as f:
+        mx.save_safetensors(f, arrays)
+
+
+def trainable_weights(model) -> dict:
+    from mlx.utils import tree_flatten
+
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def load_trainable(model, path: Path) -> None:
+    """Load trained weights into a freshly built classifier; every name must exist there."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    weights = mx.load(str(path))
+    params = dict(tree_flatten(model.parameters()))
+    bad = [k for k, v in weights.items() if k not in params or params[k].shape != v.shape]
+    if bad:
+        raise UserError(f"{path}: weights do not fit the model built from run.json: {bad[0]}")
+    model.load_weights(list(weights.items()), strict=False)
+
+
+def fuse_lora(model) -> int:
+    """Replace every mlx-lm LoRA layer in the backbone by its fused Linear; return how many."""
+    from mlx.utils import tree_unflatten
+    from mlx_lm.tuner.lora import LoRALinear
+
+    fused = [(n, m.fuse()) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    return len(fused)
+
+
+def write_backbone(bb, src_dir: Path, dst: Path) -> None:
+    """Write a standalone model directory: the (possibly fused) backbone weights plus the source
+    directory's config and tokenizer files."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    copy_model_dir(src_dir, dst)
+    for f in dst.glob("*.safetensors"):
+        f.unlink()
+    (dst / "model.safetensors.index.json").unlink(missing_ok=True)
+    weights = dict(tree_flatten(bb.model.parameters()))
+    mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})

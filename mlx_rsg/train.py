@@ -1,0 +1,720 @@
+"""Multi-task training of RSG heads on a shared MLX backbone, resumable after a kill -9.
+
+Defaults reproduce the PyTorch reference (Gemma-3-1b-it, nine linear heads on a shared backbone,
+the bottom ~46% of layers frozen, fp32, AdamW, lr 5e-6, effective batch 16, dropout 0.1, linear
+warmup over 100 steps, 3 epochs) with two deliberate differences:
+
+- batch 8 x grad-accum 2 instead of 1 x 16: the same effective batch of 16 and the same number of
+  optimizer steps, but 8-row GEMMs are several times faster per example than 1-row ones;
+- the heads get their own learning rate (1e-3). A fresh randomly initialised head trained at the
+  backbone's 5e-6 barely moves in 3 epochs (the reference's heads learned mostly through the
+  backbone); pretrained weights need small steps, a new linear layer needs large ones.
+
+Task sampling (documented rule): examples-proportional mixing with a per-task limit K (Raffel et
+al., 2020, T5 section 3.5.2). Each task contributes at most K = --max-train-per-task training
+records, a subset drawn once from the seed so every epoch sees the same records (and the frozen
+prefix cache is reused); each epoch visits every selected record once; each batch holds one task
+(one head, one loss) and the batches of all tasks are shuffled together, so a task's share of the
+updates is proportional to min(N_task, K). RuCoS trains on its gold entity plus up to
+--max-negatives sampled wrong entities per query, resampled each epoch.
+
+Determinism and resume: the data order of epoch e is a pure function of (seed, e); mx.random is
+reseeded from (seed, batch index) before every batch (dropout), so a resumed run replays exactly
+the batches, dropout masks and optimizer updates of an uninterrupted one. Python's and numpy's
+global RNG states are saved too, for any code that draws from them. Checkpoints are written to a
+new directory, then a pointer file is swapped atomically, then the previous one is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlx_rsg.data import TASKS
+from mlx_rsg.errors import UserError
+from mlx_rsg.run import (
+    RUN_FORMAT,
+    RUN_VERSION,
+    WEIGHTS,
+    backbone_ref,
+    config_dict,
+    dataclass_from_dict,
+    read_run_json,
+    save_weights,
+    trainable_weights,
+    write_json,
+)
+
+# LiDiRus has no train split: it is scored with the TERRa head.
+TRAIN_TASKS = tuple(t for t in TASKS if t != "LiDiRus")
+METHODS = ("heads", "freeze", "lora", "mlp-adapter")
+REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
+
+
+@dataclass
+class TrainConfig:
+    """Every `mlx-rsg train` flag. Saved in run.json; --resume requires the same values."""
+
+    tasks: tuple[str, ...] = TRAIN_TASKS
+    method: str = "freeze"
+    freeze_layers: int | None = None  # None: round(12/26 * n_layers), as the reference
+    pooling: str = "last"
+    dropout: float = 0.1
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_layers: int | None = None
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    adapter_size: int = 64
+    adapter_layers: int | None = None
+    adapter_dropout: float = 0.1
+    epochs: int = 3
+    lr: float = 5e-6
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    grad_accum: int = 2
+    warmup: int = 100
+    max_len: int = 256
+    seed: int = 0
+    max_train_per_task: int | None = 5000
+    max_eval_per_task: int | None = None
+    max_negatives: int = 4
+    checkpoint_every: int = 50  # optimizer steps between resume checkpoints (and every epoch end)
+    prefix_cache: bool = True
+    cache_dir: str | None = None  # memory-map the prefix cache here instead of RAM
+
+    def validate(self) -> None:
+        bad = [t for t in self.tasks if t not in TRAIN_TASKS]
+        if bad:
+            raise UserError(f"--tasks: unknown or untrainable task {bad[0]!r}")
+        if not self.tasks:
+            raise UserError("--tasks: no task selected")
+        if self.method not in METHODS:
+            raise UserError(f"--method: {self.method!r} is not one of {', '.join(METHODS)}")
+        for name in ("epochs", "batch_size", "grad_accum", "max_len", "lora_rank", "adapter_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')}: must be at least 1")
+        for name in ("lr", "head_lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{name.replace('_', '-')}: must be positive")
+        if self.warmup < 0:
+            raise UserError("--warmup: must be >= 0")
+        if not 0 <= self.dropout < 1 or not 0 <= self.adapter_dropout < 1:
+            raise UserError("--dropout: must be in [0, 1)")
+        for name in ("max_train_per_task", "max_eval_per_task", "freeze_layers"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise UserError(f"--{name.replace('_', '-')}: must be >= 0")
+
+
+def parse_tasks(spec: str) -> tuple[str, ...]:
+    """'all' or a comma list of task names, any case -> official names in leaderboard order."""
+    if spec.strip().lower() == "all":
+        return TRAIN_TASKS
+    by_lower = {t.lower(): t for t in TASKS}
+    chosen = []
+    for part in spec.split(","):
+        name = part.strip().lower()
+        if not name:
+            continue
+        if name == "lidirus":
+            raise UserError(
+                "--tasks: LiDiRus has no train split (it is scored with the TERRa head)"
+            )
+        if name not in by_lower:
+            raise UserError(f"--tasks: unknown task {part.strip()!r} (one of {', '.join(TASKS)})")
+        chosen.append(by_lower[name])
+    return tuple(t for t in TRAIN_TASKS if t in chosen)
+
+
+# --------------------------------------------------------------------------- progress bar
+
+
+class Progress:
+    """A one-line progress bar on stderr: batches, loss, examples/s, ETA. Redrawn in place on a
+    terminal; one plain line every ~10% otherwise (logs, CI)."""
+
+    def __init__(self, total: int, desc: str, stream=None):
+        self.total, self.desc = total, desc
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.perf_counter()
+        self.done = self.examples = 0
+        self.loss: float | None = None
+        self._next_plain = 0
+
+    def update(self, batches: int, examples: int, loss: float | None = None) -> None:
+        self.done += batches
+        self.examples += examples
+        if loss is not None:
+            self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
+        if self.tty or self.done >= self._next_plain or self.done == self.total:
+            self._draw()
+            self._next_plain = self.done + max(1, self.total // 10)
+
+    def _draw(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        rate = self.examples / elapsed if elapsed > 0 else 0.0
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
+        width = 20
+        fill = int(width * self.done / max(self.total, 1))
+        line = (
+            f"{self.desc} [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total}"
+            + (f" loss {self.loss:.4f}" if self.loss is not None else "")
+            + f" {rate:.1f} ex/s ETA {_fmt_time(eta)}"
+        )
+        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def lr_schedule(peak: float, warmup: int, total: int):
+    """Linear warmup from 0 to `peak` over `warmup` steps, then linear decay to 0 at `total`
+    (transformers' get_linear_schedule_with_warmup, which the reference used)."""
+    import mlx.optimizers as optim
+
+    decay = optim.linear_schedule(peak, 0.0, max(total - warmup, 1))
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def is_head_param(path: str) -> bool:
+    return path.startswith("heads.")
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int):
+    """AdamW with two parameter groups: heads at head_lr, everything else trainable at lr."""
+    import mlx.optimizers as optim
+
+    def adamw(peak):
+        return optim.AdamW(
+            learning_rate=lr_schedule(peak, cfg.warmup, total_steps),
+            weight_decay=cfg.weight_decay,
+            bias_correction=True,  # as torch.optim.AdamW
+        )
+
+    return optim.MultiOptimizer(
+        [adamw(cfg.head_lr), adamw(cfg.lr)], [lambda p, _: is_head_param(p)]
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    v, internal, g = state["python"]
+    random.setstate((v, tuple(internal), g))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def write_checkpoint(run_dir: Path, model, optimizer, position: dict[str, Any]) -> None:
+    """New directory first, then swap the `checkpoints/LAST` pointer, then drop the old one: a
+    kill at any moment leaves one complete checkpoint."""
+    from mlx.utils import tree_flatten
+
+    ckpts = run_dir / "checkpoints"
+    name = f"step-{position['step']:08d}-batch-{position['batch']:08d}"
+    tmp = ckpts / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(tmp / WEIGHTS, trainable_weights(model))
+    save_weights(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
+    write_json(tmp / "position.json", {**position, "rng": _rng_state()})
+    final = ckpts / name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    previous = _last_checkpoint(run_dir)
+    with open(ckpts / ".LAST.tmp", "w") as f:
+        f.write(name)
+    (ckpts / ".LAST.tmp").replace(ckpts / "LAST")
+    if previous is not None and previous.name != name:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _last_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "LAST"
+    if not pointer.is_file():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def read_checkpoint(run_dir: Path, model, optimizer) -> dict[str, Any]:
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
+    path = _last_checkpoint(run_dir)
+    if path is None:
+        raise UserError(f"{run_dir}: no checkpoint to resume from (checkpoints/LAST missing)")
+    model.load_weights(list(mx.load(str(path / WEIGHTS)).items()), strict=False)
+    optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
+    position = json.loads((path / "position.json").read_text())
+    _set_rng_state(position.pop("rng"))
+    return position
+
+
+# --------------------------------------------------------------------------- data plan
+
+
+def _subset(items: list, limit: int | None, seed: int, salt: str) -> list:
+    """At most `limit` items, drawn once from (seed, salt), in their original order."""
+    if limit is None or len(items) <= limit:
+        return list(items)
+    rng = random.Random(f"{seed}:{salt}")
+    keep = sorted(rng.sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: list = field(default_factory=list)  # records (capped)
+    val: list = field(default_factory=list)
+
+
+def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]:
+    from mlx_rsg.data import available_splits, load_split
+
+    out: dict[str, TaskData] = {}
+    for task in cfg.tasks:
+        splits = available_splits(data_dir, task)
+        if "train" not in splits:
+            raise UserError(f"{data_dir}: task {task} has no train split")
+        train = load_split(data_dir, task, "train")
+        val = load_split(data_dir, task, "val") if "val" in splits else []
+        out[task] = TaskData(
+            task,
+            _subset(train, cfg.max_train_per_task, cfg.seed, f"{task}:train"),
+            _subset(val, cfg.max_eval_per_task, cfg.seed, f"{task}:val"),
+        )
+        log(f"{task}: {len(out[task].train)}/{len(train)} train, {len(out[task].val)} val records")
+    if "TERRa" in cfg.tasks:
+        lidirus = diagnostic_records(data_dir)
+        if lidirus:
+            out["LiDiRus"] = TaskData(
+                "LiDiRus", [], _subset(lidirus, cfg.max_eval_per_task, cfg.seed, "LiDiRus:val")
+            )
+            log(
+                f"LiDiRus: {len(out['LiDiRus'].val)} diagnostic records, scored with the TERRa head"
+            )
+    return out
+
+
+def diagnostic_records(data_dir: Path) -> list:
+    """LiDiRus's labelled diagnostic set (its only split), if the data has it."""
+    from mlx_rsg.data import available_splits, load_split
+
+    for split in available_splits(data_dir, "LiDiRus"):
+        records = load_split(data_dir, "LiDiRus", split)
+        if records and records[0].label is not None:
+            return records
+    return []
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def classifier_config(cfg: TrainConfig, num_layers: int):
+    """The model's config from the training flags; freeze_layers defaults to the reference's
+    frozen fraction (12 of 26 layers -> 8 of 18 for Gemma-3-270M)."""
+    from mlx_rsg.model import ClassifierConfig
+
+    freeze = cfg.freeze_layers
+    if freeze is None:
+        freeze = round(REFERENCE_FROZEN_FRACTION * num_layers)
+    if freeze > num_layers:
+        raise UserError(f"--freeze-layers: {freeze} > the model's {num_layers} layers")
+    return ClassifierConfig(
+        method=cfg.method,
+        freeze_layers=freeze,
+        pooling=cfg.pooling,
+        dropout=cfg.dropout,
+        lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_layers=cfg.lora_layers,
+        lora_targets=tuple(cfg.lora_targets),
+        adapter_size=cfg.adapter_size,
+        adapter_layers=cfg.adapter_layers,
+        adapter_dropout=cfg.adapter_dropout,
+        max_len=cfg.max_len,
+    )
+
+
+def heads_for(tasks: tuple[str, ...]) -> dict[str, int]:
+    """Head name -> outputs: one score per unit for choice tasks, one logit per label otherwise."""
+    from mlx_rsg.tasks import TASK_SPECS
+
+    heads: dict[str, int] = {}
+    for t in tasks:
+        spec = TASK_SPECS[t]
+        heads[spec.head] = 1 if spec.choice else len(spec.labels)
+    return heads
+
+
+def _batch_seed(seed: int, global_batch: int) -> int:
+    return (seed * 1_000_003 + global_batch) % (2**31)
+
+
+class _LossLog:
+    """losses.jsonl: one line per training batch. On resume, lines past the checkpoint are
+    dropped so the file always matches the run's actual history."""
+
+    def __init__(self, path: Path, keep_below: int | None):
+        self.path = path
+        if keep_below is not None and path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln)["batch"] < keep_below]
+            with open(path, "w") as f:
+                f.write("".join(ln + "\n" for ln in kept))
+        elif keep_below is None:
+            path.write_text("")
+        self.f = open(path, "a")
+
+    def write(self, row: dict) -> None:
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _train_batches(task: str, records: list, tokenizer, cfg: TrainConfig, epoch: int) -> list:
+    """One epoch's batches of one task. Units are rebuilt per epoch only because RuCoS draws
+    fresh negatives; the rng depends on (seed, task, epoch) alone."""
+    from mlx_rsg.batching import encode_units, make_batches
+    from mlx_rsg.tasks import make_units
+
+    rng = random.Random(f"{cfg.seed}:{task}:units:{epoch}")
+    units = make_units(task, records, train=True, rng=rng, max_negatives=cfg.max_negatives)
+    encoded = encode_units(units, tokenizer, cfg.max_len)
+    return make_batches(encoded, cfg.batch_size, rng=random.Random(f"{cfg.seed}:{task}:{epoch}"))
+
+
+def epoch_plan(data: dict[str, TaskData], tokenizer, cfg: TrainConfig, epoch: int) -> list:
+    """All tasks' batches of one epoch, shuffled together (examples-proportional mixing)."""
+    batches = []
+    for task in cfg.tasks:
+        batches += _train_batches(task, data[task].train, tokenizer, cfg, epoch)
+    random.Random(f"{cfg.seed}:order:{epoch}").shuffle(batches)
+    return batches
+
+
+def _same_config(saved: TrainConfig, cfg: TrainConfig) -> None:
+    diff = [
+        f"--{k.replace('_', '-')} {getattr(saved, k)!r} (now {getattr(cfg, k)!r})"
+        for k in config_dict(cfg)
+        if getattr(saved, k) != getattr(cfg, k)
+    ]
+    if diff:
+        raise UserError(f"--resume needs the run's own flags; it was trained with {diff[0]}")
+
+
+def train(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    fuse: bool = False,
+    copy_backbone: bool = False,
+    stop_after_batches: int | None = None,
+    log=None,
+) -> dict[str, Any]:
+    """Train, evaluate every epoch, keep the best weights; returns metrics.json's content.
+
+    `stop_after_batches` ends the process's work early (tests of resume use it like a kill)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_map
+
+    from mlx_rsg.backbone import load_backbone, load_tokenizer
+    from mlx_rsg.batching import loss_fn
+    from mlx_rsg.model import RSGClassifier
+    from mlx_rsg.predict import evaluate
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    cfg.validate()
+    if fuse and cfg.method == "mlp-adapter":
+        raise UserError("--fuse: MLP adapters are not linear and cannot be merged; omit --fuse")
+    model_dir, data_dir, run_dir = Path(model_dir), Path(data_dir), Path(run_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"{model_dir}: model directory not found")
+    if not data_dir.exists():
+        raise UserError(f"{data_dir}: data not found")
+
+    if resume:
+        info = read_run_json(run_dir)
+        _same_config(dataclass_from_dict(TrainConfig, info["train"]), cfg)
+        if backbone_ref(model_dir)["sha256"] != info["backbone"]["sha256"]:
+            raise UserError(f"{model_dir}: not the backbone this run was started with")
+    elif run_dir.exists():
+        if not force:
+            raise UserError(
+                f"{run_dir}: already exists (use --force to overwrite, --resume to continue)"
+            )
+        shutil.rmtree(run_dir)
+
+    data = load_task_data(data_dir, cfg, log)
+    bb = load_backbone(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    ccfg = classifier_config(cfg, bb.num_layers)
+    heads = heads_for(cfg.tasks)
+    mx.random.seed(cfg.seed)
+    model = RSGClassifier(bb, ccfg, heads)
+    mx.eval(model.parameters())
+
+    plans: dict[int, list] = {}
+
+    def plan(epoch: int) -> list:
+        if epoch not in plans:
+            plans.clear()
+            plans[epoch] = epoch_plan(data, tokenizer, cfg, epoch)
+        return plans[epoch]
+
+    batches_per_epoch = len(plan(0))
+    if batches_per_epoch == 0:
+        raise UserError(f"{data_dir}: no training examples for {', '.join(cfg.tasks)}")
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = make_optimizer(cfg, total_steps)
+
+    if resume:
+        position = read_checkpoint(run_dir, model, optimizer)
+        log(f"resuming at epoch {position['epoch'] + 1}, batch {position['batch_in_epoch']}")
+    else:
+        run_dir.mkdir(parents=True)
+        position = {
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "batch": 0,
+            "step": 0,
+            "history": [],
+            "best": None,
+            "train_seconds": 0.0,
+        }
+        info = {
+            "format": RUN_FORMAT,
+            "version": RUN_VERSION,
+            "status": "training",
+            "backbone": backbone_ref(model_dir),
+            "classifier": config_dict(ccfg),
+            "train": config_dict(cfg),
+            "heads": heads,
+            "tasks": _task_info(list(data)),
+        }
+        write_json(run_dir / "run.json", info)
+    losses = _LossLog(run_dir / "losses.jsonl", position["batch"] if resume else None)
+
+    from mlx_rsg.features import PrefixCache
+
+    cache = PrefixCache(model, cache_dir=cfg.cache_dir) if _use_cache(cfg, model) else None
+
+    def loss_only(m, batch, h0):
+        return loss_fn(m, batch, h0)
+
+    value_and_grad = nn.value_and_grad(model, loss_only)
+    t_start = time.perf_counter() - position["train_seconds"]
+    stopped = False
+    for epoch in range(position["epoch"], cfg.epochs):
+        batches = plan(epoch)
+        bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
+        bar.done = position["batch_in_epoch"]
+        model.train()
+        accum, n_accum, step_losses = None, 0, []
+        for i in range(position["batch_in_epoch"], len(batches)):
+            batch = batches[i]
+            mx.random.seed(_batch_seed(cfg.seed, position["batch"]))
+            h0 = cache.prefix(batch) if cache is not None else None
+            (loss, n), grads = value_and_grad(model, batch, h0)
+            accum = grads if accum is None else tree_map(mx.add, accum, grads)
+            n_accum += 1
+            mx.eval(loss, accum)
+            loss_value = loss.item()
+            step_losses.append(loss_value)
+            losses.write(
+                {
+                    "batch": position["batch"],
+                    "step": position["step"],
+                    "epoch": epoch,
+                    "task": batch.task,
+                    "loss": loss_value,
+                }
+            )
+            position["batch"] += 1
+            position["batch_in_epoch"] = i + 1
+            bar.update(1, int(n), loss_value)
+            if n_accum == cfg.grad_accum or i == len(batches) - 1:
+                optimizer.update(model, tree_map(lambda g, k=n_accum: g / k, accum))
+                mx.eval(model.parameters(), optimizer.state)
+                accum, n_accum = None, 0
+                position["step"] += 1
+                if position["step"] % cfg.checkpoint_every == 0 and i < len(batches) - 1:
+                    position["train_seconds"] = time.perf_counter() - t_start
+                    write_checkpoint(run_dir, model, optimizer, position)
+            if stop_after_batches is not None and position["batch"] >= stop_after_batches:
+                stopped = True
+                break
+        bar.close()
+        if stopped:
+            break
+        # End of epoch: evaluate, keep the best weights, checkpoint the epoch boundary.
+        scores = evaluate(
+            model,
+            tokenizer,
+            {t: data[t].val for t in cfg.tasks if data[t].val},
+            cfg.max_len,
+            cfg.batch_size,
+            log=log,
+        )
+        entry = {
+            "epoch": epoch + 1,
+            "step": position["step"],
+            **scores,
+            "train_loss": sum(step_losses) / max(len(step_losses), 1),
+            "seconds": round(time.perf_counter() - t_start, 1),
+        }
+        position["history"].append(entry)
+        log(
+            f"epoch {epoch + 1}: val score {scores['score']:.4f} "
+            + " ".join(f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items())
+        )
+        if position["best"] is None or scores["score"] > position["best"]["score"]:
+            save_weights(run_dir / WEIGHTS, trainable_weights(model))
+            position["best"] = {"epoch": epoch + 1, "score": scores["score"]}
+        position["epoch"], position["batch_in_epoch"] = epoch + 1, 0
+        position["train_seconds"] = time.perf_counter() - t_start
+        _write_metrics(run_dir, position, final=None)
+        write_checkpoint(run_dir, model, optimizer, position)
+    losses.close()
+    if stopped:
+        return {"stopped_at_batch": position["batch"]}
+    return _finish(
+        run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, copy_backbone, log
+    )
+
+
+def _use_cache(cfg: TrainConfig, model) -> bool:
+    return cfg.prefix_cache and model.trainable_start() > 0
+
+
+def _task_info(tasks: list[str]) -> dict[str, Any]:
+    from mlx_rsg.tasks import TASK_SPECS
+
+    return {
+        t: {
+            "head": TASK_SPECS[t].head,
+            "labels": [_jsonable(v) for v in TASK_SPECS[t].labels],
+            "choice": bool(TASK_SPECS[t].choice),
+            "pooling": TASK_SPECS[t].pooling,
+        }
+        for t in tasks
+    }
+
+
+def _jsonable(v):
+    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+
+
+def _write_metrics(run_dir: Path, position: dict, final: dict | None) -> dict:
+    metrics = {
+        "selection": "best epoch by the mean official val score of the trained tasks",
+        "history": position["history"],
+        "best": position["best"],
+        "train_seconds": round(position["train_seconds"], 1),
+    }
+    if final is not None:
+        metrics["final"] = final
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, copy_backbone, log):
+    """Reload the best weights, score LiDiRus with the TERRa head, write the final run.json."""
+    import mlx.core as mx
+
+    from mlx_rsg.predict import evaluate
+    from mlx_rsg.run import copy_model_dir, fuse_lora, write_backbone
+
+    model.load_weights(list(mx.load(str(run_dir / WEIGHTS)).items()), strict=False)
+    model.eval()
+    final = None
+    if "LiDiRus" in data:
+        best = position["history"][position["best"]["epoch"] - 1]
+        diag = evaluate(
+            model, tokenizer, {"LiDiRus": data["LiDiRus"].val}, cfg.max_len, cfg.batch_size, log=log
+        )
+        per_task = {**best["tasks"], **diag["tasks"]}
+        final = {
+            "tasks": per_task,
+            "total": _total(per_task),
+            "note": "LiDiRus (diagnostic, scored once with the best epoch's TERRa head) "
+            "included in the total",
+        }
+        log(f"LiDiRus (TERRa head): {diag['tasks']['LiDiRus']['score']:.4f}")
+    info = read_run_json(run_dir)
+    info["status"] = "done"
+    info["best_epoch"] = position["best"]["epoch"]
+    info["tasks"] = _task_info(list(data))
+    if fuse or copy_backbone:
+        tmp = run_dir / ".backbone.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if fuse:
+            n = fuse_lora(model)
+            write_backbone(model.backbone, model_dir, tmp)
+            save_weights(run_dir / WEIGHTS, trainable_weights(model))
+            info["classifier"]["method"] = "freeze"
+            info["classifier"]["freeze_layers"] = model.backbone.num_layers
+            info["fused"] = {"lora_layers_fused": n, "from": cfg.method}
+            log(f"fused {n} LoRA layers into backbone/")
+        else:
+            copy_model_dir(model_dir, tmp)
+        shutil.rmtree(run_dir / "backbone", ignore_errors=True)
+        tmp.rename(run_dir / "backbone")
+        info["backbone"] = {**info["backbone"], "copied": True}
+    write_json(run_dir / "run.json", info)
+    return _write_metrics(run_dir, position, final)
+
+
+def _total(per_task: dict[str, dict]) -> float:
+    from mlx_rsg.metrics import total_score
+
+    return total_score(
+        {t: {k: v for k, v in s.items() if k != "score"} for t, s in per_task.items()}
+    )
