@@ -31,10 +31,10 @@ def main() -> None:
 @main.command()
 def info() -> None:
     """Print mlx / mlx-lm versions, the default device and the BLAS in use."""
-    from mlx_rsg import _blas
-
     import mlx.core as mx
     import mlx_lm
+
+    from mlx_rsg import _blas
 
     click.echo(f"mlx-rsg   {__version__}")
     click.echo(f"mlx       {mx.__version__}")

@@ -233,7 +233,7 @@ def _data_records(
     predictor: Predictor, data_dir: str, split: str, task_list: str, max_per_task: int | None
 ) -> dict[str, list]:
     from mlx_rsg.data import TASKS, available_splits, load_split
-    from mlx_rsg.train import diagnostic_records, parse_tasks
+    from mlx_rsg.run import diagnostic_records, parse_tasks
 
     wanted = set(parse_tasks(task_list)) if task_list.lower() != "all" else set(TASKS)
     out: dict[str, list] = {}
@@ -269,10 +269,10 @@ def _lidirus_test(data_dir: str) -> list:
 
 def _add_lidirus(predictor: Predictor) -> None:
     """LiDiRus is scored with the TERRa head: make it a task of the predictor if TERRa is."""
-    from mlx_rsg.train import _task_info
+    from mlx_rsg.run import task_info
 
     if "TERRa" in predictor.info["tasks"] and "LiDiRus" not in predictor.info["tasks"]:
-        predictor.info["tasks"]["LiDiRus"] = _task_info(["LiDiRus"])["LiDiRus"]
+        predictor.info["tasks"]["LiDiRus"] = task_info(["LiDiRus"])["LiDiRus"]
 
 
 def cli(

@@ -23,9 +23,12 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from mlx_rsg.data import TASKS
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_file
 
+# LiDiRus has no train split: it is scored with the TERRa head.
+TRAIN_TASKS = tuple(t for t in TASKS if t != "LiDiRus")
 RUN_FORMAT = "mlx-rsg-run"
 RUN_VERSION = 1
 WEIGHTS = "trainable.safetensors"
@@ -173,3 +176,59 @@ def write_backbone(bb, src_dir: Path, dst: Path) -> None:
     (dst / "model.safetensors.index.json").unlink(missing_ok=True)
     weights = dict(tree_flatten(bb.model.parameters()))
     mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})
+
+
+def parse_tasks(spec: str) -> tuple[str, ...]:
+    """'all' or a comma list of task names, any case -> official names in leaderboard order."""
+    if spec.strip().lower() == "all":
+        return TRAIN_TASKS
+    by_lower = {t.lower(): t for t in TASKS}
+    chosen = []
+    for part in spec.split(","):
+        name = part.strip().lower()
+        if not name:
+            continue
+        if name == "lidirus":
+            raise UserError(
+                "--tasks: LiDiRus has no train split (it is scored with the TERRa head)"
+            )
+        if name not in by_lower:
+            raise UserError(f"--tasks: unknown task {part.strip()!r} (one of {', '.join(TASKS)})")
+        chosen.append(by_lower[name])
+    return tuple(t for t in TRAIN_TASKS if t in chosen)
+
+
+def tasks_with_train(data_dir: Path, tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """The subset of `tasks` that have a train split in `data_dir` (for `--tasks all`)."""
+    from mlx_rsg.data import available_splits
+
+    return tuple(t for t in tasks if "train" in available_splits(data_dir, t))
+
+
+def diagnostic_records(data_dir: Path) -> list:
+    """LiDiRus's labelled diagnostic set (its only split), if the data has it."""
+    from mlx_rsg.data import available_splits, load_split
+
+    for split in available_splits(data_dir, "LiDiRus"):
+        records = load_split(data_dir, "LiDiRus", split)
+        if records and records[0].label is not None:
+            return records
+    return []
+
+
+def task_info(tasks: list[str]) -> dict[str, Any]:
+    from mlx_rsg.tasks import TASK_SPECS
+
+    return {
+        t: {
+            "head": TASK_SPECS[t].head,
+            "labels": [jsonable(v) for v in TASK_SPECS[t].labels],
+            "choice": bool(TASK_SPECS[t].choice),
+            "pooling": TASK_SPECS[t].pooling,
+        }
+        for t in tasks
+    }
+
+
+def jsonable(v):
+    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)

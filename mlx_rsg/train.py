@@ -37,23 +37,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlx_rsg.data import TASKS
 from mlx_rsg.errors import UserError
-from mlx_rsg.run import (
+from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
     RUN_FORMAT,
     RUN_VERSION,
+    TRAIN_TASKS,
     WEIGHTS,
     backbone_ref,
     config_dict,
     dataclass_from_dict,
+    diagnostic_records,
+    parse_tasks,
     read_run_json,
     save_weights,
+    task_info,
     trainable_weights,
     write_json,
 )
 
-# LiDiRus has no train split: it is scored with the TERRa head.
-TRAIN_TASKS = tuple(t for t in TASKS if t != "LiDiRus")
 METHODS = ("heads", "freeze", "lora", "mlp-adapter")
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 
@@ -112,26 +113,6 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise UserError(f"--{name.replace('_', '-')}: must be >= 0")
-
-
-def parse_tasks(spec: str) -> tuple[str, ...]:
-    """'all' or a comma list of task names, any case -> official names in leaderboard order."""
-    if spec.strip().lower() == "all":
-        return TRAIN_TASKS
-    by_lower = {t.lower(): t for t in TASKS}
-    chosen = []
-    for part in spec.split(","):
-        name = part.strip().lower()
-        if not name:
-            continue
-        if name == "lidirus":
-            raise UserError(
-                "--tasks: LiDiRus has no train split (it is scored with the TERRa head)"
-            )
-        if name not in by_lower:
-            raise UserError(f"--tasks: unknown task {part.strip()!r} (one of {', '.join(TASKS)})")
-        chosen.append(by_lower[name])
-    return tuple(t for t in TRAIN_TASKS if t in chosen)
 
 
 # --------------------------------------------------------------------------- progress bar
@@ -335,17 +316,6 @@ def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]
     return out
 
 
-def diagnostic_records(data_dir: Path) -> list:
-    """LiDiRus's labelled diagnostic set (its only split), if the data has it."""
-    from mlx_rsg.data import available_splits, load_split
-
-    for split in available_splits(data_dir, "LiDiRus"):
-        records = load_split(data_dir, "LiDiRus", split)
-        if records and records[0].label is not None:
-            return records
-    return []
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -491,6 +461,7 @@ def train(
             )
         shutil.rmtree(run_dir)
 
+    classifier_config(cfg, _num_layers(model_dir))  # bad --freeze-layers fails before any work
     data = load_task_data(data_dir, cfg, log)
     bb = load_backbone(model_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -537,7 +508,7 @@ def train(
             "classifier": config_dict(ccfg),
             "train": config_dict(cfg),
             "heads": heads,
-            "tasks": _task_info(list(data)),
+            "tasks": task_info(list(data)),
         }
         write_json(run_dir / "run.json", info)
     losses = _LossLog(run_dir / "losses.jsonl", position["batch"] if resume else None)
@@ -630,26 +601,20 @@ def train(
     )
 
 
+def _num_layers(model_dir: Path) -> int:
+    path = model_dir / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read the model config ({e})") from None
+    config = config.get("text_config", config)
+    if "num_hidden_layers" not in config:
+        raise UserError(f"{path}: field 'num_hidden_layers': missing")
+    return int(config["num_hidden_layers"])
+
+
 def _use_cache(cfg: TrainConfig, model) -> bool:
     return cfg.prefix_cache and model.trainable_start() > 0
-
-
-def _task_info(tasks: list[str]) -> dict[str, Any]:
-    from mlx_rsg.tasks import TASK_SPECS
-
-    return {
-        t: {
-            "head": TASK_SPECS[t].head,
-            "labels": [_jsonable(v) for v in TASK_SPECS[t].labels],
-            "choice": bool(TASK_SPECS[t].choice),
-            "pooling": TASK_SPECS[t].pooling,
-        }
-        for t in tasks
-    }
-
-
-def _jsonable(v):
-    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
 
 
 def _write_metrics(run_dir: Path, position: dict, final: dict | None) -> dict:
@@ -691,7 +656,7 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
     info = read_run_json(run_dir)
     info["status"] = "done"
     info["best_epoch"] = position["best"]["epoch"]
-    info["tasks"] = _task_info(list(data))
+    info["tasks"] = task_info(list(data))
     if fuse or copy_backbone:
         tmp = run_dir / ".backbone.tmp"
         shutil.rmtree(tmp, ignore_errors=True)

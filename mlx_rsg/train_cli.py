@@ -153,10 +153,21 @@ def train_command(
     **flags,
 ):
     """Train classification heads for the RSG tasks on MODEL_DIR (a converted model)."""
+    from pathlib import Path
+
+    from mlx_rsg.run import tasks_with_train
     from mlx_rsg.train import TrainConfig, parse_tasks, train
 
+    chosen = parse_tasks(tasks)
+    if tasks.strip().lower() == "all" and Path(data_dir).exists():
+        # "all" means every task the data has a train split for (RuCoS may be missing).
+        present = tasks_with_train(Path(data_dir), chosen)
+        skipped = [t for t in chosen if t not in present]
+        if skipped:
+            click.echo(f"--tasks all: no train split for {', '.join(skipped)}; skipped", err=True)
+        chosen = present or chosen
     cfg = TrainConfig(
-        tasks=parse_tasks(tasks),
+        tasks=chosen,
         lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
         max_train_per_task=max_train_per_task or None,
         **flags,

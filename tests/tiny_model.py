@@ -170,3 +170,37 @@ def write_tiny_rsg(root: str | Path, n_train: int = 48, n_val: int = 24, seed: i
         write(root / task / "test.jsonl", make(n_val, False))
     write(root / "LiDiRus" / "LiDiRus.jsonl", nli(two, n_val, True, lidirus=True))
     return root
+
+
+# Fixtures for the train/predict tests (import them into a test module to use them).
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_rsg_dir(tmp_path_factory) -> Path:
+    return write_tiny_rsg(tmp_path_factory.mktemp("tiny-rsg"))
+
+
+def tiny_train_config(**overrides):
+    """A seconds-long configuration for the tiny model: high learning rates, no warmup."""
+    from mlx_rsg.train import TrainConfig
+
+    base = dict(
+        tasks=("TERRa", "RCB", "PARus"),
+        freeze_layers=1,
+        epochs=3,
+        lr=1e-3,
+        head_lr=1e-2,
+        warmup=2,
+        batch_size=8,
+        grad_accum=1,
+        max_len=64,
+        checkpoint_every=3,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)

@@ -1,0 +1,229 @@
+"""The training loop on a tiny random Gemma 3 and a learnable synthetic RSG fixture."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import standins
+from tiny_model import tiny_model_dir, tiny_rsg_dir, tiny_train_config  # noqa: F401
+
+import mlx_rsg  # noqa: F401
+from mlx_rsg.errors import UserError
+
+standins.install()  # no-op for every upstream module that exists
+
+import mlx.core as mx  # noqa: E402
+
+from mlx_rsg import train as T  # noqa: E402
+
+TESTS = Path(__file__).parent
+
+
+def losses(run_dir: Path) -> list[dict]:
+    return [json.loads(s) for s in (run_dir / "losses.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
+    run = tmp_path_factory.mktemp("runs") / "run"
+    metrics = T.train(tiny_model_dir, tiny_rsg_dir, run, tiny_train_config(), log=lambda m: None)
+    return run, metrics
+
+
+def test_loss_falls_and_val_improves(trained):
+    run, metrics = trained
+    rows = losses(run)
+    by_epoch = [np.mean([r["loss"] for r in rows if r["epoch"] == e]) for e in range(3)]
+    assert by_epoch[2] < 0.6 * by_epoch[0], by_epoch
+    hist = metrics["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    # Chance is ~0.5 (TERRa, PARus) / ~0.33 (RCB): the cue words must have been learnt.
+    assert max(h["score"] for h in hist) > 0.7
+    assert metrics["best"]["score"] == max(h["score"] for h in hist)
+
+
+def test_every_batch_is_one_task_and_epoch_covers_each_record_once(trained):
+    run, _ = trained
+    rows = losses(run)
+    n_batches = {e: sum(r["epoch"] == e for r in rows) for e in range(3)}
+    # 48 records per task; TERRa/RCB 8 per batch -> 6 batches; PARus 4 groups per batch -> 12.
+    assert n_batches == {0: 24, 1: 24, 2: 24}
+    tasks_e0 = [r["task"] for r in rows if r["epoch"] == 0]
+    assert sorted(set(tasks_e0)) == ["PARus", "RCB", "TERRa"]
+    assert tasks_e0.count("PARus") == 12 and tasks_e0.count("TERRa") == 6
+    assert tasks_e0 != sorted(tasks_e0)  # tasks are interleaved, not run one after another
+
+
+def test_run_dir_contents(trained, tiny_model_dir):  # noqa: F811
+    run, metrics = trained
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and info["best_epoch"] == metrics["best"]["epoch"]
+    assert info["train"]["lr"] == 1e-3 and info["train"]["tasks"] == ["TERRa", "RCB", "PARus"]
+    assert info["heads"] == {"TERRa": 2, "RCB": 3, "PARus": 1}
+    assert info["tasks"]["LiDiRus"]["head"] == "TERRa"
+    from mlx_rsg.run import sha256_file
+
+    assert info["backbone"]["sha256"]["model.safetensors"] == sha256_file(
+        tiny_model_dir / "model.safetensors"
+    )
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert "LiDiRus" in metrics["final"]["tasks"]
+    names = set(mx.load(str(run / "trainable.safetensors")))
+    assert {"heads.TERRa.weight", "heads.RCB.weight", "heads.PARus.weight"} <= names
+
+
+def test_frozen_layers_bit_identical_trained_layers_moved(trained, tiny_model_dir):  # noqa: F811
+    from mlx_rsg.backbone import load_backbone
+    from mlx_rsg.predict import load
+
+    run, _ = trained
+    base = load_backbone(tiny_model_dir)
+    model = load(run).model
+    k = json.loads((run / "run.json").read_text())["classifier"]["freeze_layers"]
+    assert k == 1
+    from mlx.utils import tree_flatten
+
+    frozen = dict(tree_flatten(base.layers[0].parameters()))
+    after = dict(tree_flatten(model.backbone.layers[0].parameters()))
+    assert all(np.array_equal(np.array(frozen[n]), np.array(after[n])) for n in frozen)
+    top_before = dict(tree_flatten(base.layers[1].parameters()))
+    top_after = dict(tree_flatten(model.backbone.layers[1].parameters()))
+    assert any(
+        not np.array_equal(np.array(top_before[n]), np.array(top_after[n])) for n in top_before
+    )
+
+
+def test_lr_schedule_warmup_then_linear_decay():
+    s = T.lr_schedule(1e-3, warmup=10, total=110)
+    got = [float(s(mx.array(t))) for t in (0, 5, 10, 60, 110, 200)]
+    assert got == pytest.approx([0.0, 5e-4, 1e-3, 5e-4, 0.0, 0.0], abs=1e-9)
+
+
+def test_head_params_get_head_lr():
+    cfg = tiny_train_config(lr=1e-5, head_lr=1e-2, warmup=0)
+    opt = T.make_optimizer(cfg, total_steps=100)
+    params = {"heads": {"TERRa": {"weight": mx.ones((2, 3))}}, "layers": [{"w": mx.ones((3,))}]}
+    grads = {"heads": {"TERRa": {"weight": mx.ones((2, 3))}}, "layers": [{"w": mx.ones((3,))}]}
+    new = opt.apply_gradients(grads, params)
+    # Bias-corrected Adam's first step is lr * g/|g| = lr, plus decoupled decay lr * wd * w:
+    # from w = 1 the weight moves by lr * (1 + wd).
+    head_step = 1 - float(new["heads"]["TERRa"]["weight"][0, 0])
+    body_step = 1 - float(new["layers"][0]["w"][0])
+    assert head_step == pytest.approx(1e-2 * 1.01, rel=1e-4)
+    assert body_step == pytest.approx(1e-5 * 1.01, rel=1e-2)  # fp32 rounding of 1 - 1e-5
+
+
+def test_parse_tasks():
+    assert T.parse_tasks("all") == T.TRAIN_TASKS and "LiDiRus" not in T.TRAIN_TASKS
+    assert T.parse_tasks("rcb,TERRA, parus") == ("RCB", "PARus", "TERRa")
+    with pytest.raises(UserError, match="unknown task 'foo'"):
+        T.parse_tasks("terra,foo")
+    with pytest.raises(UserError, match="LiDiRus has no train split"):
+        T.parse_tasks("lidirus")
+
+
+def test_cap_is_a_fixed_subset():
+    items = list(range(100))
+    a = T._subset(items, 10, seed=1, salt="RUSSE:train")
+    assert len(a) == 10 and a == sorted(a) and a == T._subset(items, 10, 1, "RUSSE:train")
+    assert a != T._subset(items, 10, 2, "RUSSE:train")
+    assert T._subset(items, None, 1, "x") == items and T._subset(items, 500, 1, "x") == items
+
+
+def test_default_config_matches_reference():
+    cfg = T.TrainConfig()
+    assert (cfg.lr, cfg.warmup, cfg.epochs, cfg.dropout) == (5e-6, 100, 3, 0.1)
+    assert cfg.batch_size * cfg.grad_accum == 16  # the reference's 1 x 16
+    assert cfg.method == "freeze" and cfg.head_lr > cfg.lr
+    assert T.classifier_config(cfg, 26).freeze_layers == 12  # the reference's 12 of 26
+    assert T.classifier_config(cfg, 18).freeze_layers == 8
+
+
+def test_config_validation():
+    for bad, msg in [
+        (dict(method="full"), "--method"),
+        (dict(lr=0.0), "--lr"),
+        (dict(batch_size=0), "--batch-size"),
+        (dict(tasks=("LiDiRus",)), "--tasks"),
+        (dict(dropout=1.0), "--dropout"),
+    ]:
+        with pytest.raises(UserError, match=msg):
+            T.TrainConfig(**bad).validate()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    code = (
+        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import standins; standins.install(); "
+        "from mlx_rsg.cli import main; main(sys.argv[1:])"
+    )
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+
+def test_cli_errors_are_one_line(tiny_model_dir, tiny_rsg_dir, trained, tmp_path):  # noqa: F811
+    run, _ = trained
+    cases = [
+        (["--tasks", "terra,nope"], "--tasks: unknown task 'nope'"),
+        (["--tasks", "terra", "--lr", "-1"], "--lr: must be positive"),
+        (
+            ["--tasks", "terra", "--freeze-layers", "99"],
+            "--freeze-layers: 99 > the model's 2 layers",
+        ),
+    ]
+    for extra, msg in cases:
+        r = _cli(
+            "train",
+            str(tiny_model_dir),
+            "--data",
+            str(tiny_rsg_dir),
+            "-o",
+            str(tmp_path / "new"),
+            *extra,
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"error: {msg}") and r.stderr.count("\n") == 1, r.stderr
+        assert not (tmp_path / "new").exists()  # no partial output
+    r = _cli(
+        "train",
+        str(tiny_model_dir),
+        "--data",
+        str(tiny_rsg_dir),
+        "-o",
+        str(run),
+        "--tasks",
+        "terra,rcb,parus",
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "already exists" in r.stderr
+    r = _cli(
+        "train", str(tiny_model_dir), "--data", str(tmp_path / "nodata"), "-o", str(tmp_path / "x")
+    )
+    assert r.returncode == 2 and "data not found" in r.stderr and r.stderr.count("\n") == 1
+    r = _cli(
+        "train",
+        str(tiny_model_dir),
+        "--data",
+        str(tiny_rsg_dir),
+        "-o",
+        str(tmp_path / "x"),
+        "--tasks",
+        "terra",
+        "--resume",
+    )
+    assert r.returncode == 2 and "not a run directory" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_rng_state_round_trip():
+    random.seed(5)
+    np.random.seed(5)
+    state = json.loads(json.dumps(T._rng_state()))
+    a = (random.random(), np.random.rand())
+    random.seed(0)
+    np.random.seed(0)
+    T._set_rng_state(state)
+    assert (random.random(), np.random.rand()) == a
