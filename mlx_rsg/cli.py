@@ -55,3 +55,22 @@ from mlx_rsg.train_cli import predict_command, train_command  # noqa: E402
 
 main.add_command(train_command)
 main.add_command(predict_command)
+
+
+@main.command("bench")
+@click.argument("baseline", type=click.Path())
+@click.argument("variants", nargs=-1, type=click.Path())
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="RSG data directory.")
+@click.option("--split", default="val", show_default=True, help="A labelled split.")
+@click.option("--max-per-task", type=int, default=None, help="First N records of each task.")
+@click.option("-o", "--output", "out_dir", default="bench", show_default=True, type=click.Path())
+@click.option("--batch-size", type=int, default=16, show_default=True, help="For throughput.")
+@click.option("--latency-samples", type=int, default=24, show_default=True)
+@click.option("--fixture-tasks", default="", help="Comma list (or all) of fixture-data tasks.")
+@click.option("--force", is_flag=True, help="Overwrite OUT_DIR.")
+def bench_command(**kwargs) -> None:
+    """Score BASELINE (fp32 run dir) and each VARIANT run dir on every task in --data: official
+    metrics, total, delta, flip rate, per-class P/R/F1, size, memory, latency, throughput."""
+    from mlx_rsg.bench import cli
+
+    cli(**kwargs)

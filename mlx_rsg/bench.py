@@ -1,0 +1,587 @@
+"""`mlx-rsg bench`: quality, size, memory and speed of an fp32 run and its variants, side by side.
+
+    from mlx_rsg.bench import BenchConfig, bench
+    result = bench("runs/fp32", ["runs/q8", "runs/q4"], "rsg/", "bench-out", BenchConfig())
+
+Every run directory is loaded with `mlx_rsg.load` and scored on the same records through the same
+path as `mlx-rsg predict` (`predict.score_units` -> `tasks.decode` -> `metrics.score_task`). Its
+predictions are also written as an official submission zip, read back and rescored: bench stops
+with an error unless the two scores are exactly equal, so the table is what the leaderboard would
+say about the same predictions.
+
+Tasks whose data are fixtures (synthetic, ours) are marked and kept out of `total`: they get their
+own `total_fixture`. A task is a fixture if --fixture-tasks names it, or if its data path has a
+directory named `fixtures` or a `FIXTURE` marker file (in the task's directory or the data root).
+
+OUT_DIR/bench.json (format "mlx-rsg-bench", version 1):
+  format, version, created (UTC ISO time), env {mlx_rsg, mlx, device, blas},
+  config {data, split, max_per_task, batch_size, latency_samples, warmup, seed},
+  baseline: name of the first run (the reference for delta and flip rate),
+  tasks: {task: {records, units, fixture, metrics: [official metric names]}},
+  skipped: {task: reason}  (tasks the data or the runs do not have),
+  variants: [ {
+    name, path, quantization (the backbone config's "quantization" entry, or null),
+    scores: {task: {<metric>: value, ..., score: mean of the task's metrics}},
+    total, total_fixture: total_score over real / fixture tasks (null when there are none),
+    delta, delta_fixture: total - the baseline's (0 for the baseline),
+    delta_tasks: {task: score - the baseline's score},
+    flips: {task: fraction of predictions that differ from the baseline's},
+    flip_rate: all tasks pooled (one prediction = one record; one answer for MuSeRC),
+    class_report: {task: {label: {precision, recall, f1, support}}}  (not RuCoS),
+    size_bytes: {backbone, trainable, total}  (weight files on disk),
+    memory: {mlx_peak_bytes (mx.get_peak_memory), rss_peak_bytes (getrusage high-water, reset
+             per run where Linux allows), rss_reset: bool},
+    latency_ms: {p50, p95, samples, batch_size: 1}  (one record end to end: tokenise, forward,
+                decode; the same sampled records for every run, after warm-up),
+    throughput: {examples_per_s, units_per_s, seconds, batch_size}  (the whole scoring pass),
+    submission: path of the submission zip in OUT_DIR, relative } ]
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import resource
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from mlx_rsg.errors import UserError
+
+BENCH_FORMAT = "mlx-rsg-bench"
+BENCH_VERSION = 1
+
+
+@dataclass
+class BenchConfig:
+    split: str = "val"
+    max_per_task: int | None = None
+    batch_size: int = 16
+    latency_samples: int = 24  # records timed one at a time, sampled across tasks
+    warmup: int = 3  # untimed batch-1 calls before the latency samples
+    seed: int = 0
+    fixture_tasks: tuple[str, ...] = ()
+    force: bool = False
+
+
+# --------------------------------------------------------------------------- run dirs
+
+
+@dataclass
+class RunRef:
+    name: str
+    path: Path
+    info: dict[str, Any]
+
+
+def _name_runs(paths: list[str]) -> list[tuple[str, Path]]:
+    """Unique short names (directory base names, '-2', '-3' on clashes)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        path = Path(p)
+        base = path.resolve().name or str(p)
+        seen[base] = seen.get(base, 0) + 1
+        out.append((base if seen[base] == 1 else f"{base}-{seen[base]}", path))
+    return out
+
+
+def check_runs(baseline: str, variants: list[str]) -> list[RunRef]:
+    """Read every run.json before any model is loaded; refuse runs that cannot be compared."""
+    from mlx_rsg.run import WEIGHTS, read_run_json, resolve_backbone
+
+    refs = []
+    for name, path in _name_runs([baseline, *variants]):
+        if not path.is_dir():
+            raise UserError(f"{path}: no such run directory")
+        info = read_run_json(path)
+        for key in ("heads", "tasks", "classifier", "backbone"):
+            if not isinstance(info.get(key), dict):
+                raise UserError(f"{path}/run.json: field '{key}': missing")
+        if not (path / WEIGHTS).is_file():
+            raise UserError(f"{path}: no {WEIGHTS}")
+        ref = RunRef(name, path, info)
+        check_safetensors(path / WEIGHTS)
+        for f in sorted(Path(resolve_backbone(path, info, verify=False)).glob("*.safetensors")):
+            check_safetensors(f)
+        refs.append(ref)
+    base = refs[0]
+    for ref in refs[1:]:
+        if ref.info["heads"] != base.info["heads"]:
+            raise UserError(
+                f"{ref.path}/run.json: field 'heads': {_heads(ref.info)} differ from the "
+                f"baseline's {_heads(base.info)} ({base.path})"
+            )
+        for task, t in base.info["tasks"].items():
+            other = ref.info["tasks"].get(task)
+            if other is not None and other.get("labels") != t.get("labels"):
+                raise UserError(
+                    f"{ref.path}/run.json: field 'tasks.{task}.labels': {other.get('labels')} "
+                    f"differ from the baseline's {t.get('labels')}"
+                )
+    return refs
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or garbled .safetensors file by its header, before loading anything."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(n))
+        end = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
+    except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    if 8 + n + end != size:
+        raise UserError(f"{path}: truncated or corrupt ({size} bytes, header says {8 + n + end})")
+
+
+def _heads(info: dict) -> str:
+    return ", ".join(f"{k}:{v}" for k, v in info["heads"].items())
+
+
+def load_run(ref: RunRef):
+    """mlx_rsg.load, with unreadable weight files turned into a one-line error."""
+    from mlx_rsg.predict import _add_lidirus, load
+
+    try:
+        predictor = load(ref.path)
+    except UserError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{ref.path}: cannot load the run: {msg}") from None
+    _add_lidirus(predictor)
+    return predictor
+
+
+def disk_size(ref: RunRef) -> dict[str, int]:
+    from mlx_rsg.run import WEIGHTS, resolve_backbone
+
+    model_dir = resolve_backbone(ref.path, ref.info, verify=False)
+    backbone = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
+    trainable = (ref.path / WEIGHTS).stat().st_size
+    return {"backbone": backbone, "trainable": trainable, "total": backbone + trainable}
+
+
+def quantization(ref: RunRef) -> dict | None:
+    from mlx_rsg.run import resolve_backbone
+
+    cfg = Path(resolve_backbone(ref.path, ref.info, verify=False)) / "config.json"
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("quantization")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# --------------------------------------------------------------------------- data
+
+
+def select_data(
+    info: dict, data_dir: str, cfg: BenchConfig
+) -> tuple[dict[str, list], dict[str, str], set[str]]:
+    """(records by task, skipped task -> reason, fixture tasks) for the baseline's tasks."""
+    from mlx_rsg.data import TASKS, available_splits
+    from mlx_rsg.predict import _data_records
+
+    if not Path(data_dir).exists():
+        raise UserError(f"--data: {data_dir} does not exist")
+    run = SimpleNamespace(info=info, tasks=list(info["tasks"]))
+    records = _data_records(run, data_dir, cfg.split, "all", cfg.max_per_task)
+    skipped = {}
+    for task in TASKS:
+        if task in records:
+            continue
+        head = "TERRa" if task == "LiDiRus" else task
+        if head not in info["heads"]:
+            skipped[task] = f"the run has no {head} head"
+        elif task != "LiDiRus" and cfg.split not in available_splits(data_dir, task):
+            skipped[task] = f"no {cfg.split} split in the data"
+        else:
+            skipped[task] = "no labelled records in the data"
+    for task, recs in records.items():
+        if _gold_missing(task, recs):
+            raise UserError(
+                f"{data_dir}: {task} {cfg.split} has no labels (bench needs a labelled split)"
+            )
+    fixtures = {t for t in records if is_fixture(data_dir, t, cfg.fixture_tasks)}
+    return records, skipped, fixtures
+
+
+def _gold_missing(task: str, records: list) -> bool:
+    r = records[0]
+    if task == "MuSeRC":
+        return r.questions[0].answers[0].label is None
+    if task == "RuCoS":
+        return r.answers is None
+    return r.label is None
+
+
+def is_fixture(data_dir: str, task: str, named: tuple[str, ...] = ()) -> bool:
+    """Named by --fixture-tasks, or a `fixtures` directory on the path, or a FIXTURE marker."""
+    lowered = {t.lower() for t in named}
+    if "all" in lowered or task.lower() in lowered:
+        return True
+    root = Path(data_dir).resolve()
+    task_dir = (Path(data_dir) / task).resolve()
+    if "fixtures" in root.parts or "fixtures" in task_dir.parts:
+        return True
+    return (root / "FIXTURE").exists() or (task_dir / "FIXTURE").exists()
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def flat_predictions(task: str, records: list, preds) -> tuple[list, list]:
+    """(gold, predicted) with one entry per scored decision: a record, or a MuSeRC answer."""
+    from mlx_rsg.predict import _per_record
+
+    preds = _per_record(records, preds)
+    if task == "MuSeRC":
+        gold, out = [], []
+        for r, p in zip(records, preds, strict=True):
+            for q in r.questions:
+                for a in q.answers:
+                    gold.append(a.label)
+                    out.append(p[a.idx])
+        return gold, out
+    if task == "RuCoS":
+        return [r.answers for r in records], list(preds)
+    return [r.label for r in records], list(preds)
+
+
+def class_labels(task: str) -> tuple | None:
+    from mlx_rsg.tasks import TASK_SPECS
+
+    if task == "RuCoS":
+        return None
+    if task in ("PARus", "MuSeRC"):
+        return (0, 1)
+    return tuple(TASK_SPECS[task].labels)
+
+
+def flip_counts(task: str, records: list, preds, base_preds) -> tuple[int, int]:
+    _, a = flat_predictions(task, records, preds)
+    _, b = flat_predictions(task, records, base_preds)
+    return sum(x != y for x, y in zip(a, b, strict=True)), len(a)
+
+
+def _scored(task: str, records: list, preds) -> dict[str, float]:
+    from mlx_rsg.metrics import score_task
+
+    metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
+    return {**metrics, "score": float(np.mean(list(metrics.values())))}
+
+
+def check_submission(zip_path: Path, records: dict[str, list], preds: dict, scores: dict) -> None:
+    """Write the official submission, read it back, rescore; the scores must be identical."""
+    from mlx_rsg.submission import read_submission, write_submission
+
+    write_submission(zip_path, {t: (records[t], preds[t]) for t in records})
+    back = read_submission(zip_path)
+    for task, recs in records.items():
+        if task not in back:
+            raise RuntimeError(f"{zip_path}: {task} missing from the submission zip")
+        again = _scored(task, recs, [back[task][r.idx] for r in recs])
+        if again != scores[task]:
+            raise RuntimeError(
+                f"{zip_path}: {task}: the submission scores {again}, bench scored {scores[task]}"
+            )
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _progress(total: int, desc: str):
+    from mlx_rsg.train import Progress
+
+    return Progress(total, desc)
+
+
+def predict_all(predictor, records: dict[str, list], batch_size: int, desc: str):
+    """Predictions per task (the Predictor.predictions path) and the pass's wall time."""
+    import mlx.core as mx
+
+    from mlx_rsg.predict import score_units
+    from mlx_rsg.tasks import decode, make_units
+
+    n_units = sum(len(make_units(t, recs, train=False)) for t, recs in records.items())
+    bar = _progress(n_units, desc)
+
+    def counted(batch, h0=None):
+        logits = predictor.model(batch, h0)
+        mx.eval(logits)
+        rows = int(batch.tokens.shape[0])
+        bar.update(rows, rows)
+        return logits
+
+    preds, seconds = {}, 0.0
+    for task, recs in records.items():
+        t0 = time.perf_counter()
+        units, logits = score_units(
+            counted, predictor.tokenizer, task, recs, predictor.max_len, batch_size
+        )
+        preds[task] = decode(task, recs, [u.key for u in units], logits)
+        seconds += time.perf_counter() - t0
+    bar.close()
+    return preds, seconds, n_units
+
+
+def latency_sample(records: dict[str, list], n: int, seed: int) -> list[tuple[str, Any]]:
+    """Up to n (task, record) pairs, round-robin over tasks, drawn once from the seed."""
+    rng = random.Random(seed)
+    pools = {t: rng.sample(recs, len(recs)) for t, recs in records.items()}
+    out: list[tuple[str, Any]] = []
+    while len(out) < n and any(pools.values()):
+        for task, pool in pools.items():
+            if pool and len(out) < n:
+                out.append((task, pool.pop()))
+    return out
+
+
+def measure_latency(predictor, sample: list, warmup: int, desc: str) -> dict[str, Any]:
+    from mlx_rsg.predict import score_units
+    from mlx_rsg.tasks import decode
+
+    def one(task, rec):
+        units, logits = score_units(
+            predictor.model, predictor.tokenizer, task, [rec], predictor.max_len, 1
+        )
+        decode(task, [rec], [u.key for u in units], logits)
+
+    for task, rec in sample[:warmup]:
+        one(task, rec)
+    bar = _progress(len(sample), desc)
+    times = []
+    for task, rec in sample:
+        t0 = time.perf_counter()
+        one(task, rec)
+        times.append(time.perf_counter() - t0)
+        bar.update(1, 1)
+    bar.close()
+    ms = np.array(times) * 1e3
+    return {
+        "p50": float(np.percentile(ms, 50)) if len(ms) else None,
+        "p95": float(np.percentile(ms, 95)) if len(ms) else None,
+        "samples": len(ms),
+        "batch_size": 1,
+    }
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def reset_rss_peak() -> bool:
+    """Reset the process's RSS high-water mark (Linux: /proc/self/clear_refs, value 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_peak_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes; Linux: KiB
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: Path, fixtures):
+    """Every measurement for one run directory."""
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()
+    rss_reset = reset_rss_peak()
+    mx.reset_peak_memory()
+    predictor = load_run(ref)
+    latency = measure_latency(predictor, sample, cfg.warmup, f"{ref.name} latency")
+    preds, seconds, n_units = predict_all(predictor, records, cfg.batch_size, f"{ref.name} predict")
+    memory = {
+        "mlx_peak_bytes": int(mx.get_peak_memory()),
+        "rss_peak_bytes": rss_peak_bytes(),
+        "rss_reset": rss_reset,
+    }
+    del predictor
+
+    scores = {t: _scored(t, recs, preds[t]) for t, recs in records.items()}
+    zip_rel = f"submissions/{ref.name}.zip"
+    check_submission(out / zip_rel, records, preds, {t: scores[t] for t in records})
+    flips, flip_n, flip_total = {}, 0, 0
+    base = base_preds if base_preds is not None else preds
+    for task, recs in records.items():
+        k, n = flip_counts(task, recs, preds[task], base[task])
+        flips[task] = k / n if n else 0.0
+        flip_n, flip_total = flip_n + k, flip_total + n
+    reports = {}
+    for task, recs in records.items():
+        labels = class_labels(task)
+        if labels is not None:
+            from mlx_rsg.metrics import class_report
+
+            gold, pred = flat_predictions(task, recs, preds[task])
+            rep = class_report(gold, pred, labels)
+            reports[task] = {str(k): {m: _num(v) for m, v in r.items()} for k, r in rep.items()}
+    n_records = sum(len(r) for r in records.values())
+    row = {
+        "name": ref.name,
+        "path": str(ref.path),
+        "quantization": quantization(ref),
+        "scores": scores,
+        **_totals(scores, fixtures),
+        "flips": flips,
+        "flip_rate": flip_n / flip_total if flip_total else 0.0,
+        "class_report": reports,
+        "size_bytes": disk_size(ref),
+        "memory": memory,
+        "latency_ms": latency,
+        "throughput": {
+            "examples_per_s": n_records / seconds if seconds else None,
+            "units_per_s": n_units / seconds if seconds else None,
+            "seconds": seconds,
+            "batch_size": cfg.batch_size,
+        },
+        "submission": zip_rel,
+    }
+    return row, preds
+
+
+def _num(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _totals(scores: dict, fixtures: set[str]) -> dict[str, float | None]:
+    from mlx_rsg.metrics import total_score
+
+    def total(tasks):
+        per = {t: {k: v for k, v in scores[t].items() if k != "score"} for t in tasks}
+        return float(total_score(per)) if per else None
+
+    return {
+        "total": total([t for t in scores if t not in fixtures]),
+        "total_fixture": total([t for t in scores if t in fixtures]),
+    }
+
+
+def _add_deltas(rows: list[dict]) -> None:
+    base = rows[0]
+    for row in rows:
+        for key in ("total", "total_fixture"):
+            a, b = row[key], base[key]
+            row["delta" + key[len("total") :]] = None if a is None or b is None else a - b
+        row["delta_tasks"] = {
+            t: s["score"] - base["scores"][t]["score"] for t, s in row["scores"].items()
+        }
+
+
+def _env() -> dict[str, Any]:
+    import mlx.core as mx
+
+    from mlx_rsg import __version__, _blas
+
+    blas = "Accelerate" if sys.platform == "darwin" else (_blas.BLAS_PATH or "reference")
+    return {
+        "mlx_rsg": __version__,
+        "mlx": mx.__version__,
+        "device": str(mx.default_device()),
+        "blas": blas,
+    }
+
+
+def bench(
+    baseline: str,
+    variants: list[str],
+    data_dir: str,
+    out_dir: str,
+    cfg: BenchConfig | None = None,
+    log=None,
+) -> dict[str, Any]:
+    """Benchmark `baseline` (the fp32 reference) and `variants`; write OUT_DIR atomically."""
+    from mlx_rsg.bench_report import write_chart, write_markdown
+    from mlx_rsg.io import atomic_dir
+    from mlx_rsg.tasks import TASK_SPECS, make_units
+
+    cfg = cfg or BenchConfig()
+    log = log or (lambda m: print(m, file=sys.stderr))
+    if cfg.batch_size < 1:
+        raise UserError("--batch-size: must be at least 1")
+    if cfg.max_per_task is not None and cfg.max_per_task < 1:
+        raise UserError("--max-per-task: must be at least 1")
+    if cfg.split == "test":
+        raise UserError("--split test: test labels are hidden; bench needs val (or train)")
+    if Path(out_dir).exists() and not cfg.force:
+        raise UserError(f"{out_dir}: already exists (use --force to overwrite)")
+    refs = check_runs(baseline, variants)
+    records, skipped, fixtures = select_data(refs[0].info, data_dir, cfg)
+    for task, why in skipped.items():
+        log(f"skipping {task}: {why}")
+    sample = latency_sample(records, cfg.latency_samples, cfg.seed)
+    result: dict[str, Any] = {
+        "format": BENCH_FORMAT,
+        "version": BENCH_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "env": _env(),
+        "config": {"data": str(data_dir), **asdict(cfg)},
+        "baseline": refs[0].name,
+        "tasks": {
+            t: {
+                "records": len(recs),
+                "units": len(make_units(t, recs, train=False)),
+                "fixture": t in fixtures,
+                "metrics": list(TASK_SPECS[t].metrics),
+            }
+            for t, recs in records.items()
+        },
+        "skipped": skipped,
+        "variants": [],
+    }
+    result["config"]["fixture_tasks"] = list(cfg.fixture_tasks)
+    result["config"].pop("force")
+    with atomic_dir(out_dir, force=cfg.force) as tmp:
+        (tmp / "submissions").mkdir()
+        base_preds = None
+        for ref in refs:
+            row, preds = bench_run(ref, records, sample, base_preds, cfg, tmp, fixtures)
+            base_preds = base_preds if base_preds is not None else preds
+            result["variants"].append(row)
+            log(f"{ref.name}: total {_fmt(row['total'])}, flip rate {row['flip_rate']:.3f}")
+        _add_deltas(result["variants"])
+        with open(tmp / "bench.json", "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        (tmp / "bench.md").write_text(write_markdown(result), encoding="utf-8")
+        write_chart(result, tmp / "bench.png")
+    return result
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def cli(*, baseline, variants, data_dir, out_dir, **options) -> None:
+    import click
+
+    fixture = options.pop("fixture_tasks") or ""
+    cfg = BenchConfig(
+        fixture_tasks=tuple(t.strip() for t in fixture.split(",") if t.strip()), **options
+    )
+    result = bench(baseline, list(variants), data_dir, out_dir, cfg)
+    from mlx_rsg.bench_report import write_markdown
+
+    click.echo(write_markdown(result))
+    click.echo(f"wrote {os.path.join(out_dir, 'bench.json')}, bench.md, bench.png")

@@ -1,0 +1,302 @@
+"""`mlx-rsg bench` on a tiny trained run, a copy of it and a perturbed copy (fixture data)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import standins
+from click.testing import CliRunner
+from tiny_model import tiny_model_dir, tiny_rsg_dir, tiny_train_config  # noqa: F401
+
+import mlx_rsg  # noqa: F401
+
+standins.install()  # no-op for every upstream module that exists
+
+import mlx.core as mx  # noqa: E402
+
+from mlx_rsg import metrics, submission  # noqa: E402
+from mlx_rsg.cli import main  # noqa: E402
+
+
+def _class_report(gold, pred, labels):
+    out = {}
+    for lab in labels:
+        tp = sum(g == lab and p == lab for g, p in zip(gold, pred, strict=True))
+        n_pred, n_gold = sum(p == lab for p in pred), sum(g == lab for g in gold)
+        prec = tp / n_pred if n_pred else 0.0
+        rec = tp / n_gold if n_gold else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        out[lab] = {"precision": prec, "recall": rec, "f1": f1, "support": n_gold}
+    return out
+
+
+def _read_submission(path):
+    with zipfile.ZipFile(path) as z:
+        return {
+            name[: -len(".jsonl")]: {
+                (row := json.loads(line))["idx"]: row["label"]
+                for line in z.read(name).decode().splitlines()
+                if line.strip()
+            }
+            for name in z.namelist()
+        }
+
+
+# Until metrics.class_report / submission.read_submission land: minimal test-only versions.
+if not hasattr(metrics, "class_report"):
+    metrics.class_report = _class_report
+if not hasattr(submission, "read_submission"):
+    submission.read_submission = _read_submission
+
+from mlx_rsg.metrics import class_report, score_task, total_score  # noqa: E402
+from mlx_rsg.submission import read_submission  # noqa: E402
+
+MAX = 12
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
+    from mlx_rsg import train as T
+
+    root = tmp_path_factory.mktemp("bench-runs")
+    base = root / "fp32"
+    T.train(tiny_model_dir, tiny_rsg_dir, base, tiny_train_config(epochs=2), log=lambda m: None)
+    same = root / "same"
+    shutil.copytree(base, same)
+    # A variant whose heads are nudged: some predictions flip, the heads/tasks still match.
+    noisy = root / "noisy"
+    shutil.copytree(base, noisy)
+    w = mx.load(str(noisy / "trainable.safetensors"))
+    mx.random.seed(1)
+    w = {
+        k: v + 0.5 * mx.random.normal(v.shape) if k.startswith("heads.") else v
+        for k, v in w.items()
+    }
+    mx.save_safetensors(str(noisy / "trainable.safetensors"), w)
+    return base, same, noisy
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["bench", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def benched(runs, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
+    base, same, noisy = runs
+    out = tmp_path_factory.mktemp("bench-out") / "out"
+    res = invoke(
+        base, same, noisy, "--data", tiny_rsg_dir, "--max-per-task", MAX, "-o", out,
+        "--latency-samples", 4, "--batch-size", 8, "--fixture-tasks", "RCB",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return out, json.loads((out / "bench.json").read_text()), res.output
+
+
+def records(data_dir, task):
+    from mlx_rsg.data import load_split
+    from mlx_rsg.run import diagnostic_records
+
+    recs = diagnostic_records(data_dir) if task == "LiDiRus" else load_split(data_dir, task, "val")
+    return recs[:MAX]
+
+
+def test_bench_json_schema(benched):
+    out, result, _ = benched
+    assert result["format"] == "mlx-rsg-bench" and result["version"] == 1
+    assert result["baseline"] == "fp32"
+    assert [v["name"] for v in result["variants"]] == ["fp32", "same", "noisy"]
+    assert set(result["tasks"]) == {"TERRa", "RCB", "PARus", "LiDiRus"}
+    assert {t for t, d in result["tasks"].items() if d["fixture"]} == {"RCB"}
+    assert result["tasks"]["PARus"] == {
+        "records": MAX, "units": 2 * MAX, "fixture": False, "metrics": ["accuracy"],
+    }  # fmt: skip
+    # Tasks absent from the data (or the run) are listed with a reason, never silently dropped.
+    assert set(result["skipped"]) == {"MuSeRC", "RUSSE", "RWSD", "DaNetQA", "RuCoS"}
+    keys = {
+        "name", "path", "quantization", "scores", "total", "total_fixture", "delta",
+        "delta_fixture", "delta_tasks", "flips", "flip_rate", "class_report", "size_bytes",
+        "memory", "latency_ms", "throughput", "submission",
+    }  # fmt: skip
+    for v in result["variants"]:
+        assert set(v) == keys
+        assert v["quantization"] is None
+        assert v["latency_ms"]["samples"] == 4 and v["latency_ms"]["batch_size"] == 1
+        assert 0 < v["latency_ms"]["p50"] <= v["latency_ms"]["p95"]
+        assert v["throughput"]["examples_per_s"] > 0 and v["throughput"]["batch_size"] == 8
+        assert v["memory"]["mlx_peak_bytes"] > 0 and v["memory"]["rss_peak_bytes"] > 0
+        assert (out / v["submission"]).is_file()
+        # The real total leaves the fixture task out; the fixture total is RCB alone.
+        real = {t: {k: x for k, x in s.items() if k != "score"} for t, s in v["scores"].items()}
+        assert v["total"] == pytest.approx(
+            total_score({t: m for t, m in real.items() if t != "RCB"}), abs=0
+        )
+        assert v["total_fixture"] == pytest.approx(np.mean(list(real["RCB"].values())), abs=1e-12)
+
+
+def test_size_on_disk_is_backbone_plus_trainable(benched, runs, tiny_model_dir):  # noqa: F811
+    _, result, _ = benched
+    size = result["variants"][0]["size_bytes"]
+    assert size["backbone"] == (tiny_model_dir / "model.safetensors").stat().st_size
+    assert size["trainable"] == (runs[0] / "trainable.safetensors").stat().st_size
+    assert size["total"] == size["backbone"] + size["trainable"]
+
+
+def test_scores_equal_the_submission_zip_scores(benched, tiny_rsg_dir):  # noqa: F811
+    out, result, _ = benched
+    for v in result["variants"]:
+        sub = read_submission(out / v["submission"])
+        assert set(sub) == set(result["tasks"])
+        for task in result["tasks"]:
+            recs = records(tiny_rsg_dir, task)
+            scores = score_task(task, recs, [sub[task][r.idx] for r in recs])
+            want = {k: x for k, x in v["scores"][task].items() if k != "score"}
+            assert {k: float(x) for k, x in scores.items()} == want
+
+
+def test_scores_match_predict(benched, runs, tiny_rsg_dir):  # noqa: F811
+    """bench's scores are mlx-rsg predict's (the Predictor path), not a re-implementation."""
+    from mlx_rsg.predict import _add_lidirus, load
+
+    _, result, _ = benched
+    p = load(runs[0])
+    _add_lidirus(p)
+    got = p.evaluate({t: records(tiny_rsg_dir, t) for t in result["tasks"]})
+    for task, s in got["tasks"].items():
+        assert s == result["variants"][0]["scores"][task]
+
+
+def test_flip_rate_zero_against_itself_and_counted_from_predictions(benched, tiny_rsg_dir):  # noqa: F811
+    out, result, _ = benched
+    base, same, noisy = result["variants"]
+    for v in (base, same):
+        assert v["flip_rate"] == 0 and set(v["flips"].values()) == {0}
+        assert v["delta"] == 0 and v["delta_fixture"] == 0
+        assert set(v["delta_tasks"].values()) == {0}
+    assert same["scores"] == base["scores"]
+    # The noisy variant's flips, recounted from the two submission zips.
+    a, b = read_submission(out / base["submission"]), read_submission(out / noisy["submission"])
+    flipped = total = 0
+    for task in result["tasks"]:
+        k = sum(a[task][i] != b[task][i] for i in a[task])
+        assert noisy["flips"][task] == k / len(a[task])
+        flipped, total = flipped + k, total + len(a[task])
+    assert flipped > 0, "the perturbed heads should change some predictions"
+    assert noisy["flip_rate"] == flipped / total
+    assert noisy["delta"] == pytest.approx(noisy["total"] - base["total"], abs=0)
+
+
+def test_class_report_from_predictions(benched, tiny_rsg_dir):  # noqa: F811
+    out, result, _ = benched
+    v = result["variants"][2]
+    sub = read_submission(out / v["submission"])
+    recs = records(tiny_rsg_dir, "TERRa")
+    want = class_report(
+        [r.label for r in recs], [sub["TERRa"][r.idx] for r in recs],
+        ("entailment", "not_entailment"),
+    )  # fmt: skip
+    assert v["class_report"]["TERRa"] == {k: dict(r) for k, r in want.items()}
+    assert sum(r["support"] for r in v["class_report"]["PARus"].values()) == MAX
+
+
+def test_markdown_and_png(benched):
+    out, result, printed = benched
+    md = (out / "bench.md").read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert table[0].startswith("| run | weights | LiDiRus | RCB* |")
+    rows = table[1 : 1 + len(result["variants"])]
+    assert [r.split("|")[1].strip() for r in rows] == ["fp32", "same", "noisy"]
+    assert "fixture data" in md and "RuCoS (" in md
+    assert md.splitlines()[0] in printed
+    png = (out / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    w, h = struct.unpack(">II", png[16:24])
+    n = struct.unpack(">I", png[33:37])[0]
+    assert png[37:41] == b"IDAT"
+    raw = zlib.decompress(png[41 : 41 + n])
+    assert len(raw) == h * (1 + 3 * w)
+    assert zlib.crc32(png[37 : 41 + n]) == struct.unpack(">I", png[41 + n : 45 + n])[0]
+    pixels = np.frombuffer(raw, np.uint8).reshape(h, 1 + 3 * w)[:, 1:].reshape(h, w, 3)
+    assert (pixels == (31, 119, 180)).all(axis=2).sum() > 100  # the first run's bars
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _err(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+def _variant(runs, tmp_path, name="variant"):
+    dst = tmp_path / name
+    shutil.copytree(runs[0], dst)
+    return dst
+
+
+def test_variant_with_different_heads(runs, tiny_rsg_dir, tmp_path):  # noqa: F811
+    bad = _variant(runs, tmp_path)
+    info = json.loads((bad / "run.json").read_text())
+    del info["heads"]["RCB"]
+    (bad / "run.json").write_text(json.dumps(info))
+    out = tmp_path / "out"
+    msg = _err(invoke(runs[0], bad, "--data", tiny_rsg_dir, "-o", out))
+    assert str(bad) in msg and "'heads'" in msg and "baseline" in msg
+    assert not out.exists()
+
+
+def test_variant_with_different_labels(runs, tiny_rsg_dir, tmp_path):  # noqa: F811
+    bad = _variant(runs, tmp_path)
+    info = json.loads((bad / "run.json").read_text())
+    info["tasks"]["TERRa"]["labels"] = ["not_entailment", "entailment"]
+    (bad / "run.json").write_text(json.dumps(info))
+    msg = _err(invoke(runs[0], bad, "--data", tiny_rsg_dir, "-o", tmp_path / "out"))
+    assert "tasks.TERRa.labels" in msg
+
+
+@pytest.mark.parametrize(
+    "damage, expect",
+    [
+        (lambda d: (d / "run.json").unlink(), "not a run directory"),
+        (lambda d: (d / "run.json").write_text("{oops"), "invalid JSON"),
+        (lambda d: (d / "trainable.safetensors").unlink(), "no trainable.safetensors"),
+        (lambda d: _truncate(d / "trainable.safetensors"), "truncated or corrupt"),
+        (lambda d: (d / "trainable.safetensors").write_bytes(b"garbage"), "not a readable"),
+        (lambda d: shutil.rmtree(d), "no such run directory"),
+    ],
+)
+def test_corrupt_or_missing_variant_files(runs, tiny_rsg_dir, tmp_path, damage, expect):  # noqa: F811
+    bad = _variant(runs, tmp_path)
+    damage(bad)
+    out = tmp_path / "out"
+    msg = _err(invoke(runs[0], bad, "--data", tiny_rsg_dir, "-o", out))
+    assert expect in msg and str(bad) in msg
+    assert not out.exists()
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+
+
+def test_missing_backbone_and_bad_options(runs, tiny_rsg_dir, tmp_path):  # noqa: F811
+    bad = _variant(runs, tmp_path)
+    info = json.loads((bad / "run.json").read_text())
+    info["backbone"]["path"] = str(tmp_path / "gone")
+    (bad / "run.json").write_text(json.dumps(info))
+    o = ("-o", tmp_path / "out")
+    assert "does not exist" in _err(invoke(runs[0], bad, "--data", tiny_rsg_dir, *o))
+    assert "--data" in _err(invoke(runs[0], "--data", tmp_path / "nope", *o))
+    assert "test labels" in _err(invoke(runs[0], "--data", tiny_rsg_dir, "--split", "test", *o))
+    assert "--batch-size" in _err(invoke(runs[0], "--data", tiny_rsg_dir, "--batch-size", 0, *o))
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "exists").mkdir()
+    assert "--force" in _err(invoke(runs[0], "--data", tiny_rsg_dir, "-o", tmp_path / "exists"))
