@@ -200,7 +200,8 @@ class Batch:
 def encode_units(units, tokenizer, max_len):
     out = []
     for u in units:
-        ids = tokenizer.encode(" | ".join(str(p) for p in u.pieces))[:max_len]
+        text = " | ".join(p[0] if isinstance(p, tuple) else str(p) for p in u.pieces)
+        ids = tokenizer.encode(text)[:max_len]
         out.append((u, ids))
     return out
 
