@@ -20,6 +20,7 @@ standins.install()  # no-op for every upstream module that exists
 
 import mlx.core as mx  # noqa: E402
 
+from mlx_rsg.cli import main  # noqa: E402
 from mlx_rsg.metrics import class_report, score_task, total_score  # noqa: E402
 from mlx_rsg.submission import read_submission  # noqa: E402
 
