@@ -149,6 +149,7 @@ def _split_marked(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[str
     pieces: list[tuple[str, bool]] = []
     pos = 0
     for s, e in sorted(spans):
+        s, e = min(max(s, pos), len(text)), min(max(e, s), len(text))
         while e > s + 1 and (text[e - 1].isspace() or text[e - 1] in _PUNCT):
             e -= 1
         while s > pos and text[s - 1].isspace():
