@@ -10,7 +10,9 @@ INTERFACE (fixed; train.py / predict.py / batching.py build on it):
 
 A unit is a short Russian prompt cut into pieces `(text, marked)`. Marked pieces are the spans the
 span-pooling tasks (RUSSE, RWSD) pool; the model sees the pieces concatenated in order. The first
-element of every unit key is the record's idx.
+element of every unit key is the record's idx. Pieces are tokenised one by one, so glue words end
+without a space and the text after them starts with one: a SentencePiece tokenizer without a dummy
+prefix then sees "▁word" tokens, as in running text, instead of a lone "▁".
 """
 
 from __future__ import annotations
@@ -101,23 +103,23 @@ def _index(task: str, label) -> int | None:
 def _nli_units(task: str):
     def make(r) -> list[Unit]:
         pieces = (
-            ("Посылка: ", False),
-            (r.premise, False),
-            ("\nГипотеза: ", False),
-            (r.hypothesis, False),
+            ("Посылка:", False),
+            (" " + r.premise, False),
+            ("\nГипотеза:", False),
+            (" " + r.hypothesis, False),
         )
         return [Unit(task, (r.idx,), None, pieces, _index(task, r.label), trim=(1, 3))]
 
     return make
 
 
-PARUS_QUESTION = {"cause": "\nПричина: ", "effect": "\nСледствие: "}
+PARUS_QUESTION = {"cause": "\nПричина:", "effect": "\nСледствие:"}
 
 
 def _parus_units(r) -> list[Unit]:
     out = []
     for c, choice in enumerate((r.choice1, r.choice2)):
-        pieces = ((r.premise, False), (PARUS_QUESTION[r.question], False), (choice, False))
+        pieces = ((r.premise, False), (PARUS_QUESTION[r.question], False), (" " + choice, False))
         label = None if r.label is None else int(r.label == c)
         out.append(Unit("PARus", (r.idx, c), (r.idx,), pieces, label, trim=(0,)))
     return out
@@ -128,12 +130,12 @@ def _muserc_units(r) -> list[Unit]:
     for q in r.questions:
         for a in q.answers:
             pieces = (
-                ("Текст: ", False),
-                (r.text, False),
-                ("\nВопрос: ", False),
-                (q.question, False),
-                ("\nОтвет: ", False),
-                (a.text, False),
+                ("Текст:", False),
+                (" " + r.text, False),
+                ("\nВопрос:", False),
+                (" " + q.question, False),
+                ("\nОтвет:", False),
+                (" " + a.text, False),
             )
             out.append(Unit("MuSeRC", (r.idx, q.idx, a.idx), None, pieces, a.label, trim=(1,)))
     return out
@@ -162,9 +164,10 @@ def _split_marked(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[str
 
 
 def _russe_units(r) -> list[Unit]:
-    s1 = _split_marked(r.sentence1, [(r.start1, r.end1)])
-    s2 = _split_marked(r.sentence2, [(r.start2, r.end2)])
-    pieces = (("Слово: ", False), (r.word, False), ("\n1: ", False), *s1, ("\n2: ", False), *s2)
+    # a leading space, so a target word at the very start is tokenised like one mid-sentence
+    s1 = _split_marked(" " + r.sentence1, [(r.start1 + 1, r.end1 + 1)])
+    s2 = _split_marked(" " + r.sentence2, [(r.start2 + 1, r.end2 + 1)])
+    pieces = (("Слово:", False), (" " + r.word, False), ("\n1:", False), *s1, ("\n2:", False), *s2)
     return [Unit("RUSSE", (r.idx,), None, tuple(pieces), _index("RUSSE", r.label))]
 
 
@@ -215,13 +218,20 @@ def rwsd_spans(r) -> tuple[tuple[int, int], tuple[int, int]]:
 
 def _rwsd_units(r) -> list[Unit]:
     sp1, sp2 = rwsd_spans(r)
-    pieces = tuple(_split_marked(r.text, [sp1, sp2]))
+    text = " " + r.text  # as RUSSE: a span at the start is tokenised like one mid-text
+    marked = [(sp1[0] + 1, sp1[1] + 1), (sp2[0] + 1, sp2[1] + 1)]
+    pieces = (("Текст:", False), *_split_marked(text, marked))
     order = (0, 1) if sp1[0] <= sp2[0] else (1, 0)
     return [Unit("RWSD", (r.idx,), None, pieces, _index("RWSD", r.label), span_order=order)]
 
 
 def _danetqa_units(r) -> list[Unit]:
-    pieces = (("Текст: ", False), (r.passage, False), ("\nВопрос: ", False), (r.question, False))
+    pieces = (
+        ("Текст:", False),
+        (" " + r.passage, False),
+        ("\nВопрос:", False),
+        (" " + r.question, False),
+    )
     return [Unit("DaNetQA", (r.idx,), None, pieces, _index("DaNetQA", r.label), trim=(1,))]
 
 
@@ -265,7 +275,12 @@ def _rucos_units(r, train: bool, rng, max_negatives: int | None) -> list[Unit]:
     units = []
     for i in positions:
         query = r.query.replace("@placeholder", cands[i])
-        pieces = (("Текст: ", False), (passage, False), ("\nЗапрос: ", False), (query, False))
+        pieces = (
+            ("Текст:", False),
+            (" " + passage, False),
+            ("\nЗапрос:", False),
+            (" " + query, False),
+        )
         units.append(Unit("RuCoS", (r.idx, i), (r.idx,), pieces, labels[i], trim=(1,)))
     return units
 
