@@ -1,0 +1,42 @@
+"""Row-parallel CPU inference gives exactly the single-stream forward's results."""
+
+from __future__ import annotations
+
+from tiny_model import tiny_model_dir  # noqa: F401
+
+import mlx_rsg
+
+assert mlx_rsg._blas  # imported before mlx (OpenBLAS preload)
+
+import mlx.core as mx  # noqa: E402
+
+from mlx_rsg.backbone import hidden_states, load_backbone  # noqa: E402
+from mlx_rsg.cpu_parallel import _openblas, blas_threads, row_parallel  # noqa: E402
+
+
+def test_row_parallel_equals_one_stream(tiny_model_dir):  # noqa: F811
+    bb = load_backbone(tiny_model_dir)
+    tokens = mx.random.randint(3, 300, (5, 11)).astype(mx.int32)
+    want = hidden_states(bb, tokens)
+    for parts, chunks in ((1, [5]), (2, [2, 3]), (3, [1, 2, 2]), (8, [1] * 5)):
+        got = row_parallel(lambda t: hidden_states(bb, t), tokens, parts=parts)
+        # Bit for bit the chunks computed one after another on the default stream ...
+        lo, one_by_one = 0, []
+        with blas_threads(1):
+            for n in chunks:
+                one_by_one.append(hidden_states(bb, tokens[lo : lo + n]))
+                mx.eval(one_by_one[-1])
+                lo += n
+        assert mx.array_equal(got, mx.concatenate(one_by_one)).item(), parts
+        # ... and the whole batch up to GEMM blocking order (rounding).
+        assert mx.allclose(got, want, rtol=1e-4, atol=1e-4).item(), parts
+
+
+def test_blas_threads_restored():
+    lib = _openblas()
+    if lib is None:
+        return  # no preloaded OpenBLAS (macOS / MLX_RSG_BLAS=none): nothing to set
+    before = lib.openblas_get_num_threads()
+    with blas_threads(1):
+        assert lib.openblas_get_num_threads() == 1
+    assert lib.openblas_get_num_threads() == before
