@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
@@ -67,17 +68,51 @@ def row_parallel(fn: Callable[..., mx.array], *arrays: mx.array, parts: int | No
     Every array is split along axis 0. Falls back to one evaluated call on a GPU, with one core,
     or with fewer rows than parts.
     """
-    rows = arrays[0].shape[0]
+    return _in_chunks(lambda lo, hi: fn(*(a[lo:hi] for a in arrays)), arrays[0].shape[0], parts)
+
+
+def model_rows(model, batch, h0: mx.array | None = None, parts: int | None = None) -> mx.array:
+    """model(batch, h0) for an inference batch, as row chunks in parallel (evaluated).
+
+    Every field of the batch dataclass that has one entry per row (arrays, lists) is cut; the
+    rest (head, task) is shared. Choice groups may be cut apart: inference scores every row on
+    its own; groups only matter to the loss and to decoding.
+    """
+    rows = batch.tokens.shape[0]
+
+    def call(lo: int, hi: int) -> mx.array:
+        part = _cut_batch(batch, rows, lo, hi)
+        return model(part, None if h0 is None else h0[lo:hi])
+
+    return _in_chunks(call, rows, parts)
+
+
+def _cut_batch(batch, rows: int, lo: int, hi: int):
+    import numpy as np
+
+    def cut(v):
+        if isinstance(v, (mx.array, np.ndarray)) and v.ndim and v.shape[0] == rows:
+            return v[lo:hi]
+        if isinstance(v, (list, tuple)) and len(v) == rows:
+            return type(v)(v[lo:hi])
+        return v
+
+    return dataclasses.replace(
+        batch, **{f.name: cut(getattr(batch, f.name)) for f in dataclasses.fields(batch)}
+    )
+
+
+def _in_chunks(make: Callable[[int, int], mx.array], rows: int, parts: int | None) -> mx.array:
     parts = min(parts or cpu_cores(), rows)
     if parts <= 1 or mx.default_device() != mx.cpu:
-        out = fn(*arrays)
+        out = make(0, rows)
         mx.eval(out)
         return out
     bounds = [rows * i // parts for i in range(parts + 1)]
     outs = []
     for stream, lo, hi in zip(_streams(parts), bounds, bounds[1:], strict=False):
         with mx.stream(stream):
-            outs.append(fn(*(a[lo:hi] for a in arrays)))
+            outs.append(make(lo, hi))
     with blas_threads(1):
         mx.eval(outs)
     out = mx.concatenate(outs)

@@ -266,3 +266,20 @@ def test_missing_backbone_and_bad_options(runs, tiny_rsg_dir, tmp_path):  # noqa
     assert not (tmp_path / "out").exists()
     (tmp_path / "exists").mkdir()
     assert "--force" in _err(invoke(runs[0], "--data", tiny_rsg_dir, "-o", tmp_path / "exists"))
+
+
+def test_model_rows_equals_one_call(runs, tiny_rsg_dir):  # noqa: F811
+    """The row-parallel CPU path gives the logits of one model call (up to GEMM rounding)."""
+    from mlx_rsg import batching
+    from mlx_rsg.cpu_parallel import model_rows
+    from mlx_rsg.predict import load
+    from mlx_rsg.tasks import make_units
+
+    p = load(runs[0])
+    for task in ("TERRa", "PARus"):
+        units = make_units(task, records(tiny_rsg_dir, task), train=False)
+        for batch in batching.make_batches(batching.encode_units(units, p.tokenizer, p.max_len), 8):
+            want = p.model(batch)
+            got = model_rows(p.model, batch, parts=3)
+            assert got.shape == want.shape
+            assert mx.allclose(got, want, rtol=1e-4, atol=1e-5).item()
