@@ -41,7 +41,8 @@ def info() -> None:
     click.echo(f"mlx-lm    {mlx_lm.__version__}")
     click.echo(f"device    {mx.default_device()}")
     if sys.platform.startswith("linux"):
-        blas = _blas.BLAS_PATH or "mlx's bundled reference BLAS (slow; apt install libopenblas0-pthread)"
+        fallback = "mlx's bundled reference BLAS (slow; apt install libopenblas0-pthread)"
+        blas = _blas.BLAS_PATH or fallback
         click.echo(f"blas      {blas}")
         if _blas.BLAS_ERROR and not _blas.BLAS_PATH:
             click.echo(f"          (tried {_blas.BLAS_ERROR})")

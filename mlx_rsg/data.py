@@ -31,7 +31,8 @@ class NLIRecord:
     idx: int
     premise: str
     hypothesis: str
-    label: str | None  # TERRa/LiDiRus: entailment|not_entailment; RCB: entailment|contradiction|neutral
+    # TERRa/LiDiRus: entailment|not_entailment; RCB: entailment|contradiction|neutral
+    label: str | None
 
 
 @dataclass(frozen=True)
