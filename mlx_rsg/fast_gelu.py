@@ -1,0 +1,76 @@
+"""Gemma's tanh-GELU for the CPU: a rational tanh instead of MLX's scalar `tanh`.
+
+Why: on the CPU, MLX's transcendental ops cost ~25 ns per element, so `gelu_approx(gate) * up`
+took as long as all of a Gemma layer's matmuls (56 of ~130 ms per layer at 8x128 on Gemma-3-270M).
+Here tanh is x * P(x^2) / Q(x^2) on [-7.905, 7.905] (the coefficients of Eigen's float `ptanh`;
+max error 4e-7 against `mx.tanh`), and GELU times the up projection is one compiled kernel:
+measured 61.7 -> 5.4 ms for a (8, 128, 2048) activation, outputs within 4e-6 of mlx-lm's.
+
+It is ordinary MLX arithmetic, so gradients flow through it (training uses it too). On a GPU, or
+in a dtype other than float32, mlx-lm's own MLP runs unchanged. `install()` patches the Gemma 3
+MLP class (mlx-lm builds Gemma 3 and Gemma 3 text layers from `gemma3_text.MLP`).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+# tanh(x) ~= x * P(x^2) / Q(x^2), |x| <= _CLAMP (beyond it tanh is +-1 in float32).
+_CLAMP = 7.90531110763549805
+_P = (
+    4.89352455891786e-03,
+    6.37261928875436e-04,
+    1.48572235717979e-05,
+    5.12229709037114e-08,
+    -8.60467152213735e-11,
+    2.00018790482477e-13,
+    -2.76076847742355e-16,
+)
+_Q = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)
+_SQRT_2_OVER_PI = 0.7978845608028654
+_ORIGINAL: dict[str, object] = {}
+
+
+def tanh(x: mx.array) -> mx.array:
+    x = mx.clip(x, -_CLAMP, _CLAMP)
+    x2 = x * x
+    p = _P[-1]
+    for c in reversed(_P[:-1]):
+        p = p * x2 + c
+    q = _Q[-1]
+    for c in reversed(_Q[:-1]):
+        q = q * x2 + c
+    return x * p / q
+
+
+@mx.compile
+def gelu_mul(gate: mx.array, up: mx.array) -> mx.array:
+    """gelu_approx(gate) * up in one fused kernel."""
+    inner = _SQRT_2_OVER_PI * (gate + 0.044715 * gate * gate * gate)
+    return 0.5 * gate * (1.0 + tanh(inner)) * up
+
+
+def _use_fast(x: mx.array) -> bool:
+    return x.dtype == mx.float32 and mx.default_device() == mx.cpu
+
+
+def _mlp_call(self, x: mx.array) -> mx.array:
+    if not _use_fast(x):
+        return _ORIGINAL["mlp"](self, x)
+    return self.down_proj(gelu_mul(self.gate_proj(x), self.up_proj(x)))
+
+
+def install() -> None:
+    """Route mlx-lm's Gemma 3 MLP through `gelu_mul` on the CPU in float32 (idempotent)."""
+    from mlx_lm.models import gemma3_text
+
+    if "mlp" not in _ORIGINAL:
+        _ORIGINAL["mlp"] = gemma3_text.MLP.__call__
+    gemma3_text.MLP.__call__ = _mlp_call
+
+
+def uninstall() -> None:
+    from mlx_lm.models import gemma3_text
+
+    if "mlp" in _ORIGINAL:
+        gemma3_text.MLP.__call__ = _ORIGINAL["mlp"]

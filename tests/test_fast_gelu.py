@@ -1,0 +1,53 @@
+"""The CPU GELU against mlx-lm's: tanh error, MLP values and gradients, the model forward."""
+
+from __future__ import annotations
+
+import mlx_rsg
+
+assert mlx_rsg._blas  # OpenBLAS before mlx
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+from mlx_lm.models import gemma3_text  # noqa: E402
+from tiny_model import tiny_model_dir  # noqa: E402, F401
+
+from mlx_rsg import fast_gelu  # noqa: E402
+from mlx_rsg.backbone import hidden_states, load_backbone  # noqa: E402
+
+
+def test_rational_tanh_matches_tanh_everywhere():
+    x = mx.linspace(-30, 30, 600001)
+    assert mx.max(mx.abs(fast_gelu.tanh(x) - mx.tanh(x))).item() < 1e-6
+    assert fast_gelu.tanh(mx.array([0.0])).item() == 0.0
+
+
+def test_gelu_mul_values_and_gradients_match_mlx():
+    mx.random.seed(0)
+    g = mx.random.normal((3, 17, 64)) * 3
+    u = mx.random.normal((3, 17, 64))
+
+    def ref(g, u):
+        return nn.gelu_approx(g) * u
+
+    assert mx.allclose(fast_gelu.gelu_mul(g, u), ref(g, u), atol=1e-5).item()
+    grads = mx.grad(lambda g, u: fast_gelu.gelu_mul(g, u).sum(), argnums=(0, 1))(g, u)
+    expected = mx.grad(lambda g, u: ref(g, u).sum(), argnums=(0, 1))(g, u)
+    for a, b in zip(grads, expected, strict=True):
+        assert mx.allclose(a, b, atol=1e-4).item()
+
+
+def test_installed_mlp_equals_mlx_lm_mlp(tiny_model_dir):  # noqa: F811
+    bb = load_backbone(tiny_model_dir)  # installs the fast path
+    assert gemma3_text.MLP.__call__ is fast_gelu._mlp_call
+    tokens = mx.array([[2, 17, 45, 99, 3, 250, 7, 8]])
+    fast = hidden_states(bb, tokens)
+    fast_gelu.uninstall()
+    try:
+        slow = hidden_states(bb, tokens)
+    finally:
+        fast_gelu.install()
+    assert mx.max(mx.abs(fast - slow)).item() < 1e-4
+    mlp = bb.layers[0].mlp  # bf16 falls back to mlx-lm's own MLP
+    x = mx.random.normal((1, 4, bb.hidden_size)).astype(mx.bfloat16)
+    mlp.set_dtype(mx.bfloat16)
+    assert mx.array_equal(mlp(x), fast_gelu._ORIGINAL["mlp"](mlp, x)).item()
