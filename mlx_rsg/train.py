@@ -84,6 +84,8 @@ class TrainConfig:
     warmup: int = 100
     max_len: int = 256
     seed: int = 0
+    # Caps count examples (units: one per MuSeRC answer, gold + negatives per RuCoS query) and
+    # draw whole records, so one number keeps every task in proportion.
     max_train_per_task: int | None = 5000
     max_eval_per_task: int | None = None
     max_negatives: int = 4
@@ -272,13 +274,33 @@ def read_checkpoint(run_dir: Path, model, optimizer) -> dict[str, Any]:
 # --------------------------------------------------------------------------- data plan
 
 
-def _subset(items: list, limit: int | None, seed: int, salt: str) -> list:
-    """At most `limit` items, drawn once from (seed, salt), in their original order."""
-    if limit is None or len(items) <= limit:
+def _subset(items: list, limit: int | None, seed: int, salt: str, size=None) -> list:
+    """Records drawn once from (seed, salt) until their examples reach `limit`, kept in their
+    original order. `size(record)` counts a record's examples (default 1), so that a cap means
+    the same thing for every task: one MuSeRC passage holds ~24 answer examples."""
+    size = size or (lambda _: 1)
+    if limit is None or sum(size(r) for r in items) <= limit:
         return list(items)
-    rng = random.Random(f"{seed}:{salt}")
-    keep = sorted(rng.sample(range(len(items)), limit))
-    return [items[i] for i in keep]
+    order = list(range(len(items)))
+    random.Random(f"{seed}:{salt}").shuffle(order)
+    keep, total = [], 0
+    for i in order:
+        if total >= limit:
+            break
+        keep.append(i)
+        total += size(items[i])
+    return [items[i] for i in sorted(keep)]
+
+
+def examples_in(task: str, record, max_negatives: int | None = None) -> int:
+    """How many classification examples (units) a record gives; RuCoS trains on the gold
+    entity plus at most `max_negatives` sampled ones."""
+    from mlx_rsg.tasks import make_units
+
+    n = len(make_units(task, [record], train=False))
+    if task == "RuCoS" and max_negatives is not None:
+        return min(n, 1 + max_negatives)
+    return n
 
 
 @dataclass
@@ -300,8 +322,20 @@ def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]
         val = load_split(data_dir, task, "val") if "val" in splits else []
         out[task] = TaskData(
             task,
-            _subset(train, cfg.max_train_per_task, cfg.seed, f"{task}:train"),
-            _subset(val, cfg.max_eval_per_task, cfg.seed, f"{task}:val"),
+            _subset(
+                train,
+                cfg.max_train_per_task,
+                cfg.seed,
+                f"{task}:train",
+                lambda r, t=task: examples_in(t, r, cfg.max_negatives),
+            ),
+            _subset(
+                val,
+                cfg.max_eval_per_task,
+                cfg.seed,
+                f"{task}:val",
+                lambda r, t=task: examples_in(t, r),
+            ),
         )
         log(f"{task}: {len(out[task].train)}/{len(train)} train, {len(out[task].val)} val records")
     if "TERRa" in cfg.tasks:

@@ -106,9 +106,15 @@ def _default(name: str):
     type=int,
     default=_default("max_train_per_task"),
     show_default=True,
-    help="At most N training records per task (0: no cap).",
+    help="At most ~N training examples per task, drawn as whole records (examples = units: one "
+    "per MuSeRC answer, gold + negatives per RuCoS query; 0: no cap).",
 )
-@click.option("--max-eval-per-task", type=int, default=None, help="At most N val records per task.")
+@click.option(
+    "--max-eval-per-task",
+    type=int,
+    default=None,
+    help="At most ~N val examples per task, drawn as whole records.",
+)
 @click.option(
     "--max-negatives",
     type=int,

@@ -137,6 +137,13 @@ def test_cap_is_a_fixed_subset():
     assert T._subset(items, None, 1, "x") == items and T._subset(items, 500, 1, "x") == items
 
 
+def test_cap_counts_examples_not_records():
+    sizes = {i: (10 if i % 2 else 1) for i in range(40)}  # odd records hold 10 examples
+    kept = T._subset(list(range(40)), 50, seed=3, salt="MuSeRC:train", size=sizes.__getitem__)
+    total = sum(sizes[i] for i in kept)
+    assert 50 <= total < 60 and kept == sorted(kept)  # stops at the first record reaching 50
+
+
 def test_default_config_matches_reference():
     cfg = T.TrainConfig()
     assert (cfg.lr, cfg.warmup, cfg.epochs, cfg.dropout) == (5e-6, 100, 3, 0.1)
