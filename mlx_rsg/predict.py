@@ -44,17 +44,23 @@ def score_units(
 
 
 def evaluate(
-    model, tokenizer, records_by_task: dict[str, list], max_len: int, batch_size: int, log=None
+    model,
+    tokenizer,
+    records_by_task: dict[str, list],
+    max_len: int,
+    batch_size: int,
+    log=None,
+    h0_fn=None,
 ) -> dict[str, Any]:
     """Official val metrics per task, each with a single `score` (two-metric tasks averaged),
-    and `score`: their unweighted mean."""
+    and `score`: their unweighted mean. `h0_fn(batch)` supplies cached frozen-prefix outputs."""
     from mlx_rsg.metrics import score_task
     from mlx_rsg.tasks import decode
 
     model.eval()
     tasks: dict[str, dict[str, float]] = {}
     for task, records in records_by_task.items():
-        units, logits = score_units(model, tokenizer, task, records, max_len, batch_size)
+        units, logits = score_units(model, tokenizer, task, records, max_len, batch_size, h0_fn)
         preds = decode(task, records, [u.key for u in units], logits)
         metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
         metrics["score"] = float(np.mean(list(metrics.values())))

@@ -549,7 +549,13 @@ def train(
 
     from mlx_rsg.features import PrefixCache
 
-    cache = PrefixCache(model, cache_dir=cfg.cache_dir) if _use_cache(cfg, model) else None
+    # Train and val units share keys (record idx), so each split gets its own cache; the val
+    # prefix is then computed once for every epoch's evaluation too.
+    cache = val_cache = None
+    if _use_cache(cfg, model):
+        sub = (lambda s: str(Path(cfg.cache_dir) / s)) if cfg.cache_dir else (lambda s: None)
+        cache = PrefixCache(model, cache_dir=sub("train"))
+        val_cache = PrefixCache(model, cache_dir=sub("val"))
 
     def loss_only(m, batch, h0):
         return loss_fn(m, batch, h0)
@@ -607,6 +613,7 @@ def train(
             cfg.max_len,
             cfg.batch_size,
             log=log,
+            h0_fn=val_cache.prefix if val_cache is not None else None,
         )
         entry = {
             "epoch": epoch + 1,
