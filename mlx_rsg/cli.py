@@ -63,7 +63,9 @@ main.add_command(predict_command)
 @click.argument("variants", nargs=-1, type=click.Path())
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="RSG data directory.")
 @click.option("--split", default="val", show_default=True, help="A labelled split.")
-@click.option("--max-per-task", type=int, default=None, help="First N records of each task.")
+@click.option(
+    "--max-per-task", type=int, default=None, help="First records of each task, up to ~N examples."
+)
 @click.option("-o", "--output", "out_dir", default="bench", show_default=True, type=click.Path())
 @click.option("--batch-size", type=int, default=16, show_default=True, help="For throughput.")
 @click.option("--latency-samples", type=int, default=24, show_default=True)

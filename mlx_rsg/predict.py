@@ -239,7 +239,7 @@ def _data_records(
     predictor: Predictor, data_dir: str, split: str, task_list: str, max_per_task: int | None
 ) -> dict[str, list]:
     from mlx_rsg.data import TASKS, available_splits, load_split
-    from mlx_rsg.run import diagnostic_records, parse_tasks
+    from mlx_rsg.run import diagnostic_records, first_examples, parse_tasks
 
     wanted = set(parse_tasks(task_list)) if task_list.lower() != "all" else set(TASKS)
     out: dict[str, list] = {}
@@ -258,7 +258,7 @@ def _data_records(
                 continue
             records = load_split(data_dir, task, split)
         if records:
-            out[task] = records[:max_per_task] if max_per_task else records
+            out[task] = first_examples(task, records, max_per_task)
     if not out:
         raise UserError(
             f"{data_dir}: no {split} data for this run's tasks ({', '.join(predictor.tasks)})"

@@ -232,3 +232,27 @@ def task_info(tasks: list[str]) -> dict[str, Any]:
 
 def jsonable(v):
     return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+
+
+def examples_in(task: str, record, max_negatives: int | None = None) -> int:
+    """How many classification examples (units) a record gives; RuCoS trains on the gold
+    entity plus at most `max_negatives` sampled ones."""
+    from mlx_rsg.tasks import make_units
+
+    n = len(make_units(task, [record], train=False))
+    if task == "RuCoS" and max_negatives is not None:
+        return min(n, 1 + max_negatives)
+    return n
+
+
+def first_examples(task: str, records: list, limit: int | None) -> list:
+    """The first records whose examples reach `limit` (all of them when limit is None)."""
+    if limit is None:
+        return list(records)
+    out, total = [], 0
+    for r in records:
+        if total >= limit:
+            break
+        out.append(r)
+        total += examples_in(task, r)
+    return out

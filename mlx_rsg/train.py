@@ -47,6 +47,7 @@ from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
     config_dict,
     dataclass_from_dict,
     diagnostic_records,
+    examples_in,
     parse_tasks,
     read_run_json,
     save_weights,
@@ -290,17 +291,6 @@ def _subset(items: list, limit: int | None, seed: int, salt: str, size=None) -> 
         keep.append(i)
         total += size(items[i])
     return [items[i] for i in sorted(keep)]
-
-
-def examples_in(task: str, record, max_negatives: int | None = None) -> int:
-    """How many classification examples (units) a record gives; RuCoS trains on the gold
-    entity plus at most `max_negatives` sampled ones."""
-    from mlx_rsg.tasks import make_units
-
-    n = len(make_units(task, [record], train=False))
-    if task == "RuCoS" and max_negatives is not None:
-        return min(n, 1 + max_negatives)
-    return n
 
 
 @dataclass

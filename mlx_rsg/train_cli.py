@@ -215,7 +215,9 @@ def train_command(
     help="With --split test: write the official submission zip here.",
 )
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--max-per-task", type=int, default=None, help="With --data: first N records.")
+@click.option(
+    "--max-per-task", type=int, default=None, help="With --data: first records, up to ~N examples."
+)
 def predict_command(
     run_dir, task, input_path, data_dir, split, task_list, submission, batch_size, max_per_task
 ):

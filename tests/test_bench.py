@@ -67,10 +67,10 @@ def benched(runs, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
 
 def records(data_dir, task):
     from mlx_rsg.data import load_split
-    from mlx_rsg.run import diagnostic_records
+    from mlx_rsg.run import diagnostic_records, first_examples
 
     recs = diagnostic_records(data_dir) if task == "LiDiRus" else load_split(data_dir, task, "val")
-    return recs[:MAX]
+    return first_examples(task, recs, MAX)
 
 
 def test_bench_json_schema(benched):
@@ -80,8 +80,9 @@ def test_bench_json_schema(benched):
     assert [v["name"] for v in result["variants"]] == ["fp32", "same", "noisy"]
     assert set(result["tasks"]) == {"TERRa", "RCB", "PARus", "LiDiRus"}
     assert {t for t, d in result["tasks"].items() if d["fixture"]} == {"RCB"}
+    # --max-per-task counts examples: a PARus record is two units (one per choice).
     assert result["tasks"]["PARus"] == {
-        "records": MAX, "units": 2 * MAX, "fixture": False, "metrics": ["accuracy"],
+        "records": MAX // 2, "units": MAX, "fixture": False, "metrics": ["accuracy"],
     }  # fmt: skip
     # Tasks absent from the data (or the run) are listed with a reason, never silently dropped.
     assert set(result["skipped"]) == {"MuSeRC", "RUSSE", "RWSD", "DaNetQA", "RuCoS"}
@@ -168,7 +169,7 @@ def test_class_report_from_predictions(benched, tiny_rsg_dir):  # noqa: F811
         ("entailment", "not_entailment"),
     )  # fmt: skip
     assert v["class_report"]["TERRa"] == {k: dict(r) for k, r in want.items()}
-    assert sum(r["support"] for r in v["class_report"]["PARus"].values()) == MAX
+    assert sum(r["support"] for r in v["class_report"]["PARus"].values()) == MAX // 2
 
 
 def test_markdown_and_png(benched):
