@@ -67,7 +67,11 @@ def write_markdown(result: dict[str, Any]) -> str:
     notes = [
         "",
         f"Split `{cfg['split']}` of `{cfg['data']}`"
-        + (f", first {cfg['max_per_task']} records per task" if cfg["max_per_task"] else "")
+        + (
+            f", first records up to ~{cfg['max_per_task']} examples per task"
+            if cfg["max_per_task"]
+            else ""
+        )
         + f"; baseline `{result['baseline']}`; {result['env']['device']}.",
         "Per-task cells: the official metric (two-metric tasks averaged). total: their "
         "unweighted mean over the real-data tasks; Δ fp32: total minus the baseline's; flips: "

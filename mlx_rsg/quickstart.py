@@ -1,0 +1,122 @@
+"""`mlx-rsg quickstart`: the whole pipeline, CPU-sized, in one command.
+
+    convert (embedded Gemma-3-270M) -> train heads on every task -> quantize 8 and 4 bit -> bench
+
+Everything goes under WORK_DIR (model/, runs/fp32, runs/q8, runs/q4, bench/). A step whose output
+is already complete is reused, so an interrupted quickstart continues where it stopped; `--force`
+starts over. The defaults are sized for ~20 minutes on 2 CPU cores: the `heads` method (the whole
+backbone frozen, its features computed once per example and cached) and caps counted in
+classification examples. They show the pipeline and its quality/speed trade-offs, not the best
+scores the model can reach — see the README's training section for a full run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlx_rsg.errors import UserError
+
+
+@dataclass
+class QuickstartConfig:
+    source: str = "gemma-3-270m"  # anything `mlx-rsg convert` accepts
+    method: str = "heads"
+    epochs: int = 10  # cheap with the heads method: features are cached after the first epoch
+    head_lr: float = 2e-3
+    batch_size: int = 16
+    max_len: int = 128
+    max_train_per_task: int = 240  # classification examples per task
+    max_eval_per_task: int = 80
+    bench_max_per_task: int = 80
+    bits: tuple[int, ...] = (8, 4)
+    seed: int = 0
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _done_run(path: Path) -> bool:
+    try:
+        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("status") == "done" and (path / "trainable.safetensors").is_file()
+
+
+def step_convert(cfg: QuickstartConfig, model_dir: Path) -> None:
+    from mlx_rsg.convert import convert
+
+    if (model_dir / "mlx_rsg.json").is_file():
+        _log(f"[1/4] convert: using {model_dir}")
+        return
+    _log(f"[1/4] convert {cfg.source} -> {model_dir}")
+    convert(cfg.source, model_dir, dtype="float32", force=model_dir.exists())
+
+
+def step_train(cfg: QuickstartConfig, model_dir: Path, data_dir: Path, run_dir: Path) -> None:
+    from mlx_rsg.run import tasks_with_train
+    from mlx_rsg.train import TRAIN_TASKS, TrainConfig, train
+
+    if _done_run(run_dir):
+        _log(f"[2/4] train: using {run_dir}")
+        return
+    tasks = tasks_with_train(data_dir, TRAIN_TASKS)
+    _log(f"[2/4] train {cfg.method} on {', '.join(tasks)} -> {run_dir}")
+    tcfg = TrainConfig(
+        tasks=tasks,
+        method=cfg.method,
+        epochs=cfg.epochs,
+        head_lr=cfg.head_lr,
+        batch_size=cfg.batch_size,
+        grad_accum=1,
+        warmup=10,
+        max_len=cfg.max_len,
+        max_train_per_task=cfg.max_train_per_task,
+        max_eval_per_task=cfg.max_eval_per_task,
+        seed=cfg.seed,
+    )
+    train(model_dir, data_dir, run_dir, tcfg, force=run_dir.exists(), log=_log)
+
+
+def step_quantize(cfg: QuickstartConfig, run_dir: Path, out: Path, bits: int) -> None:
+    from mlx_rsg.quantize import quantize
+
+    if _done_run(out):
+        _log(f"[3/4] quantize: using {out}")
+        return
+    _log(f"[3/4] quantize {bits}-bit -> {out}")
+    quantize(run_dir, out, bits=bits, force=out.exists())
+
+
+def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig, force: bool):
+    """Run the four steps; returns bench.json's content and prints bench.md's table."""
+    from mlx_rsg.bench import BenchConfig, bench
+
+    data_dir, work = Path(data_dir), Path(work_dir)
+    if not data_dir.exists():
+        raise UserError(f"--data: {data_dir} does not exist")
+    if force and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir, runs = work / "model", work / "runs"
+    t0 = time.perf_counter()
+    step_convert(cfg, model_dir)
+    step_train(cfg, model_dir, data_dir, runs / "fp32")
+    variants = []
+    for bits in cfg.bits:
+        step_quantize(cfg, runs / "fp32", runs / f"q{bits}", bits)
+        variants.append(str(runs / f"q{bits}"))
+    _log("[4/4] bench fp32 vs " + ", ".join(f"q{b}" for b in cfg.bits))
+    bcfg = BenchConfig(max_per_task=cfg.bench_max_per_task, force=True, seed=cfg.seed)
+    result = bench(str(runs / "fp32"), variants, str(data_dir), str(work / "bench"), bcfg, _log)
+    minutes = (time.perf_counter() - t0) / 60
+    table = (work / "bench" / "bench.md").read_text(encoding="utf-8")
+    print(table.split("### Per-class")[0].strip())
+    print(f"\nquickstart: {minutes:.1f} min; everything is in {work}/ (bench/bench.md for details)")
+    return result
