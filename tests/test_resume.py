@@ -1,0 +1,83 @@
+"""--resume after a real `kill -9`: the resumed run's history equals an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import standins
+from tiny_model import tiny_model_dir, tiny_rsg_dir, tiny_train_config  # noqa: F401
+
+import mlx_rsg.train as T
+from mlx_rsg.run import config_dict
+
+standins.install()  # no-op for every upstream module that exists
+
+# The child trains with each batch slowed down, so the parent can kill it mid-epoch.
+CHILD = """
+import json, sys, time
+sys.path.insert(0, {tests!r})
+import standins
+standins.install()
+import mlx_rsg.batching as B
+import mlx_rsg.train as T
+from mlx_rsg.run import dataclass_from_dict
+
+slow = B.loss_fn
+def loss_fn(*a, **k):
+    time.sleep(0.05)
+    return slow(*a, **k)
+B.loss_fn = loss_fn
+cfg = dataclass_from_dict(T.TrainConfig, json.loads({cfg!r}))
+T.train({model!r}, {data!r}, {run!r}, cfg, log=lambda m: None)
+"""
+
+
+def losses(run: Path) -> list[tuple[int, str, float]]:
+    rows = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines() if x]
+    return [(r["batch"], r["task"], r["loss"]) for r in rows]
+
+
+def test_resume_after_kill_9_equals_uninterrupted_run(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    cfg = tiny_train_config(checkpoint_every=2)
+    full = tmp_path / "full"
+    T.train(tiny_model_dir, tiny_rsg_dir, full, cfg, log=lambda m: None)
+    per_epoch = len(losses(full)) // cfg.epochs
+
+    run = tmp_path / "killed"
+    script = CHILD.format(
+        tests=str(Path(__file__).parent),
+        cfg=json.dumps(config_dict(cfg)),
+        model=str(tiny_model_dir),
+        data=str(tiny_rsg_dir),
+        run=str(run),
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    # Kill in the middle of the second epoch, after at least one mid-epoch checkpoint.
+    while time.time() < deadline and child.poll() is None:
+        done = len(losses(run)) if (run / "losses.jsonl").exists() else 0
+        if done >= per_epoch + per_epoch // 2:
+            os.kill(child.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "training"
+    killed_at = len(losses(run))
+
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, resume=True, log=lambda m: None)
+    got, want = losses(run), losses(full)
+    assert [r[:2] for r in got] == [r[:2] for r in want]  # same batches, same order
+    np.testing.assert_allclose([r[2] for r in got], [r[2] for r in want], rtol=0, atol=1e-6)
+    assert len(got) > killed_at  # it really continued
+    got_m = json.loads((run / "metrics.json").read_text())
+    want_m = json.loads((full / "metrics.json").read_text())
+    assert got_m["best"] == want_m["best"]
+    assert [e["score"] for e in got_m["history"]] == [e["score"] for e in want_m["history"]]
