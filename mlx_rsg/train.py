@@ -11,11 +11,12 @@ warmup over 100 steps, 3 epochs) with two deliberate differences:
   backbone); pretrained weights need small steps, a new linear layer needs large ones.
 
 Task sampling (documented rule): examples-proportional mixing with a per-task limit K (Raffel et
-al., 2020, T5 section 3.5.2). Each task contributes at most K = --max-train-per-task training
-records, a subset drawn once from the seed so every epoch sees the same records (and the frozen
-prefix cache is reused); each epoch visits every selected record once; each batch holds one task
-(one head, one loss) and the batches of all tasks are shuffled together, so a task's share of the
-updates is proportional to min(N_task, K). RuCoS trains on its gold entity plus up to
+al., 2020, T5 section 3.5.2). Each task contributes about K = --max-train-per-task training
+examples (units: one per MuSeRC answer, gold + negatives per RuCoS query), as whole records drawn
+once from the seed so every epoch sees the same records (and the frozen prefix cache is reused);
+each epoch visits every selected record once; each batch holds one task (one head, one loss) and
+the batches of all tasks are shuffled together, so a task's share of the updates is proportional
+to min(N_task, K). RuCoS trains on its gold entity plus up to
 --max-negatives sampled wrong entities per query, resampled each epoch.
 
 Determinism and resume: the data order of epoch e is a pure function of (seed, e); mx.random is
