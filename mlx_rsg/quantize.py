@@ -1,0 +1,271 @@
+"""`mlx-rsg quantize`: MLX affine quantization of a converted model or of a trained run.
+
+    MODEL_DIR -> OUT/                  a normal mlx-lm quantized model directory: config.json with
+                                       the "quantization" block mlx-lm's load understands (plus
+                                       per-path entries for mixed recipes), model.safetensors,
+                                       tokenizer files, and mlx_rsg.json (how it was made)
+    RUN_DIR   -> OUT/                  a run directory predict/bench read whole: run.json (method
+                                       "freeze", every layer frozen), trainable.safetensors (the
+                                       float32 heads only), backbone/ (the trained weights merged
+                                       and quantized, "copied": true), mlx_rsg.json
+
+What is quantized: every Linear of the backbone and the embedding table (63% of Gemma-3-270M's
+parameters; classification only gathers from it). Norms and the classification heads stay float32.
+Quantization is mlx-lm's own (`quantize_model` with a predicate), so `mlx_lm.load` reads OUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlx_rsg.errors import UserError
+
+MANIFEST = "mlx_rsg.json"
+BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine mode supports
+GROUP_SIZES = (32, 64, 128)
+DEFAULT_RECIPE = {8: "q8", 4: "q4"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Bits and group size for every quantized module, with per-path overrides: a module whose
+    path contains an override's key gets that override's parameters (first match wins)."""
+
+    name: str
+    bits: int
+    group_size: int
+    overrides: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def params_for(self, path: str) -> dict[str, int]:
+        for key, p in self.overrides.items():
+            if key in path:
+                return {
+                    "bits": p.get("bits", self.bits),
+                    "group_size": p.get("group_size", self.group_size),
+                }
+        return {"bits": self.bits, "group_size": self.group_size}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "overrides": self.overrides,
+        }
+
+
+def _read_recipe(name: str) -> dict[str, Any]:
+    try:
+        from mlx_rsg.recipes import load_recipe
+    except ImportError:  # the recipes module is newer than this one
+        return _read_recipe_toml(name)
+    return load_recipe("quantize", name)
+
+
+def _read_recipe_toml(name: str) -> dict[str, Any]:
+    import tomllib
+
+    here = Path(__file__).resolve().parent
+    for folder in (here / "recipe_files" / "quantize", here.parent / "quantize"):
+        path = folder / f"{name.removesuffix('.toml')}.toml"
+        if path.is_file():
+            try:
+                return tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as e:
+                raise UserError(f"{path}: invalid TOML: {e}") from None
+    raise UserError(f"unknown quantize recipe '{name}'")
+
+
+def _check_params(where: str, bits: Any, group_size: Any) -> None:
+    if bits not in BITS:
+        raise UserError(f"{where}: field 'bits': {bits!r} is not one of {BITS}")
+    if group_size not in GROUP_SIZES:
+        raise UserError(f"{where}: field 'group_size': {group_size!r} is not one of {GROUP_SIZES}")
+
+
+def resolve_recipe(
+    bits: int | None = None, group_size: int | None = None, recipe: str | None = None
+) -> Recipe:
+    """The recipe to apply: a named one (bits/group_size given explicitly override its
+    defaults), or q8/q4 chosen by `bits`."""
+    if recipe is None:
+        if bits is None:
+            raise UserError("quantize: give --bits 4|8 or --recipe NAME")
+        if bits not in DEFAULT_RECIPE:
+            raise UserError(f"--bits: {bits} is not 4 or 8 (other widths need a --recipe)")
+        recipe = DEFAULT_RECIPE[bits]
+    raw = _read_recipe(recipe)
+    where = f"quantize recipe '{recipe}'"
+    name = raw.get("name", recipe)
+    r_bits = bits if bits is not None else raw.get("bits")
+    r_group = group_size if group_size is not None else raw.get("group_size", 64)
+    _check_params(where, r_bits, r_group)
+    overrides = raw.get("overrides", {})
+    if not isinstance(overrides, dict):
+        raise UserError(f"{where}: field 'overrides': expected a table of path -> parameters")
+    clean = {}
+    for key, p in overrides.items():
+        if not isinstance(p, dict) or set(p) - {"bits", "group_size"}:
+            raise UserError(f"{where}: field 'overrides.{key}': expected {{bits, group_size}}")
+        _check_params(f"{where}: overrides.{key}", p.get("bits", r_bits),
+                      p.get("group_size", r_group))
+        clean[key] = dict(p)
+    return Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean)
+
+
+# ---------------------------------------------------------------- model directories
+
+
+def _read_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{model_dir}: not a model directory (no config.json) nor a run (run.json)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise UserError(f"{path}: field 'model_type': missing (not a converted model config)")
+    if "quantization" in config:
+        raise UserError(
+            f"{path}: field 'quantization': the model is already quantized; "
+            "quantize the float32 model or run instead"
+        )
+    if not list(model_dir.glob("*.safetensors")):
+        raise UserError(f"{model_dir}: no *.safetensors weights (is it a converted model dir?)")
+    return config
+
+
+def _load_model(model_dir: Path):
+    """mlx-lm's loader; missing, extra or misshapen tensors become one-line errors."""
+    from mlx_lm.utils import load_model
+
+    try:
+        return load_model(model_dir)
+    except ValueError as e:  # mlx-lm: missing/unexpected parameters, wrong shapes
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{model_dir}: weights do not match config.json: {msg}") from None
+    except Exception as e:  # safetensors header errors, truncated files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{model_dir}: cannot load the weights: {msg}") from None
+
+
+def quantize_backbone(model, config: dict[str, Any], recipe: Recipe) -> tuple[dict, dict]:
+    """Quantize the mlx-lm model in place; returns (config with its quantization block, counts).
+
+    Every module with `to_quantized` (Linear, Embedding) whose input width divides its group size
+    is quantized; mlx-lm writes a per-path entry for every module whose parameters differ from
+    the recipe's defaults, which is the format its loader reads back."""
+    from mlx_lm.utils import quantize_model
+
+    counts = {"quantized": 0, "skipped": []}
+    default = {"bits": recipe.bits, "group_size": recipe.group_size}
+
+    def predicate(path: str, module) -> bool | dict:
+        p = recipe.params_for(path)
+        if module.weight.shape[-1] % p["group_size"]:
+            counts["skipped"].append(path)
+            return False
+        counts["quantized"] += 1
+        return True if p == default else {**p, "mode": "affine"}
+
+    with contextlib.redirect_stdout(sys.stderr):  # mlx-lm prints its bits-per-weight line
+        model, qconfig = quantize_model(
+            model, config, recipe.group_size, recipe.bits, mode="affine", quant_predicate=predicate
+        )
+    return qconfig, counts
+
+
+def write_quantized(src_dir: Path, dst: Path, model, qconfig: dict[str, Any]) -> None:
+    """A model directory readable by `mlx_lm.load`: weights, config, the source's tokenizer."""
+    from mlx_lm.utils import save_config, save_model
+
+    from mlx_rsg.run import copy_model_dir
+
+    copy_model_dir(src_dir, dst)  # tokenizer + any extra json; weights are replaced below
+    for f in dst.glob("*.safetensors"):
+        f.unlink()
+    for stale in ("model.safetensors.index.json", MANIFEST):
+        (dst / stale).unlink(missing_ok=True)
+    save_model(dst, model)
+    save_config(dict(qconfig), config_path=dst / "config.json")
+
+
+def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str, Any]:
+    import mlx.core as mx
+    import mlx_lm
+
+    import mlx_rsg
+
+    return {
+        "format": "mlx-rsg-quantized",
+        "version": 1,
+        "source": str(source.resolve()),
+        "source_kind": kind,
+        "bits": recipe.bits,
+        "group_size": recipe.group_size,
+        "mode": "affine",
+        "recipe": recipe.as_dict(),
+        "quantized_modules": counts["quantized"],
+        "skipped_modules": counts["skipped"],
+        "kept_float32": ["norms", "classification heads"],
+        "versions": {
+            "mlx_rsg": getattr(mlx_rsg, "__version__", "unknown"),
+            "mlx": mx.__version__,
+            "mlx_lm": mlx_lm.__version__,
+        },
+    }
+
+
+def _quantize_model_dir(model_dir: Path, dst: Path, recipe: Recipe) -> dict:
+    config = _read_config(model_dir)
+    model, _ = _load_model(model_dir)
+    qconfig, counts = quantize_backbone(model, config, recipe)
+    if not counts["quantized"]:
+        raise UserError(
+            f"{model_dir}: no layer's width is a multiple of group size {recipe.group_size}; "
+            "nothing to quantize (try --group-size 32)"
+        )
+    write_quantized(model_dir, dst, model, qconfig)
+    return counts
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def quantize(
+    source: str | Path,
+    out: str | Path,
+    bits: int | None = None,
+    group_size: int | None = None,
+    recipe: str | None = None,
+    force: bool = False,
+    log=None,
+) -> Path:
+    """Quantize a converted MODEL_DIR or a trained RUN_DIR into OUT (atomic); returns OUT."""
+    from mlx_rsg.io import atomic_dir
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise UserError(f"{source}: no such directory")
+    if out.resolve() == source.resolve():
+        raise UserError(f"{out}: OUT must differ from the source directory")
+    rec = resolve_recipe(bits, group_size, recipe)
+    is_run = (source / "run.json").is_file()
+    with atomic_dir(out, force=force) as tmp:
+        if is_run:
+            raise UserError(f"{source}: quantizing a run directory is not implemented yet")
+        counts = _quantize_model_dir(source, tmp, rec)
+        manifest = _manifest(source, "run" if is_run else "model", rec, counts)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    log(
+        f"quantized {counts['quantized']} modules ({rec.name}: {rec.bits}-bit, group "
+        f"{rec.group_size}) -> {out}"
+    )
+    return out
