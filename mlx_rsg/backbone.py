@@ -86,8 +86,15 @@ def layer_window(bb: Backbone, i: int) -> int | None:
     return None
 
 
-def run_layers(bb: Backbone, h: mx.array, start: int = 0, end: int | None = None) -> mx.array:
-    """Apply decoder layers [start, end) to hidden states h of shape (B, L, D)."""
+def run_layers(
+    bb: Backbone,
+    h: mx.array,
+    start: int = 0,
+    end: int | None = None,
+    hooks: dict[int, Any] | None = None,
+) -> mx.array:
+    """Apply decoder layers [start, end) to hidden states h of shape (B, L, D); `hooks[i]`, if
+    given, is applied to layer i's output (the classifier's adapters)."""
     end = bb.num_layers if end is None else end
     masks: dict[int | None, Any] = {}
     for i in range(start, end):
@@ -95,6 +102,8 @@ def run_layers(bb: Backbone, h: mx.array, start: int = 0, end: int | None = None
         if window not in masks:
             masks[window] = create_attention_mask(h, None, window_size=window)
         h = bb.layers[i](h, masks[window], None)
+        if hooks and i in hooks:
+            h = hooks[i](h)
     return h
 
 

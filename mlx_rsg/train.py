@@ -28,6 +28,7 @@ new directory, then a pointer file is swapped atomically, then the previous one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -408,13 +409,22 @@ class _LossLog:
         self.f.close()
 
 
+def seeded_generator(salt: str):
+    """A numpy Generator seeded from a string (Python's str hash is salted per process)."""
+    import numpy as np
+
+    return np.random.default_rng(
+        int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little")
+    )
+
+
 def _train_batches(task: str, records: list, tokenizer, cfg: TrainConfig, epoch: int) -> list:
     """One epoch's batches of one task. Units are rebuilt per epoch only because RuCoS draws
     fresh negatives; the rng depends on (seed, task, epoch) alone."""
     from mlx_rsg.batching import encode_units, make_batches
     from mlx_rsg.tasks import make_units
 
-    rng = random.Random(f"{cfg.seed}:{task}:units:{epoch}")
+    rng = seeded_generator(f"{cfg.seed}:{task}:units:{epoch}")
     units = make_units(task, records, train=True, rng=rng, max_negatives=cfg.max_negatives)
     encoded = encode_units(units, tokenizer, cfg.max_len)
     return make_batches(encoded, cfg.batch_size, rng=random.Random(f"{cfg.seed}:{task}:{epoch}"))

@@ -1,0 +1,165 @@
+"""Units -> token ids -> length-bucketed, right-padded batches; the loss of a batch.
+
+Each batch holds units of one task. Units scored against each other (a PARus pair, a RuCoS
+query's candidates) always share a batch. Batches are filled with units of similar length, so
+padding stays small without padding everything to a global maximum.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from mlx_rsg.tasks import TASK_SPECS, Unit, encode_unit
+
+# Training batches are drawn from pools of this many batches' worth of units sorted by length:
+# batches stay tight in length while their order (and membership) still varies by seed.
+BUCKET_POOL = 50
+
+
+@dataclass
+class EncodedUnit:
+    unit: Unit
+    ids: list[int]
+    spans: list[tuple[int, int]]  # token [start, end) of each marked piece
+
+
+@dataclass
+class Batch:
+    tokens: mx.array  # (B, L) int32, right-padded with 0
+    lengths: mx.array  # (B,) int32
+    head: str
+    task: str
+    labels: mx.array | None  # (B,) int32; None when unlabelled
+    keys: list[tuple]  # unit keys, row by row
+    ids: list[tuple]  # (task, key) per row: the prefix cache's example ids
+    groups: mx.array | None = None  # (B,) group number within the batch (choice tasks)
+    spans: mx.array | None = None  # (B, S, 2) token spans pooled (span tasks)
+
+
+def bos_id(tokenizer) -> int | None:
+    """The BOS id if the tokenizer adds one by itself (Gemma, Llama), else None (Qwen)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    return bos if tokenizer.encode("a")[:1] == [bos] else None
+
+
+def encode_units(units: Sequence[Unit], tokenizer, max_len: int) -> list[EncodedUnit]:
+    """Token ids of every unit: pieces encoded one by one without special tokens, BOS first when
+    the tokenizer adds one. Repeated pieces (a MuSeRC passage for each of its answers) are
+    encoded once."""
+    memo: dict[str, list[int]] = {}
+
+    def encode(text: str) -> list[int]:
+        if text not in memo:
+            memo[text] = tokenizer.encode(text, add_special_tokens=False)
+        return memo[text]
+
+    bos = bos_id(tokenizer)
+    out = []
+    for u in units:
+        ids, spans = encode_unit(u, encode, max_len, bos)
+        out.append(EncodedUnit(u, ids, spans))
+    return out
+
+
+def _blocks(encoded: Sequence[EncodedUnit]) -> list[list[EncodedUnit]]:
+    """Units that must share a batch: a choice group, or a single unit."""
+    blocks: list[list[EncodedUnit]] = []
+    last_group: Any = object()
+    for e in encoded:
+        if e.unit.group is not None and e.unit.group == last_group:
+            blocks[-1].append(e)
+        else:
+            blocks.append([e])
+        last_group = e.unit.group
+    return blocks
+
+
+def _pack(blocks: list[list[EncodedUnit]], batch_size: int) -> list[list[EncodedUnit]]:
+    """Consecutive blocks into batches of at most batch_size rows (a bigger block goes alone)."""
+    batches: list[list[EncodedUnit]] = []
+    rows: list[EncodedUnit] = []
+    for block in blocks:
+        if rows and len(rows) + len(block) > batch_size:
+            batches.append(rows)
+            rows = []
+        rows = rows + block
+    if rows:
+        batches.append(rows)
+    return batches
+
+
+def make_batches(
+    encoded: Sequence[EncodedUnit], batch_size: int, rng: random.Random | None = None
+) -> list[Batch]:
+    """Length-bucketed batches of one task's units. rng=None: deterministic, sorted by length
+    (inference). With an rng: blocks are shuffled, sorted by length within pools of
+    BUCKET_POOL batches, packed, and the batches shuffled (training)."""
+    if not encoded:
+        return []
+    blocks = _blocks(encoded)
+
+    def length(block):
+        return max(len(e.ids) for e in block)
+
+    if rng is None:
+        groups = _pack(sorted(blocks, key=length), batch_size)
+    else:
+        rng.shuffle(blocks)
+        pool = BUCKET_POOL * batch_size
+        groups = []
+        for i in range(0, len(blocks), pool):
+            groups += _pack(sorted(blocks[i : i + pool], key=length), batch_size)
+        rng.shuffle(groups)
+    return [collate(rows) for rows in groups]
+
+
+def collate(rows: Sequence[EncodedUnit]) -> Batch:
+    task = rows[0].unit.task
+    spec = TASK_SPECS[task]
+    L = max(len(e.ids) for e in rows)
+    tokens = np.zeros((len(rows), L), np.int32)
+    for j, e in enumerate(rows):
+        tokens[j, : len(e.ids)] = e.ids
+    labels = [e.unit.label for e in rows]
+    groups = None
+    if spec.choice:
+        numbers: dict[Any, int] = {}
+        groups = mx.array([numbers.setdefault(e.unit.group, len(numbers)) for e in rows])
+    spans = None
+    if spec.pooling == "span":
+        spans = mx.array(np.array([e.spans for e in rows], np.int32).reshape(len(rows), -1, 2))
+    return Batch(
+        tokens=mx.array(tokens),
+        lengths=mx.array([len(e.ids) for e in rows], dtype=mx.int32),
+        head=spec.head,
+        task=task,
+        labels=None if any(x is None for x in labels) else mx.array(labels, dtype=mx.int32),
+        keys=[e.unit.key for e in rows],
+        ids=[(task, e.unit.key) for e in rows],
+        groups=groups,
+        spans=spans,
+    )
+
+
+def loss_fn(model, batch: Batch, h0: mx.array | None = None) -> tuple[mx.array, int]:
+    """Mean cross-entropy and how many examples it averages. Label tasks: over the head's
+    classes per unit. Choice tasks: a softmax over each group's unit scores (groups may differ
+    in size, as RuCoS candidates do), the target being the unit labelled 1."""
+    logits = model(batch, h0)
+    if not TASK_SPECS[batch.task].choice:
+        return nn.losses.cross_entropy(logits, batch.labels, reduction="mean"), logits.shape[0]
+    scores = logits[:, 0]
+    n_groups = int(batch.groups.max().item()) + 1
+    member = batch.groups[None, :] == mx.arange(n_groups)[:, None]  # (G, B)
+    masked = mx.where(member, scores[None, :], -mx.inf)
+    gold = (member * (batch.labels == 1)[None, :] * scores[None, :]).sum(axis=1)
+    return (mx.logsumexp(masked, axis=1) - gold).mean(), n_groups

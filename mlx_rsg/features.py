@@ -1,0 +1,83 @@
+"""The exact frozen-prefix cache: layer K's input per example, computed once per run.
+
+The blocks below the classifier's `trainable_start()` never change during training and run
+without dropout, so their output for an example depends on its tokens only. The first time an
+example is seen its rows are stored (unpadded); afterwards batches are assembled from the store
+and the frozen blocks are skipped. In RAM by default; with `cache_dir` the rows go to one
+append-only file that is memory-mapped back (~330 KB per 128-token example at 640 hidden in
+fp32), so the cache can exceed RAM. The file lives for one process: it is recreated on start, so
+a cache can never belong to another model or tokenisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+
+class PrefixCache:
+    def __init__(self, model, cache_dir: str | Path | None = None):
+        self.model = model
+        self.index: dict[tuple, tuple[int, int]] = {}  # example id -> (row offset, rows)
+        self.rows: dict[tuple, np.ndarray] = {}  # RAM store
+        self.path = None
+        self.hits = self.misses = 0
+        if cache_dir is not None:
+            self.path = Path(cache_dir) / "prefix.f32"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_bytes(b"")
+            self._file = open(self.path, "ab")
+            self._written = 0  # rows in the file
+            self._map: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.index) if self.path else len(self.rows)
+
+    def __contains__(self, example_id) -> bool:
+        return example_id in (self.index if self.path else self.rows)
+
+    def prefix(self, batch) -> mx.array:
+        """Layer-K input (B, L, D) for a right-padded batch (padding rows are zero)."""
+        lengths = batch.lengths.tolist()
+        missing = [j for j, i in enumerate(batch.ids) if i not in self]
+        self.misses += len(missing)
+        self.hits += len(batch.ids) - len(missing)
+        if len(missing) == len(batch.ids):
+            h = self.model.prefix(batch.tokens)
+            mx.eval(h)
+            self._store(batch.ids, lengths, h)
+            return h
+        if missing:
+            h = self.model.prefix(batch.tokens[mx.array(missing)])
+            mx.eval(h)
+            self._store([batch.ids[j] for j in missing], [lengths[j] for j in missing], h)
+        L = batch.tokens.shape[1]
+        dims = self.model.backbone.hidden_size
+        out = np.zeros((len(batch.ids), L, dims), np.float32)
+        for j, i in enumerate(batch.ids):
+            out[j, : lengths[j]] = self._get(i)
+        return mx.array(out).astype(self._dtype)
+
+    def _store(self, ids, lengths, h: mx.array) -> None:
+        self._dtype = h.dtype
+        rows = np.array(h.astype(mx.float32))
+        for i, n, r in zip(ids, lengths, rows, strict=True):
+            if self.path is None:
+                self.rows[i] = r[:n].copy()
+            else:
+                self._file.write(np.ascontiguousarray(r[:n]).tobytes())
+                self.index[i] = (self._written, n)
+                self._written += n
+        if self.path is not None:
+            self._file.flush()
+
+    def _get(self, example_id) -> np.ndarray:
+        if self.path is None:
+            return self.rows[example_id]
+        start, n = self.index[example_id]
+        if self._map is None or start + n > self._map.shape[0]:
+            dims = self.model.backbone.hidden_size
+            self._map = np.memmap(self.path, np.float32, "r", shape=(self._written, dims))
+        return self._map[start : start + n]

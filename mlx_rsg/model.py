@@ -1,0 +1,186 @@
+"""RSGClassifier: an mlx-lm backbone, pooling, dropout and one linear head per task.
+
+    bottom K layers (frozen, cacheable)  ->  top layers (trained, LoRA'd or adapted)
+      -> final norm -> pooling (last token | mean | marked spans) -> dropout -> heads[task]
+
+Methods (`ClassifierConfig.method`):
+  heads        the backbone is frozen; K = all layers, so the whole backbone output is cacheable
+  freeze       the bottom `freeze_layers` blocks (and the embeddings) are frozen, the rest trains
+  lora         mlx-lm's LoRA layers on `lora_targets` of the top `lora_layers` blocks
+  mlp-adapter  a Houlsby adapter (down, GELU, up, residual) after each of the top
+               `adapter_layers` blocks; the up-projection starts at zero, so training starts from
+               the backbone's own features
+
+`prefix(tokens)` is everything below the first trained block, with no dropout, so its output is a
+pure function of the tokens: the training loop caches it (features.PrefixCache) and feeds it back
+as `h0`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlx_rsg.backbone import Backbone, embed, final_norm, run_layers
+from mlx_rsg.errors import UserError
+
+METHODS = ("heads", "freeze", "lora", "mlp-adapter")
+
+
+@dataclass
+class ClassifierConfig:
+    method: str = "freeze"  # heads | freeze | lora | mlp-adapter
+    freeze_layers: int | None = None  # bottom K frozen (freeze); the default trained depth
+    # of lora / mlp-adapter when their own layer counts are None
+    pooling: str = "last"  # last | mean; tasks with spec.pooling == "span" always pool spans
+    dropout: float = 0.1  # on the pooled features, before the head
+    lora_rank: int = 8
+    lora_alpha: float = 16.0  # scale = alpha / rank, as in PEFT
+    lora_layers: int | None = None  # top blocks with LoRA (None: all above freeze_layers)
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    adapter_size: int = 64
+    adapter_layers: int | None = None  # top blocks followed by an adapter (None: as lora_layers)
+    adapter_dropout: float = 0.1
+    max_len: int = 256
+
+
+class Adapter(nn.Module):
+    """Houlsby et al. (2019) bottleneck: h + up(gelu(down(h))), with up initialised to zero."""
+
+    def __init__(self, dims: int, size: int, dropout: float):
+        super().__init__()
+        self.down = nn.Linear(dims, size)
+        self.up = nn.Linear(size, dims)
+        self.up.weight = mx.zeros_like(self.up.weight)
+        self.up.bias = mx.zeros_like(self.up.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        return h + self.dropout(self.up(nn.gelu(self.down(h))))
+
+
+def trained_depth(cfg: ClassifierConfig, num_layers: int) -> int:
+    """How many top blocks the method changes; the blocks below them are the cacheable prefix."""
+    k = num_layers if cfg.freeze_layers is None else cfg.freeze_layers
+    default = num_layers - k
+    depth = {
+        "heads": 0,
+        "freeze": default,
+        "lora": default if cfg.lora_layers is None else cfg.lora_layers,
+        "mlp-adapter": default if cfg.adapter_layers is None else cfg.adapter_layers,
+    }
+    if cfg.method not in depth:
+        raise UserError(f"--method: {cfg.method!r} is not one of {', '.join(METHODS)}")
+    n = depth[cfg.method]
+    if not 0 <= n <= num_layers:
+        raise UserError(f"--{cfg.method}-layers: {n} is not within the model's {num_layers} layers")
+    return n
+
+
+def lora_keys(layer: nn.Module, targets: tuple[str, ...], model_type: str) -> list[str]:
+    """Paths inside a block of the linear layers named in `targets` ("q_proj" or
+    "self_attn.q_proj")."""
+    linears = [
+        p for p, m in layer.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))
+    ]
+    keys = []
+    for t in targets:
+        found = [p for p in linears if p == t or p.endswith("." + t)]
+        if not found:
+            names = sorted({p.rsplit(".", 1)[-1] for p in linears})
+            raise UserError(
+                f"--lora-targets: {t!r} is no linear layer of {model_type} "
+                f"(one of {', '.join(names)})"
+            )
+        keys += found
+    return keys
+
+
+class RSGClassifier(nn.Module):
+    def __init__(self, backbone: Backbone, cfg: ClassifierConfig, heads: dict[str, int]):
+        from mlx_rsg.tasks import TASK_SPECS
+
+        super().__init__()
+        self.backbone = backbone  # a plain dataclass: not part of the parameter tree
+        self.lm = backbone.model
+        self.cfg = cfg
+        n = backbone.num_layers
+        depth = trained_depth(cfg, n)
+        self.k = n - depth
+        self.lm.freeze()
+        if cfg.method == "freeze":
+            for layer in backbone.layers[self.k :]:
+                layer.unfreeze()
+            if depth:
+                backbone.decoder.norm.unfreeze()
+        elif cfg.method == "lora" and depth:
+            from mlx_lm.tuner.utils import linear_to_lora_layers
+
+            keys = lora_keys(
+                backbone.layers[0], tuple(cfg.lora_targets), backbone.config["model_type"]
+            )
+            config = {
+                "rank": cfg.lora_rank,
+                "scale": cfg.lora_alpha / cfg.lora_rank,
+                "dropout": 0.0,
+                "keys": keys,
+            }
+            linear_to_lora_layers(self.lm, depth, config)
+        # Adapters are keyed by block index (as strings: module trees need str keys).
+        self.adapters = {}
+        if cfg.method == "mlp-adapter":
+            self.adapters = {
+                str(i): Adapter(backbone.hidden_size, cfg.adapter_size, cfg.adapter_dropout)
+                for i in range(self.k, n)
+            }
+        # Span-pooled tasks concatenate their spans: the head sees hidden * spans features.
+        self.heads = {
+            name: nn.Linear(
+                backbone.hidden_size * max(1, TASK_SPECS[name].spans if name in TASK_SPECS else 0),
+                n_out,
+            )
+            for name, n_out in heads.items()
+        }
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def trainable_start(self) -> int:
+        """The first block whose output training can change; blocks below it never do."""
+        return self.k
+
+    def prefix(self, tokens: mx.array) -> mx.array:
+        """Embeddings and the blocks below `trainable_start()`: the input of block K."""
+        return run_layers(self.backbone, embed(self.backbone, tokens), 0, self.k)
+
+    def features(self, batch, h0: mx.array | None = None) -> mx.array:
+        """Pooled final hidden states (B, hidden * spans) before dropout and head."""
+        h = self.prefix(batch.tokens) if h0 is None else h0
+        hooks = {int(i): a for i, a in self.adapters.items()}
+        h = final_norm(self.backbone, run_layers(self.backbone, h, self.k, hooks=hooks))
+        return pool(h, pooling_weights(batch, self.cfg.pooling))
+
+    def __call__(self, batch, h0: mx.array | None = None) -> mx.array:
+        return self.heads[batch.head](self.dropout(self.features(batch, h0)))
+
+
+def pooling_weights(batch, pooling: str) -> mx.array:
+    """(B, S, L) weights over token positions: S = 1 for last/mean, the marked spans otherwise."""
+    L = batch.tokens.shape[1]
+    pos = mx.arange(L)[None, None, :]
+    if batch.spans is not None:
+        start, end = batch.spans[..., :1], batch.spans[..., 1:]  # (B, S, 1)
+        w = ((pos >= start) & (pos < end)).astype(mx.float32)
+    elif pooling == "mean":
+        w = (pos < batch.lengths[:, None, None]).astype(mx.float32)
+    elif pooling == "last":
+        w = (pos == batch.lengths[:, None, None] - 1).astype(mx.float32)
+    else:
+        raise UserError(f"--pooling: {pooling!r} is not one of last, mean")
+    return w / mx.maximum(w.sum(axis=-1, keepdims=True), 1.0)
+
+
+def pool(h: mx.array, weights: mx.array) -> mx.array:
+    """Weighted sums of h (B, L, D) per row of weights (B, S, L), concatenated: (B, S * D)."""
+    pooled = weights.astype(h.dtype) @ h
+    return pooled.reshape(h.shape[0], -1)
