@@ -39,7 +39,8 @@ class PrefixCache:
         return example_id in (self.index if self.path else self.rows)
 
     def prefix(self, batch) -> mx.array:
-        """Layer-K input (B, L, D) for a right-padded batch (padding rows are zero)."""
+        """Layer-K input (B, L, D) for a right-padded batch. Values at padding positions are
+        unspecified: causal attention and pooling never read them."""
         lengths = batch.lengths.tolist()
         missing = [j for j, i in enumerate(batch.ids) if i not in self]
         self.misses += len(missing)

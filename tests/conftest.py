@@ -1,4 +1,27 @@
-"""Shared fixtures. Importing mlx_rsg first loads OpenBLAS before any test module imports mlx."""
+"""Shared fixtures. tiny_model imports mlx_rsg first, which loads OpenBLAS before any test module
+imports mlx."""
+
+import os
+from pathlib import Path
+
+import pytest
+from tiny_model import tiny_model_dir, tiny_rsg_dir  # noqa: F401
 
 import mlx_rsg  # noqa: F401
-from tiny_model import tiny_model_dir, tiny_rsg_dir  # noqa: F401
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def fixture_root() -> Path:
+    """Our own small RSG-format fixtures for all nine tasks."""
+    return TESTS / "fixtures" / "rsg"
+
+
+@pytest.fixture(scope="session")
+def real_rsg_root() -> Path:
+    """The real RSG data: $RSG_DATA, or ../shared/rsg next to the checkout; skip when absent."""
+    root = Path(os.environ.get("RSG_DATA", TESTS.parent.parent / "shared" / "rsg"))
+    if not root.is_dir():
+        pytest.skip(f"real RSG data not found at {root} (set RSG_DATA)")
+    return root
