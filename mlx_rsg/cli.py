@@ -77,3 +77,15 @@ def bench_command(**kwargs) -> None:
     from mlx_rsg.bench import cli
 
     cli(**kwargs)
+
+
+@main.command("quickstart")
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="RSG data directory.")
+@click.option("-o", "--work-dir", default="quickstart", show_default=True, type=click.Path())
+@click.option("--source", default="gemma-3-270m", show_default=True, help="What to convert.")
+@click.option("--force", is_flag=True, help="Start over instead of reusing finished steps.")
+def quickstart_command(data_dir, work_dir, source, force) -> None:
+    """convert -> train heads on every task -> quantize 8/4-bit -> bench, CPU-sized (~20 min)."""
+    from mlx_rsg.quickstart import QuickstartConfig, quickstart
+
+    quickstart(data_dir, work_dir, QuickstartConfig(source=source), force)
