@@ -11,20 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import standins
 from tiny_model import tiny_model_dir, tiny_rsg_dir, tiny_train_config  # noqa: F401
 
 import mlx_rsg.train as T
 from mlx_rsg.run import config_dict
 
-standins.install()  # no-op for every upstream module that exists
-
 # The child trains with each batch slowed down, so the parent can kill it mid-epoch.
 CHILD = """
 import json, sys, time
-sys.path.insert(0, {tests!r})
-import standins
-standins.install()
 import mlx_rsg.batching as B
 import mlx_rsg.train as T
 from mlx_rsg.run import dataclass_from_dict
@@ -52,7 +46,6 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tiny_model_dir, tiny_rsg_d
 
     run = tmp_path / "killed"
     script = CHILD.format(
-        tests=str(Path(__file__).parent),
         cfg=json.dumps(config_dict(cfg)),
         model=str(tiny_model_dir),
         data=str(tiny_rsg_dir),

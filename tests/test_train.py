@@ -8,21 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
-import standins
 from tiny_model import tiny_model_dir, tiny_rsg_dir, tiny_train_config  # noqa: F401
 
 import mlx_rsg  # noqa: F401
+from mlx_rsg import train as T
 from mlx_rsg.errors import UserError
-
-standins.install()  # no-op for every upstream module that exists
-
-import mlx.core as mx  # noqa: E402
-
-from mlx_rsg import train as T  # noqa: E402
-
-TESTS = Path(__file__).parent
 
 
 def losses(run_dir: Path) -> list[dict]:
@@ -166,10 +159,7 @@ def test_config_validation():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    code = (
-        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import standins; standins.install(); "
-        "from mlx_rsg.cli import main; main(sys.argv[1:])"
-    )
+    code = "import sys; from mlx_rsg.cli import main; main(sys.argv[1:])"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
 
 
