@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,12 +403,17 @@ def parse_record(
     return records[0]
 
 
-def _labelled(r: Record) -> bool:
+def _unlabelled_field(r: Record) -> str | None:
+    """The first field that lacks its gold label, None when the record is fully labelled."""
     if isinstance(r, MuSeRCRecord):
-        return all(a.label is not None for q in r.questions for a in q.answers)
+        for qi, q in enumerate(r.questions):
+            for ai, a in enumerate(q.answers):
+                if a.label is None:
+                    return f"passage.questions[{qi}].answers[{ai}].label"
+        return None
     if isinstance(r, RuCoSRecord):
-        return r.answers is not None
-    return r.label is not None
+        return "qas[].answers" if r.answers is None else None
+    return "label" if r.label is None else None
 
 
 # ----------------------------------------------------------------------------- files
@@ -514,7 +520,7 @@ def load_split(root: str | os.PathLike, task: str, split: str) -> list[Record]:
     display, read = entry
     try:
         raw = read()
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"{display}: cannot read ({e})") from None
     labelled = split != "test" or task == "LiDiRus"
     records: list[Record] = []
@@ -526,12 +532,9 @@ def load_split(root: str | os.PathLike, task: str, split: str) -> list[Record]:
                 located(display, line, None, f"invalid JSON: {e.msg} (column {e.colno})")
             ) from None
         for r in parse_records(task, obj, display, line):
-            if labelled and not _labelled(r):
-                field = "qas[].answers" if task == "RuCoS" else "label"
-                if task == "MuSeRC":
-                    field = "passage.questions[].answers[].label"
-                raise DataError(
-                    located(display, line, field, f"missing in the labelled split {split!r}")
-                )
+            field = _unlabelled_field(r) if labelled else None
+            if field:
+                msg = f"missing in the labelled split {split!r}"
+                raise DataError(located(display, line, field, msg))
             records.append(r)
     return records

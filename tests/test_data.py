@@ -2,15 +2,418 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
 import pytest
 
 from mlx_rsg import data
+from mlx_rsg.data import DataError
+
+ALL_SPLITS = [(t, s) for t in data.TASKS for s in (("test",) if t == "LiDiRus" else data.SPLITS)]
+
+
+def _load_all(root) -> dict:
+    return {(t, s): data.load_split(root, t, s) for t, s in ALL_SPLITS}
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+def test_fixture_has_every_task_and_split(fixture_root):
+    for task in data.TASKS:
+        want = ["test"] if task == "LiDiRus" else ["train", "val", "test"]
+        assert data.available_splits(fixture_root, task) == want
+
+
+@pytest.mark.parametrize(("task", "split"), ALL_SPLITS)
+def test_fixture_labels_normalised(task, split, fixture_root):
+    recs = data.load_split(fixture_root, task, split)
+    assert recs and len({r.idx for r in recs}) == len(recs)
+    labelled = split != "test" or task == "LiDiRus"
+    if task == "MuSeRC":
+        labels = [a.label for r in recs for q in r.questions for a in q.answers]
+    elif task == "RuCoS":
+        labels = [r.answers for r in recs]
+    else:
+        labels = [r.label for r in recs]
+    if not labelled:
+        assert labels == [None] * len(labels)
+        return
+    allowed = {
+        "TERRa": {"entailment", "not_entailment"},
+        "LiDiRus": {"entailment", "not_entailment"},
+        "RCB": {"entailment", "contradiction", "neutral"},
+        "PARus": {0, 1},
+        "MuSeRC": {0, 1},
+    }.get(task, {False, True})
+    if task == "RuCoS":
+        assert all(isinstance(a, tuple) and a for a in labels)
+        return
+    assert set(labels) == allowed  # both/all classes present in every labelled fixture split
+    # exact types: a bool must not pose as PARus's int, nor 1 as RUSSE's True
+    want_type = {"PARus": int, "MuSeRC": int}.get(task, str if task in ("TERRa", "LiDiRus", "RCB")
+                                                  else bool)  # fmt: skip
+    assert {type(v) for v in labels} == {want_type}
+
+
+def test_fixture_records_by_hand(fixture_root):
+    terra = data.load_split(fixture_root, "TERRa", "val")
+    assert terra[1] == data.NLIRecord(
+        1, "Музей будет закрыт на реставрацию до весны.", "Музей работает всю зиму.",
+        "not_entailment",
+    )  # fmt: skip
+    lid = data.load_split(fixture_root, "LiDiRus", "test")
+    assert [r.idx for r in lid] == [0, 1, 2, 3, 4]  # the official file spells idx as "0", "1"...
+    assert lid[0] == data.NLIRecord(
+        0, "Кот спал на диване.", "Кот не спал на диване.", "not_entailment"
+    )
+    parus = data.load_split(fixture_root, "PARus", "train")[1]
+    assert (parus.question, parus.label, parus.choice2) == ("cause", 1, "Ночью прошёл дождь.")
+    rwsd = data.load_split(fixture_root, "RWSD", "train")[1]
+    assert (rwsd.span1_index, rwsd.span1_text, rwsd.span2_index, rwsd.span2_text, rwsd.label) == (
+        4, "чемодан,", 7, "он был", False,
+    )  # fmt: skip
+    mus = data.load_split(fixture_root, "MuSeRC", "train")[0]
+    assert [q.question for q in mus.questions] == [
+        "Куда переехал Пётр?", "Чем Пётр занимался по вечерам?",
+    ]  # fmt: skip
+    assert mus.questions[0].answers == (
+        data.MuSeRCAnswer(0, "В Новгород.", 1),
+        data.MuSeRCAnswer(1, "В Тверь.", 0),
+        data.MuSeRCAnswer(2, "В Москву.", 0),
+    )
+    assert mus.text.startswith("(1) Весной")
+
+
+def test_fixture_russe_spans(fixture_root):
+    """CRLF is gone from the text; the end one past the sentence (as in the official train
+    files) is kept as written, and the span still starts on the word."""
+    recs = data.load_split(fixture_root, "RUSSE", "train")
+    r = recs[0]
+    assert r.sentence2 == "Из-под камня бил холодный ключ"
+    assert (r.start2, r.end2) == (26, 31) and len(r.sentence2) == 30
+    assert r.sentence1[r.start1 : r.end1] == "ключ" and r.label is False
+    for r in recs + data.load_split(fixture_root, "RUSSE", "val"):
+        for text, s in ((r.sentence1, r.start1), (r.sentence2, r.start2)):
+            assert not text.endswith("\r")
+            assert text[s : s + 3].lower() == r.word[:3].lower()
+
+
+def test_fixture_rucos_entities(fixture_root):
+    """Official entity ends are inclusive; records hold half-open spans."""
+    r = data.load_split(fixture_root, "RuCoS", "val")[0]
+    assert [r.text[s:e] for s, e in r.entities] == ["Франции", "Германии", "Берлине", "Берлине"]
+    assert r.query == "Лидеры обсудили отношения @placeholder и Германии."
+    assert r.answers == ("Франции",)
+    train = data.load_split(fixture_root, "RuCoS", "train")[0]
+    assert train.answers == ("России", "Россия")
+    test = data.load_split(fixture_root, "RuCoS", "test")[0]
+    assert test.answers is None and test.text.count("@highlight") == 1
+
+
+# ------------------------------------------------------------------------------ layouts
+
+
+def _zip_dir(src: Path, out: Path, prefix: str = "", gz: bool = False) -> Path:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(src.rglob("*.jsonl")):
+            body = gzip.compress(f.read_bytes()) if gz else f.read_bytes()
+            z.writestr(prefix + f.relative_to(src).as_posix() + (".gz" if gz else ""), body)
+    return out
+
+
+def test_official_zip_with_top_folder(fixture_root, tmp_path):
+    want = _load_all(fixture_root)
+    z = _zip_dir(fixture_root, tmp_path / "combined.zip", prefix="combined/")
+    assert _load_all(z) == want
+    assert data.available_splits(z, "LiDiRus") == ["test"]
+    # and the same zip unpacked: the task folders one level down
+    with zipfile.ZipFile(z) as f:
+        f.extractall(tmp_path / "unpacked")
+    assert _load_all(tmp_path / "unpacked") == want
+
+
+def test_zip_without_top_folder_and_per_task_zips(fixture_root, tmp_path):
+    want = _load_all(fixture_root)
+    assert _load_all(_zip_dir(fixture_root, tmp_path / "flat.zip")) == want
+    # russiansuperglue.com's per-task downloads (Terra.zip spelled its own way) inside one folder
+    per_task = tmp_path / "per_task"
+    per_task.mkdir()
+    for task_dir in fixture_root.iterdir():
+        name = {"TERRa": "Terra", "PARus": "Parus"}.get(task_dir.name, task_dir.name)
+        _zip_dir(task_dir, per_task / f"{name}.zip")
+    assert _load_all(per_task) == want
+    # a single per-task zip passed directly
+    assert data.load_split(per_task / "Terra.zip", "TERRa", "val") == want[("TERRa", "val")]
+
+
+def test_jsonl_gz_directory_and_zip(fixture_root, tmp_path):
+    want = _load_all(fixture_root)
+    gz = tmp_path / "gz"
+    for f in fixture_root.rglob("*.jsonl"):
+        out = gz / f.relative_to(fixture_root).with_suffix(".jsonl.gz")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(gzip.compress(f.read_bytes()))
+    assert not list(gz.rglob("*.jsonl"))
+    assert _load_all(gz) == want
+    assert _load_all(_zip_dir(fixture_root, tmp_path / "gz.zip", "combined/", gz=True)) == want
+
+
+def test_missing_task_split_root(fixture_root, tmp_path):
+    shutil.copytree(fixture_root / "TERRa", tmp_path / "TERRa")
+    (tmp_path / "TERRa" / "val.jsonl").unlink()
+    assert data.available_splits(tmp_path, "TERRa") == ["train", "test"]
+    assert data.available_splits(tmp_path, "RCB") == []
+    found = r"no TERRa/val\.jsonl \(splits found for TERRa: train, test\)"
+    with pytest.raises(DataError, match=found):
+        data.load_split(tmp_path, "TERRa", "val")
+    with pytest.raises(DataError, match="unknown task 'Terra'"):
+        data.load_split(tmp_path, "Terra", "val")
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        data.load_split(tmp_path, "TERRa", "dev")
+    with pytest.raises(DataError, match="no such file or directory"):
+        data.load_split(tmp_path / "nope", "TERRa", "val")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="expected a directory or a .zip"):
+        data.available_splits(tmp_path / "x.txt", "TERRa")
+    with pytest.raises(DataError, match=r"LiDiRus/LiDiRus\.jsonl"):
+        data.load_split(fixture_root, "LiDiRus", "val")  # LiDiRus is the split "test" only
+
+
+# ------------------------------------------------------------------------------ quirks
+
+
+def _write(path: Path, raw: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw)
+    return path
+
+
+TERRA = [
+    {"premise": "Дождь шёл весь день.", "hypothesis": "Было сухо.", "label": "not_entailment",
+     "idx": 0},
+    {"premise": "Он купил хлеб.", "hypothesis": "Он был в магазине.", "label": "entailment",
+     "idx": 1},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("bom", "newline", "final", "blank"),
+    [(True, "\n", True, False), (False, "\r\n", True, False), (False, "\n", False, False),
+     (True, "\r\n", False, True)],
+)  # fmt: skip
+def test_quirks_bom_crlf_no_final_newline(tmp_path, bom, newline, final, blank):
+    lines = [json.dumps(o, ensure_ascii=False) for o in TERRA]
+    if blank:
+        lines.insert(1, "   ")
+    text = newline.join(lines) + (newline if final else "")
+    _write(tmp_path / "TERRa" / "train.jsonl", (b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    recs = data.load_split(tmp_path, "TERRa", "train")
+    want = [data.NLIRecord(o["idx"], o["premise"], o["hypothesis"], o["label"]) for o in TERRA]
+    assert recs == want
+
+
+def test_u2028_inside_a_string_is_not_a_line_break(tmp_path):
+    o = dict(TERRA[0], premise="Первая часть\u2028вторая часть.")
+    _write(tmp_path / "TERRa" / "train.jsonl", (json.dumps(o, ensure_ascii=False) + "\n").encode())
+    assert data.load_split(tmp_path, "TERRa", "train")[0].premise == o["premise"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [(True, True), (False, False), ("True", True), ("False", False), ("true", True), (1, True)],
+)
+def test_bool_labels(raw, want):
+    o = {"idx": 3, "question": "Есть ли?", "passage": "Есть.", "label": raw}
+    assert data.parse_record("DaNetQA", o).label is want
+
+
+def test_parus_label_is_int_and_rcb_extra_fields_ignored():
+    p = {"premise": "П.", "choice1": "А.", "choice2": "Б.", "question": "effect", "idx": 0}
+    assert data.parse_record("PARus", {**p, "label": True}).label == 1
+    assert type(data.parse_record("PARus", {**p, "label": True}).label) is int
+    rcb = {"premise": "П.", "hypothesis": "Г.", "label": "neutral", "idx": 7, "verb": "знать",
+           "no_negation": "no_negation", "genre": "kp"}  # fmt: skip
+    assert data.parse_record("RCB", rcb) == data.NLIRecord(7, "П.", "Г.", "neutral")
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def _set(obj: dict, path: str, value) -> dict:
+    """Copy of obj with the dotted/indexed field set (value ... = delete)."""
+    obj = json.loads(json.dumps(obj))
+    keys = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+    target = obj
+    for k in keys[:-1]:
+        target = target[k]
+    if value is ...:
+        del target[keys[-1]]
+    else:
+        target[keys[-1]] = value
+    return obj
+
+
+# (task, split, field path to change, new value or ... to delete, field named, message regex)
+BAD = [
+    ("TERRa", "train", "hypothesis", ..., "hypothesis", "missing"),
+    ("TERRa", "train", "label", "maybe", "label",
+     r'unknown label "maybe" \(expected one of "entailment", "not_entailment"\)'),
+    ("TERRa", "val", "label", ..., "label", "missing in the labelled split 'val'"),
+    ("RCB", "train", "label", "not_entailment", "label", "unknown label"),
+    ("LiDiRus", "test", "sentence2", ..., "sentence2", "missing"),
+    ("LiDiRus", "test", "label", ..., "label", "missing in the labelled split 'test'"),
+    ("LiDiRus", "test", "idx", "один", "idx", "expected an integer, got string"),
+    ("PARus", "train", "premise", 5, "premise", "expected a string, got integer"),
+    ("PARus", "train", "label", 2, "label", "unknown label 2"),
+    ("PARus", "val", "question", "reason", "question", 'expected "cause" or "effect"'),
+    ("DaNetQA", "train", "label", "yes", "label", 'unknown label "yes"'),
+    ("DaNetQA", "train", "idx", 1.5, "idx", "expected an integer, got number"),
+    ("RUSSE", "train", "start1", 99, "start1", r"99 is outside sentence1 \(\d+ characters\)"),
+    ("RUSSE", "train", "end2", 40, "end2", "does not fit start2"),
+    ("RUSSE", "val", "end1", 0, "end1", "does not fit start1"),
+    ("RUSSE", "train", "label", "1", "label", 'unknown label "1"'),
+    ("RWSD", "train", "target.span2_index", 50, "target.span2_index",
+     r"word 50 is outside the text \(\d+ words\)"),
+    ("RWSD", "train", "target.span1_text", ..., "target.span1_text", "missing"),
+    ("RWSD", "val", "target", "Кубок", "target", "expected an object, got string"),
+    ("MuSeRC", "train", "passage.questions.0.answers.2.label", 2,
+     "passage.questions[0].answers[2].label", "unknown label 2"),
+    ("MuSeRC", "val", "passage.questions.0.answers.1.label", ...,
+     "passage.questions[0].answers[1].label", "missing in the labelled split 'val'"),
+    ("MuSeRC", "train", "passage.questions.0.question", ..., "passage.questions[0].question",
+     "missing"),
+    ("MuSeRC", "train", "passage.questions", {}, "passage.questions",
+     "expected a list, got object"),
+    ("RuCoS", "train", "passage.entities.2.end", 10_000, "passage.entities[2]",
+     r"span \d+\.\.10000 is outside the passage \(\d+ characters\)"),
+    ("RuCoS", "train", "passage.entities.0.start", -1, "passage.entities[0]",
+     "outside the passage"),
+    ("RuCoS", "val", "qas.0.query", "Без заполнителя.", "qas[0].query", "has no @placeholder"),
+    ("RuCoS", "val", "qas.0.answers", ..., "qas[].answers", "missing in the labelled split"),
+    ("RuCoS", "train", "qas.0.answers.0.text", None, "qas[0].answers[0].text",
+     "expected a string, got null"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "split", "path", "value", "field", "msg"), BAD)
+def test_bad_field_gives_one_located_line(task, split, path, value, field, msg, fixture_root,
+                                          tmp_path):  # fmt: skip
+    src = shutil.copytree(fixture_root / task, tmp_path / task)
+    name = "LiDiRus.jsonl" if task == "LiDiRus" else f"{split}.jsonl"
+    f = src / name
+    raw = f.read_bytes()
+    nl = b"\r\n" if b"\r\n" in raw else b"\n"
+    lines = raw.split(nl)
+    lines[1] = json.dumps(_set(json.loads(lines[1]), path, value), ensure_ascii=False).encode()
+    f.write_bytes(nl.join(lines))
+    with pytest.raises(DataError) as e:
+        data.load_split(tmp_path, task, split)
+    text = str(e.value)
+    assert "\n" not in text
+    assert text.startswith(f"{f}:2: field '{field}': "), text
+    assert re.search(msg, text), text
+
+
+@pytest.mark.parametrize(
+    ("line2", "msg"),
+    [(b"{\"premise\": \"x\",", r":2: invalid JSON: .* \(column \d+\)$"),
+     (b"[1, 2]", r":2: expected a JSON object, got list$"),
+     (b"{\"premise\": \"\xff\xfe\"}", r":2: not UTF-8 \(invalid start byte\)$")],
+)  # fmt: skip
+def test_bad_line_gives_one_located_line(line2, msg, tmp_path):
+    good = json.dumps(TERRA[0], ensure_ascii=False).encode()
+    f = _write(tmp_path / "TERRa" / "train.jsonl", good + b"\n" + line2 + b"\n" + good + b"\n")
+    with pytest.raises(DataError) as e:
+        data.load_split(tmp_path, "TERRa", "train")
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"{f}:2: ")
+    assert re.search(msg, str(e.value)), str(e.value)
+
+
+def test_errors_inside_archives_name_the_member(fixture_root, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(fixture_root / "PARus", src / "PARus")
+    f = src / "PARus" / "val.jsonl"
+    lines = f.read_text(encoding="utf-8").splitlines()
+    lines[2] = json.dumps(_set(json.loads(lines[2]), "choice1", ...), ensure_ascii=False)
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    z = _zip_dir(src, tmp_path / "c.zip", prefix="combined/")
+    where = r"c\.zip/combined/PARus/val\.jsonl:3: field 'choice1': missing$"
+    with pytest.raises(DataError, match=where):
+        data.load_split(z, "PARus", "val")
+    gz = _write(tmp_path / "gz" / "PARus" / "val.jsonl.gz", gzip.compress(f.read_bytes()))
+    with pytest.raises(DataError, match=r"val\.jsonl\.gz:3: field 'choice1': missing$"):
+        data.load_split(tmp_path / "gz", "PARus", "val")
+    gz.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"val\.jsonl\.gz: cannot read"):
+        data.load_split(tmp_path / "gz", "PARus", "val")
+
+
+def test_parse_record_default_location():
+    with pytest.raises(DataError, match=r"^<input>: field 'premise': missing$"):
+        data.parse_record("TERRa", {"hypothesis": "Г.", "idx": 0})
+    with pytest.raises(DataError, match=r"^a\.jsonl:9: field 'label': unknown label"):
+        data.parse_record("TERRa", dict(TERRA[0], label="yes"), "a.jsonl", 9)
+    assert data.parse_record("TERRa", dict(TERRA[0])).label == "not_entailment"
+
+
+# ------------------------------------------------------------------------------ real data
+
+
+def _official_counts(root: Path) -> dict[tuple[str, str], int]:
+    """`| Task/split.jsonl | records |` rows of the data's SOURCES.md."""
+    text = (root / "SOURCES.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\w+)/(\w+)\.jsonl \| (\d+) \|", text, re.M)
+    counts = {(t, "test" if t == "LiDiRus" else s): int(n) for t, s, n in rows}
+    assert len(counts) == 22, counts  # 7 tasks x 3 splits + LiDiRus
+    return counts
+
+
+# The official split sizes (russiansuperglue.com), independent of SOURCES.md
+OFFICIAL = {
+    ("LiDiRus", "test"): 1104, ("RCB", "train"): 438, ("RCB", "val"): 220, ("RCB", "test"): 438,
+    ("PARus", "train"): 400, ("PARus", "val"): 100, ("PARus", "test"): 500,
+    ("MuSeRC", "train"): 500, ("MuSeRC", "val"): 100, ("MuSeRC", "test"): 322,
+    ("TERRa", "train"): 2616, ("TERRa", "val"): 307, ("TERRa", "test"): 3198,
+    ("RUSSE", "train"): 19845, ("RUSSE", "val"): 8505, ("RUSSE", "test"): 18892,
+    ("RWSD", "train"): 606, ("RWSD", "val"): 204, ("RWSD", "test"): 154,
+    ("DaNetQA", "train"): 1749, ("DaNetQA", "val"): 821, ("DaNetQA", "test"): 805,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("task", data.TASKS)
-def test_real_data_loads(task, real_rsg_root):
+def test_real_data_counts(task, real_rsg_root):
     splits = data.available_splits(real_rsg_root, task)
     if not splits:
-        pytest.skip(f"{task} is not in {real_rsg_root}")
+        pytest.skip(f"{task} is not in {real_rsg_root} (SOURCES.md: no copy of it was found)")
+    counts = _official_counts(real_rsg_root)
+    assert splits == sorted({s for t, s in OFFICIAL if t == task}, key=data.SPLITS.index)
     for split in splits:
-        assert data.load_split(real_rsg_root, task, split)
+        recs = data.load_split(real_rsg_root, task, split)
+        assert len(recs) == counts[task, split] == OFFICIAL[task, split], split
+        if split == "test" and task != "LiDiRus":
+            assert all(getattr(r, "label", None) is None for r in recs)
+        if task == "MuSeRC":
+            n_q = sum(len(r.questions) for r in recs)
+            n_a = sum(len(q.answers) for r in recs for q in r.questions)
+            assert (n_q, n_a) == {"train": (2897, 11950), "val": (529, 2235),
+                                  "test": (1813, 7614)}[split]  # fmt: skip
+
+
+def test_real_data_quirks(real_rsg_root):
+    if not data.available_splits(real_rsg_root, "RUSSE"):
+        pytest.skip("RUSSE not present")
+    raw = next((real_rsg_root / "RUSSE").glob("train.jsonl")).read_bytes()
+    assert b"\r\n" in raw  # the CRLF quirk is really there...
+    recs = data.load_split(real_rsg_root, "RUSSE", "train")
+    # ...and so are end offsets one past the sentence, which the reader keeps
+    assert sum(r.end2 == len(r.sentence2) + 1 for r in recs) > 1000
+    assert {type(r.label) for r in recs} == {bool}
+    lid = data.load_split(real_rsg_root, "LiDiRus", "test")
+    assert {r.label for r in lid} == {"entailment", "not_entailment"}
+    assert [r.idx for r in lid] == list(range(len(lid)))
