@@ -57,7 +57,12 @@ def _default(name: str):
 @click.option("--dropout", type=float, default=_default("dropout"), show_default=True)
 @click.option("--lora-rank", type=int, default=_default("lora_rank"), show_default=True)
 @click.option("--lora-alpha", type=float, default=_default("lora_alpha"), show_default=True)
-@click.option("--lora-layers", type=int, default=None, help="Top N layers get LoRA [default: all].")
+@click.option(
+    "--lora-layers",
+    type=int,
+    default=None,
+    help="Top N layers get LoRA [default: those above --freeze-layers].",
+)
 @click.option(
     "--lora-targets",
     default=",".join(_default("lora_targets")),
@@ -69,7 +74,7 @@ def _default(name: str):
     "--adapter-layers",
     type=int,
     default=None,
-    help="MLP adapters after the top N blocks [default: all].",
+    help="MLP adapters after the top N blocks [default: those above --freeze-layers].",
 )
 @click.option(
     "--adapter-dropout", type=float, default=_default("adapter_dropout"), show_default=True
