@@ -235,6 +235,64 @@ def _quantize_model_dir(model_dir: Path, dst: Path, recipe: Recipe) -> dict:
     return counts
 
 
+# ---------------------------------------------------------------- run directories
+
+
+def _quantize_run(run_dir: Path, dst: Path, recipe: Recipe) -> dict:
+    """Merge a run's trained weights into its backbone (LoRA fused, unfrozen layers copied, as
+    `train --fuse` does), quantize that backbone into dst/backbone, keep the classifier's own
+    weights (heads, MLP adapters) float32 in dst/trainable.safetensors."""
+    import copy
+    import shutil
+
+    from mlx_rsg import predict
+    from mlx_rsg.run import (
+        WEIGHTS,
+        fuse_lora,
+        read_run_json,
+        resolve_backbone,
+        save_weights,
+        weight_hashes,
+        weights_outside_backbone,
+        write_json,
+    )
+
+    info = read_run_json(run_dir)
+    for key in ("heads", "classifier", "backbone"):
+        if not isinstance(info.get(key), dict):
+            raise UserError(f"{run_dir}/run.json: field '{key}': missing")
+    if info.get("quantized"):
+        raise UserError(f"{run_dir}/run.json: field 'quantized': the run is already quantized")
+    src_backbone = resolve_backbone(run_dir, info, verify=True)
+    config = _read_config(src_backbone)
+    model = predict.load(run_dir, verify=False).model  # resolve_backbone verified it above
+    method = info["classifier"].get("method")
+    n_fused = fuse_lora(model)
+    qconfig, counts = quantize_backbone(model.lm, config, recipe)
+    if not counts["quantized"]:
+        raise UserError(f"{src_backbone}: no layer's width is a multiple of {recipe.group_size}")
+    write_quantized(src_backbone, dst / "backbone", model.lm, qconfig)
+    save_weights(dst / WEIGHTS, weights_outside_backbone(model))
+
+    new = copy.deepcopy(info)
+    if method != "mlp-adapter":  # adapters are not linear: they stay beside the backbone
+        new["classifier"]["method"] = "freeze"
+        new["classifier"]["freeze_layers"] = len(model.backbone.layers)
+        if n_fused:
+            new["fused"] = {"lora_layers_fused": n_fused, "from": method}
+    new["backbone"] = {
+        "path": "backbone",
+        "sha256": weight_hashes(dst / "backbone"),
+        "copied": True,
+        "source": info["backbone"].get("path"),
+    }
+    new["quantized"] = {"from": str(run_dir.resolve()), "recipe": recipe.as_dict()}
+    write_json(dst / "run.json", new)
+    if (run_dir / "metrics.json").is_file():  # the fp32 run's own validation history
+        shutil.copy2(run_dir / "metrics.json", dst / "metrics.json")
+    return counts
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -260,8 +318,9 @@ def quantize(
     is_run = (source / "run.json").is_file()
     with atomic_dir(out, force=force) as tmp:
         if is_run:
-            raise UserError(f"{source}: quantizing a run directory is not implemented yet")
-        counts = _quantize_model_dir(source, tmp, rec)
+            counts = _quantize_run(source, tmp, rec)
+        else:
+            counts = _quantize_model_dir(source, tmp, rec)
         manifest = _manifest(source, "run" if is_run else "model", rec, counts)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     log(

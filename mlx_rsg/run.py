@@ -256,3 +256,16 @@ def first_examples(task: str, records: list, limit: int | None) -> list:
         out.append(r)
         total += examples_in(task, r)
     return out
+
+
+def weights_outside_backbone(model) -> dict:
+    """float32 copies of a classifier's own weights (heads, MLP adapters): everything not under
+    the backbone's `lm.` tree, which a fused or quantized backbone/ carries instead."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    return {
+        k: v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v
+        for k, v in tree_flatten(model.parameters())
+        if not k.startswith("lm.")
+    }

@@ -39,3 +39,139 @@ def test_model_dir_round_trip_through_mlx_lm_load(tiny_model_dir, tmp_path, reci
     assert tokenizer.encode("Мама мыла раму") == load(str(tiny_model_dir))[1].encode(
         "Мама мыла раму"
     )
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, tmp_path_factory):  # noqa: F811
+    """A real (seconds-long) LoRA training run on the tiny model and synthetic RSG data."""
+    if not (Path(mlx_rsg.__file__).parent / "model.py").is_file():
+        pytest.skip("needs mlx_rsg/model.py (the stand-in classifier has no LoRA to fuse)")
+    import standins
+    from tiny_model import tiny_train_config, write_tiny_rsg
+
+    standins.install()  # no-op for every module that exists
+    from mlx_rsg import train as T
+
+    root = tmp_path_factory.mktemp("q-run")
+    data = write_tiny_rsg(root / "rsg", n_train=16, n_val=8)
+    cfg = tiny_train_config(tasks=("TERRa", "PARus"), method="lora", freeze_layers=0, epochs=1)
+    T.train(tiny_model_dir, data, root / "run", cfg, log=lambda m: None)
+    return root / "run", data
+
+
+def _val_logits(predictor, data: Path) -> dict:
+    import numpy as np
+
+    from mlx_rsg.data import load_split
+
+    out = {}
+    for task in ("TERRa", "PARus"):
+        _, _, scores = predictor.predictions(task, load_split(data, task, "val"))
+        out[task] = np.asarray(scores, dtype=np.float64)
+    return out
+
+
+def test_run_dir_round_trip(lora_run, tmp_path):
+    """The quantized run is a standalone run: LoRA fused into a q8 backbone/ that mlx-lm loads,
+    heads float32 alone in trainable.safetensors, and predict gives exactly the logits of the
+    fp32 run with its LoRA fused and its backbone quantized in memory."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm import load
+
+    from mlx_rsg import predict
+    from mlx_rsg.quantize import quantize_backbone, resolve_recipe
+    from mlx_rsg.run import fuse_lora
+
+    run, data = lora_run
+    out = quantize(run, tmp_path / "q8", bits=8, group_size=G, log=print)
+    info = json.loads((out / "run.json").read_text())
+    assert info["classifier"]["method"] == "freeze"
+    assert info["classifier"]["freeze_layers"] == 2
+    assert info["fused"]["from"] == "lora" and info["fused"]["lora_layers_fused"] > 0
+    assert info["backbone"]["copied"] is True
+    assert info["quantized"]["recipe"]["bits"] == 8
+    heads = mx.load(str(out / "trainable.safetensors"))
+    assert heads and all(k.startswith("heads.") for k in heads)
+    assert all(v.dtype == mx.float32 for v in heads.values())
+    model, _ = load(str(out / "backbone"))
+    assert model.model.layers[1].self_attn.q_proj.bits == 8
+
+    ref = predict.load(run)
+    assert fuse_lora(ref.model) == info["fused"]["lora_layers_fused"]
+    quantize_backbone(ref.model.lm, ref.model.backbone.config, resolve_recipe(8, G))
+    want, got = _val_logits(ref, data), _val_logits(predict.load(out), data)
+    for task in want:
+        np.testing.assert_allclose(got[task], want[task], rtol=1e-5, atol=1e-5, err_msg=task)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_linear_within_affine_error(tiny_model_dir, tmp_path, bits):  # noqa: F811
+    """Each loaded QuantizedLinear reproduces its fp32 Linear within the affine rounding bound:
+    round-to-nearest errors are uniform in +-step/2 (mean square step^2/12; MLX nudges a group's
+    edge values so that its zero point is exact, which can cost up to one step for those), and the
+    output's relative error on random inputs is about the weight's (E|dW x|^2 = |dW|_F^2)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm import load
+
+    fp32, _ = load(str(tiny_model_dir))
+    out = quantize(tiny_model_dir, tmp_path / "q", bits=bits, group_size=G, log=print)
+    q, _ = load(str(out))
+    ref = dict(fp32.named_modules())
+    layers = [(n, m) for n, m in q.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    assert len(layers) == 2 * 7  # q, k, v, o, gate, up, down in each of the two blocks
+    for name, m in layers:
+        w = ref[name].weight
+        dq = mx.dequantize(m.weight, m.scales, m.biases, G, bits)
+        step = mx.abs(mx.repeat(m.scales, G, axis=-1))  # MLX scales can be negative
+        err = mx.abs(dq - w)
+        assert (err <= step * (1 + 1e-5)).all().item(), name
+        assert (err.square().mean() <= 1.5 * (step.square() / 12).mean()).item(), name
+        xi = mx.random.normal((64, w.shape[1]), key=mx.random.key(1))
+        rel_w = (mx.linalg.norm(dq - w) / mx.linalg.norm(w)).item()
+        y, yq = ref[name](xi), m(xi)
+        rel_y = (mx.linalg.norm(yq - y) / mx.linalg.norm(y)).item()
+        assert rel_w < {8: 0.01, 4: 0.15}[bits], (name, rel_w)  # ~4/(2^b-1)/sqrt(12) for N(0,1)
+        assert rel_y < 2 * rel_w, (name, rel_y, rel_w)
+
+
+def _rel_hidden_error(bb, ref_h, tokens) -> float:
+    import mlx.core as mx
+
+    from mlx_rsg.backbone import hidden_states
+
+    h = hidden_states(bb, tokens)
+    return (mx.linalg.norm(h - ref_h, axis=-1) / mx.linalg.norm(ref_h, axis=-1)).mean().item()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_model_error_matches_noise_of_same_size(tiny_model_dir, tmp_path, bits):  # noqa: F811
+    """Whole-model hidden states of q8/q4 vs fp32. A random tiny model amplifies any weight
+    perturbation several-fold, so a fixed tolerance would be arbitrary; instead the reference is
+    the same model with Gaussian noise of exactly the quantization error's norm added to every
+    matrix. Rounding must hurt no more than that noise (1.5x margin), and must not be a no-op."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from mlx_rsg.backbone import hidden_states, load_backbone
+
+    bb = load_backbone(tiny_model_dir)
+    tokens = mx.random.randint(0, 400, (4, 24), key=mx.random.key(1))
+    ref_h = hidden_states(bb, tokens)
+    out = quantize(tiny_model_dir, tmp_path / "q", bits=bits, group_size=G, log=print)
+    err_q = _rel_hidden_error(load_backbone(out), ref_h, tokens)
+
+    weights = {k: v for k, v in tree_flatten(bb.model.parameters()) if v.ndim == 2}
+    noise_errs = []
+    for seed in range(3):
+        noisy = load_backbone(tiny_model_dir)
+        new = []
+        for i, (k, w) in enumerate(sorted(weights.items())):
+            e = mx.linalg.norm(mx.dequantize(*mx.quantize(w, G, bits), G, bits) - w)
+            n = mx.random.normal(w.shape, key=mx.random.key(100 * seed + i))
+            new.append((k, w + n * e / mx.linalg.norm(n)))
+        noisy.model.load_weights(new, strict=False)
+        noise_errs.append(_rel_hidden_error(noisy, ref_h, tokens))
+    noise = sum(noise_errs) / len(noise_errs)
+    assert 0.5 * noise < err_q < 1.5 * noise, (err_q, noise_errs)
