@@ -92,19 +92,34 @@ def run_layers(
     start: int = 0,
     end: int | None = None,
     hooks: dict[int, Any] | None = None,
+    checkpoint: bool = False,
 ) -> mx.array:
     """Apply decoder layers [start, end) to hidden states h of shape (B, L, D); `hooks[i]`, if
-    given, is applied to layer i's output (the classifier's adapters)."""
+    given, is applied to layer i's output (the classifier's adapters). `checkpoint` recomputes
+    each layer's activations in the backward pass instead of keeping them (less memory, ~1/3
+    more compute)."""
     end = bb.num_layers if end is None else end
     masks: dict[int | None, Any] = {}
     for i in range(start, end):
         window = layer_window(bb, i)
         if window not in masks:
             masks[window] = create_attention_mask(h, None, window_size=window)
-        h = bb.layers[i](h, masks[window], None)
+        layer = bb.layers[i]
+        h = _checkpointed(layer, masks[window])(h) if checkpoint else layer(h, masks[window], None)
         if hooks and i in hooks:
             h = hooks[i](h)
     return h
+
+
+def _checkpointed(layer: nn.Module, mask: Any):
+    """layer(h) under mx.checkpoint, with the layer's trainable parameters as explicit inputs so
+    their gradients flow through the recomputation (as mlx-lm's trainer does)."""
+
+    def inner(params, h):
+        layer.update(params)
+        return layer(h, mask, None)
+
+    return lambda h: mx.checkpoint(inner)(layer.trainable_parameters(), h)
 
 
 def final_norm(bb: Backbone, h: mx.array) -> mx.array:

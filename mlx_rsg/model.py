@@ -44,6 +44,7 @@ class ClassifierConfig:
     adapter_layers: int | None = None  # top blocks followed by an adapter (None: as lora_layers)
     adapter_dropout: float = 0.1
     max_len: int = 256
+    grad_checkpoint: bool = False  # recompute the trained blocks' activations in backward
 
 
 class Adapter(nn.Module):
@@ -157,7 +158,9 @@ class RSGClassifier(nn.Module):
         """Pooled final hidden states (B, hidden * spans) before dropout and head."""
         h = self.prefix(batch.tokens) if h0 is None else h0
         hooks = {int(i): a for i, a in self.adapters.items()}
-        h = final_norm(self.backbone, run_layers(self.backbone, h, self.k, hooks=hooks))
+        checkpoint = self.cfg.grad_checkpoint and self.training
+        h = run_layers(self.backbone, h, self.k, hooks=hooks, checkpoint=checkpoint)
+        h = final_norm(self.backbone, h)
         return pool(h, pooling_weights(batch, self.cfg.pooling))
 
     def __call__(self, batch, h0: mx.array | None = None) -> mx.array:

@@ -94,6 +94,7 @@ class TrainConfig:
     max_negatives: int = 4
     checkpoint_every: int = 50  # optimizer steps between resume checkpoints (and every epoch end)
     prefix_cache: bool = True
+    grad_checkpoint: bool = False
     cache_dir: str | None = None  # memory-map the prefix cache here instead of RAM
 
     def validate(self) -> None:
@@ -368,6 +369,7 @@ def classifier_config(cfg: TrainConfig, num_layers: int):
         adapter_layers=cfg.adapter_layers,
         adapter_dropout=cfg.adapter_dropout,
         max_len=cfg.max_len,
+        grad_checkpoint=cfg.grad_checkpoint,
     )
 
 

@@ -146,6 +146,11 @@ def _default(name: str):
     default=None,
     help="Memory-map the prefix cache here instead of keeping it in RAM.",
 )
+@click.option(
+    "--grad-checkpoint",
+    is_flag=True,
+    help="Recompute the trained layers' activations in backward (less memory, slower).",
+)
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR from its last checkpoint.")
 @click.option("--fuse", is_flag=True, help="Merge LoRA into a standalone backbone copy in RUN_DIR.")
 @click.option("--copy-backbone", is_flag=True, help="Copy the backbone into RUN_DIR.")

@@ -236,3 +236,27 @@ def test_cached_training_gives_the_uncached_losses(tiny_model_dir, tiny_rsg_dir,
     plain = run("plain", prefix_cache=False)
     assert len(cached) == len(plain) > 10
     np.testing.assert_allclose(cached, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tok, monkeypatch):
+    import mlx_rsg.backbone as B
+
+    calls = []
+    real = B._checkpointed
+    monkeypatch.setattr(B, "_checkpointed", lambda *a: calls.append(1) or real(*a))
+    enc = encode_units(
+        [nli_unit(i, "Кошка сидит.", f"Собака {i}.", i % 2) for i in range(4)], tok, 32
+    )
+    batch = collate(enc)
+    grads = []
+    for checkpoint in (False, True):
+        model = model_for(
+            tiny_model_dir, method="freeze", freeze_layers=1, grad_checkpoint=checkpoint
+        )
+        model.train()
+        _, g = nn.value_and_grad(model, lambda m, b: loss_fn(m, b)[0])(model, batch)
+        grads.append(dict(tree_flatten(g)))
+    assert len(calls) == 1  # the one trained layer, in the checkpointed run only
+    assert grads[0].keys() == grads[1].keys() and any("layers.1" in k for k in grads[0])
+    for k, v in grads[0].items():
+        np.testing.assert_allclose(np.array(grads[1][k]), np.array(v), rtol=1e-4, atol=1e-6)
