@@ -89,3 +89,8 @@ def quickstart_command(data_dir, work_dir, source, force) -> None:
     from mlx_rsg.quickstart import QuickstartConfig, quickstart
 
     quickstart(data_dir, work_dir, QuickstartConfig(source=source), force)
+
+
+from mlx_rsg.data_cli import data_group  # noqa: E402
+
+main.add_command(data_group)

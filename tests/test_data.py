@@ -417,3 +417,119 @@ def test_real_data_quirks(real_rsg_root):
     lid = data.load_split(real_rsg_root, "LiDiRus", "test")
     assert {r.label for r in lid} == {"entailment", "not_entailment"}
     assert [r.idx for r in lid] == list(range(len(lid)))
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _run(*args, env=None):
+    from click.testing import CliRunner
+
+    from mlx_rsg.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def test_cli_data_info_table(fixture_root):
+    res = _run("data", "info", fixture_root)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0] == str(fixture_root)
+    assert lines[1].split() == ["task", "split", "examples", "mean", "chars", "labels"]
+    rows = {tuple(s.split()[:2]): s for s in lines[3:]}
+    assert len(rows) == 25  # 8 tasks x 3 splits + LiDiRus
+    # column starts line up with the header (a readable aligned table)
+    assert all(s.index(s.split()[2]) + len(s.split()[2]) == lines[1].index("examples") + 8
+               for s in lines[3:])  # fmt: skip
+    # hand-counted from the fixture files
+    terra = data.load_split(fixture_root, "TERRa", "train")
+    mean = sum(len(r.premise) + len(r.hypothesis) for r in terra) / len(terra)
+    assert rows["TERRa", "train"].split()[2:] == [
+        "4", f"{mean:.0f}", "entailment", "2", "(50%),", "not_entailment", "2", "(50%)",
+    ]  # fmt: skip
+    assert rows["RCB", "test"].split()[2] == "2" and rows["RCB", "test"].endswith("unlabelled")
+    assert rows["MuSeRC", "train"].split()[2:4] == ["2", "244"]
+    assert "answers: 1 4 (50%), 0 4 (50%)" in rows["MuSeRC", "train"]
+    assert rows["RuCoS", "train"].endswith("1.50 gold answers per query")
+    assert rows["LiDiRus", "test"].endswith("not_entailment 3 (60%), entailment 2 (40%)")
+
+
+def test_cli_data_info_missing_task_and_errors(fixture_root, tmp_path):
+    shutil.copytree(fixture_root / "PARus", tmp_path / "PARus")
+    res = _run("data", "info", tmp_path)
+    assert res.exit_code == 0
+    assert [s.split()[:3] for s in res.output.splitlines()[3:] if "not found" in s] == [
+        [t, "-", "0"] for t in data.TASKS if t != "PARus"
+    ]
+    (tmp_path / "PARus" / "val.jsonl").write_text('{"idx": 0}\n', encoding="utf-8")
+    res = _run("data", "info", tmp_path)
+    assert res.exit_code == 2
+    assert res.output == f"error: {tmp_path}/PARus/val.jsonl:1: field 'question': missing\n"
+
+
+def test_cli_data_download_offline(tmp_path):
+    out = tmp_path / "rsg"
+    res = _run("data", "download", out, env={"HF_HUB_OFFLINE": "1"})
+    assert res.exit_code == 2
+    assert res.output == (
+        "error: cannot reach the Hugging Face Hub to download RussianNLP/russian_super_glue "
+        "(offline?): HF_HUB_OFFLINE is set\n"
+    )
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "said"),
+    [
+        # what huggingface_hub raises when DNS fails (its first line names the network error)
+        ("hub", "(offline?): ConnectError: [Errno -3] Temporary failure in name resolution"),
+        (ConnectionError("Connection refused"), "(offline?): Connection refused"),
+        (RuntimeError("disk quota"), "failed: RuntimeError: disk quota"),
+    ],
+)
+def test_cli_data_download_failures_leave_nothing(exc, said, tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if exc == "hub":
+        exc = LocalEntryNotFoundError(
+            "Got: ConnectError: [Errno -3] Temporary failure in name resolution\n"
+            "An error happened while trying to locate the files on the Hub."
+        )
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def failing(repo_id, **kw):
+        calls.append((repo_id, kw["repo_type"]))
+        (Path(kw["local_dir"]) / "partial.jsonl").write_text("{")  # must not survive
+        raise exc
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", failing)
+    res = _run("data", "download", tmp_path / "rsg")
+    assert res.exit_code == 2 and calls == [("RussianNLP/russian_super_glue", "dataset")]
+    assert res.output.count("\n") == 1
+    assert res.output.startswith("error: ") and res.output.endswith(said + "\n"), res.output
+    assert "RussianNLP/russian_super_glue" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_data_download_success(tmp_path, monkeypatch, fixture_root):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    out = tmp_path / "rsg"
+
+    def fake_snapshot(repo_id, **kw):  # the Hub copy as the official zip
+        _zip_dir(fixture_root, Path(kw["local_dir"]) / "combined.zip", prefix="combined/")
+        (Path(kw["local_dir"]) / ".cache").mkdir()
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    res = _run("data", "download", out)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["combined.zip"]
+    assert res.output.splitlines()[-1] == (
+        "tasks readable in the official layout: " + ", ".join(data.TASKS)
+    )
+    assert _load_all(out) == _load_all(fixture_root)
+    res = _run("data", "download", out)
+    assert res.exit_code == 2 and "already exists (use --force" in res.output
