@@ -425,48 +425,53 @@ def _file_name(task: str, split: str) -> str:
 
 def _index(root: Path) -> dict[tuple[str, str], tuple[str, Callable[[], bytes]]]:
     """(task folder lowercased, file name without .gz) -> (display path, read bytes) for every
-    .jsonl / .jsonl.gz under ROOT (up to two folders deep) and inside zips there. Shallower
-    entries win, so a stray copy deeper down never shadows the real file."""
-    found: dict[tuple[str, str], tuple[str, Callable[[], bytes]]] = {}
+    .jsonl / .jsonl.gz under ROOT (up to two folders deep) and inside zips there. When a file
+    appears more than once, plain files beat archive members, shallower beats deeper and .jsonl
+    beats .jsonl.gz, so a stray copy never shadows the real file."""
+    found: dict[tuple[str, str], tuple[tuple, str, Callable[[], bytes]]] = {}
 
-    def add(parts: tuple[str, ...], display: str, read: Callable[[], bytes]) -> None:
+    def add(parts: tuple[str, ...], display: str, read: Callable[[], bytes], archived: bool):
         name = parts[-1]
-        if name.endswith(".gz"):
+        gz = name.endswith(".gz")
+        if gz:
             name = name[:-3]
             read = functools.partial(_gunzip, read)
-        if name.endswith(".jsonl") and len(parts) >= 2:
-            found.setdefault((parts[-2].lower(), name.lower()), (display, read))
+        if not name.endswith(".jsonl") or len(parts) < 2:
+            return
+        key, rank = (parts[-2].lower(), name.lower()), (archived, len(parts), gz, display)
+        if key not in found or rank < found[key][0]:
+            found[key] = (rank, display, read)
 
     def add_zip(zpath: Path, prefix: tuple[str, ...]) -> None:
         try:
-            z = zipfile.ZipFile(zpath)
+            with zipfile.ZipFile(zpath) as z:
+                names = [n for n in z.namelist() if not n.endswith("/")]
         except (OSError, zipfile.BadZipFile) as e:
             raise DataError(f"{zpath}: not a readable zip file ({e})") from None
-        with z:
-            names = sorted(n for n in z.namelist() if not n.endswith("/"))
-        for n in sorted(names, key=lambda n: n.count("/")):
-            parts = prefix + tuple(n.split("/"))
-            add(parts, f"{zpath}/{n}", functools.partial(_read_member, zpath, n))
+        for n in names:
+            read = functools.partial(_read_member, zpath, n)
+            add(prefix + tuple(n.split("/")), f"{zpath}/{n}", read, archived=True)
 
     if root.is_file():
         if not zipfile.is_zipfile(root):
             raise DataError(f"{root}: expected a directory or a .zip of the official layout")
         # a per-task zip (TERRa.zip holding train.jsonl...) names the task by its file name
         add_zip(root, (root.stem,))
-        return found
-    if not root.is_dir():
+    elif root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            rel = here.relative_to(root).parts
+            dirnames[:] = [d for d in dirnames if len(rel) < 2 and not d.startswith(".")]
+            for f in filenames:
+                if f.startswith("."):
+                    continue
+                if f.endswith(".zip"):
+                    add_zip(here / f, rel + (f[:-4],))
+                else:
+                    add(rel + (f,), str(here / f), (here / f).read_bytes, archived=False)
+    else:
         raise DataError(f"{root}: no such file or directory")
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        depth = len(Path(dirpath).relative_to(root).parts)
-        dirnames[:] = sorted(d for d in dirnames if depth < 2 and not d.startswith("."))
-        files += [(depth, Path(dirpath) / f) for f in filenames if not f.startswith(".")]
-    for _, f in sorted(files, key=lambda x: (x[0], str(x[1]))):
-        if f.suffix == ".zip":
-            add_zip(f, (f.stem,))
-        else:
-            add(f.relative_to(root).parts, str(f), f.read_bytes)
-    return found
+    return {key: (display, read) for key, (_, display, read) in found.items()}
 
 
 def _gunzip(read: Callable[[], bytes]) -> bytes:

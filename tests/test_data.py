@@ -164,6 +164,25 @@ def test_jsonl_gz_directory_and_zip(fixture_root, tmp_path):
     assert _load_all(_zip_dir(fixture_root, tmp_path / "gz.zip", "combined/", gz=True)) == want
 
 
+def test_plain_files_win_over_archives_and_deeper_copies(fixture_root, tmp_path):
+    shutil.copytree(fixture_root / "TERRa", tmp_path / "TERRa")
+    # a different TERRa in an archive, a gzipped copy and one folder deeper: all lose
+    other = tmp_path / "other"
+    one = (json.dumps(TERRA[0], ensure_ascii=False) + "\n").encode()
+    _write(other / "TERRa" / "val.jsonl", one)
+    _zip_dir(other, tmp_path / "combined.zip", prefix="combined/")
+    _write(tmp_path / "TERRa" / "test.jsonl.gz", gzip.compress(one))
+    for split in ("val", "test"):
+        want = data.load_split(fixture_root, "TERRa", split)
+        assert data.load_split(tmp_path, "TERRa", split) == want
+    shutil.rmtree(tmp_path / "TERRa")
+    # the deeper plain copy (other/TERRa) now beats the archive
+    assert [r.premise for r in data.load_split(tmp_path, "TERRa", "val")] == [TERRA[0]["premise"]]
+    shutil.rmtree(other)
+    assert [r.premise for r in data.load_split(tmp_path, "TERRa", "val")] == [TERRA[0]["premise"]]
+    assert data.available_splits(tmp_path, "TERRa") == ["val"]
+
+
 def test_missing_task_split_root(fixture_root, tmp_path):
     shutil.copytree(fixture_root / "TERRa", tmp_path / "TERRa")
     (tmp_path / "TERRa" / "val.jsonl").unlink()
