@@ -50,10 +50,11 @@ def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
     """Load a converted model directory with mlx-lm's own loader."""
     from mlx_lm.utils import load_model
 
-    from mlx_rsg import fast_attention, fast_gelu
+    from mlx_rsg import fast_attention, fast_gelu, fast_quant
 
     fast_attention.install()  # CPU attention without a cache: ~2x faster, same values
     fast_gelu.install()  # CPU tanh-GELU from mul/add/div: ~10x faster, within 4e-6
+    fast_quant.install()  # CPU quantized Linear as dequantize + GEMM for batches: ~25x faster
     model, config = load_model(Path(path), lazy=lazy)
     return Backbone(model=model, config=config)
 

@@ -1,0 +1,85 @@
+"""Quantized Linear layers on the CPU: dequantize, then one float32 GEMM, for batched inputs.
+
+Why: MLX's CPU `quantized_matmul` runs at ~2 GFLOP/s here, while a float32 GEMM through OpenBLAS
+runs at 50-150 GFLOP/s, so a q8/q4 Gemma-3-270M classified ~35x slower than float32. Measured on
+a 640x2048 layer (ms, 2 contended cores):
+
+    rows             1      4      16     64     1024
+    quantized_mm     1.5    6-7    20-30  80-100 1100-2300
+    dequantize+mm    3.5    3.5-4  4-5    5-7    20-80      (dequantize alone ~2.5-3)
+
+Dequantizing costs a fixed ~2 ns per weight, the GEMM is then as fast as float32, so from
+MIN_ROWS rows on (a batch, a prompt, any classification input) we dequantize per call; below it
+(single-token decode) MLX's own kernel stays. On Metal nothing changes: MLX's quantized kernels
+are fast there. QuantizedEmbedding is untouched (a gather dequantizes only the rows it reads).
+
+The dequantized weight is not kept by default (`install(cache=False)`): keeping it would hold a
+float32 copy of every Linear (~400 MB for Gemma-3-270M, more than the q8 model itself) to save
+the ~2 ns/weight, which is a few percent of a batched forward (benchmarks/bench_quantize.py
+measures both). `install(cache=True)` keeps it per layer when memory does not matter.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+MIN_ROWS = 4  # below this MLX's quantized kernel is as fast or faster (measured, table above)
+_ORIGINAL: dict[str, object] = {}
+_SETTINGS = {"cache": False}
+_CACHE_ATTR = "_mlx_rsg_dequantized"  # in the instance __dict__, outside the parameter tree
+
+
+def dequantized_weight(layer: nn.QuantizedLinear, cache: bool = False) -> mx.array:
+    """The layer's weight as float (out, in), optionally kept on the layer for the next call."""
+    w = layer["weight"]
+    if cache:
+        hit = layer.__dict__.get(_CACHE_ATTR)
+        if hit is not None and hit[0] is w:
+            return hit[1]
+    dq = mx.dequantize(
+        w,
+        layer["scales"],
+        layer.get("biases"),
+        group_size=layer.group_size,
+        bits=layer.bits,
+        mode=layer.mode,
+    )
+    if cache:
+        mx.eval(dq)
+        object.__setattr__(layer, _CACHE_ATTR, (w, dq))  # bypass Module's parameter dict
+    return dq
+
+
+def _use_fast(x: mx.array) -> bool:
+    return mx.default_device() == mx.cpu and x.ndim >= 2 and x.size // x.shape[-1] >= MIN_ROWS
+
+
+def _linear_call(self: nn.QuantizedLinear, x: mx.array) -> mx.array:
+    if not _use_fast(x):
+        return _ORIGINAL["linear"](self, x)
+    w = dequantized_weight(self, cache=_SETTINGS["cache"])
+    y = x @ w.astype(x.dtype).T
+    if "bias" in self:
+        y = y + self["bias"]
+    return y
+
+
+def install(cache: bool | None = None) -> None:
+    """Route nn.QuantizedLinear through dequantize+GEMM on the CPU for MIN_ROWS+ rows
+    (idempotent; patches the class, like fast_gelu / fast_attention). `cache` None keeps the
+    current setting (False unless set), so reloading a model does not undo a choice."""
+    if "linear" not in _ORIGINAL:
+        _ORIGINAL["linear"] = nn.QuantizedLinear.__call__
+    if cache is not None:
+        _SETTINGS["cache"] = cache
+    nn.QuantizedLinear.__call__ = _linear_call
+
+
+def uninstall() -> None:
+    if "linear" in _ORIGINAL:
+        nn.QuantizedLinear.__call__ = _ORIGINAL["linear"]
+
+
+def installed() -> bool:
+    return nn.QuantizedLinear.__call__ is _linear_call
