@@ -94,3 +94,25 @@ def quickstart_command(data_dir, work_dir, source, force) -> None:
 from mlx_rsg.data_cli import data_group  # noqa: E402
 
 main.add_command(data_group)
+
+
+@main.command("quantize")
+@click.argument("source", type=click.Path())
+@click.option("--bits", type=click.Choice(["4", "8"]), default=None, help="q4 or q8 recipe.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
+              help="Weights per scale/bias (default: the recipe's, 64).")
+@click.option("--recipe", default=None, help="A quantize/*.toml recipe, e.g. q4-mixed.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="OUT directory.")
+@click.option("--force", is_flag=True, help="Overwrite OUT.")
+def quantize_command(source, bits, group_size, recipe, out, force) -> None:
+    """Quantize a RUN_DIR (trained weights merged first) or a converted MODEL_DIR into OUT."""
+    from mlx_rsg.quantize import quantize
+
+    quantize(
+        source,
+        out,
+        bits=int(bits) if bits else None,
+        group_size=int(group_size) if group_size else None,
+        recipe=recipe,
+        force=force,
+    )

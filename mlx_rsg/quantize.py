@@ -17,6 +17,7 @@ Quantization is mlx-lm's own (`quantize_model` with a predicate), so `mlx_lm.loa
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -174,10 +175,13 @@ def quantize_backbone(model, config: dict[str, Any], recipe: Recipe) -> tuple[di
         counts["quantized"] += 1
         return True if p == default else {**p, "mode": "affine"}
 
-    with contextlib.redirect_stdout(sys.stderr):  # mlx-lm prints its bits-per-weight line
+    from mlx_lm.utils import compute_bits_per_weight
+
+    with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints bits per weight; we log it
         model, qconfig = quantize_model(
             model, config, recipe.group_size, recipe.bits, mode="affine", quant_predicate=predicate
         )
+    counts["bits_per_weight"] = round(float(compute_bits_per_weight(model)), 3)
     return qconfig, counts
 
 
@@ -211,6 +215,7 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
         "group_size": recipe.group_size,
         "mode": "affine",
         "recipe": recipe.as_dict(),
+        "bits_per_weight": counts["bits_per_weight"],
         "quantized_modules": counts["quantized"],
         "skipped_modules": counts["skipped"],
         "kept_float32": ["norms", "classification heads"],
@@ -323,8 +328,14 @@ def quantize(
             counts = _quantize_model_dir(source, tmp, rec)
         manifest = _manifest(source, "run" if is_run else "model", rec, counts)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if counts["skipped"]:
+        log(
+            f"warning: {len(counts['skipped'])} modules kept float32 (input width not a multiple "
+            f"of the group size): {', '.join(counts['skipped'][:4])}"
+            + (" ..." if len(counts["skipped"]) > 4 else "")
+        )
     log(
         f"quantized {counts['quantized']} modules ({rec.name}: {rec.bits}-bit, group "
-        f"{rec.group_size}) -> {out}"
+        f"{rec.group_size}; {counts['bits_per_weight']} bits per weight) -> {out}"
     )
     return out

@@ -175,3 +175,111 @@ def test_model_error_matches_noise_of_same_size(tiny_model_dir, tmp_path, bits):
         noise_errs.append(_rel_hidden_error(noisy, ref_h, tokens))
     noise = sum(noise_errs) / len(noise_errs)
     assert 0.5 * noise < err_q < 1.5 * noise, (err_q, noise_errs)
+
+
+# ---------------------------------------------------------------- CLI and bad inputs
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from mlx_rsg.cli import main
+
+    return CliRunner().invoke(main, ["quantize", *map(str, args)])
+
+
+def _one_error_line(result, *needles: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [s for s in result.stderr.splitlines() if s.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_cli_quantizes_and_refuses_existing_out(tiny_model_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "q4"
+    r = _cli(tiny_model_dir, "--bits", 4, "--group-size", 32, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 4
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    _one_error_line(_cli(tiny_model_dir, "--bits", 8, "--group-size", 32, "-o", out), "exists")
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+    r = _cli(tiny_model_dir, "--bits", 8, "--group-size", 32, "-o", out, "--force")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 8
+
+
+@pytest.mark.parametrize(
+    "damage,needles",
+    [
+        ("no-config", ["config.json"]),
+        ("bad-json", ["config.json:", "invalid JSON"]),
+        ("wrong-hidden", ["weights do not match config.json"]),
+        ("truncated", ["cannot load the weights"]),
+        ("no-weights", ["no *.safetensors"]),
+        ("quantized", ["field 'quantization'", "already quantized"]),
+    ],
+)
+def test_cli_corrupt_or_mismatched_model_dir(tiny_model_dir, tmp_path, damage, needles):  # noqa: F811
+    src = _copy_model(tiny_model_dir, tmp_path / "m")
+    cfg = src / "config.json"
+    weights = src / "model.safetensors"
+    if damage == "no-config":
+        cfg.unlink()
+    elif damage == "bad-json":
+        cfg.write_text('{"model_type": "gemma3_text",\n  "hidden_size": }')
+    elif damage == "wrong-hidden":
+        c = json.loads(cfg.read_text())
+        c["hidden_size"] = 64
+        cfg.write_text(json.dumps(c))
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "no-weights":
+        weights.unlink()
+    elif damage == "quantized":
+        src = quantize(tiny_model_dir, tmp_path / "already", bits=8, group_size=G, log=print)
+    out = tmp_path / "out"
+    _one_error_line(_cli(src, "--bits", 8, "--group-size", 32, "-o", out), *needles)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))  # nothing partial left behind
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        ([], ["--bits", "--recipe"]),
+        (["--recipe", "q3-nonexistent"], ["q3-nonexistent"]),
+        (["--recipe", "q4", "--group-size", "128"], ["multiple of group size 128"]),
+    ],
+)
+def test_cli_bad_recipe_choices(tiny_model_dir, tmp_path, args, needles):  # noqa: F811
+    out = tmp_path / "out"
+    _one_error_line(_cli(tiny_model_dir, *args, "-o", out), *needles)
+    assert not out.exists()
+
+
+def test_cli_missing_source(tmp_path):
+    _one_error_line(_cli(tmp_path / "nope", "--bits", 8, "-o", tmp_path / "o"), "nope")
+
+
+def test_cli_run_dir_with_changed_backbone(lora_run, tmp_path):
+    """A run whose (referenced, not copied) backbone weights changed since training is refused."""
+    import shutil
+
+    run, _ = lora_run
+    moved = shutil.copytree(run, tmp_path / "run")
+    info = json.loads((moved / "run.json").read_text())
+    assert info["backbone"]["copied"] is False
+    info["backbone"]["sha256"] = {"model.safetensors": "0" * 64}
+    (moved / "run.json").write_text(json.dumps(info))
+    out = tmp_path / "out"
+    _one_error_line(_cli(moved, "--bits", 8, "--group-size", 32, "-o", out), "backbone.sha256")
+    assert not out.exists()
