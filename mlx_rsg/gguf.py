@@ -209,15 +209,6 @@ def sentencepiece_model(reader, path: Path) -> bytes:
     if not len(tokens) == len(scores) == len(types):
         raise UserError(f"{path}: tokenizer.ggml tokens, scores and token_type differ in length")
 
-    proto = sp_pb2.ModelProto()
-    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
-        if int(kind) not in _SP_TYPES:
-            raise UserError(f"{path}: tokenizer.ggml.token_type[{i}] = {kind} is unknown")
-        sp = proto.pieces.add()
-        sp.piece = piece
-        sp.score = float(score)
-        sp.type = int(kind)
-
     ids = {
         name: _field(reader, f"tokenizer.ggml.{key}", path)
         for name, key in (
@@ -228,6 +219,21 @@ def sentencepiece_model(reader, path: Path) -> bytes:
         )
     }
     n = len(tokens)
+    unk = ids["unk"]
+    proto = sp_pb2.ModelProto()
+    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
+        if int(kind) not in _SP_TYPES:
+            raise UserError(f"{path}: tokenizer.ggml.token_type[{i}] = {kind} is unknown")
+        sp = proto.pieces.add()
+        # llama.cpp writes Gemma's whitespace-run pieces with real spaces; SentencePiece matches
+        # them after escaping spaces to U+2581, as the original tokenizer.model spells them.
+        sp.piece = "\u2581" * len(piece) if piece and not piece.strip(" ") else piece
+        sp.score = float(score)
+        # The GGUF marks <unk> as a control token; SentencePiece needs it typed UNKNOWN.
+        sp.type = sp_pb2.ModelProto.SentencePiece.UNKNOWN if i == unk else int(kind)
+    if len({p.piece for p in proto.pieces}) != n:
+        raise UserError(f"{path}: tokenizer.ggml.tokens has duplicate pieces")
+
     spec = proto.trainer_spec
     spec.model_type = sp_pb2.TrainerSpec.BPE
     spec.vocab_size = n
