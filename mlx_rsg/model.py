@@ -1,7 +1,13 @@
 """RSGClassifier: an mlx-lm backbone, pooling, dropout and one linear head per task.
 
     bottom K layers (frozen, cacheable)  ->  top layers (trained, LoRA'd or adapted)
-      -> final norm -> pooling (last token | mean | marked spans) -> dropout -> heads[task]
+      -> final norm -> pooling (last token | mean | marked spans) -> RMS normalisation
+      -> dropout -> heads[task]
+
+The pooled vectors are RMS-normalised without a learned scale and the heads start at zero:
+Gemma's final hidden states have an RMS of ~7 with single dimensions up to ~140, so a head on the
+raw features starts with a loss of ~3 and every Adam step moves its logits by several units.
+Normalised, one head learning rate suits any backbone and training starts at chance.
 
 Methods (`ClassifierConfig.method`):
   heads        the backbone is frozen; K = all layers, so the whole backbone output is cacheable
@@ -137,13 +143,13 @@ class RSGClassifier(nn.Module):
                 for i in range(self.k, n)
             }
         # Span-pooled tasks concatenate their spans: the head sees hidden * spans features.
-        self.heads = {
-            name: nn.Linear(
-                backbone.hidden_size * max(1, TASK_SPECS[name].spans if name in TASK_SPECS else 0),
-                n_out,
-            )
-            for name, n_out in heads.items()
-        }
+        self.heads = {}
+        for name, n_out in heads.items():
+            spans = TASK_SPECS[name].spans if name in TASK_SPECS else 0
+            head = nn.Linear(backbone.hidden_size * max(1, spans), n_out)
+            head.weight = mx.zeros_like(head.weight)
+            head.bias = mx.zeros_like(head.bias)
+            self.heads[name] = head
         self.dropout = nn.Dropout(cfg.dropout)
 
     def trainable_start(self) -> int:
@@ -155,7 +161,7 @@ class RSGClassifier(nn.Module):
         return run_layers(self.backbone, embed(self.backbone, tokens), 0, self.k)
 
     def features(self, batch, h0: mx.array | None = None) -> mx.array:
-        """Pooled final hidden states (B, hidden * spans) before dropout and head."""
+        """Pooled final hidden states (B, S, hidden): S = 1, or the marked spans."""
         h = self.prefix(batch.tokens) if h0 is None else h0
         hooks = {int(i): a for i, a in self.adapters.items()}
         checkpoint = self.cfg.grad_checkpoint and self.training
@@ -164,7 +170,8 @@ class RSGClassifier(nn.Module):
         return pool(h, pooling_weights(batch, self.cfg.pooling))
 
     def __call__(self, batch, h0: mx.array | None = None) -> mx.array:
-        return self.heads[batch.head](self.dropout(self.features(batch, h0)))
+        x = mx.fast.rms_norm(self.features(batch, h0), None, 1e-6)
+        return self.heads[batch.head](self.dropout(x.reshape(x.shape[0], -1)))
 
 
 def pooling_weights(batch, pooling: str) -> mx.array:
@@ -184,6 +191,5 @@ def pooling_weights(batch, pooling: str) -> mx.array:
 
 
 def pool(h: mx.array, weights: mx.array) -> mx.array:
-    """Weighted sums of h (B, L, D) per row of weights (B, S, L), concatenated: (B, S * D)."""
-    pooled = weights.astype(h.dtype) @ h
-    return pooled.reshape(h.shape[0], -1)
+    """Weighted sums of h (B, L, D) per row of weights (B, S, L): (B, S, D)."""
+    return weights.astype(h.dtype) @ h

@@ -37,6 +37,9 @@ def russe_unit(i: int, s1: str, w1: str, s2: str, w2: str, label=1) -> Unit:
 def model_for(model_dir, **cfg) -> RSGClassifier:
     mx.random.seed(0)
     model = RSGClassifier(load_backbone(model_dir), ClassifierConfig(dropout=0.0, **cfg), HEADS)
+    # Heads start at zero (every logit 0); random ones make logits worth comparing.
+    for head in model.heads.values():
+        head.weight = mx.random.normal(head.weight.shape)
     mx.eval(model.parameters())
     model.eval()
     return model
@@ -72,10 +75,10 @@ def test_span_pooling_is_the_mean_over_each_marked_word(tiny_model_dir, tok):
     batch = collate(enc)
     assert batch.spans.shape == (2, 2, 2)
     feats = np.array(model.features(batch))
-    assert feats.shape == (2, 2 * model.backbone.hidden_size)
+    assert feats.shape == (2, 2, model.backbone.hidden_size)
     for j, e in enumerate(enc):
         h = np.array(hidden_states(model.backbone, mx.array([e.ids])))[0]
-        want = np.concatenate([h[s:t].mean(axis=0) for s, t in e.spans])
+        want = np.stack([h[s:t].mean(axis=0) for s, t in e.spans])
         np.testing.assert_allclose(feats[j], want, atol=1e-5)
         # the spans hold exactly the marked words' tokens
         for (s, t), piece in zip(e.spans, [u for u in units[j].pieces if u[1]], strict=True):
@@ -190,6 +193,17 @@ def test_lora_keys_come_from_mlx_lm_and_bad_target_is_one_line(tiny_model_dir):
     assert attn.q_proj.scale == pytest.approx(16.0 / 8)
     with pytest.raises(UserError, match="--lora-targets: 'qkv' is no linear layer of gemma3_text"):
         model_for(tiny_model_dir, method="lora", freeze_layers=1, lora_targets=("qkv",))
+
+
+def test_heads_start_at_zero_on_rms_normalised_features(tiny_model_dir, tok):
+    model = RSGClassifier(load_backbone(tiny_model_dir), ClassifierConfig(), {"TERRa": 2})
+    model.eval()
+    batch = collate(encode_units([nli_unit(0, "Кошка сидит.", "Кошка спит.")], tok, 32))
+    assert not np.array(model(batch)).any()  # chance (loss log 2) before training
+    x = np.array(model.features(batch))[0, 0]
+    model.heads["TERRa"].weight = mx.eye(2, x.size)
+    want = x[:2] / np.sqrt((x**2).mean() + 1e-6)
+    np.testing.assert_allclose(np.array(model(batch))[0], want, rtol=1e-5)
 
 
 def test_adapters_start_as_identity(tiny_model_dir, tok):
