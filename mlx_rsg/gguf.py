@@ -285,13 +285,37 @@ def _tokenizer_files(reader, path: Path) -> dict[str, Any]:
     return {"tokenizer_config.json": config, "special_tokens_map.json": special}
 
 
+def _write_tokenizer_json(out: Path) -> None:
+    """Also save the fast tokenizer transformers builds from tokenizer.model as tokenizer.json.
+
+    Loading then skips the SentencePiece -> tokenizers conversion (~3x faster for Gemma's 262k
+    vocabulary) and mlx-lm picks its SentencePiece streaming detokenizer. transformers comes with
+    mlx-lm; without it tokenizer.model alone still works.
+    """
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return
+    tmp = out / ".tokenizer.json.tmp"
+    try:
+        backend.save(str(tmp))
+        os.replace(tmp, out / "tokenizer.json")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Write a Hugging Face-style directory for the GGUF model at `gguf_path` into `out_dir`.
 
     Files: config.json, model.safetensors (float32, HF names), tokenizer.model,
-    tokenizer_config.json, special_tokens_map.json. Everything is read and checked before the
-    first file is written; each file is written atomically. The caller owns `out_dir` (convert
-    writes into a temporary directory and renames it).
+    tokenizer_config.json, special_tokens_map.json, and tokenizer.json when transformers is
+    installed. Everything is read and checked before the first file is written; each file is
+    written atomically. The caller owns `out_dir` (convert writes into a temporary directory and
+    renames it).
     Returns {"architecture", "tensors", "quant_types", "parameters", "vocab_size"}.
     """
     from safetensors.numpy import save_file
@@ -342,6 +366,7 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]
     for name, content in _tokenizer_files(reader, path).items():
         with atomic_file(out / name) as f:
             json.dump(content, f, indent=2, ensure_ascii=False)
+    _write_tokenizer_json(out)
     return {
         "architecture": arch,
         "tensors": len(tensors),

@@ -4,6 +4,7 @@ config, tokenizer, errors); slow: the real 270M GGUF against transformers' own G
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -227,6 +228,7 @@ def test_tokenizer_pieces_ids_and_bos(tiny):
     config = json.loads((root / "hf" / "tokenizer_config.json").read_text())
     assert config["add_bos_token"] is True and config["bos_token"] == "<bos>"
     transformers = pytest.importorskip("transformers")
+    assert (root / "hf" / "tokenizer.json").is_file()  # written whenever transformers is there
     tok = transformers.AutoTokenizer.from_pretrained(root / "hf")
     assert tok(" привет")["input_ids"] == [2, ids["▁при"], ids["вет"]]
     assert tok("при")["input_ids"] == [2, ids["при"]]
@@ -307,16 +309,26 @@ def real(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_real_tokenizer_equals_transformers_gguf_tokenizer(real):
+def test_real_tokenizer_equals_transformers_gguf_tokenizer(real, tmp_path):
     transformers = pytest.importorskip("transformers")
     path, out, info = real
     assert info["quant_types"].keys() >= {"Q4_K", "Q6_K"}  # K-quants dequantized
+    from mlx_rsg.backbone import load_tokenizer
+
     ref = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    ours = transformers.AutoTokenizer.from_pretrained(out)
+    ours = transformers.AutoTokenizer.from_pretrained(out)  # from tokenizer.json
+    model_only = tmp_path / "spm"  # tokenizer.model alone, converted by transformers on load
+    model_only.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(out / name, model_only / name)
+    from_spm = transformers.AutoTokenizer.from_pretrained(model_only)
+    wrapper = load_tokenizer(out)  # mlx-lm's TokenizerWrapper, as training uses it
     for text in SENTENCES:
-        ids = ours(text)["input_ids"]
-        assert ids == ref(text)["input_ids"], text
-        assert ids[0] == 2 and ids.count(2) == 1  # BOS added once, like the original
+        ids = ref(text)["input_ids"]
+        assert ids[0] == 2 and ids.count(2) == 1  # BOS added once by the original
+        assert ours(text)["input_ids"] == ids, text
+        assert from_spm(text)["input_ids"] == ids, text
+        assert wrapper.encode(text) == ids, text
         assert ours.decode(ids, skip_special_tokens=True) == text
 
 
