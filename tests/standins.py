@@ -1,7 +1,7 @@
 """STAND-INS for upstream modules that had not landed when the training loop was written.
 
 `install()` registers minimal versions of mlx_rsg.{tasks, metrics, batching, model, features,
-submission} and the data readers ONLY for names that do not exist in the package, following the
+submission} ONLY for names that do not exist in the package, following the
 contract in the training-interface notes (TERRa, RCB, PARus and LiDiRus only). Once the real
 modules are committed, `install()` is a no-op for them and the tests run against the real code.
 Never imported by the package itself.
@@ -16,10 +16,8 @@ import sys
 import types
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mlx_rsg  # noqa: F401
-import mlx_rsg.data as data
 
 INSTALLED: list[str] = []
 
@@ -37,53 +35,6 @@ def _module(name: str, **attrs) -> None:
     sys.modules[name] = mod
     setattr(mlx_rsg, name.rsplit(".", 1)[1], mod)
     INSTALLED.append(name)
-
-
-# ------------------------------------------------------------------ data readers
-
-
-def _file(root: Path, task: str, split: str) -> Path:
-    if task == "LiDiRus":
-        return Path(root) / "LiDiRus" / "LiDiRus.jsonl"
-    return Path(root) / task / f"{split}.jsonl"
-
-
-def available_splits(root, task):
-    if task == "LiDiRus":
-        return ["test"] if _file(root, task, "test").exists() else []
-    return [s for s in ("train", "val", "test") if _file(root, task, s).exists()]
-
-
-def parse_record(task, obj, path="<input>", line=None):
-    try:
-        if task in ("TERRa", "RCB"):
-            return data.NLIRecord(
-                int(obj["idx"]), obj["premise"], obj["hypothesis"], obj.get("label")
-            )
-        if task == "LiDiRus":
-            return data.NLIRecord(
-                int(obj["idx"]), obj["sentence1"], obj["sentence2"], obj.get("label")
-            )
-        if task == "PARus":
-            return data.PARusRecord(
-                int(obj["idx"]),
-                obj["premise"],
-                obj["choice1"],
-                obj["choice2"],
-                obj["question"],
-                obj.get("label"),
-            )
-    except KeyError as e:
-        raise data.DataError(f"{path}:{line}: field '{e.args[0]}': missing") from None
-    raise data.DataError(f"{path}: unknown task {task}")
-
-
-def load_split(root, task, split):
-    path = _file(root, task, split)
-    if not path.exists():
-        raise data.DataError(f"{path}: not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [parse_record(task, json.loads(s), path, i) for i, s in enumerate(lines, 1) if s.strip()]
 
 
 # ------------------------------------------------------------------ tasks
@@ -352,13 +303,6 @@ def write_submission(out, by_task):
 
 def install() -> list[str]:
     """Register stand-ins for every upstream name still missing; return what was installed."""
-    if not hasattr(data, "load_split"):
-        data.load_split, data.available_splits, data.parse_record = (
-            load_split,
-            available_splits,
-            parse_record,
-        )
-        INSTALLED.append("mlx_rsg.data readers")
     g = globals()
     if _missing("mlx_rsg.tasks"):
         _module(
