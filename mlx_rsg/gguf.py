@@ -109,6 +109,16 @@ def _config(reader, recipe: dict, path: Path, arch: str, vocab_size: int) -> dic
     missing = [f for f in recipe.get("required", []) if f not in config]
     if missing:
         raise UserError(f"{path}: metadata lacks {', '.join(missing)} (keys under '{arch}.')")
+    scaling = {}
+    for key, sub_field in recipe.get("rope_scaling", {}).items():
+        value = _field(reader, f"{arch}.{key}", path)
+        if value is not None:
+            scaling[sub_field] = _float32_value(value) if isinstance(value, float) else value
+    if scaling and scaling.get("rope_type", "none") != "none":
+        config["rope_scaling"] = scaling
+    by_size = recipe.get("by_block_count", {}).get(str(config["num_hidden_layers"]), {})
+    for key, value in by_size.items():
+        config.setdefault(key, value)
     for key, value in recipe.get("defaults", {}).items():
         config.setdefault(key, None if value == "none" else value)
     config["vocab_size"] = vocab_size

@@ -37,7 +37,7 @@ def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def tiny_weights(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, Q]]:
+def tiny_weights(rng: np.random.Generator, layers: int = LAYERS) -> dict[str, tuple[np.ndarray, Q]]:
     """GGUF name -> (HF-layout float32 values, storage type). Norm values here are w (HF)."""
     vocab = len(tiny_vocab()[0])
     r = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.5  # noqa: E731
@@ -45,7 +45,7 @@ def tiny_weights(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, Q]]:
         "token_embd.weight": (r(vocab, HIDDEN), Q.Q8_0),
         "output_norm.weight": (r(HIDDEN), Q.F32),
     }
-    for i in range(LAYERS):
+    for i in range(layers):
         w |= {
             f"blk.{i}.attn_norm.weight": (r(HIDDEN), Q.F32),
             f"blk.{i}.attn_q.weight": (r(HEADS * HEAD_DIM, HIDDEN), Q.Q8_0),
@@ -64,10 +64,12 @@ def tiny_weights(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, Q]]:
     return w
 
 
-def write_tiny_gguf(path: Path, weights: dict, arch: str = "gemma3", extra: dict | None = None):
+def write_tiny_gguf(
+    path: Path, weights: dict, arch: str = "gemma3", extra: dict | None = None, layers=LAYERS
+):
     """Write `weights` as llama.cpp does: norms as 1 + w, quantized where asked."""
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(LAYERS)
+    writer.add_block_count(layers)
     writer.add_uint32(f"{arch}.context_length", 2048)
     writer.add_uint32(f"{arch}.embedding_length", HIDDEN)
     writer.add_uint32(f"{arch}.feed_forward_length", FFN)
@@ -78,6 +80,9 @@ def write_tiny_gguf(path: Path, weights: dict, arch: str = "gemma3", extra: dict
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
     writer.add_float32(f"{arch}.rope.freq_base", 1_000_000.0)
     writer.add_uint32(f"{arch}.attention.sliding_window", 16)
+    if layers == 62:  # Gemma 3 27B's depth; llama.cpp writes linear rope scaling for 4B and up
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(8.0)
     tokens, scores, types = tiny_vocab()
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
@@ -198,6 +203,16 @@ def test_config_fields(tiny):
         "pad_token_id": 0,
     }
     assert {k: config.get(k) for k in expected} == expected
+
+
+def test_size_dependent_config_rope_scaling_and_27b_attention_scale(tmp_path):
+    weights = tiny_weights(np.random.default_rng(2), layers=62)
+    write_tiny_gguf(tmp_path / "deep.gguf", weights, layers=62)
+    gguf_to_hf_dir(tmp_path / "deep.gguf", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["rope_scaling"] == {"rope_type": "linear", "factor": 8.0}
+    assert config["query_pre_attn_scalar"] == 168
+    assert config["layer_types"].count("full_attention") == 10  # layers 6, 12, ..., 60
 
 
 def test_mlx_lm_loads_the_directory_strictly(tiny):
