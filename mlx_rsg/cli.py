@@ -116,3 +116,17 @@ def quantize_command(source, bits, group_size, recipe, out, force) -> None:
         recipe=recipe,
         force=force,
     )
+
+
+@main.command("convert")
+@click.argument("source")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="OUT directory.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Floating-point type of the saved weights.")
+@click.option("--force", is_flag=True, help="Overwrite OUT.")
+def convert_command(source, out, dtype, force) -> None:
+    """Convert SOURCE (gemma-3-270m, a .gguf file, an HF model dir or a hub id org/name) to an
+    MLX model directory OUT."""
+    from mlx_rsg.convert import convert, summary
+
+    click.echo(summary(convert(source, out, dtype=dtype, force=force)))

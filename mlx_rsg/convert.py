@@ -344,3 +344,18 @@ def _manifest(
 
 def read_manifest(model_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(model_dir) / MANIFEST).read_text(encoding="utf-8"))
+
+
+def summary(model_dir: str | Path) -> str:
+    """What the CLI prints after a conversion: a few aligned lines from the manifest."""
+    m = read_manifest(model_dir)
+    return "\n".join(
+        [
+            f"architecture  {m['architecture']} ({m['model_type']})",
+            f"parameters    {m['parameters']:,} ({m['parameters'] / 1e6:.1f} M)",
+            f"dtype         {m['dtype']}",
+            f"size          {m['weights_bytes'] / 2**20:,.1f} MiB",
+            f"source        {m['source']['source']} ({m['source']['kind']})",
+            f"out           {model_dir}",
+        ]
+    )
