@@ -254,6 +254,37 @@ def normalize_rope(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def normalize_layer_types(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """transformers describes Gemma 3's local/global layers as `layer_types`; mlx-lm's gemma3
+    models use `sliding_window_pattern` (layer i is global iff (i+1) % pattern == 0). Translate,
+    and refuse a layout the pattern cannot express rather than convert a different model."""
+    types = config.get("layer_types")
+    if config.get("model_type") not in ("gemma3", "gemma3_text") or not isinstance(types, list):
+        return config
+    n = len(types)
+    for p in range(1, n + 1):
+        want = ["full_attention" if (i + 1) % p == 0 else "sliding_attention" for i in range(n)]
+        if types == want:
+            return {**config, "sliding_window_pattern": p}
+    raise UserError(
+        located(
+            path,
+            field="layer_types",
+            msg="this local/global layer layout is not 'every N-th layer global', which is all "
+            "mlx-lm's gemma3 supports (it needs at least one global layer)",
+        )
+    )
+
+
+def normalize_config(config: dict[str, Any], src: Path) -> dict[str, Any]:
+    """The HF config in the form mlx-lm 0.32's ModelArgs read."""
+    config = normalize_rope(config)
+    if config.get("model_type") == "gemma3" and isinstance(config.get("text_config"), dict):
+        text = normalize_rope(config["text_config"])
+        config = {**config, "text_config": normalize_layer_types(text, src / "config.json")}
+    return normalize_layer_types(config, src / "config.json")
+
+
 # --- the conversion proper ---
 
 
@@ -264,7 +295,7 @@ def _convert_hf_dir(
     from mlx.utils import tree_map_with_path
     from mlx_lm.utils import get_total_parameters, load_model, save_config, save_model
 
-    config = normalize_rope(read_config(src))
+    config = normalize_config(read_config(src), src)
     model_classes(config, src)
     weights = weight_files(src)
     tokenizer = tokenizer_files(src)

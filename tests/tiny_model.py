@@ -22,26 +22,17 @@ _CORPUS = [
 ]
 
 
-def build_tiny_model(
-    out: str | Path,
-    *,
-    layers: int = 2,
-    hidden: int = 32,
-    seed: int = 0,
-    vocab: int = 400,
-) -> Path:
-    """Write a tiny random gemma3_text model directory to `out` and return its path."""
-    import mlx.core as mx
+def write_sentencepiece_tokenizer(out: str | Path, corpus: list[str], vocab: int = 400) -> Path:
+    """Train a SentencePiece BPE tokenizer on `corpus` (Gemma's settings: byte fallback, no dummy
+    prefix, identity normaliser; pad 0, eos 1, bos 2, unk 3) and write tokenizer.model and a
+    GemmaTokenizer tokenizer_config.json into `out`."""
     import sentencepiece as spm
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import gemma3_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 20),
+        sentence_iterator=iter(list(corpus) * 20),
         model_writer=buf,
         vocab_size=vocab,
         model_type="bpe",
@@ -69,6 +60,26 @@ def build_tiny_model(
             }
         )
     )
+    return out
+
+
+def build_tiny_model(
+    out: str | Path,
+    *,
+    layers: int = 2,
+    hidden: int = 32,
+    seed: int = 0,
+    vocab: int = 400,
+) -> Path:
+    """Write a tiny random gemma3_text model directory to `out` and return its path."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import gemma3_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    write_sentencepiece_tokenizer(out, _CORPUS, vocab)
 
     config = {
         "model_type": "gemma3_text",
