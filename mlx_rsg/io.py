@@ -12,6 +12,12 @@ from pathlib import Path
 from mlx_rsg.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to `out`; on success it replaces `out`.
@@ -24,6 +30,7 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise UserError(f"{out}: already exists (use --force to overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; outputs get the usual permissions
     try:
         yield tmp
         if out.exists():
@@ -44,6 +51,7 @@ def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as f:
