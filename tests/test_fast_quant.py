@@ -119,3 +119,19 @@ def test_whole_model_fast_equals_kernel(tiny_model_dir, tmp_path):  # noqa: F811
         fast_quant.install()
     rel = (mx.linalg.norm(fast - ref, axis=-1) / mx.linalg.norm(ref, axis=-1)).max().item()
     assert rel < 1e-4  # float32 summation order only, through two blocks
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("shape", [(96, 256), (5, 128), (1, 384)])
+def test_unpack_affine_bit_identical_to_dequantize(bits, group, shape):
+    w = 3 * mx.random.normal(shape, key=mx.random.key(bits + group))
+    q, s, b = mx.quantize(w, group, bits)
+    want = mx.dequantize(q, s, b, group_size=group, bits=bits)
+    assert mx.array_equal(fast_quant.unpack_affine(q, s, b, group, bits), want).item()
+
+
+def test_other_widths_fall_back_to_dequantize():
+    _, q = _layer(128, 64, 3, 64, False)  # 3-bit codes straddle bytes: mx.dequantize
+    x = mx.random.normal((16, 128))
+    assert (mx.abs(q(x) - _mlx_kernel(q, x)) <= _rounding_bound(q, x)).all().item()
