@@ -14,7 +14,8 @@ alike; best of --reps per round, best over --rounds. Variants:
     qN mlx-kernel           MLX's own CPU quantized_matmul (fast_quant uninstalled); ~30x
                             slower, so timed at --kernel-batch rows with fp32 at that shape too
 
-"single" is one stream; "rows" is cpu_parallel.row_parallel (a row chunk per core). Reported:
+"single" is one stream; "rows" is cpu_parallel.row_parallel (a row chunk per core); "latency"
+is one example of --latency-seq tokens (batch 1, as bench's p50 latency). Reported:
 examples/s, the ratio to fp32 in the same mode (target: q8 and q4 >= 0.9x), the weights' bytes
 in memory (plus the cache), and the hidden states' relative error vs fp32. Writes
 benchmarks/results/quantize.json and prints a Markdown table.
@@ -92,7 +93,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3, help="timed forwards per variant and round")
     ap.add_argument("--rounds", type=int, default=2, help="passes over all variants")
-    ap.add_argument("--modes", default="single,rows", help="single and/or rows")
+    ap.add_argument("--modes", default="single,rows,latency", help="single, rows, latency")
+    ap.add_argument("--latency-seq", type=int, default=64, help="tokens of the batch-1 runs")
     ap.add_argument("--recipes", default="q8,q4", help="quantize recipes to compare")
     ap.add_argument("--group-size", type=int, default=None, help="override the recipes' 64")
     ap.add_argument("--kernel-batch", type=int, default=1, help="rows for the MLX-kernel runs")
@@ -116,8 +118,9 @@ def main() -> None:
     tokens_np[:, 0] = 2  # BOS
     tokens = mx.array(tokens_np)
     small = tokens[: args.kernel_batch]
+    one = tokens[:1, : args.latency_seq]
 
-    with tempfile.TemporaryDirectory(dir=args.model.parent) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
         models = {"fp32": load_backbone(args.model)}
         for r in recipes:
@@ -129,10 +132,11 @@ def main() -> None:
         # (name, model, mode, fast_quant setting, tokens)
         variants = []
         for mode in modes:
-            variants.append(("fp32", "fp32", mode, "fast", tokens))
+            toks = one if mode == "latency" else tokens
+            variants.append(("fp32", "fp32", mode, "fast", toks))
             for r in recipes:
-                variants.append((f"{r} fast", r, mode, "fast", tokens))
-                variants.append((f"{r} fast+cache", r, mode, "cache", tokens))
+                variants.append((f"{r} fast", r, mode, "fast", toks))
+                variants.append((f"{r} fast+cache", r, mode, "cache", toks))
         if not args.no_kernel:
             variants.append(("fp32", "fp32", "kernel-shape", "fast", small))
             for r in recipes:
@@ -144,22 +148,22 @@ def main() -> None:
             else:
                 fast_quant.install(cache=setting == "cache")
 
-        ref = {"full": forward(models["fp32"], "single")(tokens)}
-        ref["small"] = ref["full"][: args.kernel_batch]
+        fp32 = forward(models["fp32"], "single")
+        ref = {id(t): fp32(t) for t in (tokens, small, one)}
         best: dict[tuple, float] = {}
         extra: dict[tuple, dict] = {}
         for rnd in range(args.rounds):
             for name, key, mode, setting, toks in variants:
                 setup(setting)
                 bb = models[key]
-                run = forward(bb, "single" if mode == "kernel-shape" else mode)
+                run = forward(bb, "rows" if mode == "rows" else "single")
                 reps = 1 if setting == "kernel" else args.reps
                 out = run(toks)  # warm-up (and, with the cache, fill it)
                 sec = _best(lambda: run(toks), reps)  # noqa: B023
                 k = (name, mode)
                 best[k] = min(best.get(k, float("inf")), sec)
                 if k not in extra:
-                    r = ref["small" if toks is small else "full"]
+                    r = ref[id(toks)]
                     rel = mx.linalg.norm(out - r, axis=-1) / mx.linalg.norm(r, axis=-1)
                     extra[k] = {
                         "rows": int(toks.shape[0]),
@@ -183,6 +187,7 @@ def main() -> None:
                 **e,
                 "seconds_per_batch": sec,
                 "examples_per_s": e["rows"] / sec,
+                "ms_per_example": 1e3 * sec / e["rows"],
                 "vs_fp32": fp32 / sec,
             }
         )
@@ -192,6 +197,7 @@ def main() -> None:
         "batch": args.batch,
         "seq": args.seq,
         "kernel_batch": args.kernel_batch,
+        "latency_seq": args.latency_seq,
         "reps": args.reps,
         "rounds": args.rounds,
         "recipes": recipes,
@@ -211,14 +217,16 @@ def main() -> None:
 def table(result: dict) -> str:
     lines = [
         f"Quantized inference, {result['batch']}x{result['seq']} tokens (MLX-kernel rows: "
-        f"{result['kernel_batch']}x{result['seq']}), weights: {result['weights']}",
+        f"{result['kernel_batch']}x{result['seq']}; latency: 1x{result['latency_seq']}), "
+        f"weights: {result['weights']}",
         "",
-        "| variant | mode | ex/s | vs fp32 | weights MB | cache MB | rel. error vs fp32 |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | mode | ex/s | ms/ex | vs fp32 | weights MB | cache MB | rel. err vs fp32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(
-            f"| {r['variant']} | {r['mode']} | {r['examples_per_s']:.2f} | {r['vs_fp32']:.2f}x "
+            f"| {r['variant']} | {r['mode']} | {r['examples_per_s']:.2f} | "
+            f"{r['ms_per_example']:.1f} | {r['vs_fp32']:.2f}x "
             f"| {r['weights_mb']:.1f} | {r['cache_mb']:.1f} | {r['rel_err_vs_fp32_mean']:.2e} |"
         )
     return "\n".join(lines)
