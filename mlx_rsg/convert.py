@@ -311,7 +311,8 @@ def _convert_hf_dir(
     try:
         model, config = load_model(src, lazy=True, model_config=config)
     except (ValueError, KeyError, TypeError) as e:  # weights that don't fit the mlx-lm class
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = " ".join(str(e).split()) or type(e).__name__  # mlx lists names on many lines
+        msg = msg if len(msg) <= 240 else msg[:240] + " ..."
         raise UserError(
             f"{src}: weights do not match mlx-lm's '{config['model_type']}' model ({msg})"
         ) from None
