@@ -298,7 +298,7 @@ def _convert_hf_dir(
     src: Path, out: Path, dtype: str, force: bool, origin: dict[str, Any]
 ) -> Path:
     import mlx.core as mx
-    from mlx.utils import tree_map_with_path
+    from mlx.utils import tree_flatten, tree_map_with_path
     from mlx_lm.utils import get_total_parameters, load_model, save_config, save_model
 
     config = normalize_config(read_config(src), src)
@@ -336,6 +336,8 @@ def _convert_hf_dir(
     params = int(get_total_parameters(model))
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    need = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    check_free_space(out.parent, need + sum(f.stat().st_size for f in tokenizer))
     try:
         with atomic_dir(out, force) as tmp:
             save_model(tmp, model, donate_model=True)
@@ -350,8 +352,20 @@ def _convert_hf_dir(
             raise UserError(f"{out}: no space left on device while writing the model") from None
         raise UserError(f"{out}: cannot write ({e.strerror or e})") from None
     except RuntimeError as e:  # mx.save_safetensors reports write failures as RuntimeError
+        if shutil.disk_usage(out.parent).free < (64 << 20):
+            raise UserError(f"{out}: no space left on device while writing the model") from None
         raise UserError(f"{out}: cannot write the weights ({e})") from None
     return out
+
+
+def check_free_space(where: Path, need: int) -> None:
+    """Refuse up front when the weights cannot fit, instead of failing halfway through them."""
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise UserError(
+            f"{where}: no space left on device for the model "
+            f"(needs {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free)"
+        )
 
 
 def _manifest(

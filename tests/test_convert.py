@@ -377,6 +377,14 @@ def test_error_bad_dtype_and_no_space(tmp_path, monkeypatch):
     monkeypatch.setattr(mlx_lm.utils, "save_model", full_disk)
     _assert_one_line_error(_run_cli([src, "-o", out]), out, str(out), "no space left")
 
+    # Checked before writing: a disk with less free space than the weights need.
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    _assert_one_line_error(_run_cli([src, "-o", out]), out, str(tmp_path), "no space left", "GiB")
+
 
 # --- GGUF route (the .gguf reader is mlx_rsg.gguf's; here only the plumbing) ---
 
