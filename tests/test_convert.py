@@ -437,6 +437,43 @@ def test_gguf_source_missing_file_is_one_line(tmp_path):
     _assert_one_line_error(_run_cli([missing, "-o", out]), out, str(missing))
 
 
+def test_hub_id_downloads_only_what_convert_needs(tmp_path, monkeypatch):
+    """A hub id goes through snapshot_download with allow_patterns that fetch config, safetensors
+    and tokenizer files (no .bin, no .gguf); the manifest records the hub source and hashes."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    repo = build_tiny_model(tmp_path / "repo")
+    (repo / "pytorch_model.bin").write_bytes(b"not fetched")
+    (repo / "model.gguf").write_bytes(b"not fetched")
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kw):
+        calls.append(repo_id)
+        snap = tmp_path / "cache" / repo_id.replace("/", "--")
+        snap.mkdir(parents=True)
+        for f in repo.iterdir():
+            if any(fnmatch.fnmatch(f.name, pat) for pat in allow_patterns):
+                shutil.copy(f, snap / f.name)
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    out = tmp_path / "out"
+    result = _run_cli(["someorg/tiny-gemma", "-o", out])
+    assert result.exit_code == 0, result.output
+    assert calls == ["someorg/tiny-gemma"]
+    snap = tmp_path / "cache" / "someorg--tiny-gemma"
+    assert sorted(p.name for p in snap.iterdir()) == [
+        "config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"
+    ]
+    manifest = json.loads((out / "mlx_rsg.json").read_text())
+    origin = manifest["source"]
+    assert origin["kind"] == "hub" and origin["source"] == "someorg/tiny-gemma"
+    assert set(origin["sha256"]) == {"model.safetensors"}
+
+
 def test_hub_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
