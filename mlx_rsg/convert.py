@@ -303,6 +303,10 @@ def _convert_hf_dir(
 
     config = normalize_config(read_config(src), src)
     model_classes(config, src)
+    if config.get("model_type") == "gemma3" and isinstance(config.get("text_config"), dict):
+        # transformers 5 keeps vocab_size only in text_config; mlx-lm's gemma3 reads the top level
+        text = config["text_config"]
+        config = {**config, "vocab_size": config.get("vocab_size", text.get("vocab_size", 262208))}
     weights = weight_files(src)
     tokenizer = tokenizer_files(src)
     if "sha256" not in origin:
@@ -320,6 +324,9 @@ def _convert_hf_dir(
         raise UserError(
             f"{src}: already quantized ({config['quantization']}); convert needs float weights"
         )
+    if config.get("model_type") == "gemma3":
+        model, config = text_only_gemma3(model, config)
+        origin["text_only"] = "vision tower dropped: Gemma3ForConditionalGeneration -> text model"
 
     target = getattr(mx, dtype)
     cast_ok = getattr(model, "cast_predicate", lambda _: True)
@@ -356,6 +363,32 @@ def _convert_hf_dir(
             raise UserError(f"{out}: no space left on device while writing the model") from None
         raise UserError(f"{out}: cannot write the weights ({e})") from None
     return out
+
+
+def text_only_gemma3(model, config: dict[str, Any]):
+    """Gemma 3 4B and larger ship as Gemma3ForConditionalGeneration (model_type "gemma3": a vision
+    tower plus a gemma3_text language model). Classification reads text only, so keep the
+    language model (mlx-lm's sanitize has already dropped the vision weights) and write it as a
+    plain gemma3_text / Gemma3ForCausalLM: same names and config as the 270M and 1B checkpoints,
+    so mlx-lm, transformers and our backbone all read it. Every field mlx-lm uses is written
+    with the value mlx-lm used, so transformers' defaults cannot silently differ."""
+    from dataclasses import asdict
+
+    lm = model.language_model
+    args = asdict(lm.args)
+    text = {**config.get("text_config", {}), **args}
+    text["model_type"] = "gemma3_text"
+    text["architectures"] = ["Gemma3ForCausalLM"]
+    text["tie_word_embeddings"] = "lm_head" not in lm
+    n, p = text["num_hidden_layers"], text["sliding_window_pattern"]
+    text.setdefault(
+        "layer_types",
+        ["full_attention" if (i + 1) % p == 0 else "sliding_attention" for i in range(n)],
+    )
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if key in config:
+            text.setdefault(key, config[key])
+    return lm, text
 
 
 def check_free_space(where: Path, need: int) -> None:

@@ -200,6 +200,54 @@ def test_exact_embedding_scale_at_hidden_640(tmp_path):
     assert stock > 20 * ours and stock > 1e-4  # the trap is real at this size
 
 
+def test_gemma3_multimodal_checkpoint_becomes_text_model(tmp_path):
+    """Gemma 3 4B+ ships as Gemma3ForConditionalGeneration (vision tower + language model):
+    convert keeps the language model as a plain gemma3_text directory. Its hidden states equal
+    the original multimodal transformers model's on text within 1e-4, and transformers loads
+    the converted directory as Gemma3ForCausalLM with the same values."""
+    torch = _torch()
+    import mlx.core as mx
+    import numpy as np
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from mlx_rsg.backbone import hidden_states, load_backbone
+    from mlx_rsg.convert import convert
+
+    src = tmp_path / "mm"
+    write_sentencepiece_tokenizer(src, CORPUS, vocab=320)
+    text = dict(
+        vocab_size=336, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"] * 2, max_position_embeddings=256,
+        query_pre_attn_scalar=32, rope_theta=20_000.0, rope_local_base_freq=500.0,
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)
+    cfg = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                       image_token_index=330, boi_token_index=331, eoi_token_index=332)
+    cfg._attn_implementation = "eager"
+    ref_model = Gemma3ForConditionalGeneration(cfg).eval()
+    _randomize(ref_model, 3)
+    ref_model.save_pretrained(src)
+
+    out = convert(str(src), tmp_path / "mlx")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text" and "vision_config" not in config
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and config["vocab_size"] == 336
+    manifest = json.loads((out / "mlx_rsg.json").read_text())
+    assert "text_only" in manifest["source"]
+
+    ids = _token_batch(out)[1]
+    with torch.no_grad():
+        ref = ref_model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+    ours = np.array(hidden_states(load_backbone(out), mx.array([ids]))[0])
+    d_mlx = float(np.abs(ours - ref.numpy()).max())
+    reread, _ = _transformers_hidden(out, ids)
+    d_reread = float(np.abs(reread - ref.numpy()).max())
+    print(f"gemma3 multimodal -> text: MLX {d_mlx:.2e}, transformers re-read {d_reread:.2e}")
+    assert d_mlx < 1e-4 and d_reread < 1e-5
+
+
 # --- (c) another architecture: whatever mlx-lm supports converts the same way ---
 
 
