@@ -44,10 +44,33 @@ def tanh(x: mx.array) -> mx.array:
 
 
 @mx.compile
-def gelu_mul(gate: mx.array, up: mx.array) -> mx.array:
-    """gelu_approx(gate) * up in one fused kernel."""
+def _gelu_mul(gate: mx.array, up: mx.array) -> mx.array:
     inner = _SQRT_2_OVER_PI * (gate + 0.044715 * gate * gate * gate)
     return 0.5 * gate * (1.0 + tanh(inner)) * up
+
+
+@mx.compile
+def _gelu_mul_vjp(gate: mx.array, up: mx.array, cotangent: mx.array):
+    g2 = gate * gate
+    t = tanh(_SQRT_2_OVER_PI * (gate + 0.044715 * g2 * gate))
+    gelu = 0.5 * gate * (1.0 + t)
+    dgelu = 0.5 * (1.0 + t) + 0.5 * gate * (1.0 - t * t) * _SQRT_2_OVER_PI * (
+        1.0 + 3 * 0.044715 * g2
+    )
+    return cotangent * up * dgelu, cotangent * gelu
+
+
+@mx.custom_function
+def gelu_mul(gate: mx.array, up: mx.array) -> mx.array:
+    """gelu_approx(gate) * up in one fused kernel, forward and backward. The backward is written
+    out because differentiating the compiled forward gave ~40 unfused element-wise passes:
+    380 ms instead of 8 ms at (8, 128, 2048), a fifth of a trained layer's step."""
+    return _gelu_mul(gate, up)
+
+
+@gelu_mul.vjp
+def _gelu_mul_grad(primals, cotangent, output):
+    return _gelu_mul_vjp(*primals, cotangent)
 
 
 def _use_fast(x: mx.array) -> bool:
