@@ -16,6 +16,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from mlx_rsg.cpu_parallel import row_parallel
+
 
 class PrefixCache:
     def __init__(self, model, cache_dir: str | Path | None = None):
@@ -46,13 +48,11 @@ class PrefixCache:
         self.misses += len(missing)
         self.hits += len(batch.ids) - len(missing)
         if len(missing) == len(batch.ids):
-            h = self.model.prefix(batch.tokens)
-            mx.eval(h)
+            h = row_parallel(self.model.prefix, batch.tokens)
             self._store(batch.ids, lengths, h)
             return h
         if missing:
-            h = self.model.prefix(batch.tokens[mx.array(missing)])
-            mx.eval(h)
+            h = row_parallel(self.model.prefix, batch.tokens[mx.array(missing)])
             self._store([batch.ids[j] for j in missing], [lengths[j] for j in missing], h)
         L = batch.tokens.shape[1]
         dims = self.model.backbone.hidden_size

@@ -28,6 +28,7 @@ def score_units(
     import mlx.core as mx
 
     from mlx_rsg.batching import encode_units, make_batches
+    from mlx_rsg.cpu_parallel import model_rows
     from mlx_rsg.tasks import make_units
 
     units = make_units(task, records, train=False)
@@ -36,8 +37,7 @@ def score_units(
     by_key: dict[Any, np.ndarray] = {}
     for batch in batches:
         h0 = h0_fn(batch) if h0_fn is not None else None
-        logits = model(batch, h0)
-        mx.eval(logits)
+        logits = model_rows(model, batch, h0)  # one row chunk per CPU core (evaluated)
         for key, row in zip(batch.keys, np.array(logits.astype(mx.float32)), strict=True):
             by_key[key] = row
     return units, np.stack([by_key[u.key] for u in units]) if units else np.zeros((0, 1))
