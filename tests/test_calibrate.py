@@ -1,0 +1,93 @@
+"""GPTQ calibration on RSG training examples (mlx_rsg.calibrate)."""
+
+import mlx.core as mx  # conftest imports mlx_rsg (OpenBLAS) first
+import pytest
+from tiny_model import build_tiny_model
+
+from mlx_rsg.backbone import hidden_states, load_backbone, load_tokenizer  # noqa: E402
+from mlx_rsg.calibrate import (  # noqa: E402
+    PAD_ID,
+    calibration_batches,
+    gptq_quantize_backbone,
+    real_token_mask,
+)
+
+GROUP = 32  # the tiny model's widths (32, 64, 128) are all multiples of 32
+
+
+@pytest.fixture(scope="module")
+def model64(tmp_path_factory):
+    # hidden 64: every Linear's input width (64, 32, 128) divides group size 32
+    return build_tiny_model(tmp_path_factory.mktemp("tiny64"), hidden=64, layers=2, seed=3)
+
+
+def test_real_token_mask_stops_at_right_padding():
+    tokens = mx.array([[5, 6, 7, 0, 0], [5, 0, 6, 8, 9], [5, 0, 0, 0, 0]])
+    assert real_token_mask(tokens).tolist() == [
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1],  # an inner 0 before real tokens is a real token
+        [1, 0, 0, 0, 0],
+    ]
+
+
+def test_calibration_batches_come_from_train_splits(model64, tiny_rsg_dir):
+    tok = load_tokenizer(model64)
+    batches = calibration_batches(tiny_rsg_dir, None, tok, n_examples=30, max_len=64)
+    rows = [r for b in batches for r in b.tolist()]
+    assert len(rows) == 30  # 10 per task: TERRa, RCB, PARus have train splits; LiDiRus not
+    assert all(b.dtype == mx.int32 for b in batches)
+    lengths = [sum(1 for t in r if t != PAD_ID) for r in rows]
+    assert lengths == sorted(lengths) and max(lengths) <= 64
+    for b in batches:  # right padding only: no batch is padded wider than its longest row
+        assert (b[:, -1] != PAD_ID).any().item()
+    again = calibration_batches(tiny_rsg_dir, None, tok, n_examples=30, max_len=64)
+    assert [b.tolist() for b in again] == [b.tolist() for b in batches]  # seeded
+
+
+def _rtn(model_dir, bits, group):
+    from mlx_rsg.quantize import Recipe, quantize_backbone
+
+    bb = load_backbone(model_dir)
+    quantize_backbone(bb.model, bb.config, Recipe("rtn", bits, group))
+    return bb
+
+
+def test_gptq_beats_round_to_nearest_and_loads(model64, tiny_rsg_dir, tmp_path):
+    import mlx_lm
+    from mlx_lm.utils import save_config, save_model
+
+    from mlx_rsg.run import copy_model_dir
+
+    tok = load_tokenizer(model64)
+    batches = calibration_batches(tiny_rsg_dir, None, tok, n_examples=48, max_len=64)
+    ref_bb = load_backbone(model64)
+    rtn_bb = _rtn(model64, 4, GROUP)
+    bb = load_backbone(model64)
+    model, config = gptq_quantize_backbone(bb, batches, 4, GROUP, 4, GROUP)
+    q = config["quantization"]
+    assert q["bits"] == 4 and q["group_size"] == GROUP
+    assert q["model.embed_tokens"]["bits"] == 4  # the embedding goes through the fallback
+
+    def err(b):
+        total = 0.0
+        for t in batches:
+            m = real_token_mask(t)[..., None]
+            d = (hidden_states(b, t) - hidden_states(ref_bb, t)) * m
+            total += (d * d).sum().item()
+        return total
+
+    e_gptq, e_rtn = err(bb), err(rtn_bb)
+    assert e_gptq < e_rtn, (e_gptq, e_rtn)
+
+    out = tmp_path / "gptq"
+    copy_model_dir(model64, out)
+    for f in out.glob("*.safetensors"):
+        f.unlink()
+    save_model(out, model)
+    save_config(dict(config), config_path=out / "config.json")
+    again = load_backbone(out)
+    t = batches[0]
+    assert mx.array_equal(hidden_states(again, t), hidden_states(bb, t)).item()
+    lm, _ = mlx_lm.load(str(out))
+    assert type(lm.model.layers[0].mlp.up_proj).__name__ == "QuantizedLinear"
+    assert lm.model.embed_tokens.bits == 4
