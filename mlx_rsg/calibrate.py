@@ -194,3 +194,65 @@ def _patched(module, name: str, value):
         yield
     finally:
         setattr(module, name, old)
+
+
+def quantize_gptq(
+    model: nn.Module,
+    config: dict[str, Any],
+    recipe,
+    calib_data: str | Path,
+    tokenizer_dir: str | Path,
+    log=None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What quantize.py calls for a `method = "gptq"` recipe: same contract as
+    quantize.quantize_backbone (model quantized in place; returns (config, counts)), with the
+    calibration set described in counts["calibration"] for the manifest."""
+    import time
+
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import compute_bits_per_weight
+
+    from mlx_rsg.backbone import load_tokenizer
+
+    bb = Backbone(model=model, config=config)
+    default = {"bits": recipe.bits, "group_size": recipe.group_size}
+    for path, m in tree_flatten(bb.decoder.leaf_modules(), is_leaf=nn.Module.is_module):
+        if isinstance(m, nn.Linear) and recipe.params_for(f"model.{path}") != default:
+            raise UserError(f"quantize recipe '{recipe.name}': method 'gptq' takes one bits/"
+                            f"group_size for every Linear (override matches model.{path})")
+    emb = recipe.params_for("model.embed_tokens")
+    cal = recipe.calibration
+    data_dir = Path(calib_data)
+    if not data_dir.is_dir():
+        raise UserError(f"--calib-data: {data_dir}: no such directory")
+    start = time.perf_counter()
+    tasks = calibration_tasks(data_dir)
+    batches = calibration_batches(
+        data_dir, tasks, load_tokenizer(tokenizer_dir), cal["examples"], cal["max_len"],
+        cal["seed"],
+    )
+    _, qconfig = gptq_quantize_backbone(
+        bb, batches, recipe.bits, recipe.group_size, emb["bits"], emb["group_size"], log=log
+    )
+    seconds = time.perf_counter() - start
+    n_quantized = sum(
+        1 for _, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+    )
+    counts = {
+        "quantized": n_quantized,
+        "skipped": [],
+        "bits_per_weight": round(float(compute_bits_per_weight(model)), 3),
+        "calibration": {
+            "method": "gptq",
+            "data": str(data_dir.resolve()),
+            "split": "train",
+            "tasks": tasks,
+            "examples": sum(int(b.shape[0]) for b in batches),
+            "tokens": int(sum(real_token_mask(b).sum().item() for b in batches)),
+            "max_len": cal["max_len"],
+            "seed": cal["seed"],
+            "seconds": round(seconds, 1),
+        },
+    }
+    return qconfig, counts

@@ -104,7 +104,9 @@ main.add_command(data_group)
 @click.option("--recipe", default=None, help="A quantize/*.toml recipe, e.g. q4-mixed.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="OUT directory.")
 @click.option("--force", is_flag=True, help="Overwrite OUT.")
-def quantize_command(source, bits, group_size, recipe, out, force) -> None:
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="RSG_DIR whose train splits calibrate a gptq recipe (e.g. q4-gptq).")
+def quantize_command(source, bits, group_size, recipe, out, force, calib_data) -> None:
     """Quantize a RUN_DIR (trained weights merged first) or a converted MODEL_DIR into OUT."""
     from mlx_rsg.quantize import quantize
 
@@ -115,6 +117,7 @@ def quantize_command(source, bits, group_size, recipe, out, force) -> None:
         group_size=int(group_size) if group_size else None,
         recipe=recipe,
         force=force,
+        calib_data=calib_data,
     )
 
 

@@ -30,6 +30,8 @@ MANIFEST = "mlx_rsg.json"
 BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine mode supports
 GROUP_SIZES = (32, 64, 128)
 DEFAULT_RECIPE = {8: "q8", 4: "q4"}
+METHODS = ("rtn", "gptq")  # round-to-nearest; GPTQ calibrated on RSG train examples (calibrate.py)
+CALIBRATION = {"examples": 128, "max_len": 128, "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Recipe:
     bits: int
     group_size: int
     overrides: dict[str, dict[str, int]] = field(default_factory=dict)
+    method: str = "rtn"
+    calibration: dict[str, int] = field(default_factory=lambda: dict(CALIBRATION))
 
     def params_for(self, path: str) -> dict[str, int]:
         for key, p in self.overrides.items():
@@ -57,6 +61,8 @@ class Recipe:
             "bits": self.bits,
             "group_size": self.group_size,
             "overrides": self.overrides,
+            "method": self.method,
+            **({"calibration": self.calibration} if self.method != "rtn" else {}),
         }
 
 
@@ -116,7 +122,16 @@ def resolve_recipe(
         _check_params(f"{where}: overrides.{key}", p.get("bits", r_bits),
                       p.get("group_size", r_group))
         clean[key] = dict(p)
-    return Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean)
+    method = raw.get("method", "rtn")
+    if method not in METHODS:
+        raise UserError(f"{where}: field 'method': {method!r} is not one of {METHODS}")
+    cal = raw.get("calibration", {})
+    if not isinstance(cal, dict) or set(cal) - set(CALIBRATION) or not all(
+        isinstance(v, int) and v >= 0 for v in cal.values()
+    ):
+        raise UserError(f"{where}: field 'calibration': expected {{examples, max_len, seed}} ints")
+    return Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean, method=method,
+                  calibration={**CALIBRATION, **cal})
 
 
 # ---------------------------------------------------------------- model directories
@@ -215,6 +230,8 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
         "group_size": recipe.group_size,
         "mode": "affine",
         "recipe": recipe.as_dict(),
+        "method": recipe.method,
+        "calibration": counts.get("calibration"),
         "bits_per_weight": counts["bits_per_weight"],
         "quantized_modules": counts["quantized"],
         "skipped_modules": counts["skipped"],
@@ -227,10 +244,20 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
     }
 
 
-def _quantize_model_dir(model_dir: Path, dst: Path, recipe: Recipe) -> dict:
+def _quantize_with(model, config: dict, recipe: Recipe, src_dir: Path, calib_data, log):
+    """Round-to-nearest, or GPTQ calibrated on calib_data's train splits (calibrate.py)."""
+    if recipe.method == "gptq":
+        from mlx_rsg.calibrate import quantize_gptq
+
+        return quantize_gptq(model, config, recipe, calib_data, src_dir, log)
+    return quantize_backbone(model, config, recipe)
+
+
+def _quantize_model_dir(model_dir: Path, dst: Path, recipe: Recipe, calib_data=None,
+                        log=None) -> dict:
     config = _read_config(model_dir)
     model, _ = _load_model(model_dir)
-    qconfig, counts = quantize_backbone(model, config, recipe)
+    qconfig, counts = _quantize_with(model, config, recipe, model_dir, calib_data, log)
     if not counts["quantized"]:
         raise UserError(
             f"{model_dir}: no layer's width is a multiple of group size {recipe.group_size}; "
@@ -243,7 +270,7 @@ def _quantize_model_dir(model_dir: Path, dst: Path, recipe: Recipe) -> dict:
 # ---------------------------------------------------------------- run directories
 
 
-def _quantize_run(run_dir: Path, dst: Path, recipe: Recipe) -> dict:
+def _quantize_run(run_dir: Path, dst: Path, recipe: Recipe, calib_data=None, log=None) -> dict:
     """Merge a run's trained weights into its backbone (LoRA fused, unfrozen layers copied, as
     `train --fuse` does), quantize that backbone into dst/backbone, keep the classifier's own
     weights (heads, MLP adapters) float32 in dst/trainable.safetensors."""
@@ -273,7 +300,7 @@ def _quantize_run(run_dir: Path, dst: Path, recipe: Recipe) -> dict:
     model = predict.load(run_dir, verify=False).model  # resolve_backbone verified it above
     method = info["classifier"].get("method")
     n_fused = fuse_lora(model)
-    qconfig, counts = quantize_backbone(model.lm, config, recipe)
+    qconfig, counts = _quantize_with(model.lm, config, recipe, src_backbone, calib_data, log)
     if not counts["quantized"]:
         raise UserError(f"{src_backbone}: no layer's width is a multiple of {recipe.group_size}")
     write_quantized(src_backbone, dst / "backbone", model.lm, qconfig)
@@ -309,6 +336,7 @@ def quantize(
     recipe: str | None = None,
     force: bool = False,
     log=None,
+    calib_data: str | Path | None = None,
 ) -> Path:
     """Quantize a converted MODEL_DIR or a trained RUN_DIR into OUT (atomic); returns OUT."""
     from mlx_rsg.io import atomic_dir
@@ -320,12 +348,17 @@ def quantize(
     if out.resolve() == source.resolve():
         raise UserError(f"{out}: OUT must differ from the source directory")
     rec = resolve_recipe(bits, group_size, recipe)
+    if rec.method != "rtn" and calib_data is None:
+        raise UserError(f"quantize recipe '{rec.name}' is calibrated ({rec.method}): give "
+                        "--calib-data RSG_DIR (its train splits are the calibration set)")
+    if calib_data is not None and not Path(calib_data).is_dir():
+        raise UserError(f"--calib-data: {calib_data}: no such directory")
     is_run = (source / "run.json").is_file()
     with atomic_dir(out, force=force) as tmp:
         if is_run:
-            counts = _quantize_run(source, tmp, rec)
+            counts = _quantize_run(source, tmp, rec, calib_data, log)
         else:
-            counts = _quantize_model_dir(source, tmp, rec)
+            counts = _quantize_model_dir(source, tmp, rec, calib_data, log)
         manifest = _manifest(source, "run" if is_run else "model", rec, counts)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     if counts["skipped"]:
@@ -334,6 +367,10 @@ def quantize(
             f"of the group size): {', '.join(counts['skipped'][:4])}"
             + (" ..." if len(counts["skipped"]) > 4 else "")
         )
+    if counts.get("calibration"):
+        c = counts["calibration"]
+        log(f"{rec.method}: calibrated on {c['examples']} train examples ({c['tokens']} tokens, "
+            f"{', '.join(c['tasks'])}) in {c['seconds']} s")
     log(
         f"quantized {counts['quantized']} modules ({rec.name}: {rec.bits}-bit, group "
         f"{rec.group_size}; {counts['bits_per_weight']} bits per weight) -> {out}"

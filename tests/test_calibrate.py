@@ -91,3 +91,44 @@ def test_gptq_beats_round_to_nearest_and_loads(model64, tiny_rsg_dir, tmp_path):
     lm, _ = mlx_lm.load(str(out))
     assert type(lm.model.layers[0].mlp.up_proj).__name__ == "QuantizedLinear"
     assert lm.model.embed_tokens.bits == 4
+
+
+def test_cli_gptq_recipe_needs_calib_data_in_one_line(model64, tmp_path):
+    from click.testing import CliRunner
+
+    from mlx_rsg.cli import main
+
+    out = tmp_path / "q"
+    r = CliRunner().invoke(main, ["quantize", str(model64), "--recipe", "q4-gptq", "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "--calib-data" in lines[0] and "q4-gptq" in lines[0]
+    assert not out.exists()
+
+
+def test_cli_gptq_model_dir_round_trip(model64, tiny_rsg_dir, tmp_path):
+    import json
+
+    import mlx_lm
+    from click.testing import CliRunner
+
+    from mlx_rsg.cli import main
+
+    out = tmp_path / "q"
+    args = ["quantize", str(model64), "--recipe", "q4-gptq", "--group-size", "32",
+            "--calib-data", str(tiny_rsg_dir), "-o", str(out)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "mlx_rsg.json").read_text())
+    assert manifest["method"] == "gptq"
+    cal = manifest["calibration"]
+    assert sorted(cal["tasks"]) == ["PARus", "RCB", "TERRa"] and cal["split"] == "train"
+    assert cal["examples"] == 128  # 43 per task (ceil 128 / 3), the last trimmed to 128
+    assert cal["data"] == str(tiny_rsg_dir.resolve())
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["group_size"] == 32
+    assert config["quantization"]["model.embed_tokens"]["bits"] == 4
+    lm, _ = mlx_lm.load(str(out))
+    assert type(lm.model.layers[1].self_attn.o_proj).__name__ == "QuantizedLinear"
+    h = hidden_states(load_backbone(out), mx.array([[2, 10, 11, 12]]))
+    assert h.shape == (1, 4, 64) and mx.isfinite(h).all().item()
