@@ -132,3 +132,37 @@ def test_cli_gptq_model_dir_round_trip(model64, tiny_rsg_dir, tmp_path):
     assert type(lm.model.layers[1].self_attn.o_proj).__name__ == "QuantizedLinear"
     h = hidden_states(load_backbone(out), mx.array([[2, 10, 11, 12]]))
     assert h.shape == (1, 4, 64) and mx.isfinite(h).all().item()
+
+
+def test_gptq_run_dir_predicts(tiny_model_dir, tmp_path):
+    """A trained (LoRA) run quantized by GPTQ is a standalone run predict reads, with the
+    calibration set in its manifest."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from tiny_model import tiny_train_config, write_tiny_rsg
+
+    import mlx_rsg
+    from mlx_rsg import predict
+    from mlx_rsg.data import load_split
+    from mlx_rsg.quantize import quantize
+
+    if not (Path(mlx_rsg.__file__).parent / "model.py").is_file():
+        pytest.skip("needs mlx_rsg/model.py")
+    from mlx_rsg import train as T
+
+    data = write_tiny_rsg(tmp_path / "rsg", n_train=16, n_val=8)
+    cfg = tiny_train_config(tasks=("TERRa", "PARus"), method="lora", freeze_layers=0, epochs=1)
+    T.train(tiny_model_dir, data, tmp_path / "run", cfg, log=lambda m: None)
+    out = quantize(tmp_path / "run", tmp_path / "q", recipe="q4-gptq", group_size=GROUP,
+                   calib_data=data, log=lambda m: None)
+    info = json.loads((out / "run.json").read_text())
+    assert info["quantized"]["recipe"]["method"] == "gptq"
+    assert info["fused"]["from"] == "lora"
+    manifest = json.loads((out / "mlx_rsg.json").read_text())
+    # every train unit (under the 128 cap): TERRa 16 + RCB 16 + PARus 16 records x 2 choices
+    assert manifest["calibration"]["examples"] == 64
+    p = predict.load(out)
+    _, _, scores = p.predictions("TERRa", load_split(data, "TERRa", "val"))
+    assert np.isfinite(np.asarray(scores)).all() and len(scores) == 8
