@@ -235,6 +235,11 @@ def quantize_gptq(
         bb, batches, recipe.bits, recipe.group_size, emb["bits"], emb["group_size"], log=log
     )
     seconds = time.perf_counter() - start
+    head = getattr(model, "lm_head", None)  # untied LM heads (not Gemma): unused here, so RTN
+    if isinstance(head, nn.Linear) and head.weight.shape[-1] % emb["group_size"] == 0:
+        model.lm_head = head.to_quantized(group_size=emb["group_size"], bits=emb["bits"])
+        qconfig["quantization"]["lm_head"] = {**emb, "mode": "affine"}
+        qconfig["quantization_config"] = qconfig["quantization"]
     n_quantized = sum(
         1 for _, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
         if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
