@@ -166,3 +166,20 @@ def test_gptq_run_dir_predicts(tiny_model_dir, tmp_path):
     p = predict.load(out)
     _, _, scores = p.predictions("TERRa", load_split(data, "TERRa", "val"))
     assert np.isfinite(np.asarray(scores)).all() and len(scores) == 8
+
+
+def test_right_padding_does_not_change_gptq(model64, tiny_rsg_dir):
+    """Pad tokens are masked out of the Hessian: the same rows padded wider give the same
+    quantized weights (unmasked, the pads' activations would enter H and change them)."""
+    from mlx.utils import tree_flatten
+
+    tok = load_tokenizer(model64)
+    batches = calibration_batches(tiny_rsg_dir, ["TERRa"], tok, n_examples=16, max_len=64)
+    wider = [mx.concatenate([b, mx.full((b.shape[0], 7), PAD_ID, mx.int32)], axis=1)
+             for b in batches]
+    a, _ = gptq_quantize_backbone(load_backbone(model64), batches, 4, GROUP, 4, GROUP)
+    b, _ = gptq_quantize_backbone(load_backbone(model64), wider, 4, GROUP, 4, GROUP)
+    wa, wb = dict(tree_flatten(a.parameters())), dict(tree_flatten(b.parameters()))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert mx.allclose(wa[k], wb[k], atol=1e-6).item(), k
