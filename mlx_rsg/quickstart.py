@@ -1,8 +1,9 @@
 """`mlx-rsg quickstart`: the whole pipeline, CPU-sized, in one command.
 
-    convert (embedded Gemma-3-270M) -> train heads on every task -> quantize 8 and 4 bit -> bench
+    convert (embedded Gemma-3-270M) -> train heads on every task -> quantize (8-bit, 4-bit
+    round-to-nearest, 4-bit GPTQ calibrated on RSG train examples) -> bench
 
-Everything goes under WORK_DIR (model/, runs/fp32, runs/q8, runs/q4, bench/). A step whose output
+Everything goes under WORK_DIR (model/, runs/fp32, runs/<recipe>, bench/). A step whose output
 is already complete is reused, so an interrupted quickstart continues where it stopped; `--force`
 starts over. The defaults are sized for ~20 minutes on 2 CPU cores: the `heads` method (the whole
 backbone frozen, its features computed once per example and cached) and caps counted in
@@ -33,7 +34,7 @@ class QuickstartConfig:
     max_train_per_task: int = 240  # classification examples per task
     max_eval_per_task: int = 80
     bench_max_per_task: int = 80
-    bits: tuple[int, ...] = (8, 4)
+    recipes: tuple[str, ...] = ("q8", "q4", "q4-gptq")  # quantize/<name>.toml
     seed: int = 0
 
 
@@ -84,14 +85,14 @@ def step_train(cfg: QuickstartConfig, model_dir: Path, data_dir: Path, run_dir: 
     train(model_dir, data_dir, run_dir, tcfg, force=run_dir.exists(), log=_log)
 
 
-def step_quantize(cfg: QuickstartConfig, run_dir: Path, out: Path, bits: int) -> None:
+def step_quantize(run_dir: Path, out: Path, recipe: str, data_dir: Path) -> None:
     from mlx_rsg.quantize import quantize
 
     if _done_run(out):
         _log(f"[3/4] quantize: using {out}")
         return
-    _log(f"[3/4] quantize {bits}-bit -> {out}")
-    quantize(run_dir, out, bits=bits, force=out.exists())
+    _log(f"[3/4] quantize {recipe} -> {out}")
+    quantize(run_dir, out, recipe=recipe, force=out.exists(), calib_data=data_dir)
 
 
 def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig, force: bool):
@@ -109,10 +110,10 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
     step_convert(cfg, model_dir)
     step_train(cfg, model_dir, data_dir, runs / "fp32")
     variants = []
-    for bits in cfg.bits:
-        step_quantize(cfg, runs / "fp32", runs / f"q{bits}", bits)
-        variants.append(str(runs / f"q{bits}"))
-    _log("[4/4] bench fp32 vs " + ", ".join(f"q{b}" for b in cfg.bits))
+    for recipe in cfg.recipes:
+        step_quantize(runs / "fp32", runs / recipe, recipe, data_dir)
+        variants.append(str(runs / recipe))
+    _log("[4/4] bench fp32 vs " + ", ".join(cfg.recipes))
     bcfg = BenchConfig(max_per_task=cfg.bench_max_per_task, force=True, seed=cfg.seed)
     result = bench(str(runs / "fp32"), variants, str(data_dir), str(work / "bench"), bcfg, _log)
     minutes = (time.perf_counter() - t0) / 60

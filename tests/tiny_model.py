@@ -70,6 +70,7 @@ def build_tiny_model(
     hidden: int = 32,
     seed: int = 0,
     vocab: int = 400,
+    head_dim: int = 16,
 ) -> Path:
     """Write a tiny random gemma3_text model directory to `out` and return its path."""
     import mlx.core as mx
@@ -89,12 +90,12 @@ def build_tiny_model(
         "intermediate_size": hidden * 2,
         "num_attention_heads": 2,
         "num_key_value_heads": 1,
-        "head_dim": 16,
+        "head_dim": head_dim,
         "rms_norm_eps": 1e-6,
         "vocab_size": vocab + 16,  # room for pieces the tokenizer adds
         "rope_theta": 1_000_000.0,
         "rope_local_base_freq": 10_000.0,
-        "query_pre_attn_scalar": 16,
+        "query_pre_attn_scalar": head_dim,
         "sliding_window": 8,
         "sliding_window_pattern": 2,
         "max_position_embeddings": 512,
