@@ -67,25 +67,9 @@ class Recipe:
 
 
 def _read_recipe(name: str) -> dict[str, Any]:
-    try:
-        from mlx_rsg.recipes import load_recipe
-    except ImportError:  # the recipes module is newer than this one
-        return _read_recipe_toml(name)
+    from mlx_rsg.recipes import load_recipe
+
     return load_recipe("quantize", name)
-
-
-def _read_recipe_toml(name: str) -> dict[str, Any]:
-    import tomllib
-
-    here = Path(__file__).resolve().parent
-    for folder in (here / "recipe_files" / "quantize", here.parent / "quantize"):
-        path = folder / f"{name.removesuffix('.toml')}.toml"
-        if path.is_file():
-            try:
-                return tomllib.loads(path.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as e:
-                raise UserError(f"{path}: invalid TOML: {e}") from None
-    raise UserError(f"unknown quantize recipe '{name}'")
 
 
 def _check_params(where: str, bits: Any, group_size: Any) -> None:
