@@ -74,7 +74,7 @@ def calibration_batches(
         rows += [e.ids for e in encoded if e.ids]
     if not rows:
         raise UserError(f"{data_dir}: the train splits of {', '.join(tasks)} hold no examples")
-    rows = sorted(rows[: max(n_examples, 1)] if len(rows) > n_examples else rows, key=len)
+    rows = sorted(rows[:n_examples], key=len)  # the last task may lose a few to the cap
     batches = []
     for i in range(0, len(rows), CALIB_BATCH):
         chunk = rows[i : i + CALIB_BATCH]
@@ -84,7 +84,8 @@ def calibration_batches(
 
 
 def real_token_mask(tokens: mx.array) -> mx.array:
-    """(B, L) 1.0 up to each row's last non-pad token, 0.0 on the right padding."""
+    """(B, L) 1.0 up to each row's last non-pad token, 0.0 on the right padding. (Tokenizers
+    never emit the pad id 0 inside text, so a trailing 0 is always padding.)"""
     nonpad = tokens != PAD_ID
     last = tokens.shape[1] - mx.argmax(nonpad[:, ::-1], axis=1)  # one past the last real token
     last = mx.where(nonpad.any(axis=1), last, 0)
