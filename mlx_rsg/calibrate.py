@@ -85,7 +85,8 @@ def calibration_batches(
 
 def real_token_mask(tokens: mx.array) -> mx.array:
     """(B, L) 1.0 up to each row's last non-pad token, 0.0 on the right padding. (Tokenizers
-    never emit the pad id 0 inside text, so a trailing 0 is always padding.)"""
+    map text to id 0 only if it is their pad or unk piece - Gemma: <pad> - so a trailing 0 is
+    padding in practice.)"""
     nonpad = tokens != PAD_ID
     last = tokens.shape[1] - mx.argmax(nonpad[:, ::-1], axis=1)  # one past the last real token
     last = mx.where(nonpad.any(axis=1), last, 0)
