@@ -7,8 +7,7 @@ Same weights (fp32), same batches (--batch x --seq token ids, TERRa-style 2-clas
 same frozen-layer setup (bottom --freeze of the layers frozen, the rest + a linear head trained
 with AdamW, dropout 0.1), the same number of epochs over the same examples, same thread count.
 Runtimes:
-  mlx          RSGClassifier + features.PrefixCache: layer-K inputs computed in epoch 1 only;
-               each step's rows split over the cores (cpu_parallel.grad_rows), as train.py does
+  mlx          RSGClassifier + features.PrefixCache: layer-K inputs computed in epoch 1 only
   mlx-nocache  the same loop recomputing the frozen layers each step (what the cache saves)
   torch        Gemma3TextModel, frozen layers under requires_grad=False, recomputed each step
 Target (issue 4): mlx examples/s over the whole run >= 1.5x torch. Each runtime runs in its own
@@ -48,7 +47,6 @@ def mlx_worker(args, tokens, labels) -> dict:
 
     from mlx_rsg.backbone import load_backbone
     from mlx_rsg.batching import Batch, loss_fn
-    from mlx_rsg.cpu_parallel import grad_rows
     from mlx_rsg.features import PrefixCache
     from mlx_rsg.model import ClassifierConfig, RSGClassifier
 
@@ -80,7 +78,7 @@ def mlx_worker(args, tokens, labels) -> dict:
         te = time.perf_counter()
         for batch in batches:
             h0 = cache.prefix(batch) if cache is not None else None
-            (loss, _), grads = grad_rows(value_and_grad, model, batch, h0)  # as train.py
+            (loss, _), grads = value_and_grad(model, batch, h0)
             opt.update(model, grads)
             mx.eval(loss, model.parameters(), opt.state)
             losses.append(loss.item())

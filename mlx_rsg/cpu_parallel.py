@@ -9,9 +9,9 @@ two cores would oversubscribe), keeps every core busy the whole time. Measured o
 Rows never interact in inference, so the result is the single-stream one up to rounding (a GEMM
 over fewer rows may sum in another order): ~1e-6 relative.
 
-Training (`grad_rows`) splits a batch the same way: each chunk's loss and gradients are built and
-evaluated on its own stream, then combined weighted by the chunk's example count, which is the
-whole batch's mean loss and gradient up to rounding. Choice groups are never cut.
+Not used for training: splitting a training step's rows the same way (per-chunk gradients on
+two streams, single-threaded BLAS) measured 1.68 vs 2.50 examples/s for one stream with threaded
+BLAS (benchmarks/bench_train.py), since the backward is dominated by GEMMs.
 """
 
 from __future__ import annotations
@@ -120,46 +120,3 @@ def _in_chunks(make: Callable[[int, int], mx.array], rows: int, parts: int | Non
     out = mx.concatenate(outs)
     mx.eval(out)
     return out
-
-
-def grad_rows(value_and_grad, model, batch, h0: mx.array | None = None, parts: int | None = None):
-    """((loss, n), grads) of `value_and_grad(model, batch, h0)` (loss a mean over n examples),
-    computed as row chunks on parallel CPU streams and combined exactly as the whole batch."""
-    from mlx.utils import tree_map
-
-    rows = batch.tokens.shape[0]
-    bounds = _group_bounds(batch, rows, min(parts or cpu_cores(), rows))
-    if len(bounds) <= 2 or mx.default_device() != mx.cpu:
-        (loss, n), grads = value_and_grad(model, batch, h0)
-        mx.eval(loss, grads)
-        return (loss, n), grads
-    results = []
-    for stream, lo, hi in zip(_streams(len(bounds) - 1), bounds, bounds[1:], strict=False):
-        part = _cut_batch(batch, rows, lo, hi)
-        if part.groups is not None:
-            part = dataclasses.replace(part, groups=part.groups - part.groups[0])
-        with mx.stream(stream):
-            results.append(value_and_grad(model, part, None if h0 is None else h0[lo:hi]))
-    with blas_threads(1):
-        mx.eval([(r[0][0], r[1]) for r in results])
-    total = sum(r[0][1] for r in results)
-    loss = sum(r[0][0] * (r[0][1] / total) for r in results)
-    grads = results[0][1]
-    grads = tree_map(lambda g: g * (results[0][0][1] / total), grads)
-    for (_, n), g in results[1:]:
-        grads = tree_map(lambda a, b, w=n / total: a + b * w, grads, g)
-    mx.eval(loss, grads)
-    return (loss, total), grads
-
-
-def _group_bounds(batch, rows: int, parts: int) -> list[int]:
-    """Row bounds of `parts` chunks, moved to the nearest choice-group boundary."""
-    bounds = [rows * i // parts for i in range(parts + 1)]
-    if batch.groups is None:
-        return bounds
-    groups = batch.groups.tolist()
-    starts = [i for i in range(1, rows) if groups[i] != groups[i - 1]]
-    if not starts:
-        return [0, rows]
-    inner = sorted({min(starts, key=lambda s, b=b: abs(s - b)) for b in bounds[1:-1]})
-    return [0, *inner, rows]

@@ -473,7 +473,6 @@ def train(
 
     from mlx_rsg.backbone import load_backbone, load_tokenizer
     from mlx_rsg.batching import loss_fn
-    from mlx_rsg.cpu_parallel import grad_rows
     from mlx_rsg.model import RSGClassifier
     from mlx_rsg.predict import evaluate
 
@@ -577,7 +576,7 @@ def train(
             batch = batches[i]
             mx.random.seed(_batch_seed(cfg.seed, position["batch"]))
             h0 = cache.prefix(batch) if cache is not None else None
-            (loss, n), grads = grad_rows(value_and_grad, model, batch, h0)
+            (loss, n), grads = value_and_grad(model, batch, h0)
             accum = grads if accum is None else tree_map(mx.add, accum, grads)
             n_accum += 1
             mx.eval(loss, accum)
