@@ -181,9 +181,13 @@ def quantization(ref: RunRef) -> dict | None:
 
     cfg = Path(resolve_backbone(ref.path, ref.info, verify=False)) / "config.json"
     try:
-        return json.loads(cfg.read_text(encoding="utf-8")).get("quantization")
+        q = json.loads(cfg.read_text(encoding="utf-8")).get("quantization")
     except (OSError, json.JSONDecodeError):
         return None
+    recipe = (ref.info.get("quantized") or {}).get("recipe") or {}
+    if q and recipe.get("name"):  # the backbone config has bits only: name the recipe too
+        q = {**q, "recipe": recipe["name"], "method": recipe.get("method", "rtn")}
+    return q
 
 
 # --------------------------------------------------------------------------- data

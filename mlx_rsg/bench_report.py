@@ -33,7 +33,8 @@ def _mb(v) -> str:
 def _quant(q) -> str:
     if not q:
         return "fp32"
-    return f"q{q.get('bits', '?')} g{q.get('group_size', '?')}"
+    bits = f"q{q.get('bits', '?')} g{q.get('group_size', '?')}"
+    return f"{q['recipe']} ({bits})" if q.get("recipe") else bits
 
 
 def task_header(result: dict, task: str) -> str:
