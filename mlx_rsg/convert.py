@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
-import hashlib
 import json
 import shutil
 import struct
@@ -31,6 +30,7 @@ from typing import Any
 
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import atomic_dir
+from mlx_rsg.run import sha256_file
 
 EMBEDDED = "gemma-3-270m"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -132,14 +132,6 @@ def download(repo_id: str) -> Path:
     except Exception as e:  # HTTP errors, connection errors, ...
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{repo_id}: download from the Hugging Face Hub failed ({msg})") from None
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- checks: everything that can be wrong with an HF directory, found before writing ---
