@@ -31,8 +31,7 @@ import mlx.nn as nn
 
 from mlx_rsg.backbone import Backbone, embed, final_norm, run_layers
 from mlx_rsg.errors import UserError
-
-METHODS = ("heads", "freeze", "lora", "mlp-adapter")
+from mlx_rsg.run import METHODS
 
 
 @dataclass

@@ -27,6 +27,8 @@ from mlx_rsg.data import TASKS
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_file
 
+# How a classifier adapts the backbone (model.py implements them; train.py takes them as --method).
+METHODS = ("heads", "freeze", "lora", "mlp-adapter")
 # LiDiRus has no train split: it is scored with the TERRa head.
 TRAIN_TASKS = tuple(t for t in TASKS if t != "LiDiRus")
 RUN_FORMAT = "mlx-rsg-run"

@@ -41,6 +41,7 @@ from typing import Any
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
+    METHODS,
     RUN_FORMAT,
     RUN_VERSION,
     TRAIN_TASKS,
@@ -58,7 +59,6 @@ from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
     write_json,
 )
 
-METHODS = ("heads", "freeze", "lora", "mlp-adapter")
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 
 
