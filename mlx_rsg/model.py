@@ -81,7 +81,10 @@ def trained_depth(cfg: ClassifierConfig, num_layers: int) -> int:
         raise UserError(f"--method: {cfg.method!r} is not one of {', '.join(METHODS)}")
     n = depth[cfg.method]
     if not 0 <= n <= num_layers:
-        raise UserError(f"--{cfg.method}-layers: {n} is not within the model's {num_layers} layers")
+        flag = {"lora": "--lora-layers", "mlp-adapter": "--adapter-layers"}.get(
+            cfg.method, "--freeze-layers"
+        )
+        raise UserError(f"{flag}: {n} is not within the model's {num_layers} layers")
     return n
 
 

@@ -274,3 +274,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tok, mo
     assert grads[0].keys() == grads[1].keys() and any("layers.1" in k for k in grads[0])
     for k, v in grads[0].items():
         np.testing.assert_allclose(np.array(grads[1][k]), np.array(v), rtol=1e-4, atol=1e-6)
+
+
+def test_too_many_trained_layers_names_the_flag():
+    from mlx_rsg.model import trained_depth
+
+    for cfg, flag in [
+        (ClassifierConfig(method="mlp-adapter", adapter_layers=5), "--adapter-layers: 5"),
+        (ClassifierConfig(method="lora", lora_layers=3), "--lora-layers: 3"),
+        (ClassifierConfig(method="freeze", freeze_layers=-1), "--freeze-layers: 3"),
+    ]:
+        with pytest.raises(UserError, match=flag):
+            trained_depth(cfg, 2)
