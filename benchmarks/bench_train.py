@@ -49,6 +49,7 @@ def mlx_worker(args, tokens, labels) -> dict:
     from mlx_rsg.batching import Batch, loss_fn
     from mlx_rsg.features import PrefixCache
     from mlx_rsg.model import ClassifierConfig, RSGClassifier
+    from mlx_rsg.train import compiled_update
 
     mx.random.seed(0)
     bb = load_backbone(args.model)
@@ -58,6 +59,7 @@ def mlx_worker(args, tokens, labels) -> dict:
     opt = optim.AdamW(learning_rate=1e-5)
     cache = PrefixCache(model) if args.worker == "mlx" else None
     value_and_grad = nn.value_and_grad(model, loss_fn)
+    update = compiled_update(model, opt)  # as train.py
     n, L = tokens.shape[1], tokens.shape[2]
     batches = [
         Batch(
@@ -79,7 +81,7 @@ def mlx_worker(args, tokens, labels) -> dict:
         for batch in batches:
             h0 = cache.prefix(batch) if cache is not None else None
             (loss, _), grads = value_and_grad(model, batch, h0)
-            opt.update(model, grads)
+            update(grads, 1)
             mx.eval(loss, model.parameters(), opt.state)
             losses.append(loss.item())
         epoch_s.append(time.perf_counter() - te)

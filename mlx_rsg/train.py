@@ -35,6 +35,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,29 @@ def make_optimizer(cfg: TrainConfig, total_steps: int):
     return optim.MultiOptimizer(
         [adamw(cfg.head_lr), adamw(cfg.lr)], [lambda p, _: is_head_param(p)]
     )
+
+
+def compiled_update(model, optimizer) -> Callable[[Any, int], None]:
+    """update(grads, k): `optimizer.update(model, grads / k)` as one compiled graph.
+
+    Uncompiled, AdamW is a dozen element-wise kernels per parameter, each a full pass over every
+    trained weight on one core: 0.48 s per update for the 50M parameters of 9 Gemma-3-270M blocks
+    on this CPU; compiled they fuse into one pass, 0.19 s. Build it after any state is restored
+    (the compiled graph holds on to the optimizer's state containers).
+    """
+    from functools import partial
+
+    import mlx.core as mx
+    from mlx.utils import tree_map
+
+    optimizer.init(model.trainable_parameters())
+    state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(grads, k):
+        optimizer.update(model, tree_map(lambda g: g / k, grads))
+
+    return lambda grads, k: step(grads, mx.array(k, dtype=mx.float32))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -564,6 +588,7 @@ def train(
         return loss_fn(m, batch, h0)
 
     value_and_grad = nn.value_and_grad(model, loss_only)
+    update = compiled_update(model, optimizer)
     t_start = time.perf_counter() - position["train_seconds"]
     stopped = False
     for epoch in range(position["epoch"], cfg.epochs):
@@ -595,7 +620,7 @@ def train(
             position["batch_in_epoch"] = i + 1
             bar.update(1, int(n), loss_value)
             if n_accum == cfg.grad_accum or i == len(batches) - 1:
-                optimizer.update(model, tree_map(lambda g, k=n_accum: g / k, accum))
+                update(accum, n_accum)
                 mx.eval(model.parameters(), optimizer.state)
                 accum, n_accum = None, 0
                 position["step"] += 1
