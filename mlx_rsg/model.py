@@ -28,8 +28,10 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
-from mlx_rsg.backbone import Backbone, embed, final_norm, run_layers
+from mlx_rsg import top_block
+from mlx_rsg.backbone import Backbone, embed, final_norm, layer_window, run_layers
 from mlx_rsg.errors import UserError
 from mlx_rsg.run import METHODS
 
@@ -167,9 +169,23 @@ class RSGClassifier(nn.Module):
         h = self.prefix(batch.tokens) if h0 is None else h0
         hooks = {int(i): a for i, a in self.adapters.items()}
         checkpoint = self.cfg.grad_checkpoint and self.training
-        h = run_layers(self.backbone, h, self.k, hooks=hooks, checkpoint=checkpoint)
-        h = final_norm(self.backbone, h)
-        return pool(h, pooling_weights(batch, self.cfg.pooling))
+        weights = pooling_weights(batch, self.cfg.pooling)
+        bb, top = self.backbone, self.backbone.num_layers - 1
+        at = None
+        if self.k <= top and top_block.supports(bb.layers[top]):
+            spans = None if batch.spans is None else np.array(batch.spans)
+            at = top_block.pooled_positions(np.array(batch.lengths), spans, self.cfg.pooling)
+        if at is None:
+            h = run_layers(bb, h, self.k, hooks=hooks, checkpoint=checkpoint)
+            return pool(final_norm(bb, h), weights)
+        # The top block only at the positions pooling reads (same values, ~1/9 the FLOPs).
+        positions, valid = mx.array(at[0]), mx.array(at[1])
+        h = run_layers(bb, h, self.k, top, hooks=hooks, checkpoint=checkpoint)
+        h = top_block.block_at(bb.layers[top], h, positions, layer_window(bb, top))
+        if top in hooks:
+            h = hooks[top](h)
+        weights = mx.take_along_axis(weights, positions[:, None, :], axis=2) * valid[:, None, :]
+        return pool(final_norm(bb, h), weights)
 
     def __call__(self, batch, h0: mx.array | None = None) -> mx.array:
         x = mx.fast.rms_norm(self.features(batch, h0), None, 1e-6)

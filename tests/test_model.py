@@ -265,13 +265,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tok, mo
     grads = []
     for checkpoint in (False, True):
         model = model_for(
-            tiny_model_dir, method="freeze", freeze_layers=1, grad_checkpoint=checkpoint
+            tiny_model_dir, method="freeze", freeze_layers=0, grad_checkpoint=checkpoint
         )
         model.train()
         _, g = nn.value_and_grad(model, lambda m, b: loss_fn(m, b)[0])(model, batch)
         grads.append(dict(tree_flatten(g)))
-    assert len(calls) == 1  # the one trained layer, in the checkpointed run only
-    assert grads[0].keys() == grads[1].keys() and any("layers.1" in k for k in grads[0])
+    # Layer 0, in the checkpointed run only: the top block runs at the pooled positions only
+    # (top_block), which keeps little to recompute.
+    assert len(calls) == 1
+    assert grads[0].keys() == grads[1].keys() and any("layers.0" in k for k in grads[0])
     for k, v in grads[0].items():
         np.testing.assert_allclose(np.array(grads[1][k]), np.array(v), rtol=1e-4, atol=1e-6)
 
