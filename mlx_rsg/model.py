@@ -165,26 +165,29 @@ class RSGClassifier(nn.Module):
         return run_layers(self.backbone, embed(self.backbone, tokens), 0, self.k)
 
     def features(self, batch, h0: mx.array | None = None) -> mx.array:
-        """Pooled final hidden states (B, S, hidden): S = 1, or the marked spans."""
-        h = self.prefix(batch.tokens) if h0 is None else h0
-        hooks = {int(i): a for i, a in self.adapters.items()}
-        checkpoint = self.cfg.grad_checkpoint and self.training
-        weights = pooling_weights(batch, self.cfg.pooling)
-        bb, top = self.backbone, self.backbone.num_layers - 1
-        at = None
-        if self.k <= top and top_block.supports(bb.layers[top]):
+        """Pooled final hidden states (B, S, hidden): S = 1, or the marked spans. h0: the input
+        of block K (`prefix`), or None to run the whole backbone."""
+        bb, n = self.backbone, self.backbone.num_layers
+        first = 0 if h0 is None else self.k  # the first block this call runs
+        at = None  # the top block runs only at the positions pooling reads (same values)
+        if first < n and top_block.supports(bb.layers[-1]):
             spans = None if batch.spans is None else np.array(batch.spans)
             at = top_block.pooled_positions(np.array(batch.lengths), spans, self.cfg.pooling)
-        if at is None:
-            h = run_layers(bb, h, self.k, hooks=hooks, checkpoint=checkpoint)
-            return pool(final_norm(bb, h), weights)
-        # The top block only at the positions pooling reads (same values, ~1/9 the FLOPs).
-        positions, valid = mx.array(at[0]), mx.array(at[1])
-        h = run_layers(bb, h, self.k, top, hooks=hooks, checkpoint=checkpoint)
-        h = top_block.block_at(bb.layers[top], h, positions, layer_window(bb, top))
-        if top in hooks:
-            h = hooks[top](h)
-        weights = mx.take_along_axis(weights, positions[:, None, :], axis=2) * valid[:, None, :]
+        end = n if at is None else n - 1  # blocks run whole
+        hooks = {int(i): a for i, a in self.adapters.items()}
+        checkpoint = self.cfg.grad_checkpoint and self.training
+        trained = min(max(first, self.k), end)
+        h = embed(bb, batch.tokens) if h0 is None else h0
+        h = run_layers(bb, h, first, trained)
+        h = run_layers(bb, h, trained, end, hooks=hooks, checkpoint=checkpoint)
+        weights = pooling_weights(batch, self.cfg.pooling)
+        if at is not None:
+            positions, valid = mx.array(at[0]), mx.array(at[1])
+            h = top_block.block_at(bb.layers[-1], h, positions, layer_window(bb, n - 1))
+            if n - 1 in hooks:
+                h = hooks[n - 1](h)
+            weights = mx.take_along_axis(weights, positions[:, None, :], axis=2)
+            weights = weights * valid[:, None, :]
         return pool(final_norm(bb, h), weights)
 
     def __call__(self, batch, h0: mx.array | None = None) -> mx.array:

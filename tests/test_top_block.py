@@ -62,6 +62,7 @@ def test_block_at_equals_the_whole_block(tiny_model_dir, index):
 @pytest.mark.parametrize(
     "cfg",
     [
+        {"method": "heads"},  # every block frozen: the top one is pruned in inference too
         {"method": "freeze", "freeze_layers": 0},
         {"method": "lora", "lora_layers": 2},
         {"method": "mlp-adapter", "adapter_layers": 1, "adapter_dropout": 0.0},
