@@ -110,11 +110,14 @@ def _in_chunks(make: Callable[[int, int], mx.array], rows: int, parts: int | Non
         out = make(0, rows)
         mx.eval(out)
         return out
+    from mlx_rsg.fast_quant import shared_dequant
+
     bounds = [rows * i // parts for i in range(parts + 1)]
     outs = []
-    for stream, lo, hi in zip(_streams(parts), bounds, bounds[1:], strict=False):
-        with mx.stream(stream):
-            outs.append(make(lo, hi))
+    with shared_dequant():  # a quantized layer's weight is dequantized once, for every chunk
+        for stream, lo, hi in zip(_streams(parts), bounds, bounds[1:], strict=False):
+            with mx.stream(stream):
+                outs.append(make(lo, hi))
     with blas_threads(1):
         mx.eval(outs)
     out = mx.concatenate(outs)

@@ -135,3 +135,22 @@ def test_other_widths_fall_back_to_dequantize():
     _, q = _layer(128, 64, 3, 64, False)  # 3-bit codes straddle bytes: mx.dequantize
     x = mx.random.normal((16, 128))
     assert (mx.abs(q(x) - _mlx_kernel(q, x)) <= _rounding_bound(q, x)).all().item()
+
+
+def test_row_chunks_share_one_dequantized_weight(tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    from mlx_rsg.backbone import hidden_states, load_backbone
+    from mlx_rsg.cpu_parallel import row_parallel
+    from mlx_rsg.quantize import quantize
+
+    bb = load_backbone(quantize(tiny_model_dir, tmp_path / "q8", bits=8, group_size=32))
+    n_linear = sum(isinstance(m, nn.QuantizedLinear) for m in bb.model.modules())
+    tokens = mx.random.randint(0, 400, (4, 20), key=mx.random.key(4))
+    want = hidden_states(bb, tokens)
+    calls = []
+    real = fast_quant.unpack_affine
+    monkeypatch.setattr(fast_quant, "unpack_affine", lambda *a: calls.append(1) or real(*a))
+    got = row_parallel(lambda t: hidden_states(bb, t), tokens, parts=2)
+    assert len(calls) == n_linear  # once per layer, not once per chunk
+    assert mx.allclose(got, want, rtol=1e-4, atol=1e-4).item()
+    row_parallel(lambda t: hidden_states(bb, t), tokens, parts=2)
+    assert len(calls) == 2 * n_linear  # nothing outlives the call
