@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_rsg.errors import UserError, located
-from mlx_rsg.io import atomic_dir
+from mlx_rsg.io import atomic_dir, read_json_object
 from mlx_rsg.run import sha256_file
 
 EMBEDDED = "gemma-3-270m"
@@ -139,14 +139,7 @@ def download(repo_id: str) -> Path:
 
 def read_config(src: Path) -> dict[str, Any]:
     path = src / "config.json"
-    if not path.is_file():
-        raise UserError(f"{src}: no config.json (not a Hugging Face model directory)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(located(path, msg=f"invalid JSON ({e})")) from None
-    if not isinstance(config, dict):
-        raise UserError(located(path, msg="not a JSON object"))
+    config = read_json_object(path, f"{src}: no config.json (not a Hugging Face model directory)")
     if not config.get("model_type"):
         raise UserError(located(path, field="model_type", msg="missing"))
     return config

@@ -1,15 +1,33 @@
-"""Atomic output: write into a temporary sibling, then rename, so no partial output survives."""
+"""Files the user sees: JSON read with one-line errors, and atomic output (write into a
+temporary sibling, then rename, so no partial output survives)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlx_rsg.errors import UserError
+from mlx_rsg.errors import UserError, located
+
+
+def read_json_object(path: Path, missing: str | None = None) -> dict:
+    """The JSON object in `path`, or a one-line UserError naming the file (and the line of a
+    syntax error). `missing`: the message when the file does not exist."""
+    if not path.is_file():
+        raise UserError(missing or located(path, msg="not found"))
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(located(path, msg="not UTF-8 text")) from None
+    except json.JSONDecodeError as e:
+        raise UserError(located(path, e.lineno, msg=f"invalid JSON: {e.msg}")) from None
+    if not isinstance(value, dict):
+        raise UserError(located(path, msg="not a JSON object"))
+    return value
 
 
 def _umask() -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.io import read_json_object
 
 MANIFEST = "mlx_rsg.json"
 BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine mode supports
@@ -123,13 +124,10 @@ def resolve_recipe(
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "config.json"
-    if not path.is_file():
-        raise UserError(f"{model_dir}: not a model directory (no config.json) nor a run (run.json)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(config, dict) or "model_type" not in config:
+    config = read_json_object(
+        path, f"{model_dir}: not a model directory (no config.json) nor a run (run.json)"
+    )
+    if "model_type" not in config:
         raise UserError(f"{path}: field 'model_type': missing (not a converted model config)")
     if "quantization" in config:
         raise UserError(

@@ -25,7 +25,7 @@ from typing import Any
 
 from mlx_rsg.data import TASKS
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import atomic_file
+from mlx_rsg.io import atomic_file, read_json_object
 
 # How a classifier adapts the backbone (model.py implements them; train.py takes them as --method).
 METHODS = ("heads", "freeze", "lora", "mlp-adapter")
@@ -75,12 +75,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: not a run directory (no run.json)")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    info = read_json_object(path, f"{run_dir}: not a run directory (no run.json)")
     if info.get("format") != RUN_FORMAT:
         raise UserError(f"{path}: field 'format': expected {RUN_FORMAT!r}")
     if info.get("version", 0) > RUN_VERSION:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.io import read_json_object
 from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
     METHODS,
     RUN_FORMAT,
@@ -672,10 +673,7 @@ def train(
 
 def _num_layers(model_dir: Path) -> int:
     path = model_dir / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read the model config ({e})") from None
+    config = read_json_object(path, f"{model_dir}: no config.json (not a converted model)")
     config = config.get("text_config", config)
     if "num_hidden_layers" not in config:
         raise UserError(f"{path}: field 'num_hidden_layers': missing")

@@ -349,6 +349,17 @@ def test_error_unknown_model_type(tmp_path):
     _assert_one_line_error(result, out, "config.json", "model_type", "not_a_real_arch")
 
 
+def test_error_config_not_json_names_file_and_line(tmp_path):
+    src = build_tiny_model(tmp_path / "src")
+    (src / "config.json").write_text('{\n  "model_type": "gemma3_text",\n  oops\n}')
+    out = tmp_path / "out"
+    result = _run_cli([src, "-o", out])
+    _assert_one_line_error(result, out, f"{src / 'config.json'}:3: invalid JSON")
+    (src / "config.json").write_text("[1, 2]")
+    result = _run_cli([src, "-o", out])
+    _assert_one_line_error(result, out, "config.json: not a JSON object")
+
+
 def test_error_missing_weights_config_tokenizer(tmp_path):
     out = tmp_path / "out"
     src = build_tiny_model(tmp_path / "src")
