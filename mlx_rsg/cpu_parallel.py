@@ -9,9 +9,10 @@ two cores would oversubscribe), keeps every core busy the whole time. Measured o
 Rows never interact in inference, so the result is the single-stream one up to rounding (a GEMM
 over fewer rows may sum in another order): ~1e-6 relative.
 
-Not used for training: splitting a training step's rows the same way (per-chunk gradients on
-two streams, single-threaded BLAS) measured 1.68 vs 2.50 examples/s for one stream with threaded
-BLAS (benchmarks/bench_train.py), since the backward is dominated by GEMMs.
+Not used for training: with MLX 0.32 the backward passes of two row chunks on two streams do not
+overlap (each half-batch fwd+bwd of the 9 trained Gemma-3-270M blocks 1.8 s alone, 3.6-3.8 s both
+together; their forwards overlap). The attention's RoPE is what serializes them (with RoPE
+stubbed out, or in the MLP alone, they overlap); see README, Benchmarks.
 """
 
 from __future__ import annotations
