@@ -11,8 +11,8 @@ over fewer rows may sum in another order): ~1e-6 relative.
 
 Not used for training: with MLX 0.32 the backward passes of two row chunks on two streams do not
 overlap (each half-batch fwd+bwd of the 9 trained Gemma-3-270M blocks 1.8 s alone, 3.6-3.8 s both
-together; their forwards overlap). The attention's RoPE is what serializes them (with RoPE
-stubbed out, or in the MLP alone, they overlap); see README, Benchmarks.
+together; their forwards overlap). Bisecting did not pin the cause down (an attention block's
+backward overlaps without RoPE, the whole step still does not); see README, Benchmarks.
 """
 
 from __future__ import annotations
