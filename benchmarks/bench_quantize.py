@@ -11,7 +11,7 @@ alike; best of --reps per round, best over --rounds. Variants:
     fp32                    the float32 model
     qN fast                 fast_quant: dequantize + fp32 GEMM per call (the default)
     qN fast+cache           fast_quant with the dequantized weights kept per layer
-    qN mlx-kernel           MLX's own CPU quantized_matmul (fast_quant uninstalled); ~30x
+    qN mlx-kernel           MLX's own CPU quantized_matmul (fast_quant not applied); ~30x
                             slower, so timed at --kernel-batch rows with fp32 at that shape too
 
 "single" is one stream; "rows" is cpu_parallel.row_parallel (a row chunk per core); "latency"
@@ -106,7 +106,7 @@ def main() -> None:
     import mlx.core as mx
     import numpy as np
 
-    from mlx_rsg import fast_quant
+    from mlx_rsg import fast_quant, fastpaths
     from mlx_rsg.backbone import load_backbone
     from mlx_rsg.quantize import quantize
 
@@ -142,11 +142,9 @@ def main() -> None:
             for r in recipes:
                 variants.append((f"{r} mlx-kernel", r, "kernel-shape", "kernel", small))
 
-        def setup(setting: str) -> None:
-            if setting == "kernel":
-                fast_quant.uninstall()
-            else:
-                fast_quant.install(cache=setting == "cache")
+        def setup(setting: str, bb) -> None:
+            fastpaths.apply(bb.model, bb.config, use={"quant": setting != "kernel"})
+            fast_quant.set_cache(setting == "cache")
 
         fp32 = forward(models["fp32"], "single")
         ref = {id(t): fp32(t) for t in (tokens, small, one)}
@@ -154,8 +152,8 @@ def main() -> None:
         extra: dict[tuple, dict] = {}
         for rnd in range(args.rounds):
             for name, key, mode, setting, toks in variants:
-                setup(setting)
                 bb = models[key]
+                setup(setting, bb)
                 run = forward(bb, "rows" if mode == "rows" else "single")
                 reps = 1 if setting == "kernel" else args.reps
                 out = run(toks)  # warm-up (and, with the cache, fill it)
@@ -174,7 +172,7 @@ def main() -> None:
                     }
                 _drop_cache(bb)
                 log(f"round {rnd + 1}: {name:>16} {mode:>12} {toks.shape[0] / sec:7.2f} ex/s")
-        fast_quant.install(cache=False)
+        fast_quant.set_cache(False)
 
     runs = []
     for (name, mode), sec in best.items():

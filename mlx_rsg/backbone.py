@@ -10,6 +10,7 @@ pad; pooling picks real positions only. No padding mask is needed.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,16 +48,16 @@ class Backbone:
 
 
 def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
-    """Load a converted model directory with mlx-lm's own loader."""
+    """Load a converted model directory with mlx-lm's own loader, with the CPU fast paths that
+    measure faster on this machine (`mlx_rsg.fastpaths`) given to this model only."""
     from mlx_lm.utils import load_model
 
-    from mlx_rsg import fast_attention, fast_gelu, fast_quant
+    from mlx_rsg import _blas, fastpaths
 
-    fast_attention.install()  # CPU attention without a cache: ~2x faster, same values
-    fast_gelu.install()  # CPU tanh-GELU from mul/add/div: ~10x faster, within 4e-6
-    fast_quant.install()  # CPU quantized Linear as dequantize + GEMM for batches: ~25x faster
+    _blas.warn_if_slow()  # once per process: a reference BLAS makes everything 20-40x slower
     keep_freed_buffers()
     model, config = load_model(Path(path), lazy=lazy)
+    fastpaths.apply(model, config, log=lambda m: print(m, file=sys.stderr, flush=True))
     return Backbone(model=model, config=config)
 
 

@@ -153,6 +153,8 @@ def gptq_quantize_backbone(
     from mlx.utils import tree_flatten
     from mlx_lm.quant import gptq
 
+    from mlx_rsg import fastpaths
+
     if bits not in (2, 4, 8) or embed_bits not in (2, 3, 4, 5, 6, 8):
         raise UserError(f"gptq: bits {bits} not in (2, 4, 8)")
     for path, m in tree_flatten(bb.decoder.leaf_modules(), is_leaf=nn.Module.is_module):
@@ -177,6 +179,7 @@ def gptq_quantize_backbone(
     config = copy.deepcopy(bb.config)
     config["quantization"] = qblock
     config["quantization_config"] = copy.deepcopy(qblock)
+    fastpaths.apply(bb.model, config)  # the new layers run as they will when loaded back
     return bb.model, config
 
 

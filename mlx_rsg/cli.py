@@ -30,24 +30,28 @@ def main() -> None:
 
 @main.command()
 def info() -> None:
-    """Print mlx / mlx-lm versions, the default device and the BLAS in use."""
+    """Print versions, the device, the BLAS with its measured GEMM speed, and which CPU fast
+    paths this machine uses (timed once per machine, then cached)."""
     import mlx.core as mx
     import mlx_lm
 
-    from mlx_rsg import _blas
+    from mlx_rsg import _blas, fastpaths
 
     click.echo(f"mlx-rsg   {__version__}")
     click.echo(f"mlx       {mx.__version__}")
     click.echo(f"mlx-lm    {mlx_lm.__version__}")
     click.echo(f"device    {mx.default_device()}")
-    if sys.platform.startswith("linux"):
-        fallback = "mlx's bundled reference BLAS (slow; apt install libopenblas0-pthread)"
-        blas = _blas.BLAS_PATH or fallback
-        click.echo(f"blas      {blas}")
-        if _blas.BLAS_ERROR and not _blas.BLAS_PATH:
-            click.echo(f"          (tried {_blas.BLAS_ERROR})")
-    else:
-        click.echo("blas      Accelerate (macOS)")
+    click.echo(f"blas      {_blas.describe()}")
+    for reason in _blas.ERRORS:
+        click.echo(f"          (not used: {reason})")
+    if mx.default_device() != mx.cpu:
+        return
+    gflops = _blas.gemm_gflops(n=1024)
+    slow = f"  slow: {_blas.fix_hint()}" if gflops < _blas.SLOW_GFLOPS else ""
+    click.echo(f"gemm      {gflops:.1f} GFLOP/s (float32, 1024^3, {_blas.get_threads() or '?'} "
+               f"BLAS threads){slow}")  # fmt: skip
+    click.echo(f"fast paths (Gemma-3-270M shapes, 8x128; cache {fastpaths.cache_path()}):")
+    fastpaths.report(log=click.echo)
 
 
 # --- commands are registered below, one block per module ---
@@ -64,8 +68,11 @@ main.add_command(predict_command)
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="RSG data directory.")
 @click.option("--split", default="val", show_default=True, help="A labelled split.")
 @click.option(
-    "--max-per-task", type=int, default=None, help="First records of each task, up to ~N examples."
+    "--max-per-task", type=int, default=None,
+    help="~N examples per task, whole records drawn with --seed.",
 )
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Draws --max-per-task's records and the latency sample.")
 @click.option("-o", "--output", "out_dir", default="bench", show_default=True, type=click.Path())
 @click.option("--batch-size", type=int, default=16, show_default=True, help="For throughput.")
 @click.option("--latency-samples", type=int, default=24, show_default=True)

@@ -18,7 +18,6 @@ backward overlaps without RoPE, the whole step still does not); see README, Benc
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
@@ -35,28 +34,20 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _openblas():
-    from mlx_rsg import _blas
-
-    if not _blas.BLAS_PATH:
-        return None
-    lib = ctypes.CDLL(_blas.BLAS_PATH)
-    return lib if hasattr(lib, "openblas_set_num_threads") else None
-
-
 @contextlib.contextmanager
 def blas_threads(n: int) -> Iterator[None]:
-    """Set OpenBLAS's thread count for the duration (no-op without our preloaded OpenBLAS)."""
-    lib = _openblas()
-    if lib is None:
+    """Set the preloaded BLAS's thread count for the duration (no-op without one)."""
+    from mlx_rsg import _blas
+
+    before = _blas.get_threads()
+    if before is None:
         yield
         return
-    before = lib.openblas_get_num_threads()
-    lib.openblas_set_num_threads(n)
+    _blas.set_threads(n)
     try:
         yield
     finally:
-        lib.openblas_set_num_threads(before)
+        _blas.set_threads(before)
 
 
 def _streams(n: int) -> list:
@@ -68,7 +59,8 @@ def _streams(n: int) -> list:
 def row_parallel(fn: Callable[..., mx.array], *arrays: mx.array, parts: int | None = None):
     """fn(*arrays) computed and evaluated as `parts` row chunks in parallel; rows concatenated.
 
-    Every array is split along axis 0. Falls back to one evaluated call on a GPU, with one core,
+    Every array is split along axis 0. `parts` None: one per core where `mlx_rsg.fastpaths`
+    found that faster on this machine. Falls back to one evaluated call on a GPU, with one core,
     or with fewer rows than parts.
     """
     return _in_chunks(lambda lo, hi: fn(*(a[lo:hi] for a in arrays)), arrays[0].shape[0], parts)
@@ -106,7 +98,11 @@ def _cut_batch(batch, rows: int, lo: int, hi: int):
 
 
 def _in_chunks(make: Callable[[int, int], mx.array], rows: int, parts: int | None) -> mx.array:
-    parts = min(parts or cpu_cores(), rows)
+    if parts is None:
+        from mlx_rsg.fastpaths import rows_enabled
+
+        parts = cpu_cores() if rows_enabled() else 1
+    parts = min(parts, rows)
     if parts <= 1 or mx.default_device() != mx.cpu:
         out = make(0, rows)
         mx.eval(out)

@@ -8,7 +8,9 @@ the query heads that share a KV head are stacked into one GEMM, and the additive
 built once per length. Measured on Gemma-3-270M, 8x128: 10.7 -> ~5.5 ms per layer.
 
 With a KV cache (generation), attention sinks, a GPU, or a mask we do not recognise, the call goes
-to mlx-lm's own function unchanged. `install()` points mlx-lm's Gemma 3 modules at `attention`.
+to mlx-lm's own function unchanged. `FastAttention` is mlx-lm's Gemma 3 attention calling
+`attention`; `mlx_rsg.fastpaths` gives it to our models where it measures faster (on some
+machines it does not: see the README), and no other model in the process is touched.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from __future__ import annotations
 import math
 
 import mlx.core as mx
+from mlx_lm.models import gemma3_text
+from mlx_lm.models.base import scaled_dot_product_attention as stock_attention
 
 LOG2E = 1.4426950408889634
 _TAYLOR = tuple(math.log(2) ** k / math.factorial(k) for k in range(8))  # 2^f, f in [0, 1)
 _MASKS: dict[tuple[int, int], mx.array] = {}
-_ORIGINAL: dict[str, object] = {}
 
 
 def _exp2(y: mx.array) -> mx.array:
@@ -77,7 +80,7 @@ def _fast_path(cache, mask, sinks) -> bool:
 def attention(queries, keys, values, cache=None, scale: float = 1.0, mask=None, sinks=None):
     """Drop-in for mlx_lm.models.base.scaled_dot_product_attention (B, heads, L, head_dim)."""
     if not _fast_path(cache, mask, sinks):
-        return _ORIGINAL.get("sdpa", _mlx_lm_sdpa())(
+        return stock_attention(
             queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks
         )
     b, h, q_len, d = queries.shape
@@ -92,16 +95,17 @@ def attention(queries, keys, values, cache=None, scale: float = 1.0, mask=None, 
     return out.reshape(b, h, q_len, values.shape[-1])
 
 
-def _mlx_lm_sdpa():
-    from mlx_lm.models.base import scaled_dot_product_attention
+class FastAttention(gemma3_text.Attention):
+    """mlx-lm's Gemma 3 attention (same projections, norms and RoPE) calling `attention` when
+    there is no KV cache; with one, mlx-lm's own code runs."""
 
-    return scaled_dot_product_attention
-
-
-def install() -> None:
-    """Make mlx-lm's Gemma 3 attention call `attention` (idempotent)."""
-    from mlx_lm.models import gemma3_text
-
-    if "sdpa" not in _ORIGINAL:
-        _ORIGINAL["sdpa"] = _mlx_lm_sdpa()
-    gemma3_text.scaled_dot_product_attention = attention
+    def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
+        if cache is not None:
+            return super().__call__(x, mask, cache)
+        B, L, _ = x.shape
+        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        q, k = self.rope(self.q_norm(q)), self.rope(self.k_norm(k))
+        out = attention(q, k, v, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))

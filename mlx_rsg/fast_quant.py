@@ -19,6 +19,9 @@ The dequantized weight is not kept by default: keeping it holds a float32 copy o
 ~3% of a batched 8x128 forward but about half of a short batch-1 forward
 (benchmarks/bench_quantize.py measures both). `install(cache=True)` or the environment variable
 MLX_RSG_DEQUANT_CACHE=1 keeps it per layer when memory does not matter.
+
+`FastQuantizedLinear` is nn.QuantizedLinear with this path; `mlx_rsg.fastpaths` gives it to our
+models' quantized layers where it measures faster, and no other model in the process is touched.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import mlx.core as mx
 import mlx.nn as nn
 
 MIN_ROWS = 4  # below this MLX's quantized kernel is as fast or faster (measured, table above)
-_ORIGINAL: dict[str, object] = {}
 _SETTINGS = {"cache": os.environ.get("MLX_RSG_DEQUANT_CACHE") == "1"}
 _CACHE_ATTR = "_mlx_rsg_dequantized"  # in the instance __dict__, outside the parameter tree
 _SHARED: list[dict] = []  # open shared_dequant() scopes, innermost last
@@ -102,31 +104,20 @@ def _use_fast(x: mx.array) -> bool:
     return mx.default_device() == mx.cpu and x.ndim >= 2 and x.size // x.shape[-1] >= MIN_ROWS
 
 
-def _linear_call(self: nn.QuantizedLinear, x: mx.array) -> mx.array:
-    if not _use_fast(x):
-        return _ORIGINAL["linear"](self, x)
-    w = dequantized_weight(self, cache=_SETTINGS["cache"])
-    y = x @ w.astype(x.dtype).T
-    if "bias" in self:
-        y = y + self["bias"]
-    return y
+class FastQuantizedLinear(nn.QuantizedLinear):
+    """nn.QuantizedLinear that dequantizes and runs one float GEMM for MIN_ROWS+ rows on the CPU;
+    `cache` (default: MLX_RSG_DEQUANT_CACHE=1) keeps the dequantized weight on the layer."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if not _use_fast(x):
+            return super().__call__(x)
+        w = dequantized_weight(self, cache=_SETTINGS["cache"])
+        y = x @ w.astype(x.dtype).T
+        if "bias" in self:
+            y = y + self["bias"]
+        return y
 
 
-def install(cache: bool | None = None) -> None:
-    """Route nn.QuantizedLinear through dequantize+GEMM on the CPU for MIN_ROWS+ rows
-    (idempotent; patches the class, like fast_gelu / fast_attention). `cache` None keeps the
-    current setting (False unless set), so reloading a model does not undo a choice."""
-    if "linear" not in _ORIGINAL:
-        _ORIGINAL["linear"] = nn.QuantizedLinear.__call__
-    if cache is not None:
-        _SETTINGS["cache"] = cache
-    nn.QuantizedLinear.__call__ = _linear_call
-
-
-def uninstall() -> None:
-    if "linear" in _ORIGINAL:
-        nn.QuantizedLinear.__call__ = _ORIGINAL["linear"]
-
-
-def installed() -> bool:
-    return nn.QuantizedLinear.__call__ is _linear_call
+def set_cache(cache: bool) -> None:
+    """Keep (True) or recompute (False) the dequantized weights from the next call on."""
+    _SETTINGS["cache"] = cache

@@ -174,11 +174,14 @@ def quantize_backbone(model, config: dict[str, Any], recipe: Recipe) -> tuple[di
 
     from mlx_lm.utils import compute_bits_per_weight
 
+    from mlx_rsg import fastpaths
+
     with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints bits per weight; we log it
         model, qconfig = quantize_model(
             model, config, recipe.group_size, recipe.bits, mode="affine", quant_predicate=predicate
         )
     counts["bits_per_weight"] = round(float(compute_bits_per_weight(model)), 3)
+    fastpaths.apply(model, qconfig)  # the new layers run as they will when loaded back
     return qconfig, counts
 
 

@@ -4,6 +4,10 @@ imports mlx."""
 import os
 from pathlib import Path
 
+# The tests exercise every CPU fast path, whatever this machine's timings say (mlx_rsg.fastpaths);
+# tests of the per-machine decision set their own value.
+os.environ["MLX_RSG_FAST_PATHS"] = "all"
+
 import pytest
 from tiny_model import tiny_model_dir, tiny_rsg_dir  # noqa: F401
 

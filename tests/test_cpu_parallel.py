@@ -10,8 +10,9 @@ assert mlx_rsg._blas  # imported before mlx (OpenBLAS preload)
 
 import mlx.core as mx  # noqa: E402
 
+from mlx_rsg import _blas  # noqa: E402
 from mlx_rsg.backbone import hidden_states, load_backbone  # noqa: E402
-from mlx_rsg.cpu_parallel import _openblas, blas_threads, row_parallel  # noqa: E402
+from mlx_rsg.cpu_parallel import blas_threads, row_parallel  # noqa: E402
 
 
 def test_row_parallel_equals_one_stream(tiny_model_dir):  # noqa: F811
@@ -33,10 +34,9 @@ def test_row_parallel_equals_one_stream(tiny_model_dir):  # noqa: F811
 
 
 def test_blas_threads_restored():
-    lib = _openblas()
-    if lib is None:
-        return  # no preloaded OpenBLAS (macOS / MLX_RSG_BLAS=none): nothing to set
-    before = lib.openblas_get_num_threads()
+    before = _blas.get_threads()
+    if before is None:
+        return  # no preloaded BLAS (macOS / MLX_RSG_BLAS=none): nothing to set
     with blas_threads(1):
-        assert lib.openblas_get_num_threads() == 1
-    assert lib.openblas_get_num_threads() == before
+        assert _blas.get_threads() == 1
+    assert _blas.get_threads() == before

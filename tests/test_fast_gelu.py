@@ -11,7 +11,7 @@ import mlx.nn as nn  # noqa: E402
 from mlx_lm.models import gemma3_text  # noqa: E402
 from tiny_model import tiny_model_dir  # noqa: E402, F401
 
-from mlx_rsg import fast_gelu  # noqa: E402
+from mlx_rsg import fast_gelu, fastpaths  # noqa: E402
 from mlx_rsg.backbone import hidden_states, load_backbone  # noqa: E402
 
 
@@ -36,18 +36,17 @@ def test_gelu_mul_values_and_gradients_match_mlx():
         assert mx.allclose(a, b, atol=1e-4).item()
 
 
-def test_installed_mlp_equals_mlx_lm_mlp(tiny_model_dir):  # noqa: F811
-    bb = load_backbone(tiny_model_dir)  # installs the fast path
-    assert gemma3_text.MLP.__call__ is fast_gelu._mlp_call
+def test_fast_mlp_equals_mlx_lm_mlp(tiny_model_dir):  # noqa: F811
+    bb = load_backbone(tiny_model_dir)  # MLX_RSG_FAST_PATHS=all in the tests (conftest)
+    assert all(type(layer.mlp) is fast_gelu.FastMLP for layer in bb.layers)
     tokens = mx.array([[2, 17, 45, 99, 3, 250, 7, 8]])
     fast = hidden_states(bb, tokens)
-    fast_gelu.uninstall()
-    try:
-        slow = hidden_states(bb, tokens)
-    finally:
-        fast_gelu.install()
+    fastpaths.apply(bb.model, bb.config, use={"gelu": False})
+    assert all(type(layer.mlp) is gemma3_text.MLP for layer in bb.layers)
+    slow = hidden_states(bb, tokens)
     assert mx.max(mx.abs(fast - slow)).item() < 1e-4
     mlp = bb.layers[0].mlp  # bf16 falls back to mlx-lm's own MLP
+    mlp.__class__ = fast_gelu.FastMLP
     x = mx.random.normal((1, 4, bb.hidden_size)).astype(mx.bfloat16)
     mlp.set_dtype(mx.bfloat16)
-    assert mx.array_equal(mlp(x), fast_gelu._ORIGINAL["mlp"](mlp, x)).item()
+    assert mx.array_equal(mlp(x), gemma3_text.MLP.__call__(mlp, x)).item()

@@ -15,10 +15,10 @@ from mlx_rsg import fast_quant  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _installed():
-    fast_quant.install(cache=False)
+def _no_cache():
+    fast_quant.set_cache(False)
     yield
-    fast_quant.install(cache=False)
+    fast_quant.set_cache(False)
 
 
 def _layer(n_in: int, n_out: int, bits: int, group: int, bias: bool, seed: int = 0):
@@ -26,11 +26,13 @@ def _layer(n_in: int, n_out: int, bits: int, group: int, bias: bool, seed: int =
     lin = nn.Linear(n_in, n_out, bias=bias)
     if bias:
         lin.bias = mx.random.normal((n_out,))
-    return lin, nn.QuantizedLinear.from_linear(lin, group_size=group, bits=bits)
+    q = nn.QuantizedLinear.from_linear(lin, group_size=group, bits=bits)
+    q.__class__ = fast_quant.FastQuantizedLinear
+    return lin, q
 
 
 def _mlx_kernel(q: nn.QuantizedLinear, x: mx.array) -> mx.array:
-    return fast_quant._ORIGINAL["linear"](q, x)
+    return nn.QuantizedLinear.__call__(q, x)
 
 
 def _rounding_bound(q: nn.QuantizedLinear, x: mx.array) -> mx.array:
@@ -79,7 +81,7 @@ def test_cache_keeps_one_float_copy_and_follows_weight_changes():
     _, q = _layer(128, 64, 8, 64, True)
     x = mx.random.normal((32, 128))
     y0 = q(x)
-    fast_quant.install(cache=True)
+    fast_quant.set_cache(True)
     y1 = q(x)
     assert mx.array_equal(y0, y1).item()
     assert q.__dict__[fast_quant._CACHE_ATTR][1].shape == (64, 128)
@@ -104,19 +106,19 @@ def test_fast_layer_within_quantization_error_of_fp32(bits, limit):
 
 
 def test_whole_model_fast_equals_kernel(tiny_model_dir, tmp_path):  # noqa: F811
+    from mlx_rsg import fastpaths
     from mlx_rsg.backbone import hidden_states, load_backbone
     from mlx_rsg.quantize import quantize
 
     out = quantize(tiny_model_dir, tmp_path / "q4", bits=4, group_size=32, log=print)
-    bb = load_backbone(out)
-    assert fast_quant.installed()
+    bb = load_backbone(out)  # MLX_RSG_FAST_PATHS=all in the tests (conftest)
+    layers = [m for m in bb.model.modules() if isinstance(m, nn.QuantizedLinear)]
+    assert layers and all(type(m) is fast_quant.FastQuantizedLinear for m in layers)
     tokens = mx.random.randint(0, 400, (2, 20), key=mx.random.key(3))
     fast = hidden_states(bb, tokens)
-    fast_quant.uninstall()
-    try:
-        ref = hidden_states(bb, tokens)
-    finally:
-        fast_quant.install()
+    fastpaths.apply(bb.model, bb.config, use={"quant": False})
+    assert all(type(m) is nn.QuantizedLinear for m in layers)
+    ref = hidden_states(bb, tokens)
     rel = (mx.linalg.norm(fast - ref, axis=-1) / mx.linalg.norm(ref, axis=-1)).max().item()
     assert rel < 1e-4  # float32 summation order only, through two blocks
 

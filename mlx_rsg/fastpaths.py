@@ -1,0 +1,361 @@
+"""CPU fast paths, each used only on machines where it measured faster than stock MLX.
+
+| path        | fast                                             | stock                          |
+|-------------|--------------------------------------------------|--------------------------------|
+| `attention` | `fast_attention.FastAttention` (poly exp2 softmax) | mlx-lm's Gemma 3 attention   |
+| `gelu`      | `fast_gelu.FastMLP` (rational tanh, fused)       | mlx-lm's Gemma 3 MLP           |
+| `quant`     | `fast_quant.FastQuantizedLinear` (dequant + GEMM) | MLX's CPU `quantized_matmul`  |
+| `rows`      | `cpu_parallel`: a row chunk per core and stream  | one stream, threaded BLAS      |
+
+Each gives the same numbers up to rounding (tested in its module); which is faster depends on
+the CPU, the BLAS and whether MLX finds `g++` to fuse compiled kernels (the fast attention ran
+~10x *slower* than stock on one Xeon with MKL). So the first time a model of given shapes is
+loaded on a machine, `decide` times each path against stock on those shapes (one synthetic
+Gemma 3 block; ~2-4 s), keeps the result in `cache_dir()/fastpaths.json` keyed by the machine
+(CPU model, cores, MLX, BLAS, compiler), and `mlx-rsg info` reports it. A path is used where
+it is at least MIN_SPEEDUP faster. `MLX_RSG_FAST_PATHS` overrides: `auto` (default), `all`,
+`none`, or a comma list of the paths to use.
+
+`apply(backbone)` gives *our* model's modules the fast classes (an instance's class is swapped
+for a subclass); mlx-lm itself and any other model in the process stay as they are. On a GPU
+nothing is applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+PATHS = ("attention", "gelu", "quant", "rows")
+MIN_SPEEDUP = 1.1  # below this the stock kernel stays: within noise, and it is MLX's own
+_DECIDED: dict[str, bool] = {}  # the latest decisions in this process (cpu_parallel reads rows)
+_GEMMA = {"gemma3", "gemma3_text"}
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """The model dimensions the micro-benchmarks run at (a batch of 8 x 128 tokens)."""
+
+    hidden: int = 640
+    intermediate: int = 2048
+    heads: int = 4
+    kv_heads: int = 1
+    head_dim: int = 256
+    batch: int = 8
+    length: int = 128
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Shapes:
+        heads = config.get("num_attention_heads", cls.heads)
+        return cls(
+            hidden=config["hidden_size"],
+            intermediate=config.get("intermediate_size", 4 * config["hidden_size"]),
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads", heads),
+            head_dim=config.get("head_dim", config["hidden_size"] // heads),
+        )
+
+    def key(self) -> str:
+        return "x".join(str(v) for v in asdict(self).values())
+
+
+@dataclass
+class Timing:
+    stock_ms: float
+    fast_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.stock_ms / self.fast_ms
+
+    @property
+    def use(self) -> bool:
+        return self.speedup >= MIN_SPEEDUP
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _best_ms(fns: dict[str, Any], rounds: int = 5) -> dict[str, float]:
+    """Best wall time of each evaluated fn() in ms, the fns alternating round by round."""
+    for fn in fns.values():
+        mx.eval(fn())  # warm-up: compilation, first allocations
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            mx.eval(fn())
+            best[name] = min(best[name], (time.perf_counter() - t) * 1e3)
+    return best
+
+
+def _block(s: Shapes):
+    from mlx_lm.models import gemma3_text
+
+    args = gemma3_text.ModelArgs(
+        model_type="gemma3_text", hidden_size=s.hidden, intermediate_size=s.intermediate,
+        num_attention_heads=s.heads, num_key_value_heads=s.kv_heads, head_dim=s.head_dim,
+        num_hidden_layers=1, vocab_size=16, query_pre_attn_scalar=s.head_dim,
+    )  # fmt: skip
+    block = gemma3_text.TransformerBlock(args, 0)
+    mx.eval(block.parameters())
+    return block
+
+
+def time_attention(s: Shapes) -> Timing:
+    from mlx_rsg.fast_attention import attention, stock_attention
+
+    q = mx.random.normal((s.batch, s.heads, s.length, s.head_dim))
+    k, v = (mx.random.normal((s.batch, s.kv_heads, s.length, s.head_dim)) for _ in range(2))
+    scale = s.head_dim**-0.5
+    t = _best_ms({
+        "stock": lambda: stock_attention(q, k, v, cache=None, scale=scale, mask="causal"),
+        "fast": lambda: attention(q, k, v, scale=scale, mask="causal"),
+    })  # fmt: skip
+    return Timing(t["stock"], t["fast"])
+
+
+def time_gelu(s: Shapes) -> Timing:
+    from mlx_rsg.fast_gelu import gelu_mul, stock_gelu_mul
+
+    gate, up = (mx.random.normal((s.batch, s.length, s.intermediate)) for _ in range(2))
+    t = _best_ms({"stock": lambda: stock_gelu_mul(gate, up), "fast": lambda: gelu_mul(gate, up)})
+    return Timing(t["stock"], t["fast"])
+
+
+def time_quant(s: Shapes, bits: int = 4, group_size: int = 64, rows: int = 32) -> Timing:
+    from mlx_rsg.fast_quant import FastQuantizedLinear
+
+    stock = nn.QuantizedLinear.from_linear(nn.Linear(s.hidden, s.intermediate, bias=False),
+                                           group_size=group_size, bits=bits)  # fmt: skip
+    fast = nn.QuantizedLinear.from_linear(nn.Linear(s.hidden, s.intermediate, bias=False),
+                                          group_size=group_size, bits=bits)  # fmt: skip
+    fast.__class__ = FastQuantizedLinear
+    x = mx.random.normal((rows, s.hidden))
+    mx.eval(stock.parameters(), fast.parameters(), x)
+    t = _best_ms({"stock": lambda: stock(x), "fast": lambda: fast(x)}, rounds=3)
+    return Timing(t["stock"], t["fast"])
+
+
+def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True) -> Timing | None:
+    """One synthetic Gemma 3 block forward (with the attention and GELU that will run): one
+    stream vs a row chunk per core."""
+    from mlx_lm.models.base import create_attention_mask
+
+    from mlx_rsg.cpu_parallel import cpu_cores, row_parallel
+    from mlx_rsg.fast_attention import FastAttention
+    from mlx_rsg.fast_gelu import FastMLP
+
+    if cpu_cores() < 2:
+        return None
+    block = _block(s)
+    if fast_attention:
+        block.self_attn.__class__ = FastAttention
+    if fast_gelu:
+        block.mlp.__class__ = FastMLP
+    h = mx.random.normal((s.batch, s.length, s.hidden))
+
+    def forward(x):
+        return block(x, create_attention_mask(x, None), None)
+
+    def rows():
+        return row_parallel(forward, h, parts=cpu_cores())
+
+    t = _best_ms({"stock": lambda: forward(h), "fast": rows}, rounds=3)
+    return Timing(t["stock"], t["fast"])
+
+
+def measure(
+    shapes: Shapes, paths: tuple[str, ...] = PATHS, known: dict[str, Timing] | None = None
+) -> dict[str, Timing]:
+    """Time each of `paths` against stock on `shapes` (rows: only with 2+ cores, with the
+    attention and GELU that `known` or this measurement chose)."""
+    out = dict(known or {})
+    for name in paths:
+        if name == "rows":
+            chosen = {p: out[p].use if p in out else True for p in ("attention", "gelu")}
+            timing = time_rows(shapes, chosen["attention"], chosen["gelu"])
+        else:
+            timing = {"attention": time_attention, "gelu": time_gelu, "quant": time_quant}[name](
+                shapes
+            )
+        if timing is not None:
+            out[name] = timing
+    return {p: out[p] for p in paths if p in out}
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def machine() -> dict[str, Any]:
+    """What a timing depends on besides the shapes."""
+    from mlx_rsg import __version__, _blas
+    from mlx_rsg.cpu_parallel import cpu_cores
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": cpu_cores(),
+        "mlx": mx.__version__,
+        "mlx_rsg": __version__,
+        "blas": _blas.describe(),
+        "cxx": bool(shutil.which("g++")),  # MLX's CPU compile fuses kernels only with g++
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            lines = f.read().split("\n\n")[0].splitlines()
+        pairs = (line.split(":", 1) for line in lines if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in pairs}
+        keys = ("model name", "cpu family", "model", "stepping", "CPU implementer", "CPU part")
+        return " / ".join(fields[k] for k in keys if k in fields) or platform.processor()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}".strip()
+
+
+def _machine_key(m: dict[str, Any]) -> str:
+    return json.dumps(m, sort_keys=True)
+
+
+def cache_path():
+    from mlx_rsg._blas import cache_dir
+
+    return cache_dir() / "fastpaths.json"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        value = json.loads(cache_path().read_text(encoding="utf-8"))
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged: measure again
+
+
+def cached(shapes: Shapes) -> dict[str, Timing]:
+    entry = _read_cache().get(_machine_key(machine()), {}).get(shapes.key(), {})
+    return {
+        name: Timing(t["stock_ms"], t["fast_ms"])
+        for name, t in entry.get("paths", {}).items()
+        if isinstance(t, dict) and name in PATHS
+    }
+
+
+def timings(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None) -> dict[str, Timing]:
+    """Cached timings of `paths` on this machine, measuring (and caching) the missing ones."""
+    from mlx_rsg.io import atomic_file
+
+    have = cached(shapes)
+    missing = tuple(p for p in paths if p not in have)
+    if missing:
+        if log:
+            log(f"fast paths: timing {', '.join(missing)} against stock MLX on this machine "
+                "(once; cached)")  # fmt: skip
+        have.update(measure(shapes, missing, known=have))
+        data = _read_cache()
+        mkey = _machine_key(machine())
+        data.setdefault(mkey, {})[shapes.key()] = {
+            "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "paths": {n: {"stock_ms": t.stock_ms, "fast_ms": t.fast_ms} for n, t in have.items()},
+        }
+        try:
+            with atomic_file(cache_path()) as f:
+                json.dump(data, f, indent=1)
+        except OSError:
+            pass  # a read-only home: decide again next time
+    return {p: have[p] for p in paths if p in have}
+
+
+# --------------------------------------------------------------------------- deciding
+
+
+def _override() -> set[str] | None:
+    """The paths MLX_RSG_FAST_PATHS forces on, or None for `auto`."""
+    value = os.environ.get("MLX_RSG_FAST_PATHS", "auto").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value == "all":
+        return set(PATHS)
+    if value == "none":
+        return set()
+    return {p.strip() for p in value.split(",") if p.strip()}
+
+
+def decide(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None) -> dict[str, bool]:
+    """Which of `paths` to use on this machine (False for all of them on a GPU)."""
+    if mx.default_device() != mx.cpu:
+        return dict.fromkeys(paths, False)
+    forced = _override()
+    if forced is not None:
+        return {p: p in forced for p in paths}
+    measured = timings(shapes, paths, log)
+    return {p: p in measured and measured[p].use for p in paths}
+
+
+def rows_enabled() -> bool:
+    """Whether batched inference splits rows over the cores (cpu_parallel); True until a model
+    load decided otherwise."""
+    return _DECIDED.get("rows", True)
+
+
+def _swap(model: nn.Module, stock: type, fast: type, use: bool) -> int:
+    """Give every `stock` (or `fast`) module of model the class `fast` (use) or `stock`."""
+    n = 0
+    for m in model.modules():
+        if type(m) in (stock, fast):
+            m.__class__ = fast if use else stock
+            n += 1
+    return n
+
+
+def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, bool] | None = None):
+    """Decide (or take `use`) and give model's modules the fast classes that win here; returns
+    {path: used}."""
+    from mlx_lm.models import gemma3_text
+
+    from mlx_rsg.fast_attention import FastAttention
+    from mlx_rsg.fast_gelu import FastMLP
+    from mlx_rsg.fast_quant import FastQuantizedLinear
+
+    relevant = ["rows"]
+    if config.get("model_type") in _GEMMA:
+        relevant[:0] = ["attention", "gelu"]
+    if any(isinstance(m, nn.QuantizedLinear) for m in model.modules()):
+        relevant.append("quant")
+    if use is None:
+        use = decide(Shapes.of(config), tuple(relevant), log)
+    if "attention" in use:
+        _swap(model, gemma3_text.Attention, FastAttention, use["attention"])
+    if "gelu" in use:
+        _swap(model, gemma3_text.MLP, FastMLP, use["gelu"])
+    if "quant" in use:
+        _swap(model, nn.QuantizedLinear, FastQuantizedLinear, use["quant"])
+    if "rows" in use:
+        _DECIDED["rows"] = use["rows"]
+    return use
+
+
+def report(shapes: Shapes | None = None, log=print) -> dict[str, Timing]:
+    """Print each path's timing on this machine (measured now if not cached) and the choice."""
+    shapes = shapes or Shapes()
+    forced = _override()
+    measured = timings(shapes, PATHS)
+    for name in PATHS:
+        t = measured.get(name)
+        if t is None:
+            log(f"  {name:<9} n/a (one core)")
+            continue
+        on = t.use if forced is None else name in forced
+        how = "" if forced is None else " (MLX_RSG_FAST_PATHS)"
+        log(f"  {name:<9} stock {t.stock_ms:7.1f} ms  fast {t.fast_ms:7.1f} ms  "
+            f"{t.speedup:5.2f}x  -> {'fast' if on else 'stock'}{how}")  # fmt: skip
+    return measured

@@ -1,0 +1,137 @@
+"""Per-machine fast paths: timed once against stock, cached per machine, applied to our models
+only, overridable."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import pytest
+from mlx_lm.models import gemma3_text
+from tiny_model import tiny_model_dir  # noqa: F401
+
+from mlx_rsg import fastpaths
+from mlx_rsg.fast_attention import FastAttention
+from mlx_rsg.fast_gelu import FastMLP
+from mlx_rsg.fastpaths import Shapes, Timing
+
+TINY = Shapes(hidden=64, intermediate=128, heads=4, kv_heads=1, head_dim=16, batch=4, length=16)
+
+
+@pytest.fixture
+def auto(tmp_path, monkeypatch):
+    """Decisions from timings (not the tests' MLX_RSG_FAST_PATHS=all), cached in tmp_path."""
+    monkeypatch.setenv("MLX_RSG_FAST_PATHS", "auto")
+    monkeypatch.setenv("MLX_RSG_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def _fake_measure(monkeypatch, timings: dict[str, Timing]) -> list:
+    calls = []
+
+    def measure(shapes, paths, known=None):
+        calls.append(paths)
+        return {p: timings[p] for p in paths if p in timings}
+
+    monkeypatch.setattr(fastpaths, "measure", measure)
+    return calls
+
+
+def test_measure_times_every_path_for_real():
+    got = fastpaths.measure(TINY)
+    assert set(got) >= {"attention", "gelu", "quant"}
+    for t in got.values():
+        assert t.stock_ms > 0 and t.fast_ms > 0
+
+
+def test_decisions_follow_the_speedup_and_are_cached_per_machine(auto, monkeypatch):
+    calls = _fake_measure(monkeypatch, {
+        "attention": Timing(stock_ms=20.0, fast_ms=240.0),  # the Xeon + MKL case: much slower
+        "gelu": Timing(stock_ms=56.0, fast_ms=5.0),
+        "quant": Timing(stock_ms=10.0, fast_ms=9.5),  # within MIN_SPEEDUP: stock stays
+        "rows": Timing(stock_ms=100.0, fast_ms=80.0),
+    })  # fmt: skip
+    want = {"attention": False, "gelu": True, "quant": False, "rows": True}
+    assert fastpaths.decide(TINY) == want
+    assert fastpaths.decide(TINY) == want
+    assert len(calls) == 1  # the second decision came from the cache
+    data = json.loads((auto / "fastpaths.json").read_text())
+    (machine, entry), = data.items()
+    assert json.loads(machine) == fastpaths.machine()
+    assert entry[TINY.key()]["paths"]["attention"] == {"stock_ms": 20.0, "fast_ms": 240.0}
+    other = Shapes(hidden=128, intermediate=256, heads=4, kv_heads=1, head_dim=32)
+    fastpaths.decide(other, ("gelu",))
+    assert calls[-1] == ("gelu",)  # other shapes are timed on their own
+
+
+def test_another_machine_times_again(auto, monkeypatch):
+    calls = _fake_measure(monkeypatch, {"gelu": Timing(10.0, 1.0)})
+    fastpaths.decide(TINY, ("gelu",))
+    monkeypatch.setattr(fastpaths, "machine", lambda: {"cpu": "another", "blas": "MKL"})
+    fastpaths.decide(TINY, ("gelu",))
+    assert len(calls) == 2
+
+
+def test_a_damaged_cache_is_measured_again(auto, monkeypatch):
+    (auto / "fastpaths.json").write_text("{not json")
+    calls = _fake_measure(monkeypatch, {"gelu": Timing(10.0, 1.0)})
+    assert fastpaths.decide(TINY, ("gelu",)) == {"gelu": True}
+    assert calls and json.loads((auto / "fastpaths.json").read_text())
+
+
+@pytest.mark.parametrize("value, want", [
+    ("all", {"attention": True, "gelu": True, "quant": True, "rows": True}),
+    ("none", {"attention": False, "gelu": False, "quant": False, "rows": False}),
+    ("gelu, rows", {"attention": False, "gelu": True, "quant": False, "rows": True}),
+])  # fmt: skip
+def test_environment_overrides_without_timing(auto, monkeypatch, value, want):
+    calls = _fake_measure(monkeypatch, {})
+    monkeypatch.setenv("MLX_RSG_FAST_PATHS", value)
+    assert fastpaths.decide(TINY) == want
+    assert not calls
+
+
+def test_nothing_on_a_gpu(auto, monkeypatch):
+    monkeypatch.setattr(mx, "default_device", lambda: mx.gpu)
+    assert fastpaths.decide(TINY) == dict.fromkeys(fastpaths.PATHS, False)
+
+
+def test_fast_classes_go_to_our_model_only(tiny_model_dir):  # noqa: F811
+    """A user's own mlx-lm model in the same process keeps mlx-lm's classes and code."""
+    from mlx_lm.utils import load_model
+
+    from mlx_rsg.backbone import load_backbone
+
+    stock_call = gemma3_text.MLP.__call__, gemma3_text.Attention.__call__
+    theirs, _ = load_model(tiny_model_dir)
+    ours = load_backbone(tiny_model_dir)  # MLX_RSG_FAST_PATHS=all in the tests
+    assert all(type(layer.mlp) is FastMLP for layer in ours.layers)
+    assert all(type(layer.self_attn) is FastAttention for layer in ours.layers)
+    assert all(type(layer.mlp) is gemma3_text.MLP for layer in theirs.model.layers)
+    assert all(type(layer.self_attn) is gemma3_text.Attention for layer in theirs.model.layers)
+    assert (gemma3_text.MLP.__call__, gemma3_text.Attention.__call__) == stock_call
+    again, _ = load_model(tiny_model_dir)
+    assert type(again.model.layers[0].mlp) is gemma3_text.MLP
+
+
+def test_apply_can_switch_back_and_keeps_values(tiny_model_dir):  # noqa: F811
+    from mlx_rsg.backbone import hidden_states, load_backbone
+
+    bb = load_backbone(tiny_model_dir)
+    tokens = mx.array([[2, 17, 45, 99, 3, 250, 7, 8, 9, 10]])
+    fast = hidden_states(bb, tokens)
+    fastpaths.apply(bb.model, bb.config, use={"attention": False, "gelu": False})
+    assert type(bb.layers[0].self_attn) is gemma3_text.Attention
+    stock = hidden_states(bb, tokens)
+    assert mx.allclose(fast, stock, atol=1e-4).item()
+
+
+def test_report_prints_each_path(auto, monkeypatch):
+    _fake_measure(monkeypatch, {"attention": Timing(20.0, 240.0), "gelu": Timing(56.0, 5.0),
+                                "quant": Timing(10.0, 1.0)})  # fmt: skip
+    lines = []
+    fastpaths.report(TINY, log=lines.append)
+    assert lines[0].split() == ["attention", "stock", "20.0", "ms", "fast", "240.0", "ms",
+                                "0.08x", "->", "stock"]  # fmt: skip
+    assert lines[1].endswith("11.20x  -> fast")
+    assert lines[3].split()[:2] == ["rows", "n/a"]
