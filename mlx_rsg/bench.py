@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.progress import Progress
 
 BENCH_FORMAT = "mlx-rsg-bench"
 BENCH_VERSION = 1
@@ -203,7 +204,7 @@ def select_data(
     if not Path(data_dir).exists():
         raise UserError(f"--data: {data_dir} does not exist")
     run = SimpleNamespace(info=info, tasks=list(info["tasks"]))
-    records = _data_records(run, data_dir, cfg.split, "all", cfg.max_per_task)
+    records = _data_records(run, data_dir, cfg.split, "all", cfg.max_per_task, cfg.seed)
     skipped = {}
     for task in TASKS:
         if task in records:
@@ -308,30 +309,20 @@ def check_submission(zip_path: Path, records: dict[str, list], preds: dict, scor
 # --------------------------------------------------------------------------- timing
 
 
-def _progress(total: int, desc: str):
-    from mlx_rsg.train import Progress
-
-    return Progress(total, desc)
-
-
 def predict_all(predictor, records: dict[str, list], batch_size: int, desc: str):
     """Predictions per task (the Predictor.predictions path) and the pass's wall time."""
     from mlx_rsg.predict import score_units
     from mlx_rsg.tasks import decode, make_units
 
     n_units = sum(len(make_units(t, recs, train=False)) for t, recs in records.items())
-    bar = _progress(n_units, desc)
-
-    def counted(batch, h0=None):  # the model, ticking the bar (score_units evaluates)
-        rows = int(batch.tokens.shape[0])
-        bar.update(rows, rows)
-        return predictor.model(batch, h0)
+    bar = Progress(n_units, desc)
 
     preds, seconds = {}, 0.0
     for task, recs in records.items():
         t0 = time.perf_counter()
         units, logits = score_units(
-            counted, predictor.tokenizer, task, recs, predictor.max_len, batch_size
+            predictor.model, predictor.tokenizer, task, recs, predictor.max_len, batch_size,
+            on_batch=lambda rows: bar.update(rows, rows),
         )
         preds[task] = decode(task, recs, [u.key for u in units], logits)
         seconds += time.perf_counter() - t0
@@ -363,7 +354,7 @@ def measure_latency(predictor, sample: list, warmup: int, desc: str) -> dict[str
 
     for task, rec in sample[:warmup]:
         one(task, rec)
-    bar = _progress(len(sample), desc)
+    bar = Progress(len(sample), desc)
     times = []
     for task, rec in sample:
         t0 = time.perf_counter()
@@ -494,12 +485,11 @@ def _env() -> dict[str, Any]:
 
     from mlx_rsg import __version__, _blas
 
-    blas = "Accelerate" if sys.platform == "darwin" else (_blas.BLAS_PATH or "reference")
     return {
         "mlx_rsg": __version__,
         "mlx": mx.__version__,
         "device": str(mx.default_device()),
-        "blas": blas,
+        "blas": _blas.describe(),
     }
 
 

@@ -21,10 +21,11 @@ from mlx_rsg.errors import UserError
 
 
 def score_units(
-    model, tokenizer, task: str, records: list, max_len: int, batch_size: int, h0_fn=None
-):
+    model, tokenizer, task: str, records: list, max_len: int, batch_size: int, h0_fn=None,
+    on_batch=None,
+):  # fmt: skip
     """Run the classifier over every unit of `records`; return (units, logits) in unit order,
-    logits a numpy array (n_units, n_out)."""
+    logits a numpy array (n_units, n_out). `on_batch(rows)` is called after each batch."""
     import mlx.core as mx
 
     from mlx_rsg.batching import encode_units, make_batches
@@ -40,6 +41,8 @@ def score_units(
         logits = model_rows(model, batch, h0)  # one row chunk per CPU core (evaluated)
         for key, row in zip(batch.keys, np.array(logits.astype(mx.float32)), strict=True):
             by_key[key] = row
+        if on_batch is not None:
+            on_batch(len(batch.keys))
     return units, np.stack([by_key[u.key] for u in units]) if units else np.zeros((0, 1))
 
 
@@ -51,20 +54,32 @@ def evaluate(
     batch_size: int,
     log=None,
     h0_fn=None,
+    desc: str | None = None,
 ) -> dict[str, Any]:
     """Official val metrics per task, each with a single `score` (two-metric tasks averaged),
-    and `score`: their unweighted mean. `h0_fn(batch)` supplies cached frozen-prefix outputs."""
+    and `score`: their unweighted mean. `h0_fn(batch)` supplies cached frozen-prefix outputs.
+    `desc`: show a progress bar over the units, so named."""
     from mlx_rsg.metrics import score_task
-    from mlx_rsg.tasks import decode
+    from mlx_rsg.progress import Progress
+    from mlx_rsg.tasks import decode, make_units
 
     model.eval()
+    bar = None
+    if desc:
+        n = sum(len(make_units(t, recs, train=False)) for t, recs in records_by_task.items())
+        bar = Progress(n, desc)
+    tick = None if bar is None else (lambda rows: bar.update(rows, rows))
     tasks: dict[str, dict[str, float]] = {}
     for task, records in records_by_task.items():
-        units, logits = score_units(model, tokenizer, task, records, max_len, batch_size, h0_fn)
+        units, logits = score_units(
+            model, tokenizer, task, records, max_len, batch_size, h0_fn, on_batch=tick
+        )
         preds = decode(task, records, [u.key for u in units], logits)
         metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
         metrics["score"] = float(np.mean(list(metrics.values())))
         tasks[task] = metrics
+    if bar is not None:
+        bar.close()
     score = float(np.mean([m["score"] for m in tasks.values()])) if tasks else float("nan")
     return {"tasks": tasks, "score": score}
 
@@ -236,10 +251,15 @@ def _with_line(name, n, obj):
 
 
 def _data_records(
-    predictor: Predictor, data_dir: str, split: str, task_list: str, max_per_task: int | None
+    predictor: Predictor,
+    data_dir: str,
+    split: str,
+    task_list: str,
+    max_per_task: int | None,
+    seed: int = 0,
 ) -> dict[str, list]:
     from mlx_rsg.data import TASKS, available_splits, load_split
-    from mlx_rsg.run import diagnostic_records, first_examples, parse_tasks
+    from mlx_rsg.run import diagnostic_records, parse_tasks, sample_examples
 
     wanted = set(parse_tasks(task_list)) if task_list.lower() != "all" else set(TASKS)
     out: dict[str, list] = {}
@@ -258,7 +278,7 @@ def _data_records(
                 continue
             records = load_split(data_dir, task, split)
         if records:
-            out[task] = first_examples(task, records, max_per_task)
+            out[task] = sample_examples(task, records, max_per_task, seed, split)
     if not out:
         raise UserError(
             f"{data_dir}: no {split} data for this run's tasks ({', '.join(predictor.tasks)})"
@@ -282,7 +302,8 @@ def _add_lidirus(predictor: Predictor) -> None:
 
 
 def cli(
-    *, run_dir, task, input_path, data_dir, split, task_list, submission, batch_size, max_per_task
+    *, run_dir, task, input_path, data_dir, split, task_list, submission, batch_size, max_per_task,
+    seed=0,
 ) -> None:
     import json
 
@@ -306,7 +327,7 @@ def cli(
         for row in predictor.predict(task, records):
             click.echo(json.dumps(row, ensure_ascii=False, default=_json_default))
         return
-    by_task = _data_records(predictor, data_dir, split, task_list, max_per_task)
+    by_task = _data_records(predictor, data_dir, split, task_list, max_per_task, seed)
     if split == "test":
         if not submission:
             raise UserError("--split test needs --submission out.zip (test labels are hidden)")

@@ -42,6 +42,7 @@ from typing import Any
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object
+from mlx_rsg.progress import Progress
 from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
     METHODS,
     RUN_FORMAT,
@@ -55,6 +56,8 @@ from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
     examples_in,
     parse_tasks,
     read_run_json,
+    sample_examples,
+    sample_records,
     save_weights,
     task_info,
     trainable_weights,
@@ -121,58 +124,6 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise UserError(f"--{name.replace('_', '-')}: must be >= 0")
-
-
-# --------------------------------------------------------------------------- progress bar
-
-
-class Progress:
-    """A one-line progress bar on stderr: batches, loss, examples/s, ETA. Redrawn in place on a
-    terminal; one plain line every ~10% otherwise (logs, CI)."""
-
-    def __init__(self, total: int, desc: str, stream=None):
-        self.total, self.desc = total, desc
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.start = time.perf_counter()
-        self.done = self.examples = 0
-        self.loss: float | None = None
-        self._next_plain = 0
-
-    def update(self, batches: int, examples: int, loss: float | None = None) -> None:
-        self.done += batches
-        self.examples += examples
-        if loss is not None:
-            self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
-        if self.tty or self.done >= self._next_plain or self.done == self.total:
-            self._draw()
-            self._next_plain = self.done + max(1, self.total // 10)
-
-    def _draw(self) -> None:
-        elapsed = time.perf_counter() - self.start
-        rate = self.examples / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        width = 20
-        fill = int(width * self.done / max(self.total, 1))
-        line = (
-            f"{self.desc} [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total}"
-            + (f" loss {self.loss:.4f}" if self.loss is not None else "")
-            + f" {rate:.1f} ex/s ETA {_fmt_time(eta)}"
-        )
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -303,24 +254,6 @@ def read_checkpoint(run_dir: Path, model, optimizer) -> dict[str, Any]:
 # --------------------------------------------------------------------------- data plan
 
 
-def _subset(items: list, limit: int | None, seed: int, salt: str, size=None) -> list:
-    """Records drawn once from (seed, salt) until their examples reach `limit`, kept in their
-    original order. `size(record)` counts a record's examples (default 1), so that a cap means
-    the same thing for every task: one MuSeRC passage holds ~24 answer examples."""
-    size = size or (lambda _: 1)
-    if limit is None or sum(size(r) for r in items) <= limit:
-        return list(items)
-    order = list(range(len(items)))
-    random.Random(f"{seed}:{salt}").shuffle(order)
-    keep, total = [], 0
-    for i in order:
-        if total >= limit:
-            break
-        keep.append(i)
-        total += size(items[i])
-    return [items[i] for i in sorted(keep)]
-
-
 @dataclass
 class TaskData:
     name: str
@@ -340,27 +273,22 @@ def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]
         val = load_split(data_dir, task, "val") if "val" in splits else []
         out[task] = TaskData(
             task,
-            _subset(
+            sample_records(
                 train,
                 cfg.max_train_per_task,
                 cfg.seed,
                 f"{task}:train",
                 lambda r, t=task: examples_in(t, r, cfg.max_negatives),
             ),
-            _subset(
-                val,
-                cfg.max_eval_per_task,
-                cfg.seed,
-                f"{task}:val",
-                lambda r, t=task: examples_in(t, r),
-            ),
+            sample_examples(task, val, cfg.max_eval_per_task, cfg.seed, "val"),
         )
         log(f"{task}: {len(out[task].train)}/{len(train)} train, {len(out[task].val)} val records")
     if "TERRa" in cfg.tasks:
         lidirus = diagnostic_records(data_dir)
         if lidirus:
             out["LiDiRus"] = TaskData(
-                "LiDiRus", [], _subset(lidirus, cfg.max_eval_per_task, cfg.seed, "LiDiRus:val")
+                "LiDiRus", [], sample_examples("LiDiRus", lidirus, cfg.max_eval_per_task, cfg.seed,
+                                               "val")
             )
             log(
                 f"LiDiRus: {len(out['LiDiRus'].val)} diagnostic records, scored with the TERRa head"
@@ -594,8 +522,8 @@ def train(
     stopped = False
     for epoch in range(position["epoch"], cfg.epochs):
         batches = plan(epoch)
-        bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
-        bar.done = position["batch_in_epoch"]
+        bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}",
+                       done=position["batch_in_epoch"])  # fmt: skip
         model.train()
         accum, n_accum, step_losses = None, 0, []
         for i in range(position["batch_in_epoch"], len(batches)):
@@ -643,6 +571,7 @@ def train(
             cfg.batch_size,
             log=log,
             h0_fn=val_cache.prefix if val_cache is not None else None,
+            desc=f"val {epoch + 1}/{cfg.epochs}",
         )
         entry = {
             "epoch": epoch + 1,
@@ -709,9 +638,8 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
     final = None
     if "LiDiRus" in data:
         best = position["history"][position["best"]["epoch"] - 1]
-        diag = evaluate(
-            model, tokenizer, {"LiDiRus": data["LiDiRus"].val}, cfg.max_len, cfg.batch_size, log=log
-        )
+        diag = evaluate(model, tokenizer, {"LiDiRus": data["LiDiRus"].val}, cfg.max_len,
+                        cfg.batch_size, log=log, desc="LiDiRus")  # fmt: skip
         per_task = {**best["tasks"], **diag["tasks"]}
         final = {
             "tasks": per_task,
