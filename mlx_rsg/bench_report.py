@@ -69,7 +69,8 @@ def write_markdown(result: dict[str, Any]) -> str:
         "",
         f"Split `{cfg['split']}` of `{cfg['data']}`"
         + (
-            f", first records up to ~{cfg['max_per_task']} examples per task"
+            f", ~{cfg['max_per_task']} examples per task (whole records drawn with seed "
+            f"{cfg['seed']})"
             if cfg["max_per_task"]
             else ""
         )

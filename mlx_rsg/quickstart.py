@@ -33,9 +33,14 @@ class QuickstartConfig:
     max_len: int = 128
     max_train_per_task: int = 240  # classification examples per task
     max_eval_per_task: int = 80
-    bench_max_per_task: int = 80
     recipes: tuple[str, ...] = ("q8", "q4", "q4-gptq")  # quantize/<name>.toml
     seed: int = 0
+
+
+# Each step's share of the whole run, measured (README: `mlx-rsg quickstart`), printed as each
+# step starts so a newcomer can tell how far along it is. The run's total depends on the CPU.
+STEP_SHARES = {"convert": 0.05, "train": 0.45, "quantize": 0.25, "bench": 0.25}
+MEASURED_MINUTES = 14  # the whole quickstart on 2 cores (README), for the first line
 
 
 def _log(msg: str) -> None:
@@ -50,13 +55,23 @@ def _done_run(path: Path) -> bool:
     return info.get("status") == "done" and (path / "trainable.safetensors").is_file()
 
 
+def _share(step: str, parts: int = 1) -> str:
+    return f"(~{100 * STEP_SHARES[step] / parts:.0f}% of the quickstart's time)"
+
+
+def _timed(label: str, fn, *args) -> None:
+    t0 = time.perf_counter()
+    fn(*args)
+    _log(f"      {label} took {(time.perf_counter() - t0) / 60:.1f} min")
+
+
 def step_convert(cfg: QuickstartConfig, model_dir: Path) -> None:
     from mlx_rsg.convert import convert
 
     if (model_dir / "mlx_rsg.json").is_file():
         _log(f"[1/4] convert: using {model_dir}")
         return
-    _log(f"[1/4] convert {cfg.source} -> {model_dir}")
+    _log(f"[1/4] convert {cfg.source} -> {model_dir} {_share('convert')}")
     convert(cfg.source, model_dir, dtype="float32", force=model_dir.exists())
 
 
@@ -68,7 +83,7 @@ def step_train(cfg: QuickstartConfig, model_dir: Path, data_dir: Path, run_dir: 
         _log(f"[2/4] train: using {run_dir}")
         return
     tasks = tasks_with_train(data_dir, TRAIN_TASKS)
-    _log(f"[2/4] train {cfg.method} on {', '.join(tasks)} -> {run_dir}")
+    _log(f"[2/4] train {cfg.method} on {', '.join(tasks)} -> {run_dir} {_share('train')}")
     tcfg = TrainConfig(
         tasks=tasks,
         method=cfg.method,
@@ -91,7 +106,7 @@ def step_quantize(run_dir: Path, out: Path, recipe: str, data_dir: Path) -> None
     if _done_run(out):
         _log(f"[3/4] quantize: using {out}")
         return
-    _log(f"[3/4] quantize {recipe} -> {out}")
+    _log(f"[3/4] quantize {recipe} -> {out} {_share('quantize', 3)}")
     quantize(run_dir, out, recipe=recipe, force=out.exists(), calib_data=data_dir)
 
 
@@ -102,22 +117,48 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
     data_dir, work = Path(data_dir), Path(work_dir)
     if not data_dir.exists():
         raise UserError(f"--data: {data_dir} does not exist")
+    from mlx_rsg._blas import warn_if_slow
+
+    warn_if_slow(_log)
     if force and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     model_dir, runs = work / "model", work / "runs"
     t0 = time.perf_counter()
-    step_convert(cfg, model_dir)
-    step_train(cfg, model_dir, data_dir, runs / "fp32")
+    _log(f"quickstart: 4 steps, {MEASURED_MINUTES} min measured on 2 CPU cores with a fast BLAS; "
+         "each step says its share of the time")  # fmt: skip
+    _timed("convert", step_convert, cfg, model_dir)
+    _timed("train", step_train, cfg, model_dir, data_dir, runs / "fp32")
     variants = []
     for recipe in cfg.recipes:
-        step_quantize(runs / "fp32", runs / recipe, recipe, data_dir)
+        _timed(f"quantize {recipe}", step_quantize, runs / "fp32", runs / recipe, recipe, data_dir)
         variants.append(str(runs / recipe))
-    _log("[4/4] bench fp32 vs " + ", ".join(cfg.recipes))
-    bcfg = BenchConfig(max_per_task=cfg.bench_max_per_task, force=True, seed=cfg.seed)
+    _log(f"[4/4] bench fp32 vs {', '.join(cfg.recipes)} {_share('bench')}")
+    # The same val records training evaluated on (same cap, same seed), so bench's fp32 total
+    # is the training run's total with LiDiRus.
+    bcfg = BenchConfig(max_per_task=cfg.max_eval_per_task, force=True, seed=cfg.seed)
+    t_bench = time.perf_counter()
     result = bench(str(runs / "fp32"), variants, str(data_dir), str(work / "bench"), bcfg, _log)
+    _log(f"      bench took {(time.perf_counter() - t_bench) / 60:.1f} min")
     minutes = (time.perf_counter() - t0) / 60
     table = (work / "bench" / "bench.md").read_text(encoding="utf-8")
     print(table.split("### Per-class")[0].strip())
-    print(f"\nquickstart: {minutes:.1f} min; everything is in {work}/ (bench/bench.md for details)")
+    print(f"\n{_same_records_note(runs / 'fp32', result, cfg)}")
+    print(f"quickstart: {minutes:.1f} min; everything is in {work}/ (bench/bench.md for details)")
     return result
+
+
+def _same_records_note(run_dir: Path, result: dict, cfg: QuickstartConfig) -> str:
+    """Training printed a val score per epoch; say how it relates to the table's fp32 total."""
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    best = metrics["best"]["score"]
+    fp32 = result["variants"][0]
+    total = fp32["total"] if fp32["total"] is not None else fp32["total_fixture"]
+    with_lidirus = ""
+    if metrics.get("final"):
+        with_lidirus = f"; with LiDiRus, as bench counts, {metrics['final']['total']:.3f}"
+    return (
+        f"Training's val score {best:.3f} (best epoch) is the mean over the trained tasks"
+        f"{with_lidirus}; bench's fp32 total {total:.3f}: the same ~{cfg.max_eval_per_task} "
+        f"val examples per task (seed {cfg.seed})."
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -242,17 +243,29 @@ def examples_in(task: str, record, max_negatives: int | None = None) -> int:
     return n
 
 
-def first_examples(task: str, records: list, limit: int | None) -> list:
-    """The first records whose examples reach `limit` (all of them when limit is None)."""
-    if limit is None:
-        return list(records)
-    out, total = [], 0
-    for r in records:
+def sample_records(items: list, limit: int | None, seed: int, salt: str, size=None) -> list:
+    """Records drawn once from (seed, salt) until their examples reach `limit`, kept in their
+    original order. `size(record)` counts a record's examples (default 1), so that a cap means
+    the same thing for every task: one MuSeRC passage holds ~24 answer examples. A seeded draw,
+    not the first records: the first records of a split are not a label-balanced sample."""
+    size = size or (lambda _: 1)
+    if limit is None or sum(size(r) for r in items) <= limit:
+        return list(items)
+    order = list(range(len(items)))
+    random.Random(f"{seed}:{salt}").shuffle(order)
+    keep, total = [], 0
+    for i in order:
         if total >= limit:
             break
-        out.append(r)
-        total += examples_in(task, r)
-    return out
+        keep.append(i)
+        total += size(items[i])
+    return [items[i] for i in sorted(keep)]
+
+
+def sample_examples(task: str, records: list, limit: int | None, seed: int, split: str) -> list:
+    """~`limit` examples of a split as whole records: the records `train --max-eval-per-task
+    LIMIT --seed SEED` evaluates on for split val, and `bench`/`predict --max-per-task` score."""
+    return sample_records(records, limit, seed, f"{task}:{split}", lambda r: examples_in(task, r))
 
 
 def weights_outside_backbone(model) -> dict:

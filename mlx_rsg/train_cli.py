@@ -226,10 +226,14 @@ def train_command(
 )
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option(
-    "--max-per-task", type=int, default=None, help="With --data: first records, up to ~N examples."
+    "--max-per-task", type=int, default=None,
+    help="With --data: ~N examples per task, whole records drawn with --seed.",
 )
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Draws --max-per-task's records (train --seed S draws the same val records).")
 def predict_command(
-    run_dir, task, input_path, data_dir, split, task_list, submission, batch_size, max_per_task
+    run_dir, task, input_path, data_dir, split, task_list, submission, batch_size, max_per_task,
+    seed,
 ):
     """Predict with a trained RUN_DIR: one JSON line per --input record, val scores of a --data
     split, or the official test submission zip."""
@@ -245,4 +249,5 @@ def predict_command(
         submission=submission,
         batch_size=batch_size,
         max_per_task=max_per_task,
+        seed=seed,
     )

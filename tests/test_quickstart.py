@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from tiny_model import build_tiny_model
 
 from mlx_rsg.quickstart import QuickstartConfig, quickstart
@@ -21,7 +22,6 @@ def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, cap
         max_len=64,
         max_train_per_task=24,
         max_eval_per_task=8,
-        bench_max_per_task=8,
     )
     work = tmp_path / "qs"
     result = quickstart(tiny_rsg_dir, work, cfg, force=False)
@@ -37,6 +37,17 @@ def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, cap
     for v in bench["variants"]:
         assert set(v["scores"]) >= {"TERRa", "RCB", "PARus", "LiDiRus"}
     assert "fp32" in out.out and "| q4-gptq | q4-gptq (q4 g64) |" in out.out  # table printed
+    # Bench scores the records training evaluated on: its fp32 total is training's final total.
+    final = json.loads((work / "runs" / "fp32" / "metrics.json").read_text())["final"]
+    fp32 = bench["variants"][0]
+    total = fp32["total"] if fp32["total"] is not None else fp32["total_fixture"]
+    assert total == pytest.approx(final["total"], abs=1e-12)  # summation order only
+    assert f"with LiDiRus, as bench counts, {final['total']:.3f}" in out.out
+    # Each step says its share of the time, then how long it took.
+    for step in ("[1/4] convert", "[2/4] train", "[3/4] quantize", "[4/4] bench"):
+        line = next(ln for ln in out.err.splitlines() if ln.startswith(step))
+        assert "% of the quickstart's time)" in line, line
+    assert "      train took " in out.err
 
     # Finished steps are reused: no retraining, the run dir is untouched.
     mtime = (work / "runs" / "fp32" / "trainable.safetensors").stat().st_mtime_ns

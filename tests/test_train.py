@@ -16,6 +16,7 @@ from tiny_model import tiny_model_dir, tiny_rsg_dir, tiny_train_config  # noqa: 
 import mlx_rsg  # noqa: F401
 from mlx_rsg import train as T
 from mlx_rsg.errors import UserError
+from mlx_rsg.run import sample_records
 
 
 def losses(run_dir: Path) -> list[dict]:
@@ -124,15 +125,16 @@ def test_parse_tasks():
 
 def test_cap_is_a_fixed_subset():
     items = list(range(100))
-    a = T._subset(items, 10, seed=1, salt="RUSSE:train")
-    assert len(a) == 10 and a == sorted(a) and a == T._subset(items, 10, 1, "RUSSE:train")
-    assert a != T._subset(items, 10, 2, "RUSSE:train")
-    assert T._subset(items, None, 1, "x") == items and T._subset(items, 500, 1, "x") == items
+    a = sample_records(items, 10, seed=1, salt="RUSSE:train")
+    assert len(a) == 10 and a == sorted(a) and a == sample_records(items, 10, 1, "RUSSE:train")
+    assert a != sample_records(items, 10, 2, "RUSSE:train")
+    assert sample_records(items, None, 1, "x") == items
+    assert sample_records(items, 500, 1, "x") == items
 
 
 def test_cap_counts_examples_not_records():
     sizes = {i: (10 if i % 2 else 1) for i in range(40)}  # odd records hold 10 examples
-    kept = T._subset(list(range(40)), 50, seed=3, salt="MuSeRC:train", size=sizes.__getitem__)
+    kept = sample_records(list(range(40)), 50, seed=3, salt="MuSeRC:train", size=sizes.__getitem__)
     total = sum(sizes[i] for i in kept)
     assert 50 <= total < 60 and kept == sorted(kept)  # stops at the first record reaching 50
 
