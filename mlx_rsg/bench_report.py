@@ -134,7 +134,8 @@ _FONT = {
     "O": "25552", "P": "65644", "Q": "25563", "R": "65655", "S": "34216", "T": "72222",
     "U": "55557", "V": "55552", "W": "55775", "X": "55255", "Y": "55222", "Z": "71247",
     ".": "00002", "-": "00700", "_": "00007", " ": "00000", "*": "05250", "(": "24442",
-    ")": "21112", "+": "02720", "/": "11244", ":": "02020", "%": "51245",
+    ")": "21112", "+": "02720", "/": "11244", ":": "02020", "%": "51245", ",": "00024",
+    ";": "02024",
 }  # fmt: skip
 _PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
@@ -143,18 +144,19 @@ _PALETTE = [
 _S = 2  # font scale: glyphs are 6x10 pixels, 8 pixels apart
 
 
-def draw_text(img: np.ndarray, x: int, y: int, text: str, color=(0, 0, 0)) -> None:
+def draw_text(img: np.ndarray, x: int, y: int, text: str, color=(0, 0, 0), scale: int = _S):
     for ch in text.upper():
         rows = _FONT.get(ch, _FONT["*"])
         for r, bits in enumerate(rows):
             for c in range(3):
                 if int(bits) >> (2 - c) & 1:
-                    img[y + r * _S : y + (r + 1) * _S, x + c * _S : x + (c + 1) * _S] = color
-        x += 4 * _S
+                    px, py = x + c * scale, y + r * scale
+                    img[py : py + scale, px : px + scale] = color
+        x += 4 * scale
 
 
-def text_width(text: str) -> int:
-    return 4 * _S * len(text)
+def text_width(text: str, scale: int = _S) -> int:
+    return 4 * scale * len(text)
 
 
 def encode_png(img: np.ndarray) -> bytes:
@@ -174,16 +176,26 @@ def encode_png(img: np.ndarray) -> bytes:
     )
 
 
-def bar_chart(groups: list[str], series: list[tuple[str, list]], title: str) -> np.ndarray:
-    """Grouped bars: one group per entry of `groups`, one bar per series (name, values)."""
-    bar, gap, plot_h, left, top = 12, 14, 220, 48, 40 + 14 * len(series)
+def bar_chart(
+    groups: list[str],
+    series: list[tuple[str, list]],
+    title: str,
+    sublabels: list[str] | None = None,
+    y_title: str = "",
+) -> np.ndarray:
+    """Grouped bars: one group per entry of `groups` (with an optional second label line, e.g.
+    the metric), one bar per series (name, values), each bar's value written on it. A value of
+    exactly 0 is drawn as a thin line at zero, so it is told apart from a missing one."""
+    bar, gap, plot_h, left = 22, 16, 240, 56
+    top = 40 + 14 * len(series) + (14 if y_title else 0)
     vals = [v for _, vs in series for v in vs if v is not None]
     lo = min(0.0, np.floor(min(vals, default=0.0) * 4) / 4)
     hi = max(1.0, np.ceil(max(vals, default=1.0) * 4) / 4)
-    group_w = max(bar * len(series), max(text_width(g) for g in groups)) + gap
-    names = [title] + [f"     {n}" for n, _ in series]
+    labels = list(groups) + list(sublabels or [])
+    group_w = max(bar * len(series), max(text_width(g) for g in labels)) + gap
+    names = [title, y_title] + [f"     {n}" for n, _ in series]
     w = max(left + group_w * len(groups), left + max(text_width(n) for n in names)) + 10
-    h = top + plot_h + 30
+    h = top + plot_h + (44 if sublabels else 30)
     img = np.full((h, w, 3), 255, np.uint8)
 
     def y_of(v: float) -> int:
@@ -194,6 +206,8 @@ def bar_chart(groups: list[str], series: list[tuple[str, list]], title: str) -> 
         y = 24 + 14 * i
         img[y : y + 10, left : left + 10] = _PALETTE[i % len(_PALETTE)]
         draw_text(img, left + 16, y, name)
+    if y_title:
+        draw_text(img, 4, top - 16, y_title, color=(90, 90, 90))
     for k in range(int(round((hi - lo) * 4)) + 1):
         v = lo + k * 0.25
         y = y_of(v)
@@ -206,21 +220,37 @@ def bar_chart(groups: list[str], series: list[tuple[str, list]], title: str) -> 
             v = values[g]
             if v is None:
                 continue
+            color = _PALETTE[i % len(_PALETTE)]
             a, b = sorted((y_of(0.0), y_of(v)))
             xb = x0 + i * bar
-            img[a : max(b, a + 1), xb : xb + bar - 2] = _PALETTE[i % len(_PALETTE)]
+            img[a - (v == 0) : max(b, a + 1) + (v == 0), xb : xb + bar - 2] = color
+            text = f"{v:.2f}".replace("0.", ".", 1)
+            ty = a - 7 if v >= 0 else b + 2  # above a bar, below a negative one
+            draw_text(img, xb + (bar - 2 - text_width(text, 1)) // 2, ty, text, scale=1)
         draw_text(img, x0, top + plot_h + 10, group)
+        if sublabels:
+            draw_text(img, x0, top + plot_h + 24, sublabels[g], color=(90, 90, 90))
     return img
+
+
+_METRIC_SHORT = {"accuracy": "ACC", "f1": "F1", "f1a": "F1A", "em": "EM", "mcc": "MCC"}
 
 
 def write_chart(result: dict[str, Any], path: str | Path) -> None:
     tasks = list(result["tasks"])
     groups = [task_header(result, t) for t in tasks]
+    sublabels = [
+        "+".join(_METRIC_SHORT.get(m, m.upper()) for m in result["tasks"][t]["metrics"])
+        for t in tasks
+    ]
     series = [(r["name"], [r["scores"][t]["score"] for t in tasks]) for r in result["variants"]]
     if any(r["total"] is not None for r in result["variants"]):
         groups.append("TOTAL")
+        sublabels.append("MEAN")
         series = [
             (n, vs + [r["total"]]) for (n, vs), r in zip(series, result["variants"], strict=True)
         ]
-    title = f"RSG {result['config']['split']} score by task (* fixture)"
-    Path(path).write_bytes(encode_png(bar_chart(groups, series, title)))
+    fixture = " (* fixture)" if any(d["fixture"] for d in result["tasks"].values()) else ""
+    title = f"RSG {result['config']['split']} score by task{fixture}"
+    y_title = "score: official metric (mean of two); MCC -1..1, others 0..1"
+    Path(path).write_bytes(encode_png(bar_chart(groups, series, title, sublabels, y_title)))

@@ -188,6 +188,39 @@ def test_markdown_and_png(benched):
     assert (pixels == (31, 119, 180)).all(axis=2).sum() > 100  # the first run's bars
 
 
+def test_chart_labels_metrics_and_draws_zero_scores(monkeypatch):
+    from mlx_rsg import bench_report
+
+    result = {
+        "config": {"split": "val"},
+        "tasks": {"LiDiRus": {"fixture": False, "metrics": ["mcc"]},
+                  "TERRa": {"fixture": False, "metrics": ["accuracy"]}},
+        "variants": [{"name": "fp32", "total": 0.25,
+                      "scores": {"LiDiRus": {"score": 0.0}, "TERRa": {"score": 0.5}}}],
+    }  # fmt: skip
+    seen = {}
+    real = bench_report.bar_chart
+
+    def capture(*args):
+        seen["args"], seen["img"] = args, real(*args)
+        return seen["img"]
+
+    monkeypatch.setattr(bench_report, "bar_chart", capture)
+    bench_report.write_chart(result, "/dev/null")
+    groups, series, title, sublabels, y_title = seen["args"]
+    assert "fixture" not in title  # no fixture task: no fixture legend
+    assert sublabels == ["MCC", "ACC", "MEAN"] and "MCC -1..1" in y_title
+    img, blue = seen["img"], (31, 119, 180)
+    assert series == [("fp32", [0.0, 0.5, 0.25])]
+    # The LiDiRus bar (MCC exactly 0) is still drawn: a line in the run's colour.
+    columns = np.where((img == blue).all(axis=2).any(axis=0))[0]
+    first_bar = columns[columns > 40][:3]
+    assert len(first_bar) and (img[:, first_bar[0]] == blue).all(axis=1).sum() >= 2
+    result["tasks"]["TERRa"]["fixture"] = True
+    bench_report.write_chart(result, "/dev/null")
+    assert seen["args"][2].endswith("(* fixture)")
+
+
 # --------------------------------------------------------------------------- bad input
 
 
