@@ -7,9 +7,13 @@
     MLX fp32 vs PyTorch 2.13 + transformers fp32 (`Gemma3TextModel`), same weights, same batches
     (8 x 128 random token ids), same thread count. mlx, mlx-compiled and mlx-rows compute every
     position's final hidden state, as transformers does; mlx-predict computes what a last-token
-    classifier reads (what `predict` runs: the top block at the last position only). Timed
-    alternately, best of --repeats each, so both see the same contention on a shared machine.
-    Target: MLX / PyTorch >= 1.0.
+    classifier reads (what `predict` runs: the top block at the last position only). mlx-stock
+    is mlx-lm as shipped (no fast path: MLX_RSG_FAST_PATHS=none, one stream). mlx and
+    mlx-predict use the fast paths this machine chose (mlx_rsg.fastpaths); mlx-rows forces the
+    row split. Timed alternately, best of --repeats each, so all see the same contention on a
+    shared machine. Target: MLX / PyTorch >= 1.0.
+(b) each CPU fast path against stock MLX on the model's shapes, timed afresh in this run
+    (`fastpaths.measure`, not the cache), with the choice it implies.
 (c) model FLOP utilisation: matmul FLOPs of one forward (projections, MLP, attention scores and
     values as executed on full L x L tiles) / time, against the fp32 GEMM peak of this machine
     measured in the same run with mx.matmul (2048^3, best of 5).
@@ -32,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-RUNTIMES = ("mlx", "mlx-compiled", "mlx-rows", "mlx-predict", "torch")
+RUNTIMES = ("mlx-stock", "mlx", "mlx-compiled", "mlx-rows", "mlx-predict", "torch")
 GEMMA_270M = {  # Gemma 3 270M text config (the real model's, from its GGUF metadata)
     "model_type": "gemma3_text",
     "architectures": ["Gemma3ForCausalLM"],
@@ -114,9 +118,9 @@ def mlx_forward(model_dir: Path, mode: str):
         return hidden_states(bb, tokens)
 
     if mode == "mlx-rows":  # one row chunk per core, each on its own stream
-        from mlx_rsg.cpu_parallel import row_parallel
+        from mlx_rsg.cpu_parallel import cpu_cores, row_parallel
 
-        return lambda tokens_np: row_parallel(fwd, mx.array(tokens_np))
+        return lambda tokens_np: row_parallel(fwd, mx.array(tokens_np), parts=cpu_cores())
     fn = mx.compile(fwd) if mode == "mlx-compiled" else fwd
 
     def run(tokens_np):
@@ -169,8 +173,24 @@ def torch_forward(model_dir: Path, threads: int):
     return run, torch.__version__
 
 
+def fast_path_worker(model_dir: Path) -> None:
+    """Each fast path timed against stock on the model's shapes, printed as JSON."""
+    from mlx_rsg import fastpaths  # loads the BLAS before mlx
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    timings = fastpaths.measure(fastpaths.Shapes.of(cfg.get("text_config", cfg)))
+    print(json.dumps({
+        name: {"stock_ms": t.stock_ms, "fast_ms": t.fast_ms, "speedup": t.speedup, "used": t.use}
+        for name, t in timings.items()
+    }))  # fmt: skip
+
+
 def worker(args) -> None:
     """One runtime in a fresh process: warm up, time --repeats forwards, save the output."""
+    if args.worker == "fastpaths":
+        return fast_path_worker(args.model)
+    if args.worker == "mlx-stock":
+        os.environ["MLX_RSG_FAST_PATHS"] = "none"  # mlx-lm as shipped
     tokens = np.load(args.tokens)
     if args.worker == "torch":
         import torch
@@ -213,7 +233,7 @@ def main() -> None:
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
     ap.add_argument("--label", help="how to name the weights in the results [default: the dir]")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "inference.json")
-    ap.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=(*RUNTIMES, "fastpaths"), help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--save", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -252,6 +272,9 @@ def main() -> None:
                 versions[r] = res["version"]
         outs = {r: np.load(Path(tmp) / f"{r}.npy") for r in runtimes}
     peak = max(v for r, v in peaks.items() if r != "torch")
+    cmd = [sys.executable, __file__, "--worker", "fastpaths", "--model", str(model_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    fast_paths = json.loads(done.stdout.strip().splitlines()[-1])
 
     rows = {}
     for name, sec in best.items():
@@ -277,7 +300,9 @@ def main() -> None:
         "torch_gemm_peak_gflops": peaks["torch"] / 1e9 if "torch" in peaks else None,
         "versions": versions,
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
+        "blas": blas_description(),
         "runs": rows,
+        "fast_paths": fast_paths,
     }
     if "torch" in rows:
         for name in (r for r in runtimes if r != "torch"):
@@ -305,7 +330,27 @@ def table(result: dict) -> str:
             f"| {name} | {r['examples_per_s']:.2f} | {r['seconds_per_batch']:.3f} | "
             f"{r['gflops_per_s']:.1f} | {r['mfu']:.0%} | {ratio} |"
         )
+    lines += [
+        "",
+        f"Fast paths vs stock MLX on this machine ({result.get('blas', '?')}):",
+        "",
+        "| path | stock ms | fast ms | fast vs stock | used |",
+        "|---|---|---|---|---|",
+    ]
+    for name, t in result.get("fast_paths", {}).items():
+        lines.append(
+            f"| {name} | {t['stock_ms']:.1f} | {t['fast_ms']:.1f} | {t['speedup']:.2f}x | "
+            f"{'yes' if t['used'] else 'no'} |"
+        )
     return "\n".join(lines)
+
+
+def blas_description() -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", "from mlx_rsg import _blas; print(_blas.describe())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
 
 
 if __name__ == "__main__":

@@ -159,6 +159,8 @@ def preload() -> None:
             return
         except RuntimeError as e:
             ERRORS.append(str(e))
+        except OSError as e:  # e.g. a read-only cache directory
+            ERRORS.append(f"cannot build the cblas shim in {cache_dir() / 'blas'}: {e}")
 
 
 def describe() -> str:
@@ -221,6 +223,8 @@ def fix_hint() -> str:
         return "unset MLX_RSG_BLAS"
     if any("scipy-openblas32 is not installed" in e for e in ERRORS):
         return "pip install scipy-openblas32"
+    if any("cannot build the cblas shim in" in e for e in ERRORS):
+        return "set MLX_RSG_CACHE to a writable directory"
     if any("no C compiler" in e for e in ERRORS):
         return ("install a C compiler (apt install gcc) so mlx-rsg can build its OpenBLAS shim, "
                 "or pip install mkl (~1 GB)")  # fmt: skip

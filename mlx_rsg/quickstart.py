@@ -5,7 +5,7 @@
 
 Everything goes under WORK_DIR (model/, runs/fp32, runs/<recipe>, bench/). A step whose output
 is already complete is reused, so an interrupted quickstart continues where it stopped; `--force`
-starts over. The defaults are sized for ~20 minutes on 2 CPU cores: the `heads` method (the whole
+starts over. The defaults are sized for ~15 minutes on 2 CPU cores: the `heads` method (the whole
 backbone frozen, its features computed once per example and cached) and caps counted in
 classification examples. They show the pipeline and its quality/speed trade-offs, not the best
 scores the model can reach — see the README's training section for a full run.
@@ -39,8 +39,15 @@ class QuickstartConfig:
 
 # Each step's share of the whole run, measured (README: `mlx-rsg quickstart`), printed as each
 # step starts so a newcomer can tell how far along it is. The run's total depends on the CPU.
-STEP_SHARES = {"convert": 0.05, "train": 0.45, "quantize": 0.25, "bench": 0.25}
-MEASURED_MINUTES = 14  # the whole quickstart on 2 cores (README), for the first line
+STEP_SHARES = {
+    "convert": 0.03,
+    "train": 0.33,
+    "quantize q8": 0.01,
+    "quantize q4": 0.01,
+    "quantize q4-gptq": 0.15,  # calibration: Hessians over 128 examples, then GPTQ per Linear
+    "bench": 0.47,  # four runs, each: 24 batch-1 latency samples and a pass over ~640 examples
+}
+MEASURED_MINUTES = 15  # the whole quickstart on 2 cores (README), for the first line
 
 
 def _log(msg: str) -> None:
@@ -55,8 +62,9 @@ def _done_run(path: Path) -> bool:
     return info.get("status") == "done" and (path / "trainable.safetensors").is_file()
 
 
-def _share(step: str, parts: int = 1) -> str:
-    return f"(~{100 * STEP_SHARES[step] / parts:.0f}% of the quickstart's time)"
+def _share(step: str) -> str:
+    share = STEP_SHARES.get(step)
+    return "" if share is None else f"(~{100 * share:.0f}% of the quickstart's time)"
 
 
 def _timed(label: str, fn, *args) -> None:
@@ -106,7 +114,7 @@ def step_quantize(run_dir: Path, out: Path, recipe: str, data_dir: Path) -> None
     if _done_run(out):
         _log(f"[3/4] quantize: using {out}")
         return
-    _log(f"[3/4] quantize {recipe} -> {out} {_share('quantize', 3)}")
+    _log(f"[3/4] quantize {recipe} -> {out} {_share(f'quantize {recipe}')}")
     quantize(run_dir, out, recipe=recipe, force=out.exists(), calib_data=data_dir)
 
 

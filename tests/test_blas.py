@@ -146,6 +146,20 @@ def test_a_library_without_cblas_is_refused(tmp_path):
         _blas._library(str(tmp_path / "nope.so"))
 
 
+@linux
+def test_an_unwritable_cache_falls_back_without_crashing(tmp_path):
+    blocked = tmp_path / "a-file"  # a cache "directory" under a file: not writable, even as root
+    blocked.write_text("")
+    done = _python(
+        "from mlx_rsg import _blas\nprint(_blas.ERRORS[0])\nprint(_blas.fix_hint())",
+        MLX_RSG_CACHE=str(blocked / "cache"),
+    )
+    assert done.returncode == 0, done.stderr
+    reason, hint = done.stdout.splitlines()[:2]
+    assert reason.startswith(f"cannot build the cblas shim in {blocked / 'cache' / 'blas'}")
+    assert hint == "set MLX_RSG_CACHE to a writable directory"
+
+
 def test_fix_hint_follows_the_reason(monkeypatch):
     for errors, hint in [
         (["MLX_RSG_BLAS=none"], "unset MLX_RSG_BLAS"),
