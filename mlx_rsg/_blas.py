@@ -117,9 +117,11 @@ def _scipy_openblas() -> Loaded:
     libdir = Path(scipy_openblas32.get_lib_dir())
     target = libdir / scipy_openblas32.get_library(fullname=True)
     shim = build_shim(target, cache_dir() / "blas")
-    # The shim's dependency (target) is loaded with it, into the global scope.
-    ctypes.CDLL(str(shim), mode=os.RTLD_GLOBAL)
-    lib = ctypes.CDLL(str(target))
+    try:  # the shim's dependency (target) is loaded with it, into the global scope
+        ctypes.CDLL(str(shim), mode=os.RTLD_GLOBAL)
+        lib = ctypes.CDLL(str(target))
+    except OSError as e:
+        raise RuntimeError(f"{shim}: {e}") from None
     return Loaded(f"OpenBLAS (scipy-openblas32 {scipy_openblas32.__version__})", str(target),
                   lib, "scipy_")  # fmt: skip
 

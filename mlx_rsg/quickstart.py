@@ -67,10 +67,11 @@ def _share(step: str) -> str:
     return "" if share is None else f"(~{100 * share:.0f}% of the quickstart's time)"
 
 
-def _timed(label: str, fn, *args) -> None:
+def _timed(label: str, fn, *args):
     t0 = time.perf_counter()
-    fn(*args)
+    out = fn(*args)
     _log(f"      {label} took {(time.perf_counter() - t0) / 60:.1f} min")
+    return out
 
 
 def step_convert(cfg: QuickstartConfig, model_dir: Path) -> None:
@@ -120,13 +121,12 @@ def step_quantize(run_dir: Path, out: Path, recipe: str, data_dir: Path) -> None
 
 def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig, force: bool):
     """Run the four steps; returns bench.json's content and prints bench.md's table."""
+    from mlx_rsg._blas import warn_if_slow
     from mlx_rsg.bench import BenchConfig, bench
 
     data_dir, work = Path(data_dir), Path(work_dir)
     if not data_dir.exists():
         raise UserError(f"--data: {data_dir} does not exist")
-    from mlx_rsg._blas import warn_if_slow
-
     warn_if_slow(_log)
     if force and work.exists():
         shutil.rmtree(work)
@@ -145,9 +145,8 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
     # The same val records training evaluated on (same cap, same seed), so bench's fp32 total
     # is the training run's total with LiDiRus.
     bcfg = BenchConfig(max_per_task=cfg.max_eval_per_task, force=True, seed=cfg.seed)
-    t_bench = time.perf_counter()
-    result = bench(str(runs / "fp32"), variants, str(data_dir), str(work / "bench"), bcfg, _log)
-    _log(f"      bench took {(time.perf_counter() - t_bench) / 60:.1f} min")
+    args = (str(runs / "fp32"), variants, str(data_dir), str(work / "bench"), bcfg, _log)
+    result = _timed("bench", bench, *args)
     minutes = (time.perf_counter() - t0) / 60
     table = (work / "bench" / "bench.md").read_text(encoding="utf-8")
     print(table.split("### Per-class")[0].strip())
