@@ -338,6 +338,10 @@ def quantize(
                         "--calib-data RSG_DIR (its train splits are the calibration set)")
     if calib_data is not None and not Path(calib_data).is_dir():
         raise UserError(f"--calib-data: {calib_data}: no such directory")
+    if rec.method != "rtn":  # calibration runs the model: say it now if the BLAS is slow
+        from mlx_rsg._blas import warn_if_slow
+
+        warn_if_slow(log)
     is_run = (source / "run.json").is_file()
     with atomic_dir(out, force=force) as tmp:
         if is_run:
