@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_rsg.errors import UserError, located
+from mlx_rsg.io import jsonl_values
 
 TASKS = ("LiDiRus", "RCB", "PARus", "MuSeRC", "TERRa", "RUSSE", "RWSD", "DaNetQA", "RuCoS")
 
@@ -501,17 +502,6 @@ def available_splits(root: str | os.PathLike, task: str) -> list[str]:
     return [s for s in SPLITS if (task.lower(), f"{s}.jsonl") in index]
 
 
-def _lines(display: str, raw: bytes) -> list[tuple[int, str]]:
-    """(line number, text) of the non-blank lines: UTF-8 with or without a BOM, LF or CRLF,
-    with or without a final newline. Split on \\n only: JSON strings may hold U+2028."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(located(display, line, None, f"not UTF-8 ({e.reason})")) from None
-    return [(i, s.rstrip("\r")) for i, s in enumerate(text.split("\n"), 1) if s.strip()]
-
-
 def load_split(root: str | os.PathLike, task: str, split: str) -> list[Record]:
     """Records of TASK/SPLIT under ROOT (see the module docstring for the layouts). Labelled
     splits (train, val, LiDiRus) must carry every label; test labels are None when absent."""
@@ -529,13 +519,7 @@ def load_split(root: str | os.PathLike, task: str, split: str) -> list[Record]:
         raise DataError(f"{display}: cannot read ({e})") from None
     labelled = split != "test" or task == "LiDiRus"
     records: list[Record] = []
-    for line, s in _lines(display, raw):
-        try:
-            obj = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                located(display, line, None, f"invalid JSON: {e.msg} (column {e.colno})")
-            ) from None
+    for line, obj in jsonl_values(display, raw, DataError):
         for r in parse_records(task, obj, display, line):
             field = _unlabelled_field(r) if labelled else None
             if field:

@@ -30,6 +30,28 @@ def read_json_object(path: Path, missing: str | None = None) -> dict:
     return value
 
 
+def jsonl_values(display: object, raw: bytes, error: type[UserError] = UserError) -> list:
+    """(line number, parsed value) of each non-blank line of a JSON Lines file: UTF-8 with or
+    without a BOM, LF or CRLF, with or without a final newline. Lines are split on \\n only: JSON
+    strings may hold U+2028 and other characters `str.splitlines()` breaks on. Bad UTF-8 or JSON
+    raises `error` naming display:line. The one JSONL reader: data files, --input, submissions."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise error(located(display, line, None, f"not UTF-8 ({e.reason})")) from None
+    out = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            msg = f"invalid JSON: {e.msg} (column {e.colno})"
+            raise error(located(display, n, None, msg)) from None
+    return out
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -219,25 +219,18 @@ def load(run_dir: str | Path, verify: bool = True) -> Predictor:
 
 def read_jsonl(path: str) -> list[dict]:
     """JSON Lines from a file or '-' (stdin); one-line errors naming file and line."""
-    import json
-
     from mlx_rsg.errors import located
+    from mlx_rsg.io import jsonl_values
 
     if path == "-":
-        lines, name = sys.stdin.read().splitlines(), "<stdin>"
+        raw, name = sys.stdin.buffer.read(), "<stdin>"
     else:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"{path}: no such file")
-        lines, name = p.read_text(encoding="utf-8").splitlines(), path
+        raw, name = p.read_bytes(), path
     out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(located(name, n, None, f"invalid JSON: {e.msg}")) from None
+    for n, obj in jsonl_values(name, raw):
         if not isinstance(obj, dict):
             raise UserError(located(name, n, None, "expected a JSON object"))
         out.append((n, obj))

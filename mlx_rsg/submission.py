@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_rsg.errors import UserError, located
-from mlx_rsg.io import atomic_file
+from mlx_rsg.io import atomic_file, jsonl_values
 
 BOOL_SPELLING = {
     "RUSSE": ("false", "true"),
@@ -155,14 +155,7 @@ def read_submission(path: str | os.PathLike) -> dict[str, dict[Any, Any]]:
                 raise UserError(f"{path}:{name}: unknown task {task!r}")
             where = f"{path}:{name}"
             preds: dict[Any, Any] = {}
-            text = z.read(name).decode("utf-8-sig")
-            for line, s in enumerate(text.splitlines(), 1):
-                if not s.strip():
-                    continue
-                try:
-                    obj = json.loads(s)
-                except json.JSONDecodeError as e:
-                    raise UserError(located(where, line, None, f"bad JSON ({e.msg})")) from None
+            for line, obj in jsonl_values(where, z.read(name)):
                 idx, pred = _parse_line(task, obj, where, line)
                 if idx in preds:
                     raise UserError(located(where, line, "idx", f"duplicate idx {idx!r}"))

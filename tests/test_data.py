@@ -243,6 +243,27 @@ def test_u2028_inside_a_string_is_not_a_line_break(tmp_path):
     assert data.load_split(tmp_path, "TERRa", "train")[0].premise == o["premise"]
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x1c"])
+def test_every_jsonl_reader_keeps_line_separators_inside_strings(tmp_path, separator):
+    """data files, `predict --input` and submission zips share one reader (issue: --input failed
+    with "Unterminated string" on a record load_split read fine)."""
+    import zipfile
+
+    from mlx_rsg.predict import read_jsonl
+    from mlx_rsg.submission import read_submission
+
+    o = dict(TERRA[0], premise=f"Первая часть{separator}вторая часть.")
+    line = json.dumps(o, ensure_ascii=False) + "\r\n"
+    _write(tmp_path / "TERRa" / "train.jsonl", line.encode())
+    assert data.load_split(tmp_path, "TERRa", "train")[0].premise == o["premise"]
+    (tmp_path / "input.jsonl").write_bytes(line.encode())
+    assert read_jsonl(str(tmp_path / "input.jsonl"))[0]["premise"] == o["premise"]
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as z:
+        z.writestr("RuCoS.jsonl", json.dumps({"idx": 0, "label": f"Анна{separator}Мария"},
+                                             ensure_ascii=False) + "\n")  # fmt: skip
+    assert read_submission(tmp_path / "s.zip")["RuCoS"][0] == f"Анна{separator}Мария"
+
+
 @pytest.mark.parametrize(
     ("raw", "want"),
     [(True, True), (False, False), ("True", True), ("False", False), ("true", True), (1, True)],

@@ -161,7 +161,7 @@ def _zip(path: Path, members: dict[str, str]) -> Path:
 
 def test_read_errors_name_file_line_and_field(tmp_path):
     bad = _zip(tmp_path / "a.zip", {"TERRa.jsonl": '{"idx": 0, "label": "entailment"}\n{oops\n'})
-    with pytest.raises(UserError, match=r"a\.zip:TERRa\.jsonl:2: bad JSON"):
+    with pytest.raises(UserError, match=r"a\.zip:TERRa\.jsonl:2: invalid JSON"):
         read_submission(bad)
     bad = _zip(tmp_path / "b.zip", {"RWSD.jsonl": '{"idx": 0, "label": "true"}\n'})
     with pytest.raises(UserError, match=r"RWSD\.jsonl:1: field 'label': 'true' is not one of"):
