@@ -107,8 +107,10 @@ def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
 def mlx_forward(model_dir: Path, mode: str):
     import mlx.core as mx
 
-    from mlx_rsg.backbone import hidden_states, load_backbone
+    from mlx_rsg.backbone import hidden_states, keep_freed_buffers, load_backbone
 
+    if mode != "mlx-stock":
+        keep_freed_buffers()  # as the mlx-rsg commands do
     bb = load_backbone(model_dir)
     mx.eval(bb.model.parameters())
     if mode == "mlx-predict":

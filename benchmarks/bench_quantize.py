@@ -107,7 +107,7 @@ def main() -> None:
     import numpy as np
 
     from mlx_rsg import fast_quant, fastpaths
-    from mlx_rsg.backbone import load_backbone
+    from mlx_rsg.backbone import keep_freed_buffers, load_backbone
     from mlx_rsg.quantize import quantize
 
     recipes = [r for r in args.recipes.split(",") if r]
@@ -122,6 +122,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+        keep_freed_buffers()  # as the mlx-rsg commands do
         models = {"fp32": load_backbone(args.model)}
         for r in recipes:
             out = quantize(args.model, Path(tmp) / r, recipe=r, group_size=args.group_size, log=log)

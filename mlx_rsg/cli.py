@@ -22,10 +22,19 @@ class _Group(click.Group):
             sys.exit(2)
 
 
+# Commands that run a model: the CLI lets MLX keep freed buffers for them (backbone.py).
+_MODEL_COMMANDS = {"train", "predict", "bench", "quantize", "quickstart"}
+
+
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="mlx-rsg")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Russian SuperGLUE on Apple MLX: convert, train, quantize, benchmark."""
+    if ctx.invoked_subcommand in _MODEL_COMMANDS:
+        from mlx_rsg.backbone import keep_freed_buffers
+
+        keep_freed_buffers()
 
 
 @main.command()

@@ -195,20 +195,19 @@ def measure(
 ) -> dict[str, Timing]:
     """Time each of `paths` against stock on `shapes` (rows: only with 2+ cores, with the
     attention and GELU that `known` or this measurement chose)."""
-    from mlx_rsg.backbone import keep_freed_buffers
+    from mlx_rsg.backbone import freed_buffers_kept
 
-    keep_freed_buffers()  # time with the allocator settings our models run with
     out = dict(known or {})
-    for name in paths:
-        if name == "rows":
-            chosen = {p: out[p].use if p in out else True for p in ("attention", "gelu")}
-            timing = time_rows(shapes, chosen["attention"], chosen["gelu"])
-        else:
-            timing = {"attention": time_attention, "gelu": time_gelu, "quant": time_quant}[name](
-                shapes
-            )
-        if timing is not None:
-            out[name] = timing
+    with freed_buffers_kept():  # the allocator setting the mlx-rsg commands run with
+        for name in paths:
+            if name == "rows":
+                chosen = {p: out[p].use if p in out else True for p in ("attention", "gelu")}
+                timing = time_rows(shapes, chosen["attention"], chosen["gelu"])
+            else:
+                timers = {"attention": time_attention, "gelu": time_gelu, "quant": time_quant}
+                timing = timers[name](shapes)
+            if timing is not None:
+                out[name] = timing
     return {p: out[p] for p in paths if p in out}
 
 

@@ -1,5 +1,5 @@
-"""Shared fixtures. tiny_model imports mlx_rsg first, which loads OpenBLAS before any test module
-imports mlx."""
+"""Shared fixtures. pytest imports this file before any test module, so `import mlx_rsg` here
+loads the BLAS before anything imports mlx (mlx_rsg/_blas.py): test modules import in any order."""
 
 import os
 from pathlib import Path
@@ -8,10 +8,9 @@ from pathlib import Path
 # tests of the per-machine decision set their own value.
 os.environ["MLX_RSG_FAST_PATHS"] = "all"
 
+import mlx_rsg  # noqa: F401, I001  (first: the BLAS before mlx)
 import pytest
 from tiny_model import tiny_model_dir, tiny_rsg_dir  # noqa: F401
-
-import mlx_rsg  # noqa: F401
 
 TESTS = Path(__file__).parent
 

@@ -4,8 +4,8 @@ import mlx.core as mx  # conftest imports mlx_rsg (OpenBLAS) first
 import pytest
 from tiny_model import build_tiny_model
 
-from mlx_rsg.backbone import hidden_states, load_backbone, load_tokenizer  # noqa: E402
-from mlx_rsg.calibrate import (  # noqa: E402
+from mlx_rsg.backbone import hidden_states, load_backbone, load_tokenizer
+from mlx_rsg.calibrate import (
     PAD_ID,
     calibration_batches,
     gptq_quantize_backbone,

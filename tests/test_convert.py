@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 from tiny_model import build_tiny_model, write_sentencepiece_tokenizer
 
-import mlx_rsg  # noqa: F401  (OpenBLAS before mlx)
-
 # Our own sentences (not RSG text): Cyrillic, Latin, digits and punctuation.
 CORPUS = [
     "Вчера вечером в библиотеке было тихо, и никто не мешал читать.",

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
+import mlx.core as mx
 from tiny_model import tiny_model_dir  # noqa: F401
 
-import mlx_rsg
-
-assert mlx_rsg._blas  # imported before mlx (OpenBLAS preload)
-
-import mlx.core as mx  # noqa: E402
-
-from mlx_rsg import _blas  # noqa: E402
-from mlx_rsg.backbone import hidden_states, load_backbone  # noqa: E402
-from mlx_rsg.cpu_parallel import blas_threads, row_parallel  # noqa: E402
+from mlx_rsg import _blas
+from mlx_rsg.backbone import hidden_states, load_backbone
+from mlx_rsg.cpu_parallel import blas_threads, row_parallel
 
 
 def test_row_parallel_equals_one_stream(tiny_model_dir):  # noqa: F811

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+import mlx.core as mx
 import pytest
+from mlx_lm.models.base import create_causal_mask
 
-import mlx_rsg
-
-assert mlx_rsg._blas  # OpenBLAS before mlx
-
-import mlx.core as mx  # noqa: E402
-from mlx_lm.models.base import create_causal_mask  # noqa: E402
-
-from mlx_rsg.fast_attention import attention, softmax  # noqa: E402
+from mlx_rsg.fast_attention import attention, softmax
 
 
 def reference(q, k, v, scale, mask):

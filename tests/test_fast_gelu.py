@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import mlx_rsg
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models import gemma3_text
+from tiny_model import tiny_model_dir  # noqa: F401
 
-assert mlx_rsg._blas  # OpenBLAS before mlx
-
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-from mlx_lm.models import gemma3_text  # noqa: E402
-from tiny_model import tiny_model_dir  # noqa: E402, F401
-
-from mlx_rsg import fast_gelu, fastpaths  # noqa: E402
-from mlx_rsg.backbone import hidden_states, load_backbone  # noqa: E402
+from mlx_rsg import fast_gelu, fastpaths
+from mlx_rsg.backbone import hidden_states, load_backbone
 
 
 def test_rational_tanh_matches_tanh_everywhere():

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import mlx_rsg
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from tiny_model import tiny_model_dir  # noqa: F401
 
-assert mlx_rsg._blas  # OpenBLAS before mlx
-
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-import pytest  # noqa: E402
-from tiny_model import tiny_model_dir  # noqa: E402, F401
-
-from mlx_rsg import fast_quant  # noqa: E402
+from mlx_rsg import fast_quant
 
 
 @pytest.fixture(autouse=True)

@@ -135,3 +135,47 @@ def test_report_prints_each_path(auto, monkeypatch):
                                 "0.08x", "->", "stock"]  # fmt: skip
     assert lines[1].endswith("11.20x  -> fast")
     assert lines[3].split()[:2] == ["rows", "n/a"]
+
+
+def test_mlx_and_mlx_lm_unchanged_after_load_and_predict(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    """A user's own mlx-lm code in the same process runs what mlx and mlx-lm shipped: after
+    mlx_rsg.load(run).predict(...) on an fp32 and a q4 run, with every fast path applied, no
+    class method or module function is replaced and the allocator's cache limit is untouched."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tiny_model import tiny_train_config
+
+    from mlx_rsg import train as T
+    from mlx_rsg.quantize import quantize
+
+    run = tmp_path / "fp32"
+    T.train(tiny_model_dir, tiny_rsg_dir, run, tiny_train_config(epochs=1), log=lambda m: None)
+    quantize(run, tmp_path / "q4", bits=4, group_size=32, log=lambda m: None)
+    script = textwrap.dedent(f"""
+        import mlx.core as mx
+        import mlx.nn as nn
+        from mlx_lm.models import base, gemma3_text
+
+        def shipped():
+            return (nn.Linear.__call__, nn.QuantizedLinear.__call__, gemma3_text.MLP.__call__,
+                    gemma3_text.Attention.__call__, gemma3_text.scaled_dot_product_attention,
+                    base.scaled_dot_product_attention)
+
+        before = shipped()
+        limit = mx.set_cache_limit(12345)
+        mx.set_cache_limit(limit)
+        import mlx_rsg
+        record = {{"idx": 0, "premise": "Кошка спит.", "hypothesis": "Животное спит."}}
+        for run in ({str(run)!r}, {str(tmp_path / "q4")!r}):
+            model = mlx_rsg.load(run)
+            assert type(model.model.backbone.layers[0].mlp).__name__ == "FastMLP"
+            print(model.predict("TERRa", [record] * 5)[0]["label"])
+        assert shipped() == before, "a class or module function was replaced"
+        assert mx.set_cache_limit(limit) == limit, "the allocator's cache limit changed"
+    """)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.split()) == 2

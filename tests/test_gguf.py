@@ -14,7 +14,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf", reason="GGUF import needs the `gguf` package (extra: gguf)")
 
-from mlx_rsg.errors import UserError  # noqa: E402
+from mlx_rsg.errors import UserError  # noqa: E402  (after the importorskip)
 from mlx_rsg.gguf import embedded_gguf_path, gguf_to_hf_dir  # noqa: E402
 
 Q = gguf.GGMLQuantizationType

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from tiny_model import tiny_model_dir  # noqa: F401
 
-import mlx_rsg  # noqa: F401  (OpenBLAS before mlx)
 from mlx_rsg.quantize import quantize
 
 # Every width of the tiny model (32 hidden, 64 FFN) is a multiple of 32, so all layers quantize.

@@ -11,7 +11,7 @@ import io
 import json
 from pathlib import Path
 
-import mlx_rsg  # noqa: F401  (OpenBLAS before mlx)
+import pytest
 
 _CORPUS = [
     "Мама мыла раму. Кошка сидит на окне, а собака спит во дворе.",
@@ -185,8 +185,6 @@ def write_tiny_rsg(root: str | Path, n_train: int = 48, n_val: int = 24, seed: i
 
 
 # Fixtures for the train/predict tests (import them into a test module to use them).
-import pytest  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
