@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_io import save  # benchmarks/results_io.py, beside this script
 
 HERE = Path(__file__).parent
 RUNTIMES = ("mlx-stock", "mlx", "mlx-compiled", "mlx-rows", "mlx-predict", "torch")
@@ -311,10 +312,7 @@ def main() -> None:
             result["runs"][name]["vs_torch"] = best["torch"] / best[name]
             ref = outs["torch"][:, -outs[name].shape[1] :]  # mlx-predict: the last position
             result["runs"][name]["max_abs_diff_vs_torch"] = float(np.abs(outs[name] - ref).max())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"wrote {args.out}", file=sys.stderr)
+    save(args.out, result, table(result))
 
 
 def table(result: dict) -> str:

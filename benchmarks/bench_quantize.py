@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import save  # benchmarks/results_io.py, beside this script
+
 import mlx_rsg  # noqa: F401  (OpenBLAS before mlx)
 
 HERE = Path(__file__).parent
@@ -207,10 +209,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"wrote {args.out}", file=sys.stderr)
+    save(args.out, result, table(result))
 
 
 def table(result: dict) -> str:

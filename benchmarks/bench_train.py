@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_io import save  # benchmarks/results_io.py, beside this script
 
 HERE = Path(__file__).parent
 RUNTIMES = ("mlx", "mlx-nocache", "torch")
@@ -194,10 +195,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
         "runs": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"wrote {args.out}", file=sys.stderr)
+    save(args.out, result, table(result))
 
 
 def table(result: dict) -> str:

@@ -44,7 +44,6 @@ import json
 import os
 import random
 import resource
-import struct
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -55,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.io import check_safetensors
 from mlx_rsg.progress import Progress
 
 BENCH_FORMAT = "mlx-rsg-bench"
@@ -129,24 +129,6 @@ def check_runs(baseline: str, variants: list[str]) -> list[RunRef]:
                     f"differ from the baseline's {t.get('labels')}"
                 )
     return refs
-
-
-def check_safetensors(path: Path) -> None:
-    """Refuse a truncated or garbled .safetensors file by its header, before loading anything."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            if n > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(n))
-        end = max(
-            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
-        )
-    except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
-        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
-    if 8 + n + end != size:
-        raise UserError(f"{path}: truncated or corrupt ({size} bytes, header says {8 + n + end})")
 
 
 def _heads(info: dict) -> str:

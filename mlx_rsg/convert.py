@@ -23,18 +23,16 @@ import datetime as _dt
 import errno
 import json
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from mlx_rsg.errors import UserError, located
-from mlx_rsg.io import atomic_dir, read_json_object
-from mlx_rsg.run import sha256_file
+from mlx_rsg.io import atomic_dir, check_safetensors, read_json_object
+from mlx_rsg.run import MANIFEST, sha256_file, write_manifest
 
 EMBEDDED = "gemma-3-270m"
 DTYPES = ("float32", "bfloat16", "float16")
-MANIFEST = "mlx_rsg.json"
 
 # Tokenizer (and generation) files copied unchanged; at least one of TOKENIZER_REQUIRED must exist.
 TOKENIZER_FILES = (
@@ -174,7 +172,7 @@ def weight_files(src: Path) -> list[Path]:
         hint = f" (found {found}: only model*.safetensors is read)" if others else ""
         raise UserError(f"{src}: no model*.safetensors weights{hint}")
     for f in files:
-        check_safetensors(f)
+        check_safetensors(f, exact=False)
     index = src / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -185,29 +183,6 @@ def weight_files(src: Path) -> list[Path]:
         if missing:
             raise UserError(located(index, msg=f"shard {missing[0]} is missing"))
     return files
-
-
-def check_safetensors(path: Path) -> None:
-    """A safetensors file is 8 bytes of header length, a JSON header, then the data; a truncated
-    download fails here with the expected and actual sizes rather than deep inside a loader."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError("shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise ValueError(f"header of {n} bytes but the file has {size}")
-            header = json.loads(f.read(n))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
-                  default=0)
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a valid safetensors file ({e})") from None
-    if 8 + n + end > size:
-        raise UserError(
-            f"{path}: truncated safetensors file ({size} bytes, the header needs {8 + n + end})"
-        )
 
 
 def tokenizer_files(src: Path) -> list[Path]:
@@ -338,7 +313,7 @@ def _convert_hf_dir(
                 shutil.copy2(f, tmp / f.name)
             size = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
             manifest = _manifest(origin, config, dtype, params, size)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            write_manifest(tmp, manifest)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise UserError(f"{out}: no space left on device while writing the model") from None

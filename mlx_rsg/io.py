@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,30 @@ def jsonl_values(display: object, raw: bytes, error: type[UserError] = UserError
             msg = f"invalid JSON: {e.msg} (column {e.colno})"
             raise error(located(display, n, None, msg)) from None
     return out
+
+
+def check_safetensors(path: Path, exact: bool = True) -> None:
+    """Refuse a truncated or garbled .safetensors file by its header, before a loader fails
+    deep inside: 8 bytes of header length, a JSON header, then the data the header's offsets
+    span. `exact`: the file must end where the data does (our own files); otherwise only a
+    file shorter than its header says is refused (a checkpoint from elsewhere may be padded)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes but the file has {size}")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0)  # fmt: skip
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    if 8 + n + end > size or (exact and 8 + n + end != size):
+        raise UserError(f"{path}: truncated or corrupt safetensors file ({size} bytes, the "
+                        f"header says {8 + n + end})")  # fmt: skip
 
 
 def _umask() -> int:

@@ -119,7 +119,7 @@ def _check(gold: Sequence, pred: Sequence) -> None:
         raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
 
 
-def _aligned(records: Sequence, predictions) -> list:
+def aligned(records: Sequence, predictions) -> list:
     """Predictions as a list aligned with records (a dict is looked up by record idx)."""
     if isinstance(predictions, dict):
         missing = [r.idx for r in records if r.idx not in predictions]
@@ -134,7 +134,7 @@ def _aligned(records: Sequence, predictions) -> list:
 def score_task(task: str, records: Sequence, predictions) -> dict[str, float]:
     """The task's official metrics (keys as TaskSpec.metrics) for predictions in decode's form,
     a list aligned with records or a dict keyed by record idx."""
-    preds = _aligned(records, predictions)
+    preds = aligned(records, predictions)
     if task == "MuSeRC":
         gold_a, pred_a, em = [], [], []
         for r, p in zip(records, preds, strict=True):

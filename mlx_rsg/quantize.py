@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,8 @@ from typing import Any
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object
+from mlx_rsg.run import MANIFEST, write_manifest
 
-MANIFEST = "mlx_rsg.json"
 BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine mode supports
 GROUP_SIZES = (32, 64, 128)
 DEFAULT_RECIPE = {8: "q8", 4: "q4"}
@@ -349,7 +348,7 @@ def quantize(
         else:
             counts = _quantize_model_dir(source, tmp, rec, calib_data, log)
         manifest = _manifest(source, "run" if is_run else "model", rec, counts)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_manifest(tmp, manifest)
     if counts["skipped"]:
         log(
             f"warning: {len(counts['skipped'])} modules kept float32 (input width not a multiple "

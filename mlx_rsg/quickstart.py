@@ -76,8 +76,9 @@ def _timed(label: str, fn, *args):
 
 def step_convert(cfg: QuickstartConfig, model_dir: Path) -> None:
     from mlx_rsg.convert import convert
+    from mlx_rsg.run import MANIFEST
 
-    if (model_dir / "mlx_rsg.json").is_file():
+    if (model_dir / MANIFEST).is_file():
         _log(f"[1/4] convert: using {model_dir}")
         return
     _log(f"[1/4] convert {cfg.source} -> {model_dir} {_share('convert')}")

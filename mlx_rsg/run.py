@@ -74,6 +74,13 @@ def write_json(path: Path, obj: Any) -> None:
         f.write("\n")
 
 
+MANIFEST = "mlx_rsg.json"  # how a model directory was made (convert, quantize)
+
+
+def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
+    write_json(Path(model_dir) / MANIFEST, manifest)
+
+
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "run.json"
     info = read_json_object(path, f"{run_dir}: not a run directory (no run.json)")

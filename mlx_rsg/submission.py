@@ -21,21 +21,13 @@ from typing import Any
 
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import atomic_file, jsonl_values
+from mlx_rsg.metrics import aligned
 
 BOOL_SPELLING = {
     "RUSSE": ("false", "true"),
     "DaNetQA": ("false", "true"),
     "RWSD": ("False", "True"),
 }
-
-
-def _aligned(records: Sequence, predictions) -> list:
-    if isinstance(predictions, dict):
-        return [predictions[r.idx] for r in records]
-    predictions = list(predictions)
-    if len(predictions) != len(records):
-        raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
-    return predictions
 
 
 def submission_row(task: str, record, prediction) -> dict[str, Any]:
@@ -75,7 +67,7 @@ def write_submission(out_zip: str | os.PathLike, by_task: dict[str, tuple[Sequen
     out_zip = Path(out_zip)
     members = {}
     for task, (records, predictions) in by_task.items():
-        preds = _aligned(records, predictions)
+        preds = aligned(records, predictions)
         lines = [
             json.dumps(submission_row(task, r, p)) for r, p in zip(records, preds, strict=True)
         ]
