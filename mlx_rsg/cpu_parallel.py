@@ -4,15 +4,13 @@ On the CPU, MLX runs each stream on its own thread, but its elementwise kernels 
 softmax, RoPE) are single-threaded; only the GEMMs are threaded, by the BLAS. A forward is thus
 one-core for a large share of its time. Splitting the batch rows into one chunk per core, each
 chunk on its own CPU stream, with the BLAS set to one thread while they run (two threaded GEMMs on
-two cores would oversubscribe), keeps every core busy the whole time. Measured on Gemma-3-270M,
-8x128 on 2 cores: 1.33 s vs 1.78 s per batch (benchmarks/bench_inference.py, "mlx-rows").
-Rows never interact in inference, so the result is the single-stream one up to rounding (a GEMM
+two cores would oversubscribe), keeps every core busy the whole time: the `rows` fast path
+(`mlx_rsg.fastpaths` decides per machine; benchmarks/bench_inference.py, "mlx-rows"). Rows
+never interact in inference, so the result is the single-stream one up to rounding (a GEMM
 over fewer rows may sum in another order): ~1e-6 relative.
 
 Not used for training: with MLX 0.32 the backward passes of two row chunks on two streams do not
-overlap (each half-batch fwd+bwd of the 9 trained Gemma-3-270M blocks 1.8 s alone, 3.6-3.8 s both
-together; their forwards overlap). Bisecting did not pin the cause down (an attention block's
-backward overlaps without RoPE, the whole step still does not); see README, Benchmarks.
+overlap (their forwards do); bisecting did not pin the cause down (README, Benchmarks).
 """
 
 from __future__ import annotations

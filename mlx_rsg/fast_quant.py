@@ -1,24 +1,17 @@
 """Quantized Linear layers on the CPU: dequantize, then one float32 GEMM, for batched inputs.
 
-Why: MLX's CPU `quantized_matmul` runs at ~2 GFLOP/s here, while a float32 GEMM through OpenBLAS
-runs at 50-150 GFLOP/s, so a q8/q4 Gemma-3-270M classified ~35x slower than float32. Measured on
-a 640x2048 layer (ms, 2 contended cores):
-
-    rows             1      4      16     64     1024
-    quantized_mm     1.5    6-7    20-30  80-100 1100-2300
-    dequantize+mm    3.5    3.5-4  4-5    5-7    20-80      (mx.dequantize alone ~1.5-3)
-
-Dequantizing costs a fixed ~1-2 ns per weight (0.5-1 with `unpack_affine`), the GEMM is then as
-fast as float32, so from MIN_ROWS rows on (a batch, a prompt, any classification input) we
+Why: MLX's CPU `quantized_matmul` is a slow scalar kernel next to a float32 GEMM through a real
+BLAS, so a q8/q4 model classified many times slower than float32 (README, `mlx-rsg quantize`).
+Dequantizing costs a fixed time per weight, the GEMM is then as fast as float32, so from MIN_ROWS
+rows on (a batch, a prompt, any classification input) we
 dequantize per call; below it (single-token decode) MLX's own kernel stays. On Metal nothing
 changes: MLX's quantized kernels are fast there. QuantizedEmbedding is untouched (a gather
 dequantizes only the rows it reads).
 
 The dequantized weight is not kept by default: keeping it holds a float32 copy of every Linear
-(383 MB for Gemma-3-270M, more than the whole q8 model's 288 MB) to save ~0.1 s per forward,
-~3% of a batched 8x128 forward but about half of a short batch-1 forward
-(benchmarks/bench_quantize.py measures both). `install(cache=True)` or the environment variable
-MLX_RSG_DEQUANT_CACHE=1 keeps it per layer when memory does not matter.
+(more memory than the whole q8 model) to save a little of a batched forward but about half of a
+short batch-1 one (benchmarks/bench_quantize.py measures both). `set_cache(True)` or the
+environment variable MLX_RSG_DEQUANT_CACHE=1 keeps it per layer when memory does not matter.
 
 `FastQuantizedLinear` is nn.QuantizedLinear with this path; `mlx_rsg.fastpaths` gives it to our
 models' quantized layers where it measures faster, and no other model in the process is touched.
@@ -88,8 +81,8 @@ def dequantized_weight(layer: nn.QuantizedLinear, cache: bool = False) -> mx.arr
 def unpack_affine(
     w: mx.array, scales: mx.array, biases: mx.array, group_size: int, bits: int
 ) -> mx.array:
-    """mx.dequantize for affine 8/4-bit from plain ops, bit-identical and 1.6-2.6x faster on the
-    CPU (measured 0.6 vs 1.6 ms at 8 bits, 1.1 vs 1.8 ms at 4 bits for 2048x640). MLX packs
+    """mx.dequantize for affine 8/4-bit from plain ops, bit-identical and faster on the CPU
+    (it measured 1.6-2.6x when written). MLX packs
     codes little-endian, low bits first: as bytes, 8-bit codes are the bytes themselves and each
     byte holds two 4-bit codes, low nibble first."""
     u = w.view(mx.uint8)
