@@ -205,19 +205,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
-def write_checkpoint(run_dir: Path, model, optimizer, position: dict[str, Any]) -> None:
+def write_checkpoint(run_dir: Path, model, optimizer, position: Position) -> None:
     """New directory first, then swap the `checkpoints/LAST` pointer, then drop the old one: a
     kill at any moment leaves one complete checkpoint."""
+    from dataclasses import asdict
+
     from mlx.utils import tree_flatten
 
     ckpts = run_dir / "checkpoints"
-    name = f"step-{position['step']:08d}-batch-{position['batch']:08d}"
+    name = f"step-{position.step:08d}-batch-{position.batch:08d}"
     tmp = ckpts / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(tmp / WEIGHTS, trainable_weights(model))
     save_weights(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
-    write_json(tmp / "position.json", {**position, "rng": _rng_state()})
+    write_json(tmp / "position.json", {**asdict(position), "rng": _rng_state()})
     final = ckpts / name
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -237,7 +239,7 @@ def _last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def read_checkpoint(run_dir: Path, model, optimizer) -> dict[str, Any]:
+def read_checkpoint(run_dir: Path, model, optimizer) -> Position:
     import mlx.core as mx
     from mlx.utils import tree_unflatten
 
@@ -248,7 +250,7 @@ def read_checkpoint(run_dir: Path, model, optimizer) -> dict[str, Any]:
     optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
     position = json.loads((path / "position.json").read_text())
     _set_rng_state(position.pop("rng"))
-    return position
+    return Position(**position)
 
 
 # --------------------------------------------------------------------------- data plan
@@ -347,11 +349,14 @@ class _LossLog:
 
     def __init__(self, path: Path, keep_below: int | None):
         self.path = path
+        self.by_epoch: dict[int, list[float]] = {}  # every loss of the run, resumed ones too
         if keep_below is not None and path.exists():
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
             kept = [ln for ln in lines if json.loads(ln)["batch"] < keep_below]
             with open(path, "w") as f:
                 f.write("".join(ln + "\n" for ln in kept))
+            for row in map(json.loads, kept):
+                self.by_epoch.setdefault(row["epoch"], []).append(row["loss"])
         elif keep_below is None:
             path.write_text("")
         self.f = open(path, "a")
@@ -359,6 +364,12 @@ class _LossLog:
     def write(self, row: dict) -> None:
         self.f.write(json.dumps(row) + "\n")
         self.f.flush()
+        self.by_epoch.setdefault(row["epoch"], []).append(row["loss"])
+
+    def mean_loss(self, epoch: int) -> float:
+        """The epoch's mean training loss, over every batch (before a resume too)."""
+        losses = self.by_epoch.get(epoch, [])
+        return sum(losses) / max(len(losses), 1)
 
     def close(self) -> None:
         self.f.close()
@@ -404,6 +415,19 @@ def _same_config(saved: TrainConfig, cfg: TrainConfig) -> None:
         raise UserError(f"--resume needs the run's own flags; it was trained with {diff[0]}")
 
 
+@dataclass
+class Position:
+    """Where a run is: written into every checkpoint (position.json), restored by --resume."""
+
+    epoch: int = 0  # epochs finished
+    batch_in_epoch: int = 0  # batches of the current epoch done
+    batch: int = 0  # batches done in all
+    step: int = 0  # optimizer steps done
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished epoch
+    best: dict[str, Any] | None = None  # {"epoch", "score"} of the best epoch so far
+    train_seconds: float = 0.0
+
+
 def train(
     model_dir: str | Path,
     data_dir: str | Path,
@@ -420,25 +444,31 @@ def train(
     """Train, evaluate every epoch, keep the best weights; returns metrics.json's content.
 
     `stop_after_batches` ends the process's work early (tests of resume use it like a kill)."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx.utils import tree_map
-
-    from mlx_rsg.backbone import load_backbone, load_tokenizer
-    from mlx_rsg.batching import loss_fn
-    from mlx_rsg.model import RSGClassifier
-    from mlx_rsg.predict import evaluate
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    model_dir, data_dir, run_dir = Path(model_dir), Path(data_dir), Path(run_dir)
+    _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse)
+    loop = _Loop.build(model_dir, data_dir, run_dir, cfg, resume, log)
+    for epoch in range(loop.position.epoch, cfg.epochs):
+        if not loop.run_epoch(epoch, stop_after_batches):
+            loop.losses.close()
+            return {"stopped_at_batch": loop.position.batch}
+        loop.end_epoch(epoch)
+    loop.losses.close()
+    return _finish(
+        run_dir, model_dir, loop.model, loop.tokenizer, loop.data, cfg, loop.position, fuse,
+        copy_backbone, log,
+    )  # fmt: skip
+
+
+def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse) -> None:
+    """Every check that can fail before any work; then a --force'd old run is removed."""
     cfg.validate()
     if fuse and cfg.method == "mlp-adapter":
         raise UserError("--fuse: MLP adapters are not linear and cannot be merged; omit --fuse")
-    model_dir, data_dir, run_dir = Path(model_dir), Path(data_dir), Path(run_dir)
     if not model_dir.is_dir():
         raise UserError(f"{model_dir}: model directory not found")
     if not data_dir.exists():
         raise UserError(f"{data_dir}: data not found")
-
     if resume:
         info = read_run_json(run_dir)
         _same_config(dataclass_from_dict(TrainConfig, info["train"]), cfg)
@@ -450,154 +480,153 @@ def train(
                 f"{run_dir}: already exists (use --force to overwrite, --resume to continue)"
             )
         shutil.rmtree(run_dir)
-
     classifier_config(cfg, _num_layers(model_dir))  # bad --freeze-layers fails before any work
-    data = load_task_data(data_dir, cfg, log)
-    bb = load_backbone(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    ccfg = classifier_config(cfg, bb.num_layers)
-    heads = heads_for(cfg.tasks)
-    mx.random.seed(cfg.seed)
-    model = RSGClassifier(bb, ccfg, heads)
-    mx.eval(model.parameters())
 
-    plans: dict[int, list] = {}
 
-    def plan(epoch: int) -> list:
-        if epoch not in plans:
-            plans.clear()
-            plans[epoch] = epoch_plan(data, tokenizer, cfg, epoch)
-        return plans[epoch]
+@dataclass
+class _Loop:
+    """What the epochs share: the model and its optimizer, the data, the caches, the position."""
 
-    batches_per_epoch = len(plan(0))
-    if batches_per_epoch == 0:
-        raise UserError(f"{data_dir}: no training examples for {', '.join(cfg.tasks)}")
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    optimizer = make_optimizer(cfg, total_steps)
+    cfg: TrainConfig
+    run_dir: Path
+    data: dict[str, TaskData]
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    position: Position
+    losses: _LossLog
+    log: Callable[[str], None]
+    plans: dict[int, list] = field(default_factory=dict)
+    cache: Any = None  # PrefixCache of the train split's frozen prefix, or None
+    val_cache: Any = None
+    value_and_grad: Any = None
+    update: Any = None
+    t_start: float = 0.0
 
-    if resume:
-        position = read_checkpoint(run_dir, model, optimizer)
-        log(f"resuming at epoch {position['epoch'] + 1}, batch {position['batch_in_epoch']}")
-    else:
-        run_dir.mkdir(parents=True)
-        position = {
-            "epoch": 0,
-            "batch_in_epoch": 0,
-            "batch": 0,
-            "step": 0,
-            "history": [],
-            "best": None,
-            "train_seconds": 0.0,
-        }
-        info = {
-            "format": RUN_FORMAT,
-            "version": RUN_VERSION,
-            "status": "training",
-            "backbone": backbone_ref(model_dir),
-            "classifier": config_dict(ccfg),
-            "train": config_dict(cfg),
-            "heads": heads,
-            "tasks": task_info(list(data)),
-        }
-        write_json(run_dir / "run.json", info)
-    losses = _LossLog(run_dir / "losses.jsonl", position["batch"] if resume else None)
+    @classmethod
+    def build(cls, model_dir, data_dir, run_dir, cfg: TrainConfig, resume: bool, log) -> _Loop:
+        import mlx.core as mx
+        import mlx.nn as nn
 
-    from mlx_rsg.features import PrefixCache
+        from mlx_rsg.backbone import load_backbone, load_tokenizer
+        from mlx_rsg.batching import loss_fn
+        from mlx_rsg.features import PrefixCache
+        from mlx_rsg.model import RSGClassifier
 
-    # Train and val units share keys (record idx), so each split gets its own cache; the val
-    # prefix is then computed once for every epoch's evaluation too.
-    cache = val_cache = None
-    if _use_cache(cfg, model):
-        sub = (lambda s: str(Path(cfg.cache_dir) / s)) if cfg.cache_dir else (lambda s: None)
-        cache = PrefixCache(model, cache_dir=sub("train"))
-        val_cache = PrefixCache(model, cache_dir=sub("val"))
+        data = load_task_data(data_dir, cfg, log)
+        bb = load_backbone(model_dir)
+        tokenizer = load_tokenizer(model_dir)
+        heads = heads_for(cfg.tasks)
+        mx.random.seed(cfg.seed)
+        model = RSGClassifier(bb, classifier_config(cfg, bb.num_layers), heads)
+        mx.eval(model.parameters())
+        loop = cls(cfg, run_dir, data, model, tokenizer, None, Position(), None, log)
+        batches_per_epoch = len(loop.plan(0))
+        if batches_per_epoch == 0:
+            raise UserError(f"{data_dir}: no training examples for {', '.join(cfg.tasks)}")
+        total_steps = math.ceil(batches_per_epoch / cfg.grad_accum) * cfg.epochs
+        loop.optimizer = make_optimizer(cfg, total_steps)
+        if resume:
+            loop.position = read_checkpoint(run_dir, model, loop.optimizer)
+            log(f"resuming at epoch {loop.position.epoch + 1}, "
+                f"batch {loop.position.batch_in_epoch}")  # fmt: skip
+        else:
+            run_dir.mkdir(parents=True)
+            write_json(run_dir / "run.json", {
+                "format": RUN_FORMAT, "version": RUN_VERSION, "status": "training",
+                "backbone": backbone_ref(model_dir), "classifier": config_dict(model.cfg),
+                "train": config_dict(cfg), "heads": heads, "tasks": task_info(list(data)),
+            })  # fmt: skip
+        loop.losses = _LossLog(run_dir / "losses.jsonl", loop.position.batch if resume else None)
+        # Train and val units share keys (record idx), so each split gets its own cache; the val
+        # prefix is then computed once for every epoch's evaluation too.
+        if _use_cache(cfg, model):
+            sub = (lambda s: str(Path(cfg.cache_dir) / s)) if cfg.cache_dir else (lambda s: None)
+            loop.cache = PrefixCache(model, cache_dir=sub("train"))
+            loop.val_cache = PrefixCache(model, cache_dir=sub("val"))
+        loop.value_and_grad = nn.value_and_grad(model, lambda m, b, h0: loss_fn(m, b, h0))
+        loop.update = compiled_update(model, loop.optimizer)
+        loop.t_start = time.perf_counter() - loop.position.train_seconds
+        return loop
 
-    def loss_only(m, batch, h0):
-        return loss_fn(m, batch, h0)
+    def plan(self, epoch: int) -> list:
+        """The epoch's batches (only the latest epoch's are kept)."""
+        if epoch not in self.plans:
+            self.plans.clear()
+            self.plans[epoch] = epoch_plan(self.data, self.tokenizer, self.cfg, epoch)
+        return self.plans[epoch]
 
-    value_and_grad = nn.value_and_grad(model, loss_only)
-    update = compiled_update(model, optimizer)
-    t_start = time.perf_counter() - position["train_seconds"]
-    stopped = False
-    for epoch in range(position["epoch"], cfg.epochs):
-        batches = plan(epoch)
-        bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}",
-                       done=position["batch_in_epoch"])  # fmt: skip
-        model.train()
-        accum, n_accum, step_losses = None, 0, []
-        for i in range(position["batch_in_epoch"], len(batches)):
+    def run_epoch(self, epoch: int, stop_after_batches: int | None) -> bool:
+        """Train the rest of `epoch`; False if stopped early by `stop_after_batches`."""
+        import mlx.core as mx
+        from mlx.utils import tree_map
+
+        cfg, pos = self.cfg, self.position
+        batches = self.plan(epoch)
+        bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", done=pos.batch_in_epoch)
+        self.model.train()
+        accum, n_accum = None, 0
+        for i in range(pos.batch_in_epoch, len(batches)):
             batch = batches[i]
-            mx.random.seed(_batch_seed(cfg.seed, position["batch"]))
-            h0 = cache.prefix(batch) if cache is not None else None
-            (loss, n), grads = value_and_grad(model, batch, h0)
+            mx.random.seed(_batch_seed(cfg.seed, pos.batch))
+            h0 = self.cache.prefix(batch) if self.cache is not None else None
+            (loss, n), grads = self.value_and_grad(self.model, batch, h0)
             accum = grads if accum is None else tree_map(mx.add, accum, grads)
             n_accum += 1
             mx.eval(loss, accum)
             loss_value = loss.item()
-            step_losses.append(loss_value)
-            losses.write(
-                {
-                    "batch": position["batch"],
-                    "step": position["step"],
-                    "epoch": epoch,
-                    "task": batch.task,
-                    "loss": loss_value,
-                }
-            )
-            position["batch"] += 1
-            position["batch_in_epoch"] = i + 1
+            self.losses.write({"batch": pos.batch, "step": pos.step, "epoch": epoch,
+                               "task": batch.task, "loss": loss_value})  # fmt: skip
+            pos.batch += 1
+            pos.batch_in_epoch = i + 1
             bar.update(1, int(n), loss_value)
             if n_accum == cfg.grad_accum or i == len(batches) - 1:
-                update(accum, n_accum)
-                mx.eval(model.parameters(), optimizer.state)
+                self.update(accum, n_accum)
+                mx.eval(self.model.parameters(), self.optimizer.state)
                 accum, n_accum = None, 0
-                position["step"] += 1
-                if position["step"] % cfg.checkpoint_every == 0 and i < len(batches) - 1:
-                    position["train_seconds"] = time.perf_counter() - t_start
-                    write_checkpoint(run_dir, model, optimizer, position)
-            if stop_after_batches is not None and position["batch"] >= stop_after_batches:
-                stopped = True
-                break
+                pos.step += 1
+                if pos.step % cfg.checkpoint_every == 0 and i < len(batches) - 1:
+                    pos.train_seconds = time.perf_counter() - self.t_start
+                    write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
+            if stop_after_batches is not None and pos.batch >= stop_after_batches:
+                bar.close()
+                return False
         bar.close()
-        if stopped:
-            break
-        # End of epoch: evaluate, keep the best weights, checkpoint the epoch boundary.
+        return True
+
+    def end_epoch(self, epoch: int) -> None:
+        """Evaluate on val, keep the best weights, write metrics and the epoch's checkpoint."""
+        from mlx_rsg.predict import evaluate
+
+        cfg, pos = self.cfg, self.position
         scores = evaluate(
-            model,
-            tokenizer,
-            {t: data[t].val for t in cfg.tasks if data[t].val},
+            self.model,
+            self.tokenizer,
+            {t: self.data[t].val for t in cfg.tasks if self.data[t].val},
             cfg.max_len,
             cfg.batch_size,
-            log=log,
-            h0_fn=val_cache.prefix if val_cache is not None else None,
+            log=self.log,
+            h0_fn=self.val_cache.prefix if self.val_cache is not None else None,
             desc=f"val {epoch + 1}/{cfg.epochs}",
         )
-        entry = {
+        pos.history.append({
             "epoch": epoch + 1,
-            "step": position["step"],
+            "step": pos.step,
             **scores,
-            "train_loss": sum(step_losses) / max(len(step_losses), 1),
-            "seconds": round(time.perf_counter() - t_start, 1),
-        }
-        position["history"].append(entry)
-        log(
+            "train_loss": self.losses.mean_loss(epoch),
+            "seconds": round(time.perf_counter() - self.t_start, 1),
+        })  # fmt: skip
+        self.log(
             f"epoch {epoch + 1}: val score {scores['score']:.4f} "
             + " ".join(f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items())
         )
-        if position["best"] is None or scores["score"] > position["best"]["score"]:
-            save_weights(run_dir / WEIGHTS, trainable_weights(model))
-            position["best"] = {"epoch": epoch + 1, "score": scores["score"]}
-        position["epoch"], position["batch_in_epoch"] = epoch + 1, 0
-        position["train_seconds"] = time.perf_counter() - t_start
-        _write_metrics(run_dir, position, final=None)
-        write_checkpoint(run_dir, model, optimizer, position)
-    losses.close()
-    if stopped:
-        return {"stopped_at_batch": position["batch"]}
-    return _finish(
-        run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, copy_backbone, log
-    )
+        if pos.best is None or scores["score"] > pos.best["score"]:
+            save_weights(self.run_dir / WEIGHTS, trainable_weights(self.model))
+            pos.best = {"epoch": epoch + 1, "score": scores["score"]}
+        pos.epoch, pos.batch_in_epoch = epoch + 1, 0
+        pos.train_seconds = time.perf_counter() - self.t_start
+        _write_metrics(self.run_dir, pos, final=None)
+        write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
 
 
 def _num_layers(model_dir: Path) -> int:
@@ -613,12 +642,12 @@ def _use_cache(cfg: TrainConfig, model) -> bool:
     return cfg.prefix_cache and model.trainable_start() > 0
 
 
-def _write_metrics(run_dir: Path, position: dict, final: dict | None) -> dict:
+def _write_metrics(run_dir: Path, position: Position, final: dict | None) -> dict:
     metrics = {
         "selection": "best epoch by the mean official val score of the trained tasks",
-        "history": position["history"],
-        "best": position["best"],
-        "train_seconds": round(position["train_seconds"], 1),
+        "history": position.history,
+        "best": position.best,
+        "train_seconds": round(position.train_seconds, 1),
     }
     if final is not None:
         metrics["final"] = final
@@ -637,7 +666,7 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
     model.eval()
     final = None
     if "LiDiRus" in data:
-        best = position["history"][position["best"]["epoch"] - 1]
+        best = position.history[position.best["epoch"] - 1]
         diag = evaluate(model, tokenizer, {"LiDiRus": data["LiDiRus"].val}, cfg.max_len,
                         cfg.batch_size, log=log, desc="LiDiRus")  # fmt: skip
         per_task = {**best["tasks"], **diag["tasks"]}
@@ -650,7 +679,7 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
         log(f"LiDiRus (TERRa head): {diag['tasks']['LiDiRus']['score']:.4f}")
     info = read_run_json(run_dir)
     info["status"] = "done"
-    info["best_epoch"] = position["best"]["epoch"]
+    info["best_epoch"] = position.best["epoch"]
     info["tasks"] = task_info(list(data))
     if fuse or copy_backbone:
         tmp = run_dir / ".backbone.tmp"

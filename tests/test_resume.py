@@ -74,3 +74,20 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tiny_model_dir, tiny_rsg_d
     want_m = json.loads((full / "metrics.json").read_text())
     assert got_m["best"] == want_m["best"]
     assert [e["score"] for e in got_m["history"]] == [e["score"] for e in want_m["history"]]
+
+
+def test_train_loss_after_resume_counts_the_whole_epoch(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    """metrics.json's per-epoch train_loss once averaged only the batches run after a resume."""
+    cfg = tiny_train_config(checkpoint_every=2, epochs=2)
+    full = tmp_path / "full"
+    T.train(tiny_model_dir, tiny_rsg_dir, full, cfg, log=lambda m: None)
+    per_epoch = len(losses(full)) // cfg.epochs
+    run = tmp_path / "stopped"
+    stop = per_epoch + per_epoch // 2 + 1  # mid epoch 2, past a mid-epoch checkpoint
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, stop_after_batches=stop, log=lambda m: None)
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, resume=True, log=lambda m: None)
+    got = [e["train_loss"] for e in json.loads((run / "metrics.json").read_text())["history"]]
+    want = [e["train_loss"] for e in json.loads((full / "metrics.json").read_text())["history"]]
+    by_epoch = [[r[2] for r in losses(full)][i * per_epoch : (i + 1) * per_epoch] for i in (0, 1)]
+    np.testing.assert_allclose(want, [np.mean(x) for x in by_epoch], rtol=1e-12)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
