@@ -48,7 +48,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -137,7 +136,7 @@ def _heads(info: dict) -> str:
 
 def load_run(ref: RunRef):
     """mlx_rsg.load, with unreadable weight files turned into a one-line error."""
-    from mlx_rsg.predict import _add_lidirus, load
+    from mlx_rsg.predict import load
 
     try:
         predictor = load(ref.path)
@@ -146,7 +145,6 @@ def load_run(ref: RunRef):
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{ref.path}: cannot load the run: {msg}") from None
-    _add_lidirus(predictor)
     return predictor
 
 
@@ -181,12 +179,11 @@ def select_data(
 ) -> tuple[dict[str, list], dict[str, str], set[str]]:
     """(records by task, skipped task -> reason, fixture tasks) for the baseline's tasks."""
     from mlx_rsg.data import TASKS, available_splits
-    from mlx_rsg.predict import _data_records
+    from mlx_rsg.predict import data_records
 
     if not Path(data_dir).exists():
         raise UserError(f"--data: {data_dir} does not exist")
-    run = SimpleNamespace(info=info, tasks=list(info["tasks"]))
-    records = _data_records(run, data_dir, cfg.split, "all", cfg.max_per_task, cfg.seed)
+    records = data_records(info, data_dir, cfg.split, "all", cfg.max_per_task, cfg.seed)
     skipped = {}
     for task in TASKS:
         if task in records:

@@ -200,6 +200,7 @@ def load(run_dir: str | Path, verify: bool = True) -> Predictor:
         load_trainable,
         read_run_json,
         resolve_backbone,
+        task_info,
     )
 
     run_dir = Path(run_dir)
@@ -214,6 +215,9 @@ def load(run_dir: str | Path, verify: bool = True) -> Predictor:
     load_trainable(model, run_dir / WEIGHTS)
     mx.eval(model.parameters())
     model.eval()
+    if "TERRa" in info["tasks"] and "LiDiRus" not in info["tasks"]:
+        # The diagnostic is predicted and scored with the TERRa head.
+        info["tasks"]["LiDiRus"] = task_info(["LiDiRus"])["LiDiRus"]
     return Predictor(model, tokenizer, info, run_dir)
 
 
@@ -243,14 +247,16 @@ def _with_line(name, n, obj):
     return obj
 
 
-def _data_records(
-    predictor: Predictor,
+def data_records(
+    info: dict[str, Any],
     data_dir: str,
     split: str,
     task_list: str,
     max_per_task: int | None,
     seed: int = 0,
 ) -> dict[str, list]:
+    """Records of `split` per task a run (its run.json `info`) can predict, LiDiRus with the
+    TERRa head; `max_per_task` samples ~N examples per task as `run.sample_examples` does."""
     from mlx_rsg.data import TASKS, available_splits, load_split
     from mlx_rsg.run import diagnostic_records, parse_tasks, sample_examples
 
@@ -260,21 +266,21 @@ def _data_records(
         if task not in wanted and not (task == "LiDiRus" and "TERRa" in wanted):
             continue
         if task == "LiDiRus":
-            if "TERRa" not in predictor.info["heads"]:
+            if "TERRa" not in info["heads"]:
                 continue
             # The diagnostic is both LiDiRus's val (labelled) and its test submission.
             records = (
                 diagnostic_records(Path(data_dir)) if split != "test" else _lidirus_test(data_dir)
             )
         else:
-            if task not in predictor.info["tasks"] or split not in available_splits(data_dir, task):
+            if task not in info["tasks"] or split not in available_splits(data_dir, task):
                 continue
             records = load_split(data_dir, task, split)
         if records:
             out[task] = sample_examples(task, records, max_per_task, seed, split)
     if not out:
         raise UserError(
-            f"{data_dir}: no {split} data for this run's tasks ({', '.join(predictor.tasks)})"
+            f"{data_dir}: no {split} data for this run's tasks ({', '.join(info['tasks'])})"
         )
     return out
 
@@ -284,14 +290,6 @@ def _lidirus_test(data_dir: str) -> list:
 
     splits = available_splits(data_dir, "LiDiRus")
     return load_split(data_dir, "LiDiRus", splits[0]) if splits else []
-
-
-def _add_lidirus(predictor: Predictor) -> None:
-    """LiDiRus is scored with the TERRa head: make it a task of the predictor if TERRa is."""
-    from mlx_rsg.run import task_info
-
-    if "TERRa" in predictor.info["tasks"] and "LiDiRus" not in predictor.info["tasks"]:
-        predictor.info["tasks"]["LiDiRus"] = task_info(["LiDiRus"])["LiDiRus"]
 
 
 def cli(
@@ -315,12 +313,11 @@ def cli(
     records = read_jsonl(input_path) if input_path is not None else None
     predictor = load(run_dir)
     predictor.batch_size = batch_size
-    _add_lidirus(predictor)
     if records is not None:
         for row in predictor.predict(task, records):
             click.echo(json.dumps(row, ensure_ascii=False, default=_json_default))
         return
-    by_task = _data_records(predictor, data_dir, split, task_list, max_per_task, seed)
+    by_task = data_records(predictor.info, data_dir, split, task_list, max_per_task, seed)
     if split == "test":
         if not submission:
             raise UserError("--split test needs --submission out.zip (test labels are hidden)")
