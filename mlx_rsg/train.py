@@ -36,7 +36,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,40 +67,70 @@ from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 
 
+def _opt(default, help: str = "", **meta):
+    """A field with its `mlx-rsg train` help (mlx_rsg.options makes the CLI option from it)."""
+    kind = "default_factory" if isinstance(default, list) else "default"
+    return field(**{kind: default}, metadata={"help": help, **meta})
+
+
 @dataclass
 class TrainConfig:
-    """Every `mlx-rsg train` flag. Saved in run.json; --resume requires the same values."""
+    """Every `mlx-rsg train` flag, its one definition (the CLI options are made from these
+    fields). Saved in run.json; --resume requires the same values."""
 
     tasks: tuple[str, ...] = TRAIN_TASKS
-    method: str = "freeze"
-    freeze_layers: int | None = None  # None: round(12/26 * n_layers), as the reference
-    pooling: str = "last"
-    dropout: float = 0.1
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_layers: int | None = None
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    adapter_size: int = 64
-    adapter_layers: int | None = None
-    adapter_dropout: float = 0.1
-    epochs: int = 3
-    lr: float = 5e-6
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 8
-    grad_accum: int = 2
-    warmup: int = 100
-    max_len: int = 256
-    seed: int = 0
+    method: str = _opt("freeze", choices=list(METHODS))
+    freeze_layers: int | None = _opt(
+        None, "Bottom K layers frozen.", default_help="round(12/26 x layers), as the reference"
+    )
+    pooling: str = _opt(
+        "last", "Sentence pooling (RUSSE/RWSD always use span pooling).", choices=["last", "mean"]
+    )
+    dropout: float = _opt(0.1)
+    lora_rank: int = _opt(8)
+    lora_alpha: float = _opt(16.0)
+    lora_layers: int | None = _opt(
+        None, "Top N layers get LoRA.", default_help="those above --freeze-layers"
+    )
+    lora_targets: tuple[str, ...] = _opt(
+        ("q_proj", "v_proj"), "Linear layer names inside each block."
+    )
+    adapter_size: int = _opt(64)
+    adapter_layers: int | None = _opt(
+        None, "MLP adapters after the top N blocks.", default_help="those above --freeze-layers"
+    )
+    adapter_dropout: float = _opt(0.1)
+    epochs: int = _opt(3)
+    lr: float = _opt(5e-6, "Peak learning rate of the backbone's trainable weights.")
+    head_lr: float = _opt(1e-3, "Peak learning rate of the new classification heads.")
+    weight_decay: float = _opt(0.01)
+    batch_size: int = _opt(8)
+    grad_accum: int = _opt(2)
+    warmup: int = _opt(100, "Linear warmup, in optimizer steps; then linear decay to 0.")
+    max_len: int = _opt(256)
+    seed: int = _opt(0)
     # Caps count examples (units: one per MuSeRC answer, gold + negatives per RuCoS query) and
     # draw whole records, so one number keeps every task in proportion.
-    max_train_per_task: int | None = 5000
-    max_eval_per_task: int | None = None
-    max_negatives: int = 4
-    checkpoint_every: int = 50  # optimizer steps between resume checkpoints (and every epoch end)
-    prefix_cache: bool = True
-    grad_checkpoint: bool = False
-    cache_dir: str | None = None  # memory-map the prefix cache here instead of RAM
+    max_train_per_task: int | None = _opt(
+        5000, "At most ~N training examples per task, drawn as whole records (examples = units: "
+        "one per MuSeRC answer, gold + negatives per RuCoS query; 0: no cap)."
+    )  # fmt: skip
+    max_eval_per_task: int | None = _opt(
+        None, "At most ~N val examples per task, drawn as whole records."
+    )
+    max_negatives: int = _opt(4, "RuCoS: wrong entities sampled per query per epoch.")
+    checkpoint_every: int = _opt(
+        50, "Optimizer steps between resume checkpoints (and every epoch end)."
+    )
+    prefix_cache: bool = _opt(
+        True, "Compute the frozen layers once per example and reuse them every epoch."
+    )
+    grad_checkpoint: bool = _opt(
+        False, "Recompute the trained layers' activations in backward (less memory, slower)."
+    )
+    cache_dir: str | None = _opt(
+        None, "Memory-map the prefix cache here instead of keeping it in RAM.", path=True
+    )
 
     def validate(self) -> None:
         bad = [t for t in self.tasks if t not in TRAIN_TASKS]
@@ -311,21 +341,10 @@ def classifier_config(cfg: TrainConfig, num_layers: int):
         freeze = round(REFERENCE_FROZEN_FRACTION * num_layers)
     if freeze > num_layers:
         raise UserError(f"--freeze-layers: {freeze} > the model's {num_layers} layers")
-    return ClassifierConfig(
-        method=cfg.method,
-        freeze_layers=freeze,
-        pooling=cfg.pooling,
-        dropout=cfg.dropout,
-        lora_rank=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_layers=cfg.lora_layers,
-        lora_targets=tuple(cfg.lora_targets),
-        adapter_size=cfg.adapter_size,
-        adapter_layers=cfg.adapter_layers,
-        adapter_dropout=cfg.adapter_dropout,
-        max_len=cfg.max_len,
-        grad_checkpoint=cfg.grad_checkpoint,
-    )
+    # Every model setting is a training flag of the same name (TrainConfig holds them all).
+    shared = {f.name: getattr(cfg, f.name) for f in fields(ClassifierConfig)}
+    shared["lora_targets"] = tuple(cfg.lora_targets)
+    return ClassifierConfig(**{**shared, "freeze_layers": freeze})
 
 
 def heads_for(tasks: tuple[str, ...]) -> dict[str, int]:

@@ -226,3 +226,23 @@ def test_rng_state_round_trip():
     np.random.seed(0)
     T._set_rng_state(state)
     assert (random.random(), np.random.rand()) == a
+
+
+def test_train_options_come_from_train_config():
+    """Each setting is spelled once: TrainConfig's fields are `mlx-rsg train`'s options (same
+    names, defaults and choices) and ClassifierConfig's fields a subset of them."""
+    from dataclasses import fields
+
+    from mlx_rsg.model import ClassifierConfig
+    from mlx_rsg.train_cli import train_command
+
+    options = {p.name: p for p in train_command.params}
+    for f in fields(T.TrainConfig):
+        if f.name == "tasks":
+            continue
+        opt = options[f.name]
+        assert f"--{f.name.replace('_', '-')}" in opt.opts
+        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        assert opt.default == default, f.name
+    assert list(options["method"].type.choices) == list(T.METHODS)
+    assert {f.name for f in fields(ClassifierConfig)} <= {f.name for f in fields(T.TrainConfig)}
