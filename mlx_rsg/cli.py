@@ -38,9 +38,11 @@ def main(ctx: click.Context) -> None:
 
 
 @main.command()
-def info() -> None:
+@click.argument("model", required=False, type=click.Path(exists=True, file_okay=False))
+def info(model) -> None:
     """Print versions, the device, the BLAS with its measured GEMM speed, and which CPU fast
-    paths this machine uses (timed once per machine, then cached)."""
+    paths this machine uses (timed once per machine, then cached) for MODEL (a model or run
+    directory; default: Gemma-3-270M's shapes)."""
     import mlx.core as mx
     import mlx_lm
 
@@ -59,8 +61,27 @@ def info() -> None:
     slow = f"  slow: {_blas.fix_hint()}" if gflops < _blas.SLOW_GFLOPS else ""
     click.echo(f"gemm      {gflops:.1f} GFLOP/s (float32, 1024^3, {_blas.get_threads() or '?'} "
                f"BLAS threads){slow}")  # fmt: skip
-    click.echo(f"fast paths (Gemma-3-270M shapes, 8x128; cache {fastpaths.cache_path()}):")
-    fastpaths.report(log=click.echo)
+    config, quantized, what = None, True, "Gemma-3-270M shapes"
+    if model:
+        config, quantized = _model_config(model)
+        what = f"{model}: {config.get('model_type')}{', quantized' if quantized else ''}"
+    click.echo(f"fast paths ({what}, 8x128; cache {fastpaths.cache_path()}):")
+    fastpaths.report(config, quantized, log=click.echo)
+
+
+def _model_config(path: str) -> tuple[dict, bool]:
+    """config.json of a model directory, or of a run directory's backbone; and if quantized."""
+    from pathlib import Path
+
+    from mlx_rsg.io import read_json_object
+    from mlx_rsg.run import read_run_json, resolve_backbone
+
+    root = Path(path)
+    if (root / "run.json").is_file():
+        root = resolve_backbone(root, read_run_json(root), verify=False)
+    config = read_json_object(root / "config.json", f"{path}: not a model or run directory")
+    config = config.get("text_config", config)
+    return config, "quantization" in config
 
 
 # --- commands are registered below, one block per module ---

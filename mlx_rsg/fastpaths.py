@@ -193,15 +193,17 @@ def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True) ->
 def measure(
     shapes: Shapes, paths: tuple[str, ...] = PATHS, known: dict[str, Timing] | None = None
 ) -> dict[str, Timing]:
-    """Time each of `paths` against stock on `shapes` (rows: only with 2+ cores, with the
-    attention and GELU that `known` or this measurement chose)."""
+    """Time each of `paths` against stock on `shapes` (rows: only with 2+ cores, on synthetic
+    Gemma 3 blocks of the model's dimensions, with the attention and GELU that `known` or this
+    measurement chose)."""
     from mlx_rsg.backbone import freed_buffers_kept
 
     out = dict(known or {})
     with freed_buffers_kept():  # the allocator setting the mlx-rsg commands run with
         for name in paths:
             if name == "rows":
-                chosen = {p: out[p].use if p in out else True for p in ("attention", "gelu")}
+                # the kernels that will run: stock where not measured (other architectures)
+                chosen = {p: p in out and out[p].use for p in ("attention", "gelu")}
                 timing = time_rows(shapes, chosen["attention"], chosen["gelu"])
             else:
                 timers = {"attention": time_attention, "gelu": time_gelu, "quant": time_quant}
@@ -344,13 +346,10 @@ def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, boo
     from mlx_rsg.fast_gelu import FastMLP
     from mlx_rsg.fast_quant import FastQuantizedLinear
 
-    relevant = ["rows"]
-    if config.get("model_type") in _GEMMA:
-        relevant[:0] = ["attention", "gelu"]
-    if any(isinstance(m, nn.QuantizedLinear) for m in model.modules()):
-        relevant.append("quant")
+    quantized = any(isinstance(m, nn.QuantizedLinear) for m in model.modules())
     if use is None:
-        use = decide(Shapes.of(config), tuple(relevant), log)
+        relevant = tuple(p for p in PATHS if not why_not(p, config, quantized))
+        use = decide(Shapes.of(config), relevant, log)
     if "attention" in use:
         _swap(model, gemma3_text.Attention, FastAttention, use["attention"])
     if "gelu" in use:
@@ -362,15 +361,30 @@ def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, boo
     return use
 
 
-def report(shapes: Shapes | None = None, log=print) -> dict[str, Timing]:
-    """Print each path's timing on this machine (measured now if not cached) and the choice."""
-    shapes = shapes or Shapes()
+def why_not(path: str, config: dict[str, Any], quantized: bool) -> str | None:
+    """Why `path` does not apply to a model (None: it does). The attention and GELU kernels are
+    written for Gemma 3's modules; other architectures run mlx-lm's own."""
+    if path in ("attention", "gelu") and config.get("model_type") not in _GEMMA:
+        return f"Gemma 3 only; {config.get('model_type')} runs mlx-lm's own"
+    if path == "quant" and not quantized:
+        return "the model is not quantized"
+    return None
+
+
+def report(
+    config: dict[str, Any] | None = None, quantized: bool = True, log=print
+) -> dict[str, Timing]:
+    """Print each path's timing on this machine (measured now if not cached) and the choice, for
+    the model with `config` (default: Gemma-3-270M's shapes)."""
+    shapes = Shapes.of(config) if config else Shapes()
     forced = _override()
-    measured = timings(shapes, PATHS)
+    paths = tuple(p for p in PATHS if not (config and why_not(p, config, quantized)))
+    measured = timings(shapes, paths)
     for name in PATHS:
         t = measured.get(name)
+        reason = why_not(name, config, quantized) if config else None
         if t is None:
-            log(f"  {name:<9} n/a (one core)")
+            log(f"  {name:<9} n/a ({reason or 'one core'})")
             continue
         on = t.use if forced is None else name in forced
         how = "" if forced is None else " (MLX_RSG_FAST_PATHS)"

@@ -1,8 +1,10 @@
-"""GGUF (llama.cpp) -> Hugging Face directory: fp32 safetensors, config.json, SentencePiece vocab.
+"""GGUF (llama.cpp) -> Hugging Face directory: fp32 safetensors, config.json, the vocabulary.
 
 The mapping is declarative (`convert/gguf-<architecture>.toml`, read through mlx_rsg.recipes):
 tensor names, which tensors are RMSNorm weights stored by llama.cpp as 1+w, GGUF metadata ->
-config fields, and the config fields GGUF does not carry. Every tensor is dequantized with the
+config fields, the config fields GGUF does not carry, and whether llama.cpp reordered the Q/K
+rows. Vocabularies: SentencePiece ("llama": Gemma, Llama 2) becomes tokenizer.model, byte-level
+BPE ("gpt2": SmolLM2, GPT-2 style) a tokenizer.json. Every tensor is dequantized with the
 `gguf` package (K-quants included), so the result is an ordinary HF checkpoint that the regular
 HF -> MLX conversion (mlx-lm's model classes) and transformers both load.
 """
@@ -178,6 +180,22 @@ def read_gguf_tensors(path: Path, reader, recipe: dict) -> tuple[dict[str, np.nd
     return out, quant_types
 
 
+def unpermute_qk(tensors: dict[str, np.ndarray], config: dict[str, Any]) -> None:
+    """Undo llama.cpp's row order of q_proj / k_proj, in place. Its Llama convert permutes each
+    head's rows from Hugging Face's (first half, second half) RoPE layout to interleaved pairs:
+    rows (head, 2, d/2) -> (head, d/2, 2); this maps them back."""
+    for name, values in tensors.items():
+        if name.endswith("self_attn.q_proj.weight"):
+            heads = config["num_attention_heads"]
+        elif name.endswith("self_attn.k_proj.weight"):
+            heads = config["num_key_value_heads"]
+        else:
+            continue
+        rows = values.shape[0]
+        w = values.reshape(heads, rows // heads // 2, 2, *values.shape[1:])
+        tensors[name] = np.ascontiguousarray(w.swapaxes(1, 2).reshape(values.shape))
+
+
 def _check_layers(tensors: dict, recipe: dict, n_layers: int, path: Path) -> None:
     expected = []
     for hf in recipe["names"].values():
@@ -209,7 +227,8 @@ def sentencepiece_model(reader, path: Path) -> bytes:
     model = _field(reader, "tokenizer.ggml.model", path)
     if model != "llama":
         raise UserError(
-            f"{path}: tokenizer model '{model}' is not supported (only SentencePiece 'llama')"
+            f"{path}: tokenizer model '{model}' is not supported (SentencePiece 'llama' or "
+            "byte-level BPE 'gpt2')"
         )
     tokens = _field(reader, "tokenizer.ggml.tokens", path)
     scores = _field(reader, "tokenizer.ggml.scores", path)
@@ -265,8 +284,54 @@ def sentencepiece_model(reader, path: Path) -> bytes:
     return proto.SerializeToString()
 
 
-def _tokenizer_files(reader, path: Path) -> dict[str, Any]:
-    """tokenizer_config.json and special_tokens_map.json for transformers' GemmaTokenizer."""
+def bpe_tokenizer_json(reader, path: Path) -> str:
+    """The GGUF's byte-level BPE vocabulary ("gpt2": GPT-2, SmolLM2, Llama 3 style) as a
+    tokenizers `tokenizer.json`: vocab and merges copied verbatim, control tokens special, the
+    pre-tokenizer llama.cpp names in `tokenizer.ggml.pre`."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tokens = _field(reader, "tokenizer.ggml.tokens", path)
+    merges = _field(reader, "tokenizer.ggml.merges", path)
+    types = _field(reader, "tokenizer.ggml.token_type", path)
+    if not tokens or not merges or types is None or len(types) != len(tokens):
+        raise UserError(f"{path}: tokenizer.ggml.tokens/merges/token_type missing or misaligned")
+    pre = _field(reader, "tokenizer.ggml.pre", path, default="default")
+    if pre not in _BPE_PRE_TOKENIZERS:
+        raise UserError(f"{path}: BPE pre-tokenizer '{pre}' is not supported "
+                        f"(supported: {', '.join(sorted(_BPE_PRE_TOKENIZERS))})")  # fmt: skip
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise UserError(f"{path}: tokenizer.ggml.tokens has duplicate tokens")
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    if any(len(pair) != 2 for pair in pairs):
+        raise UserError(f"{path}: tokenizer.ggml.merges has an entry that is not 'a b'")
+    try:
+        tok = Tokenizer(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
+    except Exception as e:  # tokenizers raises a bare Exception for a merge outside the vocab
+        raise UserError(f"{path}: tokenizer.ggml.merges: {e}") from None
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [*_BPE_PRE_TOKENIZERS[pre](), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    control = [t for t, kind in zip(tokens, types, strict=True) if int(kind) == 3]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    return tok.to_str()
+
+
+def _digits_split():
+    from tokenizers import pre_tokenizers
+
+    return [pre_tokenizers.Digits(individual_digits=True)]
+
+
+# llama.cpp's `tokenizer.ggml.pre` -> the splits before GPT-2's byte-level regex: "smollm" (and
+# StarCoder's) split every digit apart; "gpt2" / "default" add nothing.
+_BPE_PRE_TOKENIZERS = {"default": list, "gpt2": list, "smollm": _digits_split,
+                       "starcoder": _digits_split}  # fmt: skip
+
+
+def _tokenizer_files(reader, path: Path, tokenizer_class: str) -> dict[str, Any]:
+    """tokenizer_config.json and special_tokens_map.json for transformers' `tokenizer_class`."""
     tokens = _field(reader, "tokenizer.ggml.tokens", path)
 
     def token(key: str) -> str | None:
@@ -281,7 +346,7 @@ def _tokenizer_files(reader, path: Path) -> dict[str, Any]:
     }
     special = {k: v for k, v in special.items() if v is not None}
     config = {
-        "tokenizer_class": "GemmaTokenizer",
+        "tokenizer_class": tokenizer_class,
         "add_bos_token": bool(_field(reader, "tokenizer.ggml.add_bos_token", path, default=True)),
         "add_eos_token": bool(_field(reader, "tokenizer.ggml.add_eos_token", path, default=False)),
         "spaces_between_special_tokens": False,
@@ -321,10 +386,11 @@ def _write_tokenizer_json(out: Path) -> None:
 def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Write a Hugging Face-style directory for the GGUF model at `gguf_path` into `out_dir`.
 
-    Files: config.json, model.safetensors (float32, HF names), tokenizer.model,
-    tokenizer_config.json, special_tokens_map.json, and tokenizer.json when transformers is
-    installed. Everything is read and checked before the first file is written; each file is
-    written atomically. The caller owns `out_dir` (convert writes into a temporary directory and
+    Files: config.json, model.safetensors (float32, HF names), tokenizer_config.json,
+    special_tokens_map.json, and the vocabulary: tokenizer.model (SentencePiece; plus
+    tokenizer.json when transformers is installed) or tokenizer.json (byte-level BPE).
+    Everything is read and checked before the first file is written; each file is written
+    atomically. The caller owns `out_dir` (convert writes into a temporary directory and
     renames it).
     Returns {"architecture", "tensors", "quant_types", "parameters", "vocab_size"}.
     """
@@ -354,7 +420,15 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]
             del tensors[head]
         else:
             config["tie_word_embeddings"] = False
-    spm = sentencepiece_model(reader, path)
+    if recipe.get("permute_qk"):
+        unpermute_qk(tensors, config)
+    kind = _field(reader, "tokenizer.ggml.model", path)
+    if kind == "gpt2":  # byte-level BPE: tokenizer.json for PreTrainedTokenizerFast
+        vocab_files = {"tokenizer.json": bpe_tokenizer_json(reader, path)}
+        tokenizer_class = "PreTrainedTokenizerFast"
+    else:  # SentencePiece ("llama"); anything else is refused there
+        vocab_files = {"tokenizer.model": sentencepiece_model(reader, path)}
+        tokenizer_class = recipe.get("sentencepiece_tokenizer_class", "GemmaTokenizer")
     n_tokens = len(_field(reader, "tokenizer.ggml.tokens", path))
     if n_tokens != vocab_size:
         raise UserError(
@@ -375,15 +449,17 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]
         target = out / "config.json"
         with atomic_file(target) as f:
             json.dump(config, f, indent=2)
-        target = out / "tokenizer.model"
-        with atomic_file(target, "wb") as f:
-            f.write(spm)
-        for name, content in _tokenizer_files(reader, path).items():
+        for name, content in vocab_files.items():
+            target = out / name
+            with atomic_file(target, "wb" if isinstance(content, bytes) else "w") as f:
+                f.write(content)
+        for name, content in _tokenizer_files(reader, path, tokenizer_class).items():
             target = out / name
             with atomic_file(target) as f:
                 json.dump(content, f, indent=2, ensure_ascii=False)
-        target = out / "tokenizer.json"
-        _write_tokenizer_json(out)
+        if "tokenizer.model" in vocab_files:
+            target = out / "tokenizer.json"
+            _write_tokenizer_json(out)
     except UserError:
         raise
     except Exception as e:  # OSError, or safetensors' SafetensorError wrapping one

@@ -126,15 +126,40 @@ def test_apply_can_switch_back_and_keeps_values(tiny_model_dir):  # noqa: F811
     assert mx.allclose(fast, stock, atol=1e-4).item()
 
 
+TINY_CONFIG = {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 128,
+               "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16}  # fmt: skip
+
+
 def test_report_prints_each_path(auto, monkeypatch):
-    _fake_measure(monkeypatch, {"attention": Timing(20.0, 240.0), "gelu": Timing(56.0, 5.0),
-                                "quant": Timing(10.0, 1.0)})  # fmt: skip
+    calls = _fake_measure(monkeypatch, {"attention": Timing(20.0, 240.0), "gelu": Timing(56.0, 5.0),
+                                        "quant": Timing(10.0, 1.0)})  # fmt: skip
     lines = []
-    fastpaths.report(TINY, log=lines.append)
+    fastpaths.report(TINY_CONFIG, quantized=True, log=lines.append)
     assert lines[0].split() == ["attention", "stock", "20.0", "ms", "fast", "240.0", "ms",
                                 "0.08x", "->", "stock"]  # fmt: skip
     assert lines[1].endswith("11.20x  -> fast")
     assert lines[3].split()[:2] == ["rows", "n/a"]
+    # Another architecture: the Gemma 3 kernels are not timed and say so; so is an fp32 model.
+    lines.clear()
+    fastpaths.report({**TINY_CONFIG, "model_type": "llama"}, quantized=False, log=lines.append)
+    assert lines[0] == "  attention n/a (Gemma 3 only; llama runs mlx-lm's own)"
+    assert lines[1].startswith("  gelu      n/a (Gemma 3 only")
+    assert lines[2] == "  quant     n/a (the model is not quantized)"
+    assert calls[-1] == ("rows",)
+
+
+def test_a_llama_model_gets_no_gemma_kernels(tmp_path):
+    """apply() leaves another architecture's modules as mlx-lm built them."""
+    from mlx_lm.models import llama
+
+    args = llama.ModelArgs(model_type="llama", hidden_size=32, num_hidden_layers=1,
+                           intermediate_size=64, num_attention_heads=4, rms_norm_eps=1e-5,
+                           vocab_size=50)  # fmt: skip
+    model = llama.Model(args)
+    use = fastpaths.apply(model, {"model_type": "llama", "hidden_size": 32,
+                                  "num_attention_heads": 4}, use=None)  # fmt: skip
+    assert set(use) == {"rows"}  # conftest: MLX_RSG_FAST_PATHS=all, still no Gemma kernels
+    assert type(model.model.layers[0].mlp) is llama.MLP
 
 
 def test_mlx_and_mlx_lm_unchanged_after_load_and_predict(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811

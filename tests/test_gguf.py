@@ -270,9 +270,9 @@ def test_truncated_gguf_is_one_line_error_and_writes_nothing(tiny, tmp_path):
 
 def test_unsupported_architecture_type_and_name(tmp_path):
     weights = tiny_weights(np.random.default_rng(1))
-    write_tiny_gguf(tmp_path / "llama.gguf", weights, arch="llama")
-    msg = one_line_error(lambda: gguf_to_hf_dir(tmp_path / "llama.gguf", tmp_path / "o1"))
-    assert "architecture 'llama' is not supported" in msg and "gemma3" in msg
+    write_tiny_gguf(tmp_path / "qwen2.gguf", weights, arch="qwen2")  # no recipe for it (yet)
+    msg = one_line_error(lambda: gguf_to_hf_dir(tmp_path / "qwen2.gguf", tmp_path / "o1"))
+    assert "architecture 'qwen2' is not supported" in msg and "gemma3, llama" in msg
 
     odd = {"blk.0.attn_q.weight": (weights["blk.0.attn_q.weight"][0].astype(np.int32), Q.I32)}
     write_tiny_gguf(tmp_path / "i32.gguf", weights, extra=odd)
