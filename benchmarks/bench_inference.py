@@ -108,7 +108,8 @@ def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
 def mlx_forward(model_dir: Path, mode: str):
     import mlx.core as mx
 
-    from mlx_rsg.backbone import hidden_states, keep_freed_buffers, load_backbone
+    from mlx_rsg.backbone import hidden_states, load_backbone
+    from mlx_rsg.memory import keep_freed_buffers
 
     if mode != "mlx-stock":
         keep_freed_buffers()  # as the mlx-rsg commands do

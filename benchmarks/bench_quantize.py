@@ -109,7 +109,8 @@ def main() -> None:
     import numpy as np
 
     from mlx_rsg import fast_quant, fastpaths
-    from mlx_rsg.backbone import keep_freed_buffers, load_backbone
+    from mlx_rsg.backbone import load_backbone
+    from mlx_rsg.memory import keep_freed_buffers
     from mlx_rsg.quantize import quantize
 
     recipes = [r for r in args.recipes.split(",") if r]

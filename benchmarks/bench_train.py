@@ -46,9 +46,10 @@ def mlx_worker(args, tokens, labels) -> dict:
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from mlx_rsg.backbone import keep_freed_buffers, load_backbone
+    from mlx_rsg.backbone import load_backbone
     from mlx_rsg.batching import Batch, loss_fn
     from mlx_rsg.features import PrefixCache
+    from mlx_rsg.memory import keep_freed_buffers
     from mlx_rsg.model import ClassifierConfig, RSGClassifier
     from mlx_rsg.train import compiled_update
 

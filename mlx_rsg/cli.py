@@ -32,7 +32,7 @@ _MODEL_COMMANDS = {"train", "predict", "bench", "quantize", "quickstart"}
 def main(ctx: click.Context) -> None:
     """Russian SuperGLUE on Apple MLX: convert, train, quantize, benchmark."""
     if ctx.invoked_subcommand in _MODEL_COMMANDS:
-        from mlx_rsg.backbone import keep_freed_buffers
+        from mlx_rsg.memory import keep_freed_buffers
 
         keep_freed_buffers()
 

@@ -23,6 +23,9 @@ from collections.abc import Callable, Iterator
 import mlx.core as mx
 
 _STREAMS: list = []
+# Whether inference splits rows when the caller does not say: set per machine by
+# mlx_rsg.fastpaths (the `rows` fast path) when a model loads.
+ROWS = {"enabled": True}
 
 
 def cpu_cores() -> int:
@@ -97,9 +100,7 @@ def _cut_batch(batch, rows: int, lo: int, hi: int):
 
 def _in_chunks(make: Callable[[int, int], mx.array], rows: int, parts: int | None) -> mx.array:
     if parts is None:
-        from mlx_rsg.fastpaths import rows_enabled
-
-        parts = cpu_cores() if rows_enabled() else 1
+        parts = cpu_cores() if ROWS["enabled"] else 1
     parts = min(parts, rows)
     if parts <= 1 or mx.default_device() != mx.cpu:
         out = make(0, rows)

@@ -221,7 +221,7 @@ def _label(obj: dict, where: _Where, allowed: tuple, prefix: str = ""):
 
 # ----------------------------------------------------------------------------- per-task parsers
 
-_NLI_LABELS = {
+NLI_LABELS = {
     "TERRa": ("entailment", "not_entailment"),
     "LiDiRus": ("entailment", "not_entailment"),
     "RCB": ("entailment", "contradiction", "neutral"),
@@ -230,7 +230,7 @@ _NLI_LABELS = {
 
 def _nli(task: str) -> Callable:
     first, second = ("sentence1", "sentence2") if task == "LiDiRus" else ("premise", "hypothesis")
-    labels = tuple((s, s) for s in _NLI_LABELS[task])
+    labels = tuple((s, s) for s in NLI_LABELS[task])
 
     def parse(o: dict, w: _Where) -> list[Record]:
         return [

@@ -37,7 +37,6 @@ import mlx.nn as nn
 
 PATHS = ("attention", "gelu", "quant", "rows")
 MIN_SPEEDUP = 1.05  # below this the stock kernel stays: within noise, and it is MLX's own
-_DECIDED: dict[str, bool] = {}  # the latest decisions in this process (cpu_parallel reads rows)
 _GEMMA = {"gemma3", "gemma3_text"}
 
 
@@ -196,7 +195,7 @@ def measure(
     """Time each of `paths` against stock on `shapes` (rows: only with 2+ cores, on synthetic
     Gemma 3 blocks of the model's dimensions, with the attention and GELU that `known` or this
     measurement chose)."""
-    from mlx_rsg.backbone import freed_buffers_kept
+    from mlx_rsg.memory import freed_buffers_kept
 
     out = dict(known or {})
     with freed_buffers_kept():  # the allocator setting the mlx-rsg commands run with
@@ -321,12 +320,6 @@ def decide(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None) -> dict[str
     return {p: p in measured and measured[p].use for p in paths}
 
 
-def rows_enabled() -> bool:
-    """Whether batched inference splits rows over the cores (cpu_parallel); True until a model
-    load decided otherwise."""
-    return _DECIDED.get("rows", True)
-
-
 def _swap(model: nn.Module, stock: type, fast: type, use: bool) -> int:
     """Give every `stock` (or `fast`) module of model the class `fast` (use) or `stock`."""
     n = 0
@@ -357,7 +350,9 @@ def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, boo
     if "quant" in use:
         _swap(model, nn.QuantizedLinear, FastQuantizedLinear, use["quant"])
     if "rows" in use:
-        _DECIDED["rows"] = use["rows"]
+        from mlx_rsg.cpu_parallel import ROWS
+
+        ROWS["enabled"] = use["rows"]
     return use
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object
-from mlx_rsg.run import MANIFEST, write_manifest
+from mlx_rsg.run import MANIFEST, mark_merged, write_manifest
 
 BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine mode supports
 GROUP_SIZES = (32, 64, 128)
@@ -292,10 +292,7 @@ def _quantize_run(run_dir: Path, dst: Path, recipe: Recipe, calib_data=None, log
 
     new = copy.deepcopy(info)
     if method != "mlp-adapter":  # adapters are not linear: they stay beside the backbone
-        new["classifier"]["method"] = "freeze"
-        new["classifier"]["freeze_layers"] = len(model.backbone.layers)
-        if n_fused:
-            new["fused"] = {"lora_layers_fused": n_fused, "from": method}
+        mark_merged(new, len(model.backbone.layers), method, n_fused)
     new["backbone"] = {
         "path": "backbone",
         "sha256": weight_hashes(dst / "backbone"),

@@ -74,6 +74,15 @@ def write_json(path: Path, obj: Any) -> None:
         f.write("\n")
 
 
+def mark_merged(info: dict[str, Any], num_layers: int, method: str, lora_fused: int) -> None:
+    """run.json `info` of a run whose trained layers are now part of its own backbone copy
+    (train --fuse, quantize of a run): every backbone layer frozen, the method it came from."""
+    info["classifier"]["method"] = "freeze"
+    info["classifier"]["freeze_layers"] = num_layers
+    if lora_fused:
+        info["fused"] = {"lora_layers_fused": lora_fused, "from": method}
+
+
 MANIFEST = "mlx_rsg.json"  # how a model directory was made (convert, quantize)
 
 

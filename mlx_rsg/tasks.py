@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlx_rsg.metrics import normalize_answer
+from mlx_rsg.data import NLI_LABELS
+from mlx_rsg.metrics import OFFICIAL, normalize_answer
 
 
 @dataclass(frozen=True)
@@ -33,30 +34,24 @@ class TaskSpec:
     choice: bool  # units of a group are scored against each other (one output per unit)
     pooling: str  # "last" | "span"
     head: str  # the head that scores this task (LiDiRus is scored with TERRa's)
-    metrics: tuple[str, ...]  # keys of metrics.score_task for this task
+    metrics: tuple[str, ...]  # keys of metrics.score_task for this task (metrics.OFFICIAL)
     has_train: bool
     spans: int = 0  # marked pieces pooled and concatenated (RUSSE, RWSD: 2)
 
 
-NLI = ("entailment", "not_entailment")
+NLI = NLI_LABELS["TERRa"]
 TASK_SPECS: dict[str, TaskSpec] = {
-    "LiDiRus": TaskSpec("LiDiRus", NLI, False, "last", "TERRa", ("mcc",), False),
-    "RCB": TaskSpec(
-        "RCB",
-        ("entailment", "contradiction", "neutral"),
-        False,
-        "last",
-        "RCB",
-        ("f1", "accuracy"),
-        True,
+    "LiDiRus": TaskSpec("LiDiRus", NLI, False, "last", "TERRa", OFFICIAL["LiDiRus"], False),
+    "RCB": TaskSpec("RCB", NLI_LABELS["RCB"], False, "last", "RCB", OFFICIAL["RCB"], True),
+    "PARus": TaskSpec("PARus", (0, 1), True, "last", "PARus", OFFICIAL["PARus"], True),
+    "MuSeRC": TaskSpec("MuSeRC", (0, 1), False, "last", "MuSeRC", OFFICIAL["MuSeRC"], True),
+    "TERRa": TaskSpec("TERRa", NLI, False, "last", "TERRa", OFFICIAL["TERRa"], True),
+    "RUSSE": TaskSpec("RUSSE", (False, True), False, "span", "RUSSE", OFFICIAL["RUSSE"], True, 2),
+    "RWSD": TaskSpec("RWSD", (False, True), False, "span", "RWSD", OFFICIAL["RWSD"], True, 2),
+    "DaNetQA": TaskSpec(
+        "DaNetQA", (False, True), False, "last", "DaNetQA", OFFICIAL["DaNetQA"], True
     ),
-    "PARus": TaskSpec("PARus", (0, 1), True, "last", "PARus", ("accuracy",), True),
-    "MuSeRC": TaskSpec("MuSeRC", (0, 1), False, "last", "MuSeRC", ("f1a", "em"), True),
-    "TERRa": TaskSpec("TERRa", NLI, False, "last", "TERRa", ("accuracy",), True),
-    "RUSSE": TaskSpec("RUSSE", (False, True), False, "span", "RUSSE", ("accuracy",), True, 2),
-    "RWSD": TaskSpec("RWSD", (False, True), False, "span", "RWSD", ("accuracy",), True, 2),
-    "DaNetQA": TaskSpec("DaNetQA", (False, True), False, "last", "DaNetQA", ("accuracy",), True),
-    "RuCoS": TaskSpec("RuCoS", (0, 1), True, "last", "RuCoS", ("f1", "em"), True),
+    "RuCoS": TaskSpec("RuCoS", (0, 1), True, "last", "RuCoS", OFFICIAL["RuCoS"], True),
 }
 
 

@@ -679,7 +679,7 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
     import mlx.core as mx
 
     from mlx_rsg.predict import evaluate
-    from mlx_rsg.run import copy_model_dir, fuse_lora, write_backbone
+    from mlx_rsg.run import copy_model_dir, fuse_lora, mark_merged, write_backbone
 
     model.load_weights(list(mx.load(str(run_dir / WEIGHTS)).items()), strict=False)
     model.eval()
@@ -707,9 +707,7 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
             n = fuse_lora(model)
             write_backbone(model.backbone, model_dir, tmp)
             save_weights(run_dir / WEIGHTS, trainable_weights(model))
-            info["classifier"]["method"] = "freeze"
-            info["classifier"]["freeze_layers"] = model.backbone.num_layers
-            info["fused"] = {"lora_layers_fused": n, "from": cfg.method}
+            mark_merged(info, model.backbone.num_layers, cfg.method, n)
             log(f"fused {n} LoRA layers into backbone/")
         else:
             copy_model_dir(model_dir, tmp)
