@@ -1,22 +1,25 @@
 """CPU fast paths, each used only on machines where it measured faster than stock MLX.
 
-| path        | fast                                             | stock                          |
-|-------------|--------------------------------------------------|--------------------------------|
+| path        | fast                                               | stock                        |
+|-------------|----------------------------------------------------|------------------------------|
 | `attention` | `fast_attention.FastAttention` (poly exp2 softmax) | mlx-lm's Gemma 3 attention   |
-| `gelu`      | `fast_gelu.FastMLP` (rational tanh, fused)       | mlx-lm's Gemma 3 MLP           |
-| `quant`     | `fast_quant.FastQuantizedLinear` (dequant + GEMM) | MLX's CPU `quantized_matmul`  |
-| `rows`      | `cpu_parallel`: a row chunk per core and stream  | one stream, threaded BLAS      |
+| `gelu`      | `fast_gelu.FastMLP` (rational tanh, fused)         | mlx-lm's Gemma 3 MLP         |
+| `quant`     | `fast_quant.FastQuantizedLinear` (dequant + GEMM)  | MLX's CPU `quantized_matmul` |
+| `rows`      | `cpu_parallel`: a row chunk per core and stream    | one stream, threaded BLAS    |
+
+`attention` and `gelu` are written for Gemma 3's modules; other architectures get the other two
+(`why_not` says so, and `mlx-rsg info MODEL` prints it).
 
 Each gives the same numbers up to rounding (tested in its module); which is faster depends on
 the CPU, the BLAS and whether MLX finds `g++` to fuse compiled kernels (the fast attention ran
 ~10x *slower* than stock on one Xeon with MKL). So the first time a model of given shapes is
 loaded on a machine, `decide` times each path against stock on those shapes (synthetic Gemma 3
-blocks; ~5 s), keeps the result in `cache_dir()/fastpaths.json` keyed by the machine
+blocks; ~8 s), keeps the result in `cache_dir()/fastpaths.json` keyed by the machine
 (CPU model, cores, MLX, BLAS, compiler), and `mlx-rsg info` reports it. A path is used where
 it is at least MIN_SPEEDUP faster. `MLX_RSG_FAST_PATHS` overrides: `auto` (default), `all`,
 `none`, or a comma list of the paths to use.
 
-`apply(backbone)` gives *our* model's modules the fast classes (an instance's class is swapped
+`apply(model, config)` gives *our* model's modules the fast classes (an instance's class is swapped
 for a subclass); mlx-lm itself and any other model in the process stay as they are. On a GPU
 nothing is applied.
 """
