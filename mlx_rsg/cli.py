@@ -122,7 +122,7 @@ def bench_command(**kwargs) -> None:
 @click.option("--source", default="gemma-3-270m", show_default=True, help="What to convert.")
 @click.option("--force", is_flag=True, help="Start over instead of reusing finished steps.")
 def quickstart_command(data_dir, work_dir, source, force) -> None:
-    """convert -> train heads on every task -> quantize 8/4-bit -> bench, CPU-sized (~15 min)."""
+    """convert -> train heads on every task -> quantize 8/4-bit -> bench, CPU-sized (~14 min)."""
     from mlx_rsg.quickstart import QuickstartConfig, quickstart
 
     quickstart(data_dir, work_dir, QuickstartConfig(source=source), force)

@@ -5,7 +5,7 @@
 
 Everything goes under WORK_DIR (model/, runs/fp32, runs/<recipe>, bench/). A step whose output
 is already complete is reused, so an interrupted quickstart continues where it stopped; `--force`
-starts over. The defaults are sized for ~15 minutes on 2 CPU cores: the `heads` method (the whole
+starts over. The defaults are sized for ~14 minutes on 2 CPU cores: the `heads` method (the whole
 backbone frozen, its features computed once per example and cached) and caps counted in
 classification examples. They show the pipeline and its quality/speed trade-offs, not the best
 scores the model can reach — see the README's training section for a full run.
@@ -41,13 +41,13 @@ class QuickstartConfig:
 # step starts so a newcomer can tell how far along it is. The run's total depends on the CPU.
 STEP_SHARES = {
     "convert": 0.03,
-    "train": 0.33,
+    "train": 0.32,
     "quantize q8": 0.01,
     "quantize q4": 0.01,
-    "quantize q4-gptq": 0.15,  # calibration: Hessians over 128 examples, then GPTQ per Linear
+    "quantize q4-gptq": 0.16,  # calibration: Hessians over 128 examples, then GPTQ per Linear
     "bench": 0.47,  # four runs, each: 24 batch-1 latency samples and a pass over ~640 examples
 }
-MEASURED_MINUTES = 15  # the whole quickstart on 2 cores (README), for the first line
+MEASURED_MINUTES = 14  # the whole quickstart on 2 cores (README), for the first line
 
 
 def _log(msg: str) -> None:
