@@ -130,6 +130,7 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
         raise UserError(f"--data: {data_dir} does not exist")
     warn_if_slow(_log)
     if force and work.exists():
+        _check_replaceable(work, data_dir)
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     model_dir, runs = work / "model", work / "runs"
@@ -154,6 +155,21 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
     print(f"\n{_same_records_note(runs / 'fp32', result, cfg)}")
     print(f"quickstart: {minutes:.1f} min; everything is in {work}/ (bench/bench.md for details)")
     return result
+
+
+def _check_replaceable(work: Path, data_dir: Path) -> None:
+    """--force deletes WORK_DIR: only one the quickstart made (model/, runs/, bench/ and its own
+    temporaries) and that holds no input (`-o .` in a checkout must not delete the checkout)."""
+    target = work.resolve()
+    if target == data_dir.resolve() or target in data_dir.resolve().parents:
+        raise UserError(f"{work}: holds the data {data_dir}; refusing to delete it with --force")
+    foreign = sorted(p.name for p in work.iterdir() if p.name not in _OURS and p.name[0] != ".")
+    if foreign:
+        raise UserError(f"{work}: not a quickstart directory (holds {foreign[0]}); refusing to "
+                        "delete it with --force")  # fmt: skip
+
+
+_OURS = {"model", "runs", "bench"}  # what a quickstart writes into WORK_DIR
 
 
 def _same_records_note(run_dir: Path, result: dict, cfg: QuickstartConfig) -> str:

@@ -100,6 +100,24 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     return info
 
 
+def check_replaceable_run(run_dir: Path, *inputs: Path) -> None:
+    """What `--force` may delete: RUN_DIR only if it is empty or a run directory of ours (its
+    run.json says so), and never when it is, or holds, one of the command's own inputs."""
+    target = run_dir.resolve()
+    for given in inputs:
+        inside = given.resolve()
+        if inside == target or target in inside.parents:
+            raise UserError(
+                f"{run_dir}: holds the input {given}; refusing to delete it with --force"
+            )
+    if any(run_dir.iterdir()):
+        try:
+            read_run_json(run_dir)
+        except UserError:
+            raise UserError(f"{run_dir}: not an mlx-rsg run directory (no valid run.json); "
+                            "refusing to delete it with --force") from None
+
+
 def dataclass_from_dict(cls, d: dict[str, Any]):
     """Rebuild a config dataclass from JSON, tolerating fields added later (defaults) and
     turning JSON lists back into tuples where the default is a tuple."""

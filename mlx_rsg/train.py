@@ -50,6 +50,7 @@ from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
     TRAIN_TASKS,
     WEIGHTS,
     backbone_ref,
+    check_replaceable_run,
     config_dict,
     dataclass_from_dict,
     diagnostic_records,
@@ -480,7 +481,8 @@ def train(
 
 
 def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse) -> None:
-    """Every check that can fail before any work; then a --force'd old run is removed."""
+    """Every check that can fail before any work; then a --force'd old run is removed (only a
+    run directory of ours that holds none of the inputs)."""
     cfg.validate()
     if fuse and cfg.method == "mlp-adapter":
         raise UserError("--fuse: MLP adapters are not linear and cannot be merged; omit --fuse")
@@ -493,13 +495,14 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse) -> None
         _same_config(dataclass_from_dict(TrainConfig, info["train"]), cfg)
         if backbone_ref(model_dir)["sha256"] != info["backbone"]["sha256"]:
             raise UserError(f"{model_dir}: not the backbone this run was started with")
-    elif run_dir.exists():
+    classifier_config(cfg, _num_layers(model_dir))  # bad --freeze-layers fails before any work
+    if not resume and run_dir.exists():
         if not force:
             raise UserError(
                 f"{run_dir}: already exists (use --force to overwrite, --resume to continue)"
             )
+        check_replaceable_run(run_dir, model_dir, data_dir)
         shutil.rmtree(run_dir)
-    classifier_config(cfg, _num_layers(model_dir))  # bad --freeze-layers fails before any work
 
 
 @dataclass

@@ -56,3 +56,18 @@ def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, cap
     assert "[1/4] convert: using" in err and "[2/4] train: using" in err
     assert err.count("[3/4] quantize: using") == 3
     assert (work / "runs" / "fp32" / "trainable.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_force_deletes_only_a_quickstart_directory(tiny_rsg_dir, tmp_path):
+    """`quickstart -o . --force` in a checkout must not delete the checkout (nor the data)."""
+    from mlx_rsg.errors import UserError
+
+    checkout = tmp_path / "checkout"
+    (checkout / "mlx_rsg").mkdir(parents=True)
+    (checkout / "README.md").write_text("mine")
+    with pytest.raises(UserError, match="not a quickstart directory"):
+        quickstart(tiny_rsg_dir, checkout, QuickstartConfig(), force=True)
+    assert (checkout / "README.md").read_text() == "mine"
+    with pytest.raises(UserError, match="holds the data"):
+        quickstart(tiny_rsg_dir, tiny_rsg_dir.parent, QuickstartConfig(), force=True)
+    assert tiny_rsg_dir.is_dir()

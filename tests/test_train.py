@@ -246,3 +246,32 @@ def test_train_options_come_from_train_config():
         assert opt.default == default, f.name
     assert list(options["method"].type.choices) == list(T.METHODS)
     assert {f.name for f in fields(ClassifierConfig)} <= {f.name for f in fields(T.TrainConfig)}
+
+
+def test_force_never_deletes_inputs_or_foreign_directories(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    """`train -o DATA --force` once deleted the data, then failed; `-o MODEL_DIR --force` the
+    model. --force replaces only an mlx-rsg run directory (or an empty one) holding no input."""
+    import shutil
+
+    data = tmp_path / "rsg"
+    shutil.copytree(tiny_rsg_dir, data)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = T.TrainConfig(tasks=("TERRa",), epochs=1, max_len=32)
+    for out, want in [(data, "holds the input"), (model, "holds the input"),
+                      (tmp_path, "holds the input")]:  # fmt: skip
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        with pytest.raises(UserError, match=want):
+            T.train(model, data, out, cfg, force=True, log=lambda m: None)
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not an mlx-rsg run directory"):
+        T.train(model, data, notes, cfg, force=True, log=lambda m: None)
+    assert (notes / "mine.txt").read_text() == "keep me"
+    bad = tmp_path / "bad-flags"
+    (bad / "x").mkdir(parents=True)
+    with pytest.raises(UserError, match="--freeze-layers"):  # checked before anything is deleted
+        T.train(model, data, bad, T.TrainConfig(tasks=("TERRa",), freeze_layers=99), force=True)
+    assert (bad / "x").is_dir()
