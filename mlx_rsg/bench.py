@@ -54,6 +54,7 @@ import numpy as np
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import check_safetensors
+from mlx_rsg.options import opt
 from mlx_rsg.progress import Progress
 
 BENCH_FORMAT = "mlx-rsg-bench"
@@ -62,14 +63,17 @@ BENCH_VERSION = 1
 
 @dataclass
 class BenchConfig:
-    split: str = "val"
-    max_per_task: int | None = None
-    batch_size: int = 16
-    latency_samples: int = 24  # records timed one at a time, sampled across tasks
-    warmup: int = 3  # untimed batch-1 calls before the latency samples
-    seed: int = 0
-    fixture_tasks: tuple[str, ...] = ()
-    force: bool = False
+    """Every `mlx-rsg bench` option but the run dirs, --data and -o (the CLI's options are made
+    from these fields)."""
+
+    split: str = opt("val", "A labelled split.")
+    max_per_task: int | None = opt(None, "~N examples per task, whole records drawn with --seed.")
+    batch_size: int = opt(16, "For throughput.")
+    latency_samples: int = opt(24, "Records timed one at a time, sampled across tasks.")
+    warmup: int = opt(3, "Untimed batch-1 calls before the latency samples.")
+    seed: int = opt(0, "Draws --max-per-task's records and the latency sample.")
+    fixture_tasks: tuple[str, ...] = opt((), "Fixture-data tasks, or all.")
+    force: bool = opt(False, "Overwrite OUT_DIR.")
 
 
 # --------------------------------------------------------------------------- run dirs
@@ -545,10 +549,9 @@ def _fmt(v: float | None) -> str:
 def cli(*, baseline, variants, data_dir, out_dir, **options) -> None:
     import click
 
-    fixture = options.pop("fixture_tasks") or ""
-    cfg = BenchConfig(
-        fixture_tasks=tuple(t.strip() for t in fixture.split(",") if t.strip()), **options
-    )
+    from mlx_rsg.options import config_from_options
+
+    cfg = config_from_options(BenchConfig, options)
     result = bench(baseline, list(variants), data_dir, out_dir, cfg)
     from mlx_rsg.bench_report import write_markdown
 

@@ -8,7 +8,9 @@ import sys
 import click
 
 from mlx_rsg import __version__
+from mlx_rsg.bench import BenchConfig
 from mlx_rsg.errors import UserError
+from mlx_rsg.options import config_options
 
 
 class _Group(click.Group):
@@ -96,18 +98,8 @@ main.add_command(predict_command)
 @click.argument("baseline", type=click.Path())
 @click.argument("variants", nargs=-1, type=click.Path())
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="RSG data directory.")
-@click.option("--split", default="val", show_default=True, help="A labelled split.")
-@click.option(
-    "--max-per-task", type=int, default=None,
-    help="~N examples per task, whole records drawn with --seed.",
-)
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Draws --max-per-task's records and the latency sample.")
 @click.option("-o", "--output", "out_dir", default="bench", show_default=True, type=click.Path())
-@click.option("--batch-size", type=int, default=16, show_default=True, help="For throughput.")
-@click.option("--latency-samples", type=int, default=24, show_default=True)
-@click.option("--fixture-tasks", default="", help="Comma list (or all) of fixture-data tasks.")
-@click.option("--force", is_flag=True, help="Overwrite OUT_DIR.")
+@config_options(BenchConfig)
 def bench_command(**kwargs) -> None:
     """Score BASELINE (fp32 run dir) and each VARIANT run dir on every task in --data: official
     metrics, total, delta, flip rate, per-class P/R/F1, size, memory, latency, throughput."""

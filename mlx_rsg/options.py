@@ -17,10 +17,16 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-import click
+
+def opt(default: Any, help: str = "", **meta: Any) -> Any:
+    """A dataclass field carrying its command-line help (`choices=`, `default_help=`, `path=`
+    in `meta`). Library modules use it without importing click."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
 def _option(f: dataclasses.Field, hint: Any) -> Callable:
+    import click
+
     name = "--" + f.name.replace("_", "-")
     meta = f.metadata
     help_text = meta.get("help", "")
@@ -33,8 +39,8 @@ def _option(f: dataclasses.Field, hint: Any) -> Callable:
         return click.option(decl, f.name, is_flag=True, default=f.default, show_default=f.default,
                             help=help_text)  # fmt: skip
     if typing.get_origin(hint) is tuple:
-        return click.option(name, f.name, default=",".join(f.default), show_default=True,
-                            help=help_text + " (comma list)")  # fmt: skip
+        return click.option(name, f.name, default=",".join(f.default), help=help_text + " (comma "
+                            "list)", show_default=bool(f.default))  # fmt: skip
     kind: Any = click.Choice(meta["choices"]) if "choices" in meta else base
     if meta.get("path"):
         kind = click.Path(file_okay=False)

@@ -42,6 +42,7 @@ from typing import Any
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object
+from mlx_rsg.options import opt
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
     METHODS,
@@ -68,68 +69,62 @@ from mlx_rsg.run import (  # noqa: F401  (parse_tasks: re-exported)
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 
 
-def _opt(default, help: str = "", **meta):
-    """A field with its `mlx-rsg train` help (mlx_rsg.options makes the CLI option from it)."""
-    kind = "default_factory" if isinstance(default, list) else "default"
-    return field(**{kind: default}, metadata={"help": help, **meta})
-
-
 @dataclass
 class TrainConfig:
     """Every `mlx-rsg train` flag, its one definition (the CLI options are made from these
     fields). Saved in run.json; --resume requires the same values."""
 
     tasks: tuple[str, ...] = TRAIN_TASKS
-    method: str = _opt("freeze", choices=list(METHODS))
-    freeze_layers: int | None = _opt(
+    method: str = opt("freeze", choices=list(METHODS))
+    freeze_layers: int | None = opt(
         None, "Bottom K layers frozen.", default_help="round(12/26 x layers), as the reference"
     )
-    pooling: str = _opt(
+    pooling: str = opt(
         "last", "Sentence pooling (RUSSE/RWSD always use span pooling).", choices=["last", "mean"]
     )
-    dropout: float = _opt(0.1)
-    lora_rank: int = _opt(8)
-    lora_alpha: float = _opt(16.0)
-    lora_layers: int | None = _opt(
+    dropout: float = opt(0.1)
+    lora_rank: int = opt(8)
+    lora_alpha: float = opt(16.0)
+    lora_layers: int | None = opt(
         None, "Top N layers get LoRA.", default_help="those above --freeze-layers"
     )
-    lora_targets: tuple[str, ...] = _opt(
+    lora_targets: tuple[str, ...] = opt(
         ("q_proj", "v_proj"), "Linear layer names inside each block."
     )
-    adapter_size: int = _opt(64)
-    adapter_layers: int | None = _opt(
+    adapter_size: int = opt(64)
+    adapter_layers: int | None = opt(
         None, "MLP adapters after the top N blocks.", default_help="those above --freeze-layers"
     )
-    adapter_dropout: float = _opt(0.1)
-    epochs: int = _opt(3)
-    lr: float = _opt(5e-6, "Peak learning rate of the backbone's trainable weights.")
-    head_lr: float = _opt(1e-3, "Peak learning rate of the new classification heads.")
-    weight_decay: float = _opt(0.01)
-    batch_size: int = _opt(8)
-    grad_accum: int = _opt(2)
-    warmup: int = _opt(100, "Linear warmup, in optimizer steps; then linear decay to 0.")
-    max_len: int = _opt(256)
-    seed: int = _opt(0)
+    adapter_dropout: float = opt(0.1)
+    epochs: int = opt(3)
+    lr: float = opt(5e-6, "Peak learning rate of the backbone's trainable weights.")
+    head_lr: float = opt(1e-3, "Peak learning rate of the new classification heads.")
+    weight_decay: float = opt(0.01)
+    batch_size: int = opt(8)
+    grad_accum: int = opt(2)
+    warmup: int = opt(100, "Linear warmup, in optimizer steps; then linear decay to 0.")
+    max_len: int = opt(256)
+    seed: int = opt(0)
     # Caps count examples (units: one per MuSeRC answer, gold + negatives per RuCoS query) and
     # draw whole records, so one number keeps every task in proportion.
-    max_train_per_task: int | None = _opt(
+    max_train_per_task: int | None = opt(
         5000, "At most ~N training examples per task, drawn as whole records (examples = units: "
         "one per MuSeRC answer, gold + negatives per RuCoS query; 0: no cap)."
     )  # fmt: skip
-    max_eval_per_task: int | None = _opt(
+    max_eval_per_task: int | None = opt(
         None, "At most ~N val examples per task, drawn as whole records."
     )
-    max_negatives: int = _opt(4, "RuCoS: wrong entities sampled per query per epoch.")
-    checkpoint_every: int = _opt(
+    max_negatives: int = opt(4, "RuCoS: wrong entities sampled per query per epoch.")
+    checkpoint_every: int = opt(
         50, "Optimizer steps between resume checkpoints (and every epoch end)."
     )
-    prefix_cache: bool = _opt(
+    prefix_cache: bool = opt(
         True, "Compute the frozen layers once per example and reuse them every epoch."
     )
-    grad_checkpoint: bool = _opt(
+    grad_checkpoint: bool = opt(
         False, "Recompute the trained layers' activations in backward (less memory, slower)."
     )
-    cache_dir: str | None = _opt(
+    cache_dir: str | None = opt(
         None, "Memory-map the prefix cache here instead of keeping it in RAM.", path=True
     )
 

@@ -312,3 +312,16 @@ def test_model_rows_equals_one_call(runs, tiny_rsg_dir):  # noqa: F811
             got = model_rows(p.model, batch, parts=3)
             assert got.shape == want.shape
             assert mx.allclose(got, want, rtol=1e-4, atol=1e-5).item()
+
+
+def test_bench_options_come_from_bench_config():
+    """Each bench setting is spelled once, on BenchConfig's fields."""
+    from dataclasses import fields
+
+    from mlx_rsg.bench import BenchConfig
+    from mlx_rsg.cli import bench_command
+
+    options = {p.name: p for p in bench_command.params}
+    for f in fields(BenchConfig):
+        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        assert options[f.name].default == default, f.name
