@@ -296,10 +296,23 @@ def cli(
     *, run_dir, task, input_path, data_dir, split, task_list, submission, batch_size, max_per_task,
     seed=0,
 ) -> None:
-    import json
+    """`mlx-rsg predict`: every flag is checked before the model loads."""
+    _check_flags(task, input_path, data_dir, split, submission, batch_size)
+    records = read_jsonl(input_path) if input_path is not None else None
+    predictor = load(run_dir)
+    predictor.batch_size = batch_size
+    if records is not None:
+        _print_predictions(predictor, task, records)
+        return
+    by_task = data_records(predictor.info, data_dir, split, task_list, max_per_task, seed)
+    if split == "test":
+        write_run_submission(predictor, by_task, submission)
+        _echo(f"wrote {submission} ({', '.join(by_task)})")
+    else:
+        _print_scores(predictor.evaluate(by_task))
 
-    import click
 
+def _check_flags(task, input_path, data_dir, split, submission, batch_size) -> None:
     if (input_path is None) == (data_dir is None):
         raise UserError("give either --task and --input FILE.jsonl, or --data RSG_DIR --split")
     if input_path is not None and not task:
@@ -308,33 +321,36 @@ def cli(
         raise UserError("--data needs --split (val to score, test with --submission)")
     if submission and split != "test":
         raise UserError("--submission needs --split test")
+    if split == "test" and not submission:
+        raise UserError("--split test needs --submission out.zip (test labels are hidden)")
     if batch_size < 1:
         raise UserError("--batch-size: must be at least 1")
-    records = read_jsonl(input_path) if input_path is not None else None
-    predictor = load(run_dir)
-    predictor.batch_size = batch_size
-    if records is not None:
-        for row in predictor.predict(task, records):
-            click.echo(json.dumps(row, ensure_ascii=False, default=_json_default))
-        return
-    by_task = data_records(predictor.info, data_dir, split, task_list, max_per_task, seed)
-    if split == "test":
-        if not submission:
-            raise UserError("--split test needs --submission out.zip (test labels are hidden)")
-        write_run_submission(predictor, by_task, submission)
-        click.echo(f"wrote {submission} ({', '.join(by_task)})")
-        return
-    scores = predictor.evaluate(by_task)
+
+
+def _echo(line: str) -> None:
+    import click
+
+    click.echo(line)
+
+
+def _print_predictions(predictor: Predictor, task: str, records: list) -> None:
+    import json
+
+    for row in predictor.predict(task, records):
+        _echo(json.dumps(row, ensure_ascii=False, default=_json_default))
+
+
+def _print_scores(scores: dict[str, Any]) -> None:
+    from mlx_rsg.metrics import total_score
+
     for t, m in scores["tasks"].items():
         detail = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "score")
-        click.echo(f"{t:8s} {m['score']:.4f}  {detail}")
+        _echo(f"{t:8s} {m['score']:.4f}  {detail}")
     if len(scores["tasks"]) > 1:
-        from mlx_rsg.metrics import total_score
-
         total = total_score(
             {t: {k: v for k, v in m.items() if k != "score"} for t, m in scores["tasks"].items()}
         )
-        click.echo(f"{'total':8s} {total:.4f}  (mean over {len(scores['tasks'])} tasks)")
+        _echo(f"{'total':8s} {total:.4f}  (mean over {len(scores['tasks'])} tasks)")
 
 
 def write_run_submission(predictor: Predictor, by_task: dict[str, list], out: str) -> None:

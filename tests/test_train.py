@@ -275,3 +275,19 @@ def test_force_never_deletes_inputs_or_foreign_directories(tiny_model_dir, tiny_
     with pytest.raises(UserError, match="--freeze-layers"):  # checked before anything is deleted
         T.train(model, data, bad, T.TrainConfig(tasks=("TERRa",), freeze_layers=99), force=True)
     assert (bad / "x").is_dir()
+
+
+def test_predict_checks_its_flags_before_loading_anything(tmp_path):
+    """A flag mistake is reported at once, not after the model has loaded (no run dir here)."""
+    from mlx_rsg.predict import cli
+
+    common = dict(run_dir=str(tmp_path / "no-run"), task=None, input_path=None, task_list="all",
+                  batch_size=16, max_per_task=None)  # fmt: skip
+    cases = [
+        (dict(data_dir=str(tmp_path), split="test", submission=None), "needs --submission"),
+        (dict(data_dir=str(tmp_path), split="val", submission="x.zip"), "needs --split test"),
+        (dict(data_dir=None, split=None, submission=None), "give either --task"),
+    ]
+    for flags, want in cases:
+        with pytest.raises(UserError, match=want):
+            cli(**common, **flags)
