@@ -217,20 +217,23 @@ def bar_chart(
     for g, group in enumerate(groups):
         x0 = left + g * group_w + gap // 2
         for i, (_, values) in enumerate(series):
-            v = values[g]
-            if v is None:
-                continue
-            color = _PALETTE[i % len(_PALETTE)]
-            a, b = sorted((y_of(0.0), y_of(v)))
-            xb = x0 + i * bar
-            img[a - (v == 0) : max(b, a + 1) + (v == 0), xb : xb + bar - 2] = color
-            text = f"{v:.2f}".replace("0.", ".", 1)
-            ty = a - 7 if v >= 0 else b + 2  # above a bar, below a negative one
-            draw_text(img, xb + (bar - 2 - text_width(text, 1)) // 2, ty, text, scale=1)
+            if values[g] is not None:
+                _draw_bar(img, x0 + i * bar, bar - 2, y_of(0.0), y_of(values[g]), values[g],
+                          _PALETTE[i % len(_PALETTE)])  # fmt: skip
         draw_text(img, x0, top + plot_h + 10, group)
         if sublabels:
             draw_text(img, x0, top + plot_h + 24, sublabels[g], color=(90, 90, 90))
     return img
+
+
+def _draw_bar(img: np.ndarray, x: int, width: int, y_zero: int, y_value: int, v: float, color):
+    """One bar from the zero line to its value, the value written above it (below a negative
+    one); exactly 0 is a 2-pixel line, told apart from a missing bar."""
+    a, b = sorted((y_zero, y_value))
+    img[a - (v == 0) : max(b, a + 1) + (v == 0), x : x + width] = color
+    text = f"{v:.2f}".replace("0.", ".", 1)
+    draw_text(img, x + (width - text_width(text, 1)) // 2, a - 7 if v >= 0 else b + 2, text,
+              scale=1)  # fmt: skip
 
 
 _METRIC_SHORT = {"accuracy": "ACC", "f1": "F1", "f1a": "F1A", "em": "EM", "mcc": "MCC"}
