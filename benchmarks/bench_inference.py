@@ -178,15 +178,15 @@ def torch_forward(model_dir: Path, threads: int):
 
 
 def fast_path_worker(model_dir: Path) -> None:
-    """Each fast path timed against stock on the model's shapes, printed as JSON."""
-    from mlx_rsg import fastpaths  # loads the BLAS before mlx
+    """Each fast path timed against stock on the model's shapes, and the BLAS, printed as JSON."""
+    from mlx_rsg import _blas, fastpaths  # loads the BLAS before mlx
 
     cfg = json.loads((model_dir / "config.json").read_text())
     timings = fastpaths.measure(fastpaths.Shapes.of(cfg.get("text_config", cfg)))
-    print(json.dumps({
+    print(json.dumps({"blas": _blas.describe(), "paths": {
         name: {"stock_ms": t.stock_ms, "fast_ms": t.fast_ms, "speedup": t.speedup, "used": t.use}
         for name, t in timings.items()
-    }))  # fmt: skip
+    }}))  # fmt: skip
 
 
 def worker(args) -> None:
@@ -304,9 +304,9 @@ def main() -> None:
         "torch_gemm_peak_gflops": peaks["torch"] / 1e9 if "torch" in peaks else None,
         "versions": versions,
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
-        "blas": blas_description(),
+        "blas": fast_paths["blas"],
         "runs": rows,
-        "fast_paths": fast_paths,
+        "fast_paths": fast_paths["paths"],
     }
     if "torch" in rows:
         for name in (r for r in runtimes if r != "torch"):
@@ -344,14 +344,6 @@ def table(result: dict) -> str:
             f"{'yes' if t['used'] else 'no'} |"
         )
     return "\n".join(lines)
-
-
-def blas_description() -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", "from mlx_rsg import _blas; print(_blas.describe())"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return done.stdout.strip()
 
 
 if __name__ == "__main__":

@@ -139,14 +139,14 @@ def time_gelu(s: Shapes) -> Timing:
 def time_quant(s: Shapes, bits: int = 4, group_size: int = 64, rows: int = 32) -> Timing:
     from mlx_rsg.fast_quant import FastQuantizedLinear
 
-    stock = nn.QuantizedLinear.from_linear(nn.Linear(s.hidden, s.intermediate, bias=False),
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(s.hidden, s.intermediate, bias=False),
                                            group_size=group_size, bits=bits)  # fmt: skip
-    fast = nn.QuantizedLinear.from_linear(nn.Linear(s.hidden, s.intermediate, bias=False),
-                                          group_size=group_size, bits=bits)  # fmt: skip
-    fast.__class__ = FastQuantizedLinear
     x = mx.random.normal((rows, s.hidden))
-    mx.eval(stock.parameters(), fast.parameters(), x)
-    t = _best_ms({"stock": lambda: stock(x), "fast": lambda: fast(x)}, rounds=3)
+    mx.eval(layer.parameters(), x)
+    t = _best_ms({
+        "stock": lambda: nn.QuantizedLinear.__call__(layer, x),
+        "fast": lambda: FastQuantizedLinear.__call__(layer, x),
+    }, rounds=3)  # fmt: skip
     return Timing(t["stock"], t["fast"])
 
 
@@ -263,8 +263,8 @@ def _read_cache() -> dict[str, Any]:
         return {}  # missing or damaged: measure again
 
 
-def cached(shapes: Shapes) -> dict[str, Timing]:
-    entry = _read_cache().get(_machine_key(machine()), {}).get(shapes.key(), {})
+def _cached(data: dict[str, Any], mkey: str, shapes: Shapes) -> dict[str, Timing]:
+    entry = data.get(mkey, {}).get(shapes.key(), {})
     return {
         name: Timing(t["stock_ms"], t["fast_ms"])
         for name, t in entry.get("paths", {}).items()
@@ -276,15 +276,15 @@ def timings(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None) -> dict[st
     """Cached timings of `paths` on this machine, measuring (and caching) the missing ones."""
     from mlx_rsg.io import atomic_file
 
-    have = cached(shapes)
+    data, mkey = _read_cache(), _machine_key(machine())
+    have = _cached(data, mkey, shapes)
     missing = tuple(p for p in paths if p not in have)
     if missing:
         if log:
             log(f"fast paths: timing {', '.join(missing)} against stock MLX on this machine "
                 "(once; cached)")  # fmt: skip
         have.update(measure(shapes, missing, known=have))
-        data = _read_cache()
-        mkey = _machine_key(machine())
+        data = _read_cache()  # again: another process may have added its own timings meanwhile
         data.setdefault(mkey, {})[shapes.key()] = {
             "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "paths": {n: {"stock_ms": t.stock_ms, "fast_ms": t.fast_ms} for n, t in have.items()},
@@ -323,14 +323,11 @@ def decide(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None) -> dict[str
     return {p: p in measured and measured[p].use for p in paths}
 
 
-def _swap(model: nn.Module, stock: type, fast: type, use: bool) -> int:
+def _swap(model: nn.Module, stock: type, fast: type, use: bool) -> None:
     """Give every `stock` (or `fast`) module of model the class `fast` (use) or `stock`."""
-    n = 0
     for m in model.modules():
         if type(m) in (stock, fast):
             m.__class__ = fast if use else stock
-            n += 1
-    return n
 
 
 def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, bool] | None = None):

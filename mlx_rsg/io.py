@@ -77,6 +77,12 @@ def check_safetensors(path: Path, exact: bool = True) -> None:
                         f"header says {8 + n + end})")  # fmt: skip
 
 
+def holds(directory: Path, path: Path) -> bool:
+    """Whether deleting `directory` would delete `path` (the same directory, or above it)."""
+    target, inside = directory.resolve(), path.resolve()
+    return inside == target or target in inside.parents
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

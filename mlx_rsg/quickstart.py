@@ -160,8 +160,9 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
 def _check_replaceable(work: Path, data_dir: Path) -> None:
     """--force deletes WORK_DIR: only one the quickstart made (model/, runs/, bench/ and its own
     temporaries) and that holds no input (`-o .` in a checkout must not delete the checkout)."""
-    target = work.resolve()
-    if target == data_dir.resolve() or target in data_dir.resolve().parents:
+    from mlx_rsg.io import holds
+
+    if holds(work, data_dir):
         raise UserError(f"{work}: holds the data {data_dir}; refusing to delete it with --force")
     foreign = sorted(p.name for p in work.iterdir() if p.name not in _OURS and p.name[0] != ".")
     if foreign:

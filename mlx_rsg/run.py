@@ -26,7 +26,7 @@ from typing import Any
 
 from mlx_rsg.data import TASKS
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import atomic_file, read_json_object
+from mlx_rsg.io import atomic_file, holds, read_json_object
 
 # How a classifier adapts the backbone (model.py implements them; train.py takes them as --method).
 METHODS = ("heads", "freeze", "lora", "mlp-adapter")
@@ -103,10 +103,8 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
 def check_replaceable_run(run_dir: Path, *inputs: Path) -> None:
     """What `--force` may delete: RUN_DIR only if it is empty or a run directory of ours (its
     run.json says so), and never when it is, or holds, one of the command's own inputs."""
-    target = run_dir.resolve()
     for given in inputs:
-        inside = given.resolve()
-        if inside == target or target in inside.parents:
+        if holds(run_dir, given):
             raise UserError(
                 f"{run_dir}: holds the input {given}; refusing to delete it with --force"
             )
