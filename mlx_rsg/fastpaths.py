@@ -186,7 +186,8 @@ def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True) ->
     }, rounds=3)  # fmt: skip
 
     def at_depth(kind: str) -> float:
-        per_block = (t[f"{kind}6"] - t[f"{kind}2"]) / 4
+        # Tiny blocks can time 6 faster than 2 (noise): never extrapolate a negative cost.
+        per_block = max(t[f"{kind}6"] - t[f"{kind}2"], 0.0) / 4
         return t[f"{kind}2"] + per_block * (s.layers - 2)
 
     return Timing(at_depth("stock"), at_depth("fast"))
