@@ -16,7 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_rsg.tasks import TASK_SPECS, Unit, encode_unit
+from mlx_rsg.tasks import REGISTRY, Unit, encode_unit
 
 # Training batches are drawn from pools of this many batches' worth of units sorted by length:
 # batches stay tight in length while their order (and membership) still varies by seed.
@@ -124,7 +124,7 @@ def make_batches(
 
 def collate(rows: Sequence[EncodedUnit]) -> Batch:
     task = rows[0].unit.task
-    spec = TASK_SPECS[task]
+    spec = REGISTRY[task]
     L = max(len(e.ids) for e in rows)
     tokens = np.zeros((len(rows), L), np.int32)
     for j, e in enumerate(rows):
@@ -155,7 +155,7 @@ def loss_fn(model, batch: Batch, h0: mx.array | None = None) -> tuple[mx.array, 
     classes per unit. Choice tasks: a softmax over each group's unit scores (groups may differ
     in size, as RuCoS candidates do), the target being the unit labelled 1."""
     logits = model(batch, h0)
-    if not TASK_SPECS[batch.task].choice:
+    if not REGISTRY[batch.task].choice:
         return nn.losses.cross_entropy(logits, batch.labels, reduction="mean"), logits.shape[0]
     scores = logits[:, 0]
     n_groups = int(batch.groups.max().item()) + 1

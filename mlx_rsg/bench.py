@@ -54,8 +54,10 @@ import numpy as np
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import check_safetensors
+from mlx_rsg.metrics import class_report
 from mlx_rsg.options import opt
 from mlx_rsg.progress import Progress
+from mlx_rsg.tasks import REGISTRY, TASKS, decode, make_units, score_task, total_score
 
 BENCH_FORMAT = "mlx-rsg-bench"
 BENCH_VERSION = 1
@@ -182,7 +184,7 @@ def select_data(
     info: dict, data_dir: str, cfg: BenchConfig
 ) -> tuple[dict[str, list], dict[str, str], set[str]]:
     """(records by task, skipped task -> reason, fixture tasks) for the baseline's tasks."""
-    from mlx_rsg.data import TASKS, available_splits
+    from mlx_rsg.data import available_splits
     from mlx_rsg.predict import data_records
 
     if not Path(data_dir).exists():
@@ -192,7 +194,7 @@ def select_data(
     for task in TASKS:
         if task in records:
             continue
-        head = "TERRa" if task == "LiDiRus" else task
+        head = REGISTRY[task].head
         if head not in info["heads"]:
             skipped[task] = f"the run has no {head} head"
         elif task != "LiDiRus" and cfg.split not in available_splits(data_dir, task):
@@ -200,21 +202,12 @@ def select_data(
         else:
             skipped[task] = "no labelled records in the data"
     for task, recs in records.items():
-        if _gold_missing(task, recs):
+        if REGISTRY[task].unlabelled_field(recs[0]):
             raise UserError(
                 f"{data_dir}: {task} {cfg.split} has no labels (bench needs a labelled split)"
             )
     fixtures = {t for t in records if is_fixture(data_dir, t, cfg.fixture_tasks)}
     return records, skipped, fixtures
-
-
-def _gold_missing(task: str, records: list) -> bool:
-    r = records[0]
-    if task == "MuSeRC":
-        return r.questions[0].answers[0].label is None
-    if task == "RuCoS":
-        return r.answers is None
-    return r.label is None
 
 
 def is_fixture(data_dir: str, task: str, named: tuple[str, ...] = ()) -> bool:
@@ -236,28 +229,10 @@ def flat_predictions(task: str, records: list, preds) -> tuple[list, list]:
     """(gold, predicted) with one entry per scored decision: a record, or a MuSeRC answer."""
     from mlx_rsg.predict import _per_record
 
-    preds = _per_record(records, preds)
-    if task == "MuSeRC":
-        gold, out = [], []
-        for r, p in zip(records, preds, strict=True):
-            for q in r.questions:
-                for a in q.answers:
-                    gold.append(a.label)
-                    out.append(p[a.idx])
-        return gold, out
-    if task == "RuCoS":
-        return [r.answers for r in records], list(preds)
-    return [r.label for r in records], list(preds)
-
-
-def class_labels(task: str) -> tuple | None:
-    from mlx_rsg.tasks import TASK_SPECS
-
-    if task == "RuCoS":
-        return None
-    if task in ("PARus", "MuSeRC"):
-        return (0, 1)
-    return tuple(TASK_SPECS[task].labels)
+    spec = REGISTRY[task]
+    pairs = [d for r, p in zip(records, _per_record(records, preds), strict=True)
+             for d in spec.decisions(r, p)]  # fmt: skip
+    return [g for g, _ in pairs], [p for _, p in pairs]
 
 
 def flip_counts(task: str, records: list, preds, base_preds) -> tuple[int, int]:
@@ -267,7 +242,6 @@ def flip_counts(task: str, records: list, preds, base_preds) -> tuple[int, int]:
 
 
 def _scored(task: str, records: list, preds) -> dict[str, float]:
-    from mlx_rsg.metrics import score_task
 
     metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
     return {**metrics, "score": float(np.mean(list(metrics.values())))}
@@ -295,7 +269,6 @@ def check_submission(zip_path: Path, records: dict[str, list], preds: dict, scor
 def predict_all(predictor, records: dict[str, list], batch_size: int, desc: str):
     """Predictions per task (the Predictor.predictions path) and the pass's wall time."""
     from mlx_rsg.predict import score_units
-    from mlx_rsg.tasks import decode, make_units
 
     n_units = sum(len(make_units(t, recs, train=False)) for t, recs in records.items())
     bar = Progress(n_units, desc)
@@ -327,7 +300,6 @@ def latency_sample(records: dict[str, list], n: int, seed: int) -> list[tuple[st
 
 def measure_latency(predictor, sample: list, warmup: int, desc: str) -> dict[str, Any]:
     from mlx_rsg.predict import score_units
-    from mlx_rsg.tasks import decode
 
     def one(task, rec):
         units, logits = score_units(
@@ -404,9 +376,8 @@ def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: P
         flip_n, flip_total = flip_n + k, flip_total + n
     reports = {}
     for task, recs in records.items():
-        labels = class_labels(task)
+        labels = REGISTRY[task].class_labels
         if labels is not None:
-            from mlx_rsg.metrics import class_report
 
             gold, pred = flat_predictions(task, recs, preds[task])
             rep = class_report(gold, pred, labels)
@@ -440,7 +411,6 @@ def _num(v):
 
 
 def _totals(scores: dict, fixtures: set[str]) -> dict[str, float | None]:
-    from mlx_rsg.metrics import total_score
 
     def total(tasks):
         per = {t: {k: v for k, v in scores[t].items() if k != "score"} for t in tasks}
@@ -487,7 +457,6 @@ def bench(
     """Benchmark `baseline` (the fp32 reference) and `variants`; write OUT_DIR atomically."""
     from mlx_rsg.bench_report import write_chart, write_markdown
     from mlx_rsg.io import atomic_dir
-    from mlx_rsg.tasks import TASK_SPECS, make_units
 
     cfg = cfg or BenchConfig()
     log = log or (lambda m: print(m, file=sys.stderr))
@@ -516,7 +485,7 @@ def bench(
                 "records": len(recs),
                 "units": len(make_units(t, recs, train=False)),
                 "fixture": t in fixtures,
-                "metrics": list(TASK_SPECS[t].metrics),
+                "metrics": list(REGISTRY[t].metrics),
             }
             for t, recs in records.items()
         },

@@ -36,9 +36,9 @@ CALIB_BATCH = 8  # rows per calibration forward
 def calibration_tasks(data_dir: str | Path) -> list[str]:
     """The tasks with a train split under data_dir (LiDiRus has none)."""
     from mlx_rsg.data import available_splits
-    from mlx_rsg.tasks import TASK_SPECS
+    from mlx_rsg.tasks import REGISTRY
 
-    return [t for t in TASK_SPECS if "train" in available_splits(data_dir, t)]
+    return [t for t in REGISTRY if "train" in available_splits(data_dir, t)]
 
 
 def calibration_batches(

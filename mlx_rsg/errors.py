@@ -7,6 +7,10 @@ class UserError(Exception):
     """Bad input or environment the user can fix. The message is shown as-is."""
 
 
+class DataError(UserError):
+    """A malformed data file: the message names the file, line number and field."""
+
+
 def located(path: object, line: int | None = None, field: str | None = None, msg: str = "") -> str:
     """Format `file:line: field 'x': msg` consistently for every user-facing error."""
     where = str(path)

@@ -1,8 +1,9 @@
-"""Official Russian SuperGLUE metrics, computed as the benchmark's own scorers compute them.
+"""The metrics of Russian SuperGLUE, computed as the benchmark's own scorers compute them;
+task-agnostic (each task's module in `tasks/` says which it uses: `Task.score`).
 
-  score_task(task, records, predictions) -> {metric: value}   predictions in tasks.decode's form
-  total_score(per_task) -> float     mean over tasks of each task's mean metric (the leaderboard)
+  accuracy, macro_f1, mcc, muserc_f1a, token_f1, exact_match   (gold, predicted) -> float
   class_report(gold, pred, labels) -> {label: {precision, recall, f1, support}}
+  aligned(records, predictions)   predictions as a list aligned with records
 
 Degenerate cases follow the reference implementations (RussianNLP/RussianSuperGLUE: the TF-IDF
 baseline scorers `tfidf_baseline/{MuSeRC,RuCoS}.py`, and jiant's CommitmentBank / sklearn
@@ -28,22 +29,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-
-from mlx_rsg.data import NLI_LABELS
-
-# Each task's official metrics (the RSG leaderboard's), in the order it reports them; a task's
-# score is their mean. tasks.TaskSpec.metrics is this.
-OFFICIAL: dict[str, tuple[str, ...]] = {
-    "LiDiRus": ("mcc",),
-    "RCB": ("f1", "accuracy"),
-    "PARus": ("accuracy",),
-    "MuSeRC": ("f1a", "em"),
-    "TERRa": ("accuracy",),
-    "RUSSE": ("accuracy",),
-    "RWSD": ("accuracy",),
-    "DaNetQA": ("accuracy",),
-    "RuCoS": ("f1", "em"),
-}
 
 _PUNCT = set(string.punctuation)
 
@@ -126,10 +111,6 @@ def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def _max_over(metric, prediction: str, golds: Sequence[str]) -> float:
-    return max([0.0, *(metric(prediction, g) for g in golds)])
-
-
 def _check(gold: Sequence, pred: Sequence) -> None:
     if len(gold) != len(pred):
         raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
@@ -145,59 +126,3 @@ def aligned(records: Sequence, predictions) -> list:
     predictions = list(predictions)
     _check(records, predictions)
     return predictions
-
-
-def score_task(task: str, records: Sequence, predictions) -> dict[str, float]:
-    """The task's official metrics (keys as TaskSpec.metrics) for predictions in decode's form,
-    a list aligned with records or a dict keyed by record idx."""
-    preds = aligned(records, predictions)
-    if task == "MuSeRC":
-        gold_a, pred_a, em = [], [], []
-        for r, p in zip(records, preds, strict=True):
-            for q in r.questions:
-                try:
-                    qp = [int(p[a.idx]) for a in q.answers]
-                except KeyError as e:
-                    raise ValueError(f"MuSeRC idx {r.idx}: no prediction for answer {e}") from None
-                qg = [int(a.label) for a in q.answers]
-                gold_a += qg
-                pred_a += qp
-                em.append(float(qg == qp))
-        return {
-            "f1a": muserc_f1a(gold_a, pred_a),
-            "em": float(np.mean(em)) if em else 0.0,
-        }
-    if task == "RuCoS":
-        f1s = [_max_over(token_f1, p, r.answers or ()) for r, p in zip(records, preds, strict=True)]
-        ems = [
-            _max_over(exact_match, p, r.answers or ()) for r, p in zip(records, preds, strict=True)
-        ]
-        return {
-            "f1": float(np.mean(f1s)) if f1s else 0.0,
-            "em": float(np.mean(ems)) if ems else 0.0,
-        }
-    gold = [r.label for r in records]
-    if task == "LiDiRus":
-        return {"mcc": mcc(gold, preds)}
-    if task == "RCB":
-        return {
-            "f1": macro_f1(gold, preds, NLI_LABELS["RCB"]),
-            "accuracy": accuracy(gold, preds),
-        }
-    return {"accuracy": accuracy(gold, preds)}
-
-
-def task_score(task: str | None, metrics: dict[str, float]) -> float:
-    """One number per task: the mean of its official metrics (other keys, e.g. "score", ignored
-    when the task is known)."""
-    keys = [k for k in OFFICIAL.get(task or "", ()) if k in metrics]
-    if not keys:
-        keys = [k for k in metrics if k != "score"] or list(metrics)
-    return float(np.mean([metrics[k] for k in keys]))
-
-
-def total_score(per_task: dict[str, dict[str, float]]) -> float:
-    """The leaderboard total: unweighted mean over tasks of each task's mean metric."""
-    if not per_task:
-        return float("nan")
-    return float(np.mean([task_score(t, m) for t, m in per_task.items()]))

@@ -111,7 +111,7 @@ def lora_keys(layer: nn.Module, targets: tuple[str, ...], model_type: str) -> li
 
 class RSGClassifier(nn.Module):
     def __init__(self, backbone: Backbone, cfg: ClassifierConfig, heads: dict[str, int]):
-        from mlx_rsg.tasks import TASK_SPECS
+        from mlx_rsg.tasks import REGISTRY
 
         super().__init__()
         self.backbone = backbone  # a plain dataclass: not part of the parameter tree
@@ -149,7 +149,7 @@ class RSGClassifier(nn.Module):
         # Span-pooled tasks concatenate their spans: the head sees hidden * spans features.
         self.heads = {}
         for name, n_out in heads.items():
-            spans = TASK_SPECS[name].spans if name in TASK_SPECS else 0
+            spans = REGISTRY[name].spans if name in REGISTRY else 0
             head = nn.Linear(backbone.hidden_size * max(1, spans), n_out)
             head.weight = mx.zeros_like(head.weight)
             head.bias = mx.zeros_like(head.bias)

@@ -59,9 +59,8 @@ def evaluate(
     """Official val metrics per task, each with a single `score` (two-metric tasks averaged),
     and `score`: their unweighted mean. `h0_fn(batch)` supplies cached frozen-prefix outputs.
     `desc`: show a progress bar over the units, so named."""
-    from mlx_rsg.metrics import score_task
     from mlx_rsg.progress import Progress
-    from mlx_rsg.tasks import decode, make_units
+    from mlx_rsg.tasks import decode, make_units, score_task
 
     model.eval()
     bar = None
@@ -181,7 +180,7 @@ def as_record(task: str, obj, line: int | None = None):
     """A record dataclass from a dict in the official JSON format (or a record unchanged)."""
     if not isinstance(obj, dict):
         return obj
-    from mlx_rsg.data import parse_record
+    from mlx_rsg.tasks import parse_record
 
     if "idx" not in obj:  # records typed by hand: number them by position
         obj = {**obj, "idx": line}
@@ -257,8 +256,9 @@ def data_records(
 ) -> dict[str, list]:
     """Records of `split` per task a run (its run.json `info`) can predict, LiDiRus with the
     TERRa head; `max_per_task` samples ~N examples per task as `run.sample_examples` does."""
-    from mlx_rsg.data import TASKS, available_splits, load_split
+    from mlx_rsg.data import available_splits, load_split
     from mlx_rsg.run import diagnostic_records, parse_tasks, sample_examples
+    from mlx_rsg.tasks import TASKS
 
     wanted = set(parse_tasks(task_list)) if task_list.lower() != "all" else set(TASKS)
     out: dict[str, list] = {}
@@ -341,7 +341,7 @@ def _print_predictions(predictor: Predictor, task: str, records: list) -> None:
 
 
 def _print_scores(scores: dict[str, Any]) -> None:
-    from mlx_rsg.metrics import total_score
+    from mlx_rsg.tasks import total_score
 
     for t, m in scores["tasks"].items():
         detail = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "score")

@@ -24,14 +24,12 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from mlx_rsg.data import TASKS
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_file, holds, read_json_object
+from mlx_rsg.tasks import TASKS, TRAIN_TASKS
 
 # How a classifier adapts the backbone (model.py implements them; train.py takes them as --method).
 METHODS = ("heads", "freeze", "lora", "mlp-adapter")
-# LiDiRus has no train split: it is scored with the TERRa head.
-TRAIN_TASKS = tuple(t for t in TASKS if t != "LiDiRus")
 RUN_FORMAT = "mlx-rsg-run"
 RUN_VERSION = 1
 WEIGHTS = "trainable.safetensors"
@@ -247,14 +245,14 @@ def diagnostic_records(data_dir: Path) -> list:
 
 
 def task_info(tasks: list[str]) -> dict[str, Any]:
-    from mlx_rsg.tasks import TASK_SPECS
+    from mlx_rsg.tasks import REGISTRY
 
     return {
         t: {
-            "head": TASK_SPECS[t].head,
-            "labels": [jsonable(v) for v in TASK_SPECS[t].labels],
-            "choice": bool(TASK_SPECS[t].choice),
-            "pooling": TASK_SPECS[t].pooling,
+            "head": REGISTRY[t].head,
+            "labels": [jsonable(v) for v in REGISTRY[t].labels],
+            "choice": bool(REGISTRY[t].choice),
+            "pooling": REGISTRY[t].pooling,
         }
         for t in tasks
     }
@@ -267,12 +265,9 @@ def jsonable(v):
 def examples_in(task: str, record, max_negatives: int | None = None) -> int:
     """How many classification examples (units) a record gives; RuCoS trains on the gold
     entity plus at most `max_negatives` sampled ones."""
-    from mlx_rsg.tasks import make_units
+    from mlx_rsg.tasks import REGISTRY
 
-    n = len(make_units(task, [record], train=False))
-    if task == "RuCoS" and max_negatives is not None:
-        return min(n, 1 + max_negatives)
-    return n
+    return REGISTRY[task].examples(record, max_negatives)
 
 
 def sample_records(items: list, limit: int | None, seed: int, salt: str, size=None) -> list:

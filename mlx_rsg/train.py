@@ -345,11 +345,11 @@ def classifier_config(cfg: TrainConfig, num_layers: int):
 
 def heads_for(tasks: tuple[str, ...]) -> dict[str, int]:
     """Head name -> outputs: one score per unit for choice tasks, one logit per label otherwise."""
-    from mlx_rsg.tasks import TASK_SPECS
+    from mlx_rsg.tasks import REGISTRY
 
     heads: dict[str, int] = {}
     for t in tasks:
-        spec = TASK_SPECS[t]
+        spec = REGISTRY[t]
         heads[spec.head] = 1 if spec.choice else len(spec.labels)
     return heads
 
@@ -717,7 +717,7 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
 
 
 def _total(per_task: dict[str, dict]) -> float:
-    from mlx_rsg.metrics import total_score
+    from mlx_rsg.tasks import total_score
 
     return total_score(
         {t: {k: v for k, v in s.items() if k != "score"} for t, s in per_task.items()}

@@ -16,8 +16,9 @@ from tiny_model import tiny_model_dir, tiny_rsg_dir, tiny_train_config  # noqa: 
 
 import mlx_rsg  # noqa: F401
 from mlx_rsg.cli import main
-from mlx_rsg.metrics import class_report, score_task, total_score
+from mlx_rsg.metrics import class_report
 from mlx_rsg.submission import read_submission
+from mlx_rsg.tasks import score_task, total_score
 
 MAX = 12
 

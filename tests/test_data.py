@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mlx_rsg import data
+from mlx_rsg import data, tasks
 from mlx_rsg.data import DataError
 
-ALL_SPLITS = [(t, s) for t in data.TASKS for s in (("test",) if t == "LiDiRus" else data.SPLITS)]
+ALL_SPLITS = [(t, s) for t in tasks.TASKS for s in (("test",) if t == "LiDiRus" else data.SPLITS)]
 
 
 def _load_all(root) -> dict:
@@ -25,7 +25,7 @@ def _load_all(root) -> dict:
 
 
 def test_fixture_has_every_task_and_split(fixture_root):
-    for task in data.TASKS:
+    for task in tasks.TASKS:
         want = ["test"] if task == "LiDiRus" else ["train", "val", "test"]
         assert data.available_splits(fixture_root, task) == want
 
@@ -63,13 +63,13 @@ def test_fixture_labels_normalised(task, split, fixture_root):
 
 def test_fixture_records_by_hand(fixture_root):
     terra = data.load_split(fixture_root, "TERRa", "val")
-    assert terra[1] == data.NLIRecord(
+    assert terra[1] == tasks.NLIRecord(
         1, "Музей будет закрыт на реставрацию до весны.", "Музей работает всю зиму.",
         "not_entailment",
     )  # fmt: skip
     lid = data.load_split(fixture_root, "LiDiRus", "test")
     assert [r.idx for r in lid] == [0, 1, 2, 3, 4]  # the official file spells idx as "0", "1"...
-    assert lid[0] == data.NLIRecord(
+    assert lid[0] == tasks.NLIRecord(
         0, "Кот спал на диване.", "Кот не спал на диване.", "not_entailment"
     )
     parus = data.load_split(fixture_root, "PARus", "train")[1]
@@ -83,9 +83,9 @@ def test_fixture_records_by_hand(fixture_root):
         "Куда переехал Пётр?", "Чем Пётр занимался по вечерам?",
     ]  # fmt: skip
     assert mus.questions[0].answers == (
-        data.MuSeRCAnswer(0, "В Новгород.", 1),
-        data.MuSeRCAnswer(1, "В Тверь.", 0),
-        data.MuSeRCAnswer(2, "В Москву.", 0),
+        tasks.MuSeRCAnswer(0, "В Новгород.", 1),
+        tasks.MuSeRCAnswer(1, "В Тверь.", 0),
+        tasks.MuSeRCAnswer(2, "В Москву.", 0),
     )
     assert mus.text.startswith("(1) Весной")
 
@@ -233,7 +233,7 @@ def test_quirks_bom_crlf_no_final_newline(tmp_path, bom, newline, final, blank):
     text = newline.join(lines) + (newline if final else "")
     _write(tmp_path / "TERRa" / "train.jsonl", (b"\xef\xbb\xbf" if bom else b"") + text.encode())
     recs = data.load_split(tmp_path, "TERRa", "train")
-    want = [data.NLIRecord(o["idx"], o["premise"], o["hypothesis"], o["label"]) for o in TERRA]
+    want = [tasks.NLIRecord(o["idx"], o["premise"], o["hypothesis"], o["label"]) for o in TERRA]
     assert recs == want
 
 
@@ -270,16 +270,16 @@ def test_every_jsonl_reader_keeps_line_separators_inside_strings(tmp_path, separ
 )
 def test_bool_labels(raw, want):
     o = {"idx": 3, "question": "Есть ли?", "passage": "Есть.", "label": raw}
-    assert data.parse_record("DaNetQA", o).label is want
+    assert tasks.parse_record("DaNetQA", o).label is want
 
 
 def test_parus_label_is_int_and_rcb_extra_fields_ignored():
     p = {"premise": "П.", "choice1": "А.", "choice2": "Б.", "question": "effect", "idx": 0}
-    assert data.parse_record("PARus", {**p, "label": True}).label == 1
-    assert type(data.parse_record("PARus", {**p, "label": True}).label) is int
+    assert tasks.parse_record("PARus", {**p, "label": True}).label == 1
+    assert type(tasks.parse_record("PARus", {**p, "label": True}).label) is int
     rcb = {"premise": "П.", "hypothesis": "Г.", "label": "neutral", "idx": 7, "verb": "знать",
            "no_negation": "no_negation", "genre": "kp"}  # fmt: skip
-    assert data.parse_record("RCB", rcb) == data.NLIRecord(7, "П.", "Г.", "neutral")
+    assert tasks.parse_record("RCB", rcb) == tasks.NLIRecord(7, "П.", "Г.", "neutral")
 
 
 # ------------------------------------------------------------------------------ errors
@@ -396,10 +396,10 @@ def test_errors_inside_archives_name_the_member(fixture_root, tmp_path):
 
 def test_parse_record_default_location():
     with pytest.raises(DataError, match=r"^<input>: field 'premise': missing$"):
-        data.parse_record("TERRa", {"hypothesis": "Г.", "idx": 0})
+        tasks.parse_record("TERRa", {"hypothesis": "Г.", "idx": 0})
     with pytest.raises(DataError, match=r"^a\.jsonl:9: field 'label': unknown label"):
-        data.parse_record("TERRa", dict(TERRA[0], label="yes"), "a.jsonl", 9)
-    assert data.parse_record("TERRa", dict(TERRA[0])).label == "not_entailment"
+        tasks.parse_record("TERRa", dict(TERRA[0], label="yes"), "a.jsonl", 9)
+    assert tasks.parse_record("TERRa", dict(TERRA[0])).label == "not_entailment"
 
 
 # ------------------------------------------------------------------------------ real data
@@ -426,7 +426,7 @@ OFFICIAL = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("task", data.TASKS)
+@pytest.mark.parametrize("task", tasks.TASKS)
 def test_real_data_counts(task, real_rsg_root):
     splits = data.available_splits(real_rsg_root, task)
     if not splits:
@@ -499,7 +499,7 @@ def test_cli_data_info_missing_task_and_errors(fixture_root, tmp_path):
     res = _run("data", "info", tmp_path)
     assert res.exit_code == 0
     assert [s.split()[:3] for s in res.output.splitlines()[3:] if "not found" in s] == [
-        [t, "-", "0"] for t in data.TASKS if t != "PARus"
+        [t, "-", "0"] for t in tasks.TASKS if t != "PARus"
     ]
     (tmp_path / "PARus" / "val.jsonl").write_text('{"idx": 0}\n', encoding="utf-8")
     res = _run("data", "info", tmp_path)
@@ -568,7 +568,7 @@ def test_cli_data_download_success(tmp_path, monkeypatch, fixture_root):
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["combined.zip"]
     assert res.output.splitlines()[-1] == (
-        "tasks readable in the official layout: " + ", ".join(data.TASKS)
+        "tasks readable in the official layout: " + ", ".join(tasks.TASKS)
     )
     assert _load_all(out) == _load_all(fixture_root)
     res = _run("data", "download", out)

@@ -10,7 +10,11 @@ import pytest
 
 import mlx_rsg  # noqa: F401
 from mlx_rsg import data
-from mlx_rsg.data import (
+from mlx_rsg.errors import UserError
+from mlx_rsg.submission import read_submission, write_submission
+from mlx_rsg.tasks import (
+    REGISTRY,
+    TASKS,
     DaNetQARecord,
     MuSeRCAnswer,
     MuSeRCQuestion,
@@ -20,11 +24,9 @@ from mlx_rsg.data import (
     RuCoSRecord,
     RUSSERecord,
     RWSDRecord,
+    gold_predictions,
+    score_task,
 )
-from mlx_rsg.errors import UserError
-from mlx_rsg.metrics import score_task
-from mlx_rsg.submission import read_submission, write_submission
-from mlx_rsg.tasks import TASK_SPECS, gold_predictions
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "rsg" / "sample_submission"
 
@@ -74,7 +76,7 @@ def handmade() -> dict[str, list]:
 
 
 def perfect(task: str) -> dict[str, float]:
-    return {m: 1.0 for m in TASK_SPECS[task].metrics}
+    return {m: 1.0 for m in REGISTRY[task].metrics}
 
 
 def roundtrip(tmp_path: Path, by_task: dict[str, list]) -> dict[str, dict]:
@@ -196,7 +198,7 @@ def _sample_lines(task: str) -> list[dict]:
     return [json.loads(s) for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
 
 
-@pytest.mark.parametrize("task", data.TASKS)
+@pytest.mark.parametrize("task", TASKS)
 def test_format_matches_the_official_sample(task, tmp_path):
     sample = _sample_lines(task)
     recs = handmade()[task]
@@ -218,7 +220,7 @@ def test_format_matches_the_official_sample(task, tmp_path):
         assert ours_l <= spelled and len(ours_l) == len(spelled)
 
 
-@pytest.mark.parametrize("task", [t for t in data.TASKS if t != "RuCoS"])
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "RuCoS"])
 def test_sample_labels_rewritten_byte_for_byte(task, tmp_path, request):
     """Read the official sample, write it again for the real test records: identical bytes."""
     root = _fixture(request, "real_rsg_root")
@@ -257,7 +259,7 @@ def _labelled_split(root, task):
 
 
 @pytest.mark.parametrize("source", ["fixture_root", "real_rsg_root"])
-@pytest.mark.parametrize("task", data.TASKS)
+@pytest.mark.parametrize("task", TASKS)
 def test_val_gold_round_trip_is_perfect(task, source, request, tmp_path):
     root = _fixture(request, source)
     recs = _records(root, task, _labelled_split(root, task))

@@ -10,7 +10,7 @@ import pytest
 import mlx_rsg  # noqa: F401
 from mlx_rsg import data
 from mlx_rsg import tasks as T
-from mlx_rsg.data import (
+from mlx_rsg.tasks import (
     DaNetQARecord,
     MuSeRCAnswer,
     MuSeRCQuestion,
@@ -20,6 +20,7 @@ from mlx_rsg.data import (
     RuCoSRecord,
     RUSSERecord,
     RWSDRecord,
+    units,
 )
 
 
@@ -63,18 +64,18 @@ def marked_of(unit: T.Unit) -> list[str]:
 
 
 def test_specs_cover_the_nine_tasks_consistently():
-    assert set(T.TASK_SPECS) == set(data.TASKS)
-    for name, spec in T.TASK_SPECS.items():
+    assert set(T.REGISTRY) == set(T.TASKS)
+    for name, spec in T.REGISTRY.items():
         assert spec.name == name
         assert spec.pooling == ("span" if spec.spans else "last")
-        assert spec.head in T.TASK_SPECS
+        assert spec.head in T.REGISTRY
         # a shared head must agree on the label set
-        assert T.TASK_SPECS[spec.head].labels == spec.labels
-    assert T.TASK_SPECS["LiDiRus"].head == "TERRa" and not T.TASK_SPECS["LiDiRus"].has_train
-    assert {t for t, s in T.TASK_SPECS.items() if s.choice} == {"PARus", "RuCoS"}
-    assert {t for t, s in T.TASK_SPECS.items() if s.spans == 2} == {"RUSSE", "RWSD"}
-    assert T.TASK_SPECS["RCB"].metrics == ("f1", "accuracy")
-    assert T.TASK_SPECS["MuSeRC"].metrics == ("f1a", "em")
+        assert T.REGISTRY[spec.head].labels == spec.labels
+    assert T.REGISTRY["LiDiRus"].head == "TERRa" and not T.REGISTRY["LiDiRus"].has_train
+    assert {t for t, s in T.REGISTRY.items() if s.choice} == {"PARus", "RuCoS"}
+    assert {t for t, s in T.REGISTRY.items() if s.spans == 2} == {"RUSSE", "RWSD"}
+    assert T.REGISTRY["RCB"].metrics == ("f1", "accuracy")
+    assert T.REGISTRY["MuSeRC"].metrics == ("f1a", "em")
 
 
 # ------------------------------------------------------------------------------ units
@@ -203,8 +204,8 @@ def test_rucos_training_keeps_the_gold_and_samples_negatives():
 
 
 def test_water_fill_cuts_the_longest_first():
-    assert T._water_fill([10, 4, 7], 5) == ([6, 4, 6], 0)
-    assert T._water_fill([3, 3], 10) == ([0, 0], 4)
+    assert units._water_fill([10, 4, 7], 5) == ([6, 4, 6], 0)
+    assert units._water_fill([3, 3], 10) == ([0, 0], 4)
 
 
 def test_truncation_cuts_the_passage_keeps_the_question():
@@ -283,7 +284,7 @@ def test_gold_units_decode_to_gold_predictions():
         "RWSD": [RWSDRecord(0, "Иван сказал, что он устал.", 0, "Иван", 3, "он", True)],
     }
     for task, recs in cases.items():
-        spec = T.TASK_SPECS[task]
+        spec = T.REGISTRY[task]
         units = T.make_units(task, recs)
         n_out = 1 if spec.choice else len(spec.labels)
         scores = np.zeros((len(units), n_out))
@@ -304,7 +305,7 @@ def _records(root, task, split):
     return data.load_split(root, task, split)
 
 
-@pytest.mark.parametrize("task", data.TASKS)
+@pytest.mark.parametrize("task", T.TASKS)
 def test_units_of_every_fixture_split(task, request):
     root = _fixture(request, "fixture_root")
     tok = WordTokenizer()
@@ -321,7 +322,7 @@ def test_units_of_every_fixture_split(task, request):
         assert all(u.pieces and all(isinstance(t, str) for t, _ in u.pieces) for u in units)
         for u in units:
             ids, spans = T.encode_unit(u, tok.encode, 48, bos=2)
-            assert len(ids) <= 48 and len(spans) == T.TASK_SPECS[task].spans
+            assert len(ids) <= 48 and len(spans) == T.REGISTRY[task].spans
             got = [tok.decode(ids[s:e]).strip() for s, e in spans]
             want = [t.strip() for t, m in u.pieces if m]
             assert sorted(got) == sorted(want)

@@ -7,71 +7,38 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from mlx_rsg import data
+from mlx_rsg import tasks
+from mlx_rsg.data.files import available_splits, load_split
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir
 
 HUB_REPO = "RussianNLP/russian_super_glue"
 
 
-def _texts(r: data.Record) -> list[str]:
-    """Every text field of a record: what the model reads, for the mean length."""
-    if isinstance(r, data.NLIRecord):
-        return [r.premise, r.hypothesis]
-    if isinstance(r, data.PARusRecord):
-        return [r.premise, r.choice1, r.choice2]
-    if isinstance(r, data.MuSeRCRecord):
-        return [r.text] + [
-            s for q in r.questions for s in [q.question, *(a.text for a in q.answers)]
-        ]
-    if isinstance(r, data.RUSSERecord):
-        return [r.sentence1, r.sentence2]
-    if isinstance(r, data.RWSDRecord):
-        return [r.text]
-    if isinstance(r, data.DaNetQARecord):
-        return [r.question, r.passage]
-    return [r.text, r.query]
-
-
-def label_counts(records: list[data.Record]) -> Counter | None:
+def label_counts(task: str, records: list) -> Counter | None:
     """Gold label counts (MuSeRC: over answers; RuCoS: gold answers per query); None unlabelled."""
-    if not records:
+    values = [v for r in records for v in tasks.REGISTRY[task].label_values(r)]
+    if not records or any(v is None for v in values):
         return None
-    r0 = records[0]
-    if isinstance(r0, data.MuSeRCRecord):
-        labels = [a.label for r in records for q in r.questions for a in q.answers]
-    elif isinstance(r0, data.RuCoSRecord):
-        labels = [None if r.answers is None else len(r.answers) for r in records]
-    else:
-        labels = [r.label for r in records]
-    if any(v is None for v in labels):
-        return None
-    return Counter(labels)
+    return Counter(values)
 
 
 def _describe(task: str, counts: Counter | None) -> str:
-    if counts is None:
-        return "unlabelled"
-    if task == "RuCoS":
-        n = sum(counts.values())
-        return f"{sum(k * v for k, v in counts.items()) / n:.2f} gold answers per query"
-    total = sum(counts.values())
-    parts = [f"{k} {v} ({v / total:.0%})" for k, v in counts.most_common()]
-    return ("answers: " if task == "MuSeRC" else "") + ", ".join(parts)
+    return "unlabelled" if counts is None else tasks.REGISTRY[task].describe_labels(counts)
 
 
 def summary(root: str | os.PathLike) -> list[dict]:
     """One row per task and split found: examples, label distribution, mean characters."""
     rows = []
-    for task in data.TASKS:
-        splits = data.available_splits(root, task)
+    for task in tasks.TASKS:
+        splits = available_splits(root, task)
         if not splits:
             rows.append(dict(task=task, split="-", examples=0, labels="not found", mean_chars=None))
         for split in splits:
-            recs = data.load_split(root, task, split)
-            chars = [sum(len(t) for t in _texts(r)) for r in recs]
+            recs = load_split(root, task, split)
+            chars = [sum(map(len, tasks.REGISTRY[task].texts(r))) for r in recs]
             rows.append(dict(task=task, split=split, examples=len(recs),
-                             labels=_describe(task, label_counts(recs)),
+                             labels=_describe(task, label_counts(task, recs)),
                              mean_chars=sum(chars) / len(chars) if chars else None))  # fmt: skip
     return rows
 

@@ -1,0 +1,50 @@
+"""Natural language inference records and units, shared by TERRa, RCB and LiDiRus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlx_rsg.tasks.base import Task
+from mlx_rsg.tasks.fields import Where, get_int, get_label, get_str
+from mlx_rsg.tasks.units import Unit
+
+
+@dataclass(frozen=True)
+class NLIRecord:
+    """TERRa, RCB and LiDiRus (LiDiRus's sentence1/sentence2 become premise/hypothesis)."""
+
+    idx: int
+    premise: str
+    hypothesis: str
+    # TERRa/LiDiRus: entailment|not_entailment; RCB: entailment|contradiction|neutral
+    label: str | None
+
+
+@dataclass(frozen=True)
+class NLITask(Task):
+    fields: tuple[str, str] = ("premise", "hypothesis")  # the official keys of the two texts
+
+    def parse(self, obj: dict, where: Where) -> list[NLIRecord]:
+        first, second = self.fields
+        labels = tuple((s, s) for s in self.labels)
+        return [
+            NLIRecord(
+                get_int(obj, "idx", where),
+                get_str(obj, first, where),
+                get_str(obj, second, where),
+                get_label(obj, where, labels),
+            )
+        ]
+
+    def texts(self, record: NLIRecord) -> list[str]:
+        return [record.premise, record.hypothesis]
+
+    def units(self, record: NLIRecord, train=False, rng=None, max_negatives=None) -> list[Unit]:
+        pieces = (
+            ("Посылка:", False),
+            (" " + record.premise, False),
+            ("\nГипотеза:", False),
+            (" " + record.hypothesis, False),
+        )
+        label = self.label_index(record.label)
+        return [Unit(self.name, (record.idx,), None, pieces, label, trim=(1, 3))]

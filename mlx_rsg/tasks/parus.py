@@ -1,0 +1,65 @@
+"""PARus: choice of plausible alternatives (accuracy). Each record gives two units, premise plus
+one choice, scored against each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlx_rsg.tasks.base import Task
+from mlx_rsg.tasks.fields import BINARY, Where, fail, get_int, get_label, get_str
+from mlx_rsg.tasks.units import Unit
+
+
+@dataclass(frozen=True)
+class PARusRecord:
+    idx: int
+    premise: str
+    choice1: str
+    choice2: str
+    question: str  # "cause" | "effect"
+    label: int | None  # 0 -> choice1, 1 -> choice2
+
+
+QUESTION = {"cause": "\nПричина:", "effect": "\nСледствие:"}
+
+
+@dataclass(frozen=True)
+class PARus(Task):
+    def parse(self, obj: dict, where: Where) -> list[PARusRecord]:
+        question = get_str(obj, "question", where)
+        if question not in QUESTION:
+            raise fail(where, "question", f'expected "cause" or "effect", got {question!r}')
+        label = get_label(obj, where, BINARY)
+        return [
+            PARusRecord(
+                get_int(obj, "idx", where),
+                get_str(obj, "premise", where),
+                get_str(obj, "choice1", where),
+                get_str(obj, "choice2", where),
+                question,
+                label,
+            )
+        ]
+
+    def texts(self, record: PARusRecord) -> list[str]:
+        return [record.premise, record.choice1, record.choice2]
+
+    def units(self, record: PARusRecord, train=False, rng=None, max_negatives=None) -> list[Unit]:
+        out = []
+        for c, choice in enumerate((record.choice1, record.choice2)):
+            pieces = (
+                (record.premise, False),
+                (QUESTION[record.question], False),
+                (" " + choice, False),
+            )
+            label = None if record.label is None else int(record.label == c)
+            out.append(Unit(self.name, (record.idx, c), (record.idx,), pieces, label, trim=(0,)))
+        return out
+
+    def decode(self, record: PARusRecord, by_key: dict[tuple, np.ndarray]) -> int:
+        return int(by_key[(record.idx, 1)][0] > by_key[(record.idx, 0)][0])
+
+
+TASK = PARus("PARus", (0, 1), choice=True)
