@@ -9,7 +9,7 @@
     position's final hidden state, as transformers does; mlx-predict computes what a last-token
     classifier reads (what `predict` runs: the top block at the last position only). mlx-stock
     is mlx-lm as shipped (no fast path: MLX_RSG_FAST_PATHS=none, one stream). mlx and
-    mlx-predict use the fast paths this machine chose (mlx_rsg.fastpaths); mlx-rows forces the
+    mlx-predict use the fast paths this machine chose (mlx_rsg.accel.fastpaths); mlx-rows forces the
     row split. Timed alternately, best of --repeats each, so all see the same contention on a
     shared machine. Target: MLX / PyTorch >= 1.0.
 (b) each CPU fast path against stock MLX on the model's shapes, timed afresh in this run
@@ -68,7 +68,7 @@ def random_model_dir(path: Path) -> Path:
     """Random weights in the Gemma-3-270M config, written once (HF names, fp32)."""
     if (path / "model.safetensors").exists():
         return path
-    from mlx_rsg import _blas  # noqa: F401  (OpenBLAS before mlx)
+    from mlx_rsg.accel import blas  # noqa: F401  (OpenBLAS before mlx)
 
     path.mkdir(parents=True, exist_ok=True)
     import mlx.core as mx
@@ -108,8 +108,8 @@ def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
 def mlx_forward(model_dir: Path, mode: str):
     import mlx.core as mx
 
-    from mlx_rsg.backbone import hidden_states, load_backbone
-    from mlx_rsg.memory import keep_freed_buffers
+    from mlx_rsg.accel.memory import keep_freed_buffers
+    from mlx_rsg.model.backbone import hidden_states, load_backbone
 
     if mode != "mlx-stock":
         keep_freed_buffers()  # as the mlx-rsg commands do
@@ -122,7 +122,7 @@ def mlx_forward(model_dir: Path, mode: str):
         return hidden_states(bb, tokens)
 
     if mode == "mlx-rows":  # one row chunk per core, each on its own stream
-        from mlx_rsg.cpu_parallel import cpu_cores, row_parallel
+        from mlx_rsg.accel.cpu_parallel import cpu_cores, row_parallel
 
         return lambda tokens_np: row_parallel(fwd, mx.array(tokens_np), parts=cpu_cores())
     fn = mx.compile(fwd) if mode == "mlx-compiled" else fwd
@@ -140,9 +140,9 @@ def classify_forward(bb):
     at the pooled position only), rows split over the cores (cpu_parallel.model_rows)."""
     import mlx.core as mx
 
-    from mlx_rsg.batching import Batch
-    from mlx_rsg.cpu_parallel import model_rows
-    from mlx_rsg.model import ClassifierConfig, RSGClassifier
+    from mlx_rsg.accel.cpu_parallel import model_rows
+    from mlx_rsg.model.batching import Batch
+    from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
 
     model = RSGClassifier(bb, ClassifierConfig(method="heads"), {"TERRa": 2})
     model.eval()
@@ -179,11 +179,11 @@ def torch_forward(model_dir: Path, threads: int):
 
 def fast_path_worker(model_dir: Path) -> None:
     """Each fast path timed against stock on the model's shapes, and the BLAS, printed as JSON."""
-    from mlx_rsg import _blas, fastpaths  # loads the BLAS before mlx
+    from mlx_rsg.accel import blas, fastpaths  # loads the BLAS before mlx
 
     cfg = json.loads((model_dir / "config.json").read_text())
     timings = fastpaths.measure(fastpaths.Shapes.of(cfg.get("text_config", cfg)))
-    print(json.dumps({"blas": _blas.describe(), "paths": {
+    print(json.dumps({"blas": blas.describe(), "paths": {
         name: {"stock_ms": t.stock_ms, "fast_ms": t.fast_ms, "speedup": t.speedup, "used": t.use}
         for name, t in timings.items()
     }}))  # fmt: skip
@@ -203,7 +203,7 @@ def worker(args) -> None:
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
         peak = 2.0 * 2048**3 / _best(lambda: a @ b, 3)
     else:
-        from mlx_rsg import _blas  # noqa: F401  (OpenBLAS before mlx)
+        from mlx_rsg.accel import blas  # noqa: F401  (OpenBLAS before mlx)
 
         peak = gemm_peak()  # imports mlx
         import mlx.core as mx

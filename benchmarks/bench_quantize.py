@@ -1,8 +1,9 @@
-"""Quantized inference speed on the CPU: fp32 vs q8 vs q4, with and without mlx_rsg.fast_quant.
+"""Quantized inference speed on the CPU: fp32 vs q8 vs q4, with and without
+mlx_rsg.accel.fast_quant.
 
     python benchmarks/bench_quantize.py MODEL_DIR        # a converted fp32 model directory
 
-MODEL_DIR is quantized with `mlx_rsg.quantize` (q8, q4 and any --recipes) into a temporary
+MODEL_DIR is quantized with `mlx_rsg.quant.quantize` (q8, q4 and any --recipes) into a temporary
 directory; then every variant is loaded in this one process and timed on the same random
 batch (--batch x --seq token ids) by the classification forward (embeddings -> all layers ->
 final norm, as backbone.hidden_states), alternating variants each round so contention hits all
@@ -55,7 +56,7 @@ def _nbytes(tree) -> int:
 
 
 def _cache_bytes(bb) -> int:
-    from mlx_rsg.fast_quant import _CACHE_ATTR
+    from mlx_rsg.accel.fast_quant import _CACHE_ATTR
 
     return sum(
         m.__dict__[_CACHE_ATTR][1].nbytes
@@ -65,7 +66,7 @@ def _cache_bytes(bb) -> int:
 
 
 def _drop_cache(bb) -> None:
-    from mlx_rsg.fast_quant import _CACHE_ATTR
+    from mlx_rsg.accel.fast_quant import _CACHE_ATTR
 
     for _, m in bb.model.named_modules():
         m.__dict__.pop(_CACHE_ATTR, None)
@@ -74,8 +75,8 @@ def _drop_cache(bb) -> None:
 def forward(bb, mode: str):
     import mlx.core as mx
 
-    from mlx_rsg.backbone import hidden_states
-    from mlx_rsg.cpu_parallel import row_parallel
+    from mlx_rsg.accel.cpu_parallel import row_parallel
+    from mlx_rsg.model.backbone import hidden_states
 
     def fwd(tokens):
         return hidden_states(bb, tokens)
@@ -108,10 +109,10 @@ def main() -> None:
     import mlx.core as mx
     import numpy as np
 
-    from mlx_rsg import fast_quant, fastpaths
-    from mlx_rsg.backbone import load_backbone
-    from mlx_rsg.memory import keep_freed_buffers
-    from mlx_rsg.quantize import quantize
+    from mlx_rsg.accel import fast_quant, fastpaths
+    from mlx_rsg.accel.memory import keep_freed_buffers
+    from mlx_rsg.model.backbone import load_backbone
+    from mlx_rsg.quant.quantize import quantize
 
     recipes = [r for r in args.recipes.split(",") if r]
     modes = [m for m in args.modes.split(",") if m]

@@ -46,12 +46,12 @@ def mlx_worker(args, tokens, labels) -> dict:
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from mlx_rsg.backbone import load_backbone
-    from mlx_rsg.batching import Batch, loss_fn
-    from mlx_rsg.features import PrefixCache
-    from mlx_rsg.memory import keep_freed_buffers
-    from mlx_rsg.model import ClassifierConfig, RSGClassifier
-    from mlx_rsg.train import compiled_update
+    from mlx_rsg.accel.memory import keep_freed_buffers
+    from mlx_rsg.model.backbone import load_backbone
+    from mlx_rsg.model.batching import Batch, loss_fn
+    from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
+    from mlx_rsg.model.features import PrefixCache
+    from mlx_rsg.train.optim import compiled_update
 
     mx.random.seed(0)
     keep_freed_buffers()  # as `mlx-rsg train` does
@@ -62,7 +62,7 @@ def mlx_worker(args, tokens, labels) -> dict:
     opt = optim.AdamW(learning_rate=1e-5)
     cache = PrefixCache(model) if args.worker == "mlx" else None
     value_and_grad = nn.value_and_grad(model, loss_fn)
-    update = compiled_update(model, opt)  # as train.py
+    update = compiled_update(model, opt)  # as mlx_rsg/train/loop.py
     n, L = tokens.shape[1], tokens.shape[2]
     batches = [
         Batch(

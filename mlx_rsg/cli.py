@@ -8,7 +8,7 @@ import sys
 import click
 
 from mlx_rsg import __version__
-from mlx_rsg.bench import BenchConfig
+from mlx_rsg.bench.measure import BenchConfig
 from mlx_rsg.errors import UserError
 from mlx_rsg.options import config_options
 
@@ -34,7 +34,7 @@ _MODEL_COMMANDS = {"train", "predict", "bench", "quantize", "quickstart"}
 def main(ctx: click.Context) -> None:
     """Russian SuperGLUE on Apple MLX: convert, train, quantize, benchmark."""
     if ctx.invoked_subcommand in _MODEL_COMMANDS:
-        from mlx_rsg.memory import keep_freed_buffers
+        from mlx_rsg.accel.memory import keep_freed_buffers
 
         keep_freed_buffers()
 
@@ -48,20 +48,20 @@ def info(model) -> None:
     import mlx.core as mx
     import mlx_lm
 
-    from mlx_rsg import _blas, fastpaths
+    from mlx_rsg.accel import blas, fastpaths
 
     click.echo(f"mlx-rsg   {__version__}")
     click.echo(f"mlx       {mx.__version__}")
     click.echo(f"mlx-lm    {mlx_lm.__version__}")
     click.echo(f"device    {mx.default_device()}")
-    click.echo(f"blas      {_blas.describe()}")
-    for reason in _blas.ERRORS:
+    click.echo(f"blas      {blas.describe()}")
+    for reason in blas.ERRORS:
         click.echo(f"          (not used: {reason})")
     if mx.default_device() != mx.cpu:
         return
-    gflops = _blas.gemm_gflops(n=1024)
-    slow = f"  slow: {_blas.fix_hint()}" if gflops < _blas.SLOW_GFLOPS else ""
-    click.echo(f"gemm      {gflops:.1f} GFLOP/s (float32, 1024^3, {_blas.get_threads() or '?'} "
+    gflops = blas.gemm_gflops(n=1024)
+    slow = f"  slow: {blas.fix_hint()}" if gflops < blas.SLOW_GFLOPS else ""
+    click.echo(f"gemm      {gflops:.1f} GFLOP/s (float32, 1024^3, {blas.get_threads() or '?'} "
                f"BLAS threads){slow}")  # fmt: skip
     config, quantized, what = None, True, "Gemma-3-270M shapes"
     if model:
@@ -103,7 +103,7 @@ main.add_command(predict_command)
 def bench_command(**kwargs) -> None:
     """Score BASELINE (fp32 run dir) and each VARIANT run dir on every task in --data: official
     metrics, total, delta, flip rate, per-class P/R/F1, size, memory, latency, throughput."""
-    from mlx_rsg.bench import cli
+    from mlx_rsg.bench.measure import cli
 
     cli(**kwargs)
 
@@ -137,7 +137,7 @@ main.add_command(data_group)
               help="RSG_DIR whose train splits calibrate a gptq recipe (e.g. q4-gptq).")
 def quantize_command(source, bits, group_size, recipe, out, force, calib_data) -> None:
     """Quantize a RUN_DIR (trained weights merged first) or a converted MODEL_DIR into OUT."""
-    from mlx_rsg.quantize import quantize
+    from mlx_rsg.quant.quantize import quantize
 
     quantize(
         source,
@@ -159,6 +159,6 @@ def quantize_command(source, bits, group_size, recipe, out, force, calib_data) -
 def convert_command(source, out, dtype, force) -> None:
     """Convert SOURCE (gemma-3-270m, a .gguf file, an HF model dir or a hub id org/name) to an
     MLX model directory OUT."""
-    from mlx_rsg.convert import convert, summary
+    from mlx_rsg.convert.hf import convert, summary
 
     click.echo(summary(convert(source, out, dtype=dtype, force=force)))

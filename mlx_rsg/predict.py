@@ -28,8 +28,8 @@ def score_units(
     logits a numpy array (n_units, n_out). `on_batch(rows)` is called after each batch."""
     import mlx.core as mx
 
-    from mlx_rsg.batching import encode_units, make_batches
-    from mlx_rsg.cpu_parallel import model_rows
+    from mlx_rsg.accel.cpu_parallel import model_rows
+    from mlx_rsg.model.batching import encode_units, make_batches
     from mlx_rsg.tasks import make_units
 
     units = make_units(task, records, train=False)
@@ -191,8 +191,8 @@ def load(run_dir: str | Path, verify: bool = True) -> Predictor:
     """Load a run directory: backbone (checked against its sha256), heads and trained weights."""
     import mlx.core as mx
 
-    from mlx_rsg.backbone import load_backbone, load_tokenizer
-    from mlx_rsg.model import ClassifierConfig, RSGClassifier
+    from mlx_rsg.model.backbone import load_backbone, load_tokenizer
+    from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
     from mlx_rsg.run import (
         WEIGHTS,
         dataclass_from_dict,

@@ -75,7 +75,7 @@ def _timed(label: str, fn, *args):
 
 
 def step_convert(cfg: QuickstartConfig, model_dir: Path) -> None:
-    from mlx_rsg.convert import convert
+    from mlx_rsg.convert.hf import convert
     from mlx_rsg.run import MANIFEST
 
     if (model_dir / MANIFEST).is_file():
@@ -111,7 +111,7 @@ def step_train(cfg: QuickstartConfig, model_dir: Path, data_dir: Path, run_dir: 
 
 
 def step_quantize(run_dir: Path, out: Path, recipe: str, data_dir: Path) -> None:
-    from mlx_rsg.quantize import quantize
+    from mlx_rsg.quant.quantize import quantize
 
     if _done_run(out):
         _log(f"[3/4] quantize: using {out}")
@@ -122,8 +122,8 @@ def step_quantize(run_dir: Path, out: Path, recipe: str, data_dir: Path) -> None
 
 def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig, force: bool):
     """Run the four steps; returns bench.json's content and prints bench.md's table."""
-    from mlx_rsg._blas import warn_if_slow
-    from mlx_rsg.bench import BenchConfig, bench
+    from mlx_rsg.accel.blas import warn_if_slow
+    from mlx_rsg.bench.measure import BenchConfig, bench
 
     data_dir, work = Path(data_dir), Path(work_dir)
     if not data_dir.exists():

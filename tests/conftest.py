@@ -1,11 +1,12 @@
 """Shared fixtures. pytest imports this file before any test module, so `import mlx_rsg` here
-loads the BLAS before anything imports mlx (mlx_rsg/_blas.py): test modules import in any order."""
+loads the BLAS before anything imports mlx (mlx_rsg/accel/blas.py): test modules import in any
+order."""
 
 import os
 from pathlib import Path
 
-# The tests exercise every CPU fast path, whatever this machine's timings say (mlx_rsg.fastpaths);
-# tests of the per-machine decision set their own value.
+# The tests exercise every CPU fast path, whatever this machine's timings say
+# (mlx_rsg.accel.fastpaths); tests of the per-machine decision set their own value.
 os.environ["MLX_RSG_FAST_PATHS"] = "all"
 
 import mlx_rsg  # noqa: F401, I001  (first: the BLAS before mlx)

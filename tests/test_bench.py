@@ -190,7 +190,7 @@ def test_markdown_and_png(benched):
 
 
 def test_chart_labels_metrics_and_draws_zero_scores(monkeypatch):
-    from mlx_rsg import bench_report
+    from mlx_rsg.bench import report as bench_report
 
     result = {
         "config": {"split": "val"},
@@ -300,8 +300,8 @@ def test_missing_backbone_and_bad_options(runs, tiny_rsg_dir, tmp_path):  # noqa
 
 def test_model_rows_equals_one_call(runs, tiny_rsg_dir):  # noqa: F811
     """The row-parallel CPU path gives the logits of one model call (up to GEMM rounding)."""
-    from mlx_rsg import batching
-    from mlx_rsg.cpu_parallel import model_rows
+    from mlx_rsg.accel.cpu_parallel import model_rows
+    from mlx_rsg.model import batching
     from mlx_rsg.predict import load
     from mlx_rsg.tasks import make_units
 
@@ -319,7 +319,7 @@ def test_bench_options_come_from_bench_config():
     """Each bench setting is spelled once, on BenchConfig's fields."""
     from dataclasses import fields
 
-    from mlx_rsg.bench import BenchConfig
+    from mlx_rsg.bench.measure import BenchConfig
     from mlx_rsg.cli import bench_command
 
     options = {p.name: p for p in bench_command.params}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_rsg import _blas
+from mlx_rsg.accel import blas
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux loads a BLAS")
 
@@ -34,18 +34,18 @@ def test_the_pip_install_brings_a_fast_blas():
     done = _python(
         """
         import mlx_rsg
-        from mlx_rsg import _blas
+        from mlx_rsg.accel import blas
         import mlx.core as mx
-        print(_blas.LOADED.name)
-        print(_blas.corename())
-        print(_blas.gemm_gflops(n=512))
+        print(blas.LOADED.name)
+        print(blas.corename())
+        print(blas.gemm_gflops(n=512))
         """
     )
     assert done.returncode == 0, done.stderr
     name, core, gflops = done.stdout.split("\n")[:3]
     assert "scipy-openblas32" in name
     assert core  # the kernels OpenBLAS picked for this CPU, e.g. SkylakeX / Haswell / NeoverseN1
-    assert float(gflops) > 2 * _blas.SLOW_GFLOPS
+    assert float(gflops) > 2 * blas.SLOW_GFLOPS
 
 
 @linux
@@ -53,7 +53,7 @@ def test_reference_blas_gets_one_warning_line_with_the_fix():
     done = _python(
         """
         import mlx_rsg
-        from mlx_rsg._blas import warn_if_slow
+        from mlx_rsg.accel.blas import warn_if_slow
         print(warn_if_slow())
         print(warn_if_slow())  # once per process
         """,
@@ -61,7 +61,7 @@ def test_reference_blas_gets_one_warning_line_with_the_fix():
     )
     assert done.returncode == 0, done.stderr
     first, second = done.stdout.split("\n")[:2]
-    assert float(first) < _blas.SLOW_GFLOPS and second == "None"
+    assert float(first) < blas.SLOW_GFLOPS and second == "None"
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("warning: MLX's CPU matrix multiplies run at ")
@@ -70,7 +70,7 @@ def test_reference_blas_gets_one_warning_line_with_the_fix():
 
 @linux
 def test_a_fast_blas_prints_nothing():
-    done = _python("import mlx_rsg\nfrom mlx_rsg._blas import warn_if_slow\nwarn_if_slow()")
+    done = _python("import mlx_rsg\nfrom mlx_rsg.accel.blas import warn_if_slow\nwarn_if_slow()")
     assert done.returncode == 0 and done.stderr == ""
 
 
@@ -84,7 +84,7 @@ def test_shim_is_built_once_and_exports_cblas(tmp_path, monkeypatch):
     import ctypes
 
     target = _scipy_openblas()
-    shim = _blas.build_shim(target, tmp_path)
+    shim = blas.build_shim(target, tmp_path)
     lib = ctypes.CDLL(str(shim))
     for name in ("cblas_sgemm", "cblas_dgemm", "cblas_cgemm"):
         assert hasattr(lib, name)
@@ -94,7 +94,7 @@ def test_shim_is_built_once_and_exports_cblas(tmp_path, monkeypatch):
         raise AssertionError("compiled again")
 
     monkeypatch.setattr(subprocess, "run", no_compiling)
-    assert _blas.build_shim(target, tmp_path) == shim
+    assert blas.build_shim(target, tmp_path) == shim
 
 
 @linux
@@ -104,7 +104,7 @@ def test_shim_computes_a_gemm(tmp_path):
 
     import numpy as np
 
-    lib = ctypes.CDLL(str(_blas.build_shim(_scipy_openblas(), tmp_path)))
+    lib = ctypes.CDLL(str(blas.build_shim(_scipy_openblas(), tmp_path)))
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((5, 7), np.float32), rng.standard_normal((7, 3), np.float32)
     c = np.zeros((5, 3), np.float32)
@@ -122,7 +122,7 @@ def test_no_compiler_is_a_clear_reason(tmp_path, monkeypatch):
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang
     with pytest.raises(RuntimeError, match="no C compiler"):
-        _blas.build_shim(_scipy_openblas(), tmp_path / "cache")
+        blas.build_shim(_scipy_openblas(), tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 
 
@@ -130,7 +130,7 @@ def test_no_compiler_is_a_clear_reason(tmp_path, monkeypatch):
 def test_compiler_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "false")
     with pytest.raises(RuntimeError, match="false failed to build the cblas shim") as e:
-        _blas.build_shim(_scipy_openblas(), tmp_path)
+        blas.build_shim(_scipy_openblas(), tmp_path)
     assert "\n" not in str(e.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -141,9 +141,9 @@ def test_a_library_without_cblas_is_refused(tmp_path):
     if not os.path.exists(libc):
         pytest.skip("not a Debian x86_64 layout")
     with pytest.raises(RuntimeError, match="does not export cblas_sgemm"):
-        _blas._library(libc)
+        blas._library(libc)
     with pytest.raises(RuntimeError, match="no such file"):
-        _blas._library(str(tmp_path / "nope.so"))
+        blas._library(str(tmp_path / "nope.so"))
 
 
 @linux
@@ -151,7 +151,7 @@ def test_an_unwritable_cache_falls_back_without_crashing(tmp_path):
     blocked = tmp_path / "a-file"  # a cache "directory" under a file: not writable, even as root
     blocked.write_text("")
     done = _python(
-        "from mlx_rsg import _blas\nprint(_blas.ERRORS[0])\nprint(_blas.fix_hint())",
+        "from mlx_rsg.accel import blas\nprint(blas.ERRORS[0])\nprint(blas.fix_hint())",
         MLX_RSG_CACHE=str(blocked / "cache"),
     )
     assert done.returncode == 0, done.stderr
@@ -166,8 +166,8 @@ def test_fix_hint_follows_the_reason(monkeypatch):
         (["scipy-openblas32 is not installed"], "pip install scipy-openblas32"),
         (["no C compiler (cc, gcc or clang) to build the cblas shim"], "apt install gcc"),
     ]:
-        monkeypatch.setattr(_blas, "ERRORS", errors)
-        assert hint in _blas.fix_hint()
+        monkeypatch.setattr(blas, "ERRORS", errors)
+        assert hint in blas.fix_hint()
 
 
 def test_info_reports_blas_gemm_speed_and_fast_paths(tmp_path):

@@ -1,11 +1,11 @@
-"""GPTQ calibration on RSG training examples (mlx_rsg.calibrate)."""
+"""GPTQ calibration on RSG training examples (mlx_rsg.quant.gptq)."""
 
 import mlx.core as mx  # conftest imports mlx_rsg (OpenBLAS) first
 import pytest
 from tiny_model import build_tiny_model
 
-from mlx_rsg.backbone import hidden_states, load_backbone, load_tokenizer
-from mlx_rsg.calibrate import (
+from mlx_rsg.model.backbone import hidden_states, load_backbone, load_tokenizer
+from mlx_rsg.quant.gptq import (
     PAD_ID,
     calibration_batches,
     gptq_quantize_backbone,
@@ -45,7 +45,8 @@ def test_calibration_batches_come_from_train_splits(model64, tiny_rsg_dir):
 
 
 def _rtn(model_dir, bits, group):
-    from mlx_rsg.quantize import Recipe, quantize_backbone
+    from mlx_rsg.quant.recipe import Recipe
+    from mlx_rsg.quant.rtn import quantize_backbone
 
     bb = load_backbone(model_dir)
     quantize_backbone(bb.model, bb.config, Recipe("rtn", bits, group))
@@ -138,19 +139,14 @@ def test_gptq_run_dir_predicts(tiny_model_dir, tmp_path):
     """A trained (LoRA) run quantized by GPTQ is a standalone run predict reads, with the
     calibration set in its manifest."""
     import json
-    from pathlib import Path
 
     import numpy as np
     from tiny_model import tiny_train_config, write_tiny_rsg
 
-    import mlx_rsg
     from mlx_rsg import predict
-    from mlx_rsg.data import load_split
-    from mlx_rsg.quantize import quantize
-
-    if not (Path(mlx_rsg.__file__).parent / "model.py").is_file():
-        pytest.skip("needs mlx_rsg/model.py")
     from mlx_rsg import train as T
+    from mlx_rsg.data import load_split
+    from mlx_rsg.quant.quantize import quantize
 
     data = write_tiny_rsg(tmp_path / "rsg", n_train=16, n_val=8)
     cfg = tiny_train_config(tasks=("TERRa", "PARus"), method="lora", freeze_layers=0, epochs=1)

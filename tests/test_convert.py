@@ -78,7 +78,7 @@ def _hf_gemma3(out: Path, hidden: int = 64, layers: int = 4, seed: int = 0) -> P
 def _token_batch(model_dir: Path):
     """Russian and English sentences through the converted tokenizer (BOS first), as one
     right-padded batch would not be equal-length; return a list of id lists."""
-    from mlx_rsg.backbone import load_tokenizer
+    from mlx_rsg.model.backbone import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     texts = [CORPUS[0], CORPUS[2] + " " + CORPUS[4], CORPUS[5]]
@@ -107,8 +107,8 @@ def test_gemma3_hf_dir_parity_with_transformers(tmp_path):
     from mlx.utils import tree_flatten
     from mlx_lm import load
 
-    from mlx_rsg.backbone import hidden_states, load_backbone, load_tokenizer
-    from mlx_rsg.convert import convert
+    from mlx_rsg.convert.hf import convert
+    from mlx_rsg.model.backbone import hidden_states, load_backbone, load_tokenizer
 
     src = _hf_gemma3(tmp_path / "hf")
     out = convert(str(src), tmp_path / "mlx")
@@ -154,8 +154,8 @@ def test_tokenizer_ids_survive_conversion(tmp_path):
     _torch()
     from transformers import AutoTokenizer
 
-    from mlx_rsg.backbone import load_tokenizer
-    from mlx_rsg.convert import convert
+    from mlx_rsg.convert.hf import convert
+    from mlx_rsg.model.backbone import load_tokenizer
 
     src = _hf_gemma3(tmp_path / "hf", layers=2)
     out = convert(str(src), tmp_path / "mlx")
@@ -177,8 +177,8 @@ def test_exact_embedding_scale_at_hidden_640(tmp_path):
     import mlx.core as mx
     import numpy as np
 
-    from mlx_rsg.backbone import embed, hidden_states, load_backbone
-    from mlx_rsg.convert import convert
+    from mlx_rsg.convert.hf import convert
+    from mlx_rsg.model.backbone import embed, hidden_states, load_backbone
 
     src = _hf_gemma3(tmp_path / "hf", hidden=640, layers=2, seed=1)
     out = convert(str(src), tmp_path / "mlx")
@@ -208,8 +208,8 @@ def test_gemma3_multimodal_checkpoint_becomes_text_model(tmp_path):
     import numpy as np
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    from mlx_rsg.backbone import hidden_states, load_backbone
-    from mlx_rsg.convert import convert
+    from mlx_rsg.convert.hf import convert
+    from mlx_rsg.model.backbone import hidden_states, load_backbone
 
     src = tmp_path / "mm"
     write_sentencepiece_tokenizer(src, CORPUS, vocab=320)
@@ -257,8 +257,8 @@ def test_qwen2_hf_dir_parity_with_transformers(tmp_path):
     import numpy as np
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from mlx_rsg.backbone import load_backbone
-    from mlx_rsg.convert import convert
+    from mlx_rsg.convert.hf import convert
+    from mlx_rsg.model.backbone import load_backbone
 
     src = tmp_path / "qwen2"
     write_sentencepiece_tokenizer(src, CORPUS, vocab=320)
@@ -299,8 +299,8 @@ def test_dtype_cast_and_mlx_round_trip(tmp_path):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from mlx_rsg.backbone import hidden_states, load_backbone
-    from mlx_rsg.convert import convert
+    from mlx_rsg.convert.hf import convert
+    from mlx_rsg.model.backbone import hidden_states, load_backbone
 
     src = build_tiny_model(tmp_path / "src")
     out32 = convert(str(src), tmp_path / "f32")
@@ -416,7 +416,7 @@ def test_existing_output_refused_without_force(tmp_path):
 def test_error_bad_dtype_and_no_space(tmp_path, monkeypatch):
     import errno
 
-    from mlx_rsg import convert as C
+    from mlx_rsg.convert import hf as C
 
     src = build_tiny_model(tmp_path / "src")
     out = tmp_path / "out"
@@ -443,7 +443,7 @@ def test_error_bad_dtype_and_no_space(tmp_path, monkeypatch):
     _assert_one_line_error(_run_cli([src, "-o", out]), out, str(tmp_path), "no space left", "GiB")
 
 
-# --- GGUF route (the .gguf reader is mlx_rsg.gguf's; here only the plumbing) ---
+# --- GGUF route (the .gguf reader is mlx_rsg.convert.gguf's; here only the plumbing) ---
 
 
 def test_gguf_file_converts_through_the_hf_route(tmp_path):
@@ -458,8 +458,8 @@ def test_gguf_file_converts_through_the_hf_route(tmp_path):
     from mlx.utils import tree_flatten
     from test_gguf import tiny_weights, write_tiny_gguf
 
-    from mlx_rsg.backbone import load_backbone
-    from mlx_rsg.gguf import gguf_to_hf_dir
+    from mlx_rsg.convert.gguf import gguf_to_hf_dir
+    from mlx_rsg.model.backbone import load_backbone
 
     path = tmp_path / "src" / "tiny.gguf"
     path.parent.mkdir()
@@ -556,8 +556,8 @@ def test_embedded_gemma_3_270m_parity(tmp_path):
     import numpy as np
     from transformers import AutoModelForCausalLM
 
-    from mlx_rsg.backbone import hidden_states, load_backbone, load_tokenizer
-    from mlx_rsg.convert import convert
+    from mlx_rsg.convert.hf import convert
+    from mlx_rsg.model.backbone import hidden_states, load_backbone, load_tokenizer
 
     t0 = time.perf_counter()
     out = convert("gemma-3-270m", tmp_path / "gemma")

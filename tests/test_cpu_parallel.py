@@ -5,9 +5,9 @@ from __future__ import annotations
 import mlx.core as mx
 from tiny_model import tiny_model_dir  # noqa: F401
 
-from mlx_rsg import _blas
-from mlx_rsg.backbone import hidden_states, load_backbone
-from mlx_rsg.cpu_parallel import blas_threads, row_parallel
+from mlx_rsg.accel import blas
+from mlx_rsg.accel.cpu_parallel import blas_threads, row_parallel
+from mlx_rsg.model.backbone import hidden_states, load_backbone
 
 
 def test_row_parallel_equals_one_stream(tiny_model_dir):  # noqa: F811
@@ -29,9 +29,9 @@ def test_row_parallel_equals_one_stream(tiny_model_dir):  # noqa: F811
 
 
 def test_blas_threads_restored():
-    before = _blas.get_threads()
+    before = blas.get_threads()
     if before is None:
         return  # no preloaded BLAS (macOS / MLX_RSG_BLAS=none): nothing to set
     with blas_threads(1):
-        assert _blas.get_threads() == 1
-    assert _blas.get_threads() == before
+        assert blas.get_threads() == 1
+    assert blas.get_threads() == before

@@ -6,7 +6,7 @@ import mlx.core as mx
 import pytest
 from mlx_lm.models.base import create_causal_mask
 
-from mlx_rsg.fast_attention import attention, softmax
+from mlx_rsg.arch.fast_attention import attention, softmax
 
 
 def reference(q, k, v, scale, mask):

@@ -7,8 +7,9 @@ import mlx.nn as nn
 from mlx_lm.models import gemma3_text
 from tiny_model import tiny_model_dir  # noqa: F401
 
-from mlx_rsg import fast_gelu, fastpaths
-from mlx_rsg.backbone import hidden_states, load_backbone
+from mlx_rsg.accel import fastpaths
+from mlx_rsg.arch import fast_gelu
+from mlx_rsg.model.backbone import hidden_states, load_backbone
 
 
 def test_rational_tanh_matches_tanh_everywhere():

@@ -7,7 +7,7 @@ import mlx.nn as nn
 import pytest
 from tiny_model import tiny_model_dir  # noqa: F401
 
-from mlx_rsg import fast_quant
+from mlx_rsg.accel import fast_quant
 
 
 @pytest.fixture(autouse=True)
@@ -102,9 +102,9 @@ def test_fast_layer_within_quantization_error_of_fp32(bits, limit):
 
 
 def test_whole_model_fast_equals_kernel(tiny_model_dir, tmp_path):  # noqa: F811
-    from mlx_rsg import fastpaths
-    from mlx_rsg.backbone import hidden_states, load_backbone
-    from mlx_rsg.quantize import quantize
+    from mlx_rsg.accel import fastpaths
+    from mlx_rsg.model.backbone import hidden_states, load_backbone
+    from mlx_rsg.quant.quantize import quantize
 
     out = quantize(tiny_model_dir, tmp_path / "q4", bits=4, group_size=32, log=print)
     bb = load_backbone(out)  # MLX_RSG_FAST_PATHS=all in the tests (conftest)
@@ -136,9 +136,9 @@ def test_other_widths_fall_back_to_dequantize():
 
 
 def test_row_chunks_share_one_dequantized_weight(tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
-    from mlx_rsg.backbone import hidden_states, load_backbone
-    from mlx_rsg.cpu_parallel import row_parallel
-    from mlx_rsg.quantize import quantize
+    from mlx_rsg.accel.cpu_parallel import row_parallel
+    from mlx_rsg.model.backbone import hidden_states, load_backbone
+    from mlx_rsg.quant.quantize import quantize
 
     bb = load_backbone(quantize(tiny_model_dir, tmp_path / "q8", bits=8, group_size=32))
     n_linear = sum(isinstance(m, nn.QuantizedLinear) for m in bb.model.modules())

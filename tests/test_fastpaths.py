@@ -10,10 +10,10 @@ import pytest
 from mlx_lm.models import gemma3_text
 from tiny_model import tiny_model_dir  # noqa: F401
 
-from mlx_rsg import fastpaths
-from mlx_rsg.fast_attention import FastAttention
-from mlx_rsg.fast_gelu import FastMLP
-from mlx_rsg.fastpaths import Shapes, Timing
+from mlx_rsg.accel import fastpaths
+from mlx_rsg.accel.fastpaths import Shapes, Timing
+from mlx_rsg.arch.fast_attention import FastAttention
+from mlx_rsg.arch.fast_gelu import FastMLP
 
 TINY = Shapes(hidden=64, intermediate=128, heads=4, kv_heads=1, head_dim=16, batch=4, length=16)
 
@@ -100,7 +100,7 @@ def test_fast_classes_go_to_our_model_only(tiny_model_dir):  # noqa: F811
     """A user's own mlx-lm model in the same process keeps mlx-lm's classes and code."""
     from mlx_lm.utils import load_model
 
-    from mlx_rsg.backbone import load_backbone
+    from mlx_rsg.model.backbone import load_backbone
 
     stock_call = gemma3_text.MLP.__call__, gemma3_text.Attention.__call__
     theirs, _ = load_model(tiny_model_dir)
@@ -115,7 +115,7 @@ def test_fast_classes_go_to_our_model_only(tiny_model_dir):  # noqa: F811
 
 
 def test_apply_can_switch_back_and_keeps_values(tiny_model_dir):  # noqa: F811
-    from mlx_rsg.backbone import hidden_states, load_backbone
+    from mlx_rsg.model.backbone import hidden_states, load_backbone
 
     bb = load_backbone(tiny_model_dir)
     tokens = mx.array([[2, 17, 45, 99, 3, 250, 7, 8, 9, 10]])
@@ -173,7 +173,7 @@ def test_mlx_and_mlx_lm_unchanged_after_load_and_predict(tiny_model_dir, tiny_rs
     from tiny_model import tiny_train_config
 
     from mlx_rsg import train as T
-    from mlx_rsg.quantize import quantize
+    from mlx_rsg.quant.quantize import quantize
 
     run = tmp_path / "fp32"
     T.train(tiny_model_dir, tiny_rsg_dir, run, tiny_train_config(epochs=1), log=lambda m: None)

@@ -14,8 +14,8 @@ import pytest
 
 gguf = pytest.importorskip("gguf", reason="GGUF import needs the `gguf` package (extra: gguf)")
 
+from mlx_rsg.convert.gguf import embedded_gguf_path, gguf_to_hf_dir  # noqa: E402
 from mlx_rsg.errors import UserError  # noqa: E402  (after the importorskip)
-from mlx_rsg.gguf import embedded_gguf_path, gguf_to_hf_dir  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 T = gguf.TokenType
@@ -344,7 +344,7 @@ def test_real_tokenizer_equals_transformers_gguf_tokenizer(real, tmp_path):
     transformers = pytest.importorskip("transformers")
     path, out, info = real
     assert info["quant_types"].keys() >= {"Q4_K", "Q6_K"}  # K-quants dequantized
-    from mlx_rsg.backbone import load_tokenizer
+    from mlx_rsg.model.backbone import load_tokenizer
 
     ref = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     ours = transformers.AutoTokenizer.from_pretrained(out)  # from tokenizer.json

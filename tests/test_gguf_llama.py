@@ -14,7 +14,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf", reason="GGUF import needs the `gguf` package (extra: gguf)")
 
-from mlx_rsg.gguf import gguf_to_hf_dir  # noqa: E402  (after the importorskip)
+from mlx_rsg.convert.gguf import gguf_to_hf_dir  # noqa: E402  (after the importorskip)
 
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 64, 4, 2, 96, 2
 HEAD_DIM = HIDDEN // HEADS
@@ -206,8 +206,8 @@ def test_mlx_forward_equals_transformers_on_the_converted_dir(tiny_llama, tmp_pa
     import mlx.core as mx
     from transformers import LlamaModel
 
-    from mlx_rsg.backbone import hidden_states, load_backbone
-    from mlx_rsg.convert import convert
+    from mlx_rsg.convert.hf import convert
+    from mlx_rsg.model.backbone import hidden_states, load_backbone
 
     root, _, _, _ = tiny_llama
     mlx_dir = convert(str(root / "tiny.gguf"), tmp_path / "mlx")
@@ -260,8 +260,8 @@ def test_smollm2_convert_train_quantize_predict(tmp_path, tiny_rsg_dir):  # noqa
 
     import mlx_rsg
     from mlx_rsg import train as T
-    from mlx_rsg.convert import convert
-    from mlx_rsg.quantize import quantize
+    from mlx_rsg.convert.hf import convert
+    from mlx_rsg.quant.quantize import quantize
 
     model_dir = convert(str(smollm2_gguf()), tmp_path / "smollm2")
     cfg = tiny_train_config(tasks=("TERRa", "PARus"), epochs=1, freeze_layers=28, lr=1e-4,

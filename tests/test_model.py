@@ -14,11 +14,11 @@ from mlx.utils import tree_flatten
 from tiny_model import tiny_train_config
 
 from mlx_rsg import train as T
-from mlx_rsg.backbone import hidden_states, load_backbone, load_tokenizer
-from mlx_rsg.batching import EncodedUnit, collate, encode_units, loss_fn, make_batches
 from mlx_rsg.errors import UserError
-from mlx_rsg.features import PrefixCache
-from mlx_rsg.model import ClassifierConfig, RSGClassifier
+from mlx_rsg.model.backbone import hidden_states, load_backbone, load_tokenizer
+from mlx_rsg.model.batching import EncodedUnit, collate, encode_units, loss_fn, make_batches
+from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
+from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.tasks import Unit
 
 HEADS = {"TERRa": 2, "RUSSE": 2, "PARus": 1}
@@ -253,7 +253,7 @@ def test_cached_training_gives_the_uncached_losses(tiny_model_dir, tiny_rsg_dir,
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tok, monkeypatch):
-    import mlx_rsg.backbone as B
+    import mlx_rsg.model.backbone as B
 
     calls = []
     real = B._checkpointed
@@ -279,7 +279,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tok, mo
 
 
 def test_too_many_trained_layers_names_the_flag():
-    from mlx_rsg.model import trained_depth
+    from mlx_rsg.model.classifier import trained_depth
 
     for cfg, flag in [
         (ClassifierConfig(method="mlp-adapter", adapter_layers=5), "--adapter-layers: 5"),

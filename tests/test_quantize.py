@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tiny_model import tiny_model_dir  # noqa: F401
 
-from mlx_rsg.quantize import quantize
+from mlx_rsg.quant.quantize import quantize
 
 # Every width of the tiny model (32 hidden, 64 FFN) is a multiple of 32, so all layers quantize.
 G = 32
@@ -75,7 +75,8 @@ def test_run_dir_round_trip(lora_run, tmp_path):
     from mlx_lm import load
 
     from mlx_rsg import predict
-    from mlx_rsg.quantize import quantize_backbone, resolve_recipe
+    from mlx_rsg.quant.recipe import resolve_recipe
+    from mlx_rsg.quant.rtn import quantize_backbone
     from mlx_rsg.run import fuse_lora
 
     run, data = lora_run
@@ -134,7 +135,7 @@ def test_quantized_linear_within_affine_error(tiny_model_dir, tmp_path, bits):  
 def _rel_hidden_error(bb, ref_h, tokens) -> float:
     import mlx.core as mx
 
-    from mlx_rsg.backbone import hidden_states
+    from mlx_rsg.model.backbone import hidden_states
 
     h = hidden_states(bb, tokens)
     return (mx.linalg.norm(h - ref_h, axis=-1) / mx.linalg.norm(ref_h, axis=-1)).mean().item()
@@ -149,7 +150,7 @@ def test_model_error_matches_noise_of_same_size(tiny_model_dir, tmp_path, bits):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from mlx_rsg.backbone import hidden_states, load_backbone
+    from mlx_rsg.model.backbone import hidden_states, load_backbone
 
     bb = load_backbone(tiny_model_dir)
     tokens = mx.random.randint(0, 400, (4, 24), key=mx.random.key(1))

@@ -19,15 +19,15 @@ from mlx_rsg.run import config_dict
 # The child trains with each batch slowed down, so the parent can kill it mid-epoch.
 CHILD = """
 import json, sys, time
-import mlx_rsg.batching as B
 import mlx_rsg.train as T
+import mlx_rsg.train.loop as L
 from mlx_rsg.run import dataclass_from_dict
 
-slow = B.loss_fn
+slow = L.loss_fn
 def loss_fn(*a, **k):
     time.sleep(0.05)
     return slow(*a, **k)
-B.loss_fn = loss_fn
+L.loss_fn = loss_fn
 cfg = dataclass_from_dict(T.TrainConfig, json.loads({cfg!r}))
 T.train({model!r}, {data!r}, {run!r}, cfg, log=lambda m: None)
 """

@@ -10,9 +10,9 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.base import create_attention_mask
 from test_model import model_for, nli_unit, russe_unit
 
-from mlx_rsg import top_block
-from mlx_rsg.backbone import layer_window, load_backbone, load_tokenizer
-from mlx_rsg.batching import collate, encode_units, loss_fn
+from mlx_rsg.arch import top_block
+from mlx_rsg.model.backbone import layer_window, load_backbone, load_tokenizer
+from mlx_rsg.model.batching import collate, encode_units, loss_fn
 
 
 def assert_grads_close(got: dict, want: dict) -> None:

@@ -17,6 +17,7 @@ import mlx_rsg  # noqa: F401
 from mlx_rsg import train as T
 from mlx_rsg.errors import UserError
 from mlx_rsg.run import sample_records
+from mlx_rsg.train import checkpoint, optim
 
 
 def losses(run_dir: Path) -> list[dict]:
@@ -74,7 +75,7 @@ def test_run_dir_contents(trained, tiny_model_dir):  # noqa: F811
 
 
 def test_frozen_layers_bit_identical_trained_layers_moved(trained, tiny_model_dir):  # noqa: F811
-    from mlx_rsg.backbone import load_backbone
+    from mlx_rsg.model.backbone import load_backbone
     from mlx_rsg.predict import load
 
     run, _ = trained
@@ -95,14 +96,14 @@ def test_frozen_layers_bit_identical_trained_layers_moved(trained, tiny_model_di
 
 
 def test_lr_schedule_warmup_then_linear_decay():
-    s = T.lr_schedule(1e-3, warmup=10, total=110)
+    s = optim.lr_schedule(1e-3, warmup=10, total=110)
     got = [float(s(mx.array(t))) for t in (0, 5, 10, 60, 110, 200)]
     assert got == pytest.approx([0.0, 5e-4, 1e-3, 5e-4, 0.0, 0.0], abs=1e-9)
 
 
 def test_head_params_get_head_lr():
     cfg = tiny_train_config(lr=1e-5, head_lr=1e-2, warmup=0)
-    opt = T.make_optimizer(cfg, total_steps=100)
+    opt = optim.make_optimizer(cfg, total_steps=100)
     params = {"heads": {"TERRa": {"weight": mx.ones((2, 3))}}, "layers": [{"w": mx.ones((3,))}]}
     grads = {"heads": {"TERRa": {"weight": mx.ones((2, 3))}}, "layers": [{"w": mx.ones((3,))}]}
     new = opt.apply_gradients(grads, params)
@@ -220,11 +221,11 @@ def test_cli_errors_are_one_line(tiny_model_dir, tiny_rsg_dir, trained, tmp_path
 def test_rng_state_round_trip():
     random.seed(5)
     np.random.seed(5)
-    state = json.loads(json.dumps(T._rng_state()))
+    state = json.loads(json.dumps(checkpoint._rng_state()))
     a = (random.random(), np.random.rand())
     random.seed(0)
     np.random.seed(0)
-    T._set_rng_state(state)
+    checkpoint._set_rng_state(state)
     assert (random.random(), np.random.rand()) == a
 
 
@@ -233,7 +234,7 @@ def test_train_options_come_from_train_config():
     names, defaults and choices) and ClassifierConfig's fields a subset of them."""
     from dataclasses import fields
 
-    from mlx_rsg.model import ClassifierConfig
+    from mlx_rsg.model.classifier import ClassifierConfig
     from mlx_rsg.train_cli import train_command
 
     options = {p.name: p for p in train_command.params}

@@ -49,12 +49,12 @@ class Backbone:
 
 def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
     """Load a converted model directory with mlx-lm's own loader, with the CPU fast paths that
-    measure faster on this machine (`mlx_rsg.fastpaths`) given to this model only."""
+    measure faster on this machine (`mlx_rsg.accel.fastpaths`) given to this model only."""
     from mlx_lm.utils import load_model
 
-    from mlx_rsg import _blas, fastpaths
+    from mlx_rsg.accel import blas, fastpaths
 
-    _blas.warn_if_slow()  # once per process: a reference BLAS makes everything 20-40x slower
+    blas.warn_if_slow()  # once per process: a reference BLAS makes everything 20-40x slower
     model, config = load_model(Path(path), lazy=lazy)
     fastpaths.apply(model, config, log=lambda m: print(m, file=sys.stderr, flush=True))
     return Backbone(model=model, config=config)

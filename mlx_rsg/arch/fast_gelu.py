@@ -8,8 +8,8 @@ projection is one compiled kernel, outputs within 4e-6 of mlx-lm's. Timings: REA
 
 It is ordinary MLX arithmetic, so gradients flow through it (training uses it too). On a GPU, or
 in a dtype other than float32, mlx-lm's own MLP runs unchanged. `FastMLP` is mlx-lm's Gemma 3 MLP
-with this kernel; `mlx_rsg.fastpaths` gives it to our models' MLPs where it measures faster, and
-no other model in the process is touched.
+with this kernel; `mlx_rsg.accel.fastpaths` gives it to our models' MLPs where it measures faster,
+and no other model in the process is touched.
 """
 
 from __future__ import annotations

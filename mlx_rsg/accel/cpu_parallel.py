@@ -5,7 +5,7 @@ softmax, RoPE) are single-threaded; only the GEMMs are threaded, by the BLAS. A 
 one-core for a large share of its time. Splitting the batch rows into one chunk per core, each
 chunk on its own CPU stream, with the BLAS set to one thread while they run (two threaded GEMMs on
 two cores would oversubscribe), keeps every core busy the whole time: the `rows` fast path
-(`mlx_rsg.fastpaths` decides per machine; benchmarks/bench_inference.py, "mlx-rows"). Rows
+(`mlx_rsg.accel.fastpaths` decides per machine; benchmarks/bench_inference.py, "mlx-rows"). Rows
 never interact in inference, so the result is the single-stream one up to rounding (a GEMM
 over fewer rows may sum in another order): ~1e-6 relative.
 
@@ -24,7 +24,7 @@ import mlx.core as mx
 
 _STREAMS: list = []
 # Whether inference splits rows when the caller does not say: set per machine by
-# mlx_rsg.fastpaths (the `rows` fast path) when a model loads.
+# mlx_rsg.accel.fastpaths (the `rows` fast path) when a model loads.
 ROWS = {"enabled": True}
 
 
@@ -38,17 +38,17 @@ def cpu_cores() -> int:
 @contextlib.contextmanager
 def blas_threads(n: int) -> Iterator[None]:
     """Set the preloaded BLAS's thread count for the duration (no-op without one)."""
-    from mlx_rsg import _blas
+    from mlx_rsg.accel import blas
 
-    before = _blas.get_threads()
+    before = blas.get_threads()
     if before is None:
         yield
         return
-    _blas.set_threads(n)
+    blas.set_threads(n)
     try:
         yield
     finally:
-        _blas.set_threads(before)
+        blas.set_threads(before)
 
 
 def _streams(n: int) -> list:
@@ -60,7 +60,7 @@ def _streams(n: int) -> list:
 def row_parallel(fn: Callable[..., mx.array], *arrays: mx.array, parts: int | None = None):
     """fn(*arrays) computed and evaluated as `parts` row chunks in parallel; rows concatenated.
 
-    Every array is split along axis 0. `parts` None: one per core where `mlx_rsg.fastpaths`
+    Every array is split along axis 0. `parts` None: one per core where `mlx_rsg.accel.fastpaths`
     found that faster on this machine. Falls back to one evaluated call on a GPU, with one core,
     or with fewer rows than parts.
     """
@@ -106,7 +106,7 @@ def _in_chunks(make: Callable[[int, int], mx.array], rows: int, parts: int | Non
         out = make(0, rows)
         mx.eval(out)
         return out
-    from mlx_rsg.fast_quant import shared_dequant
+    from mlx_rsg.accel.fast_quant import shared_dequant
 
     bounds = [rows * i // parts for i in range(parts + 1)]
     outs = []

@@ -116,7 +116,7 @@ def _block(s: Shapes):
 
 
 def time_attention(s: Shapes) -> Timing:
-    from mlx_rsg.fast_attention import attention, stock_attention
+    from mlx_rsg.arch.fast_attention import attention, stock_attention
 
     q = mx.random.normal((s.batch, s.heads, s.length, s.head_dim))
     k, v = (mx.random.normal((s.batch, s.kv_heads, s.length, s.head_dim)) for _ in range(2))
@@ -129,7 +129,7 @@ def time_attention(s: Shapes) -> Timing:
 
 
 def time_gelu(s: Shapes) -> Timing:
-    from mlx_rsg.fast_gelu import gelu_mul, stock_gelu_mul
+    from mlx_rsg.arch.fast_gelu import gelu_mul, stock_gelu_mul
 
     gate, up = (mx.random.normal((s.batch, s.length, s.intermediate)) for _ in range(2))
     t = _best_ms({"stock": lambda: stock_gelu_mul(gate, up), "fast": lambda: gelu_mul(gate, up)})
@@ -137,7 +137,7 @@ def time_gelu(s: Shapes) -> Timing:
 
 
 def time_quant(s: Shapes, bits: int = 4, group_size: int = 64, rows: int = 32) -> Timing:
-    from mlx_rsg.fast_quant import FastQuantizedLinear
+    from mlx_rsg.accel.fast_quant import FastQuantizedLinear
 
     layer = nn.QuantizedLinear.from_linear(nn.Linear(s.hidden, s.intermediate, bias=False),
                                            group_size=group_size, bits=bits)  # fmt: skip
@@ -159,9 +159,9 @@ def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True) ->
     too noisy to extrapolate from)."""
     from mlx_lm.models.base import create_attention_mask
 
-    from mlx_rsg.cpu_parallel import cpu_cores, row_parallel
-    from mlx_rsg.fast_attention import FastAttention
-    from mlx_rsg.fast_gelu import FastMLP
+    from mlx_rsg.accel.cpu_parallel import cpu_cores, row_parallel
+    from mlx_rsg.arch.fast_attention import FastAttention
+    from mlx_rsg.arch.fast_gelu import FastMLP
 
     if cpu_cores() < 2:
         return None
@@ -199,7 +199,7 @@ def measure(
     """Time each of `paths` against stock on `shapes` (rows: only with 2+ cores, on synthetic
     Gemma 3 blocks of the model's dimensions, with the attention and GELU that `known` or this
     measurement chose)."""
-    from mlx_rsg.memory import freed_buffers_kept
+    from mlx_rsg.accel.memory import freed_buffers_kept
 
     out = dict(known or {})
     with freed_buffers_kept():  # the allocator setting the mlx-rsg commands run with
@@ -221,15 +221,16 @@ def measure(
 
 def machine() -> dict[str, Any]:
     """What a timing depends on besides the shapes."""
-    from mlx_rsg import __version__, _blas
-    from mlx_rsg.cpu_parallel import cpu_cores
+    from mlx_rsg import __version__
+    from mlx_rsg.accel import blas
+    from mlx_rsg.accel.cpu_parallel import cpu_cores
 
     return {
         "cpu": _cpu_model(),
         "cores": cpu_cores(),
         "mlx": mx.__version__,
         "mlx_rsg": __version__,
-        "blas": _blas.describe(),
+        "blas": blas.describe(),
         "cxx": bool(shutil.which("g++")),  # MLX's CPU compile fuses kernels only with g++
     }
 
@@ -251,7 +252,7 @@ def _machine_key(m: dict[str, Any]) -> str:
 
 
 def cache_path():
-    from mlx_rsg._blas import cache_dir
+    from mlx_rsg.accel.blas import cache_dir
 
     return cache_dir() / "fastpaths.json"
 
@@ -336,9 +337,9 @@ def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, boo
     {path: used}."""
     from mlx_lm.models import gemma3_text
 
-    from mlx_rsg.fast_attention import FastAttention
-    from mlx_rsg.fast_gelu import FastMLP
-    from mlx_rsg.fast_quant import FastQuantizedLinear
+    from mlx_rsg.accel.fast_quant import FastQuantizedLinear
+    from mlx_rsg.arch.fast_attention import FastAttention
+    from mlx_rsg.arch.fast_gelu import FastMLP
 
     quantized = any(isinstance(m, nn.QuantizedLinear) for m in model.modules())
     if use is None:
@@ -351,7 +352,7 @@ def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, boo
     if "quant" in use:
         _swap(model, nn.QuantizedLinear, FastQuantizedLinear, use["quant"])
     if "rows" in use:
-        from mlx_rsg.cpu_parallel import ROWS
+        from mlx_rsg.accel.cpu_parallel import ROWS
 
         ROWS["enabled"] = use["rows"]
     return use

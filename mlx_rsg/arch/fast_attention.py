@@ -9,7 +9,7 @@ Timings: README (`mlx-rsg info`, Benchmarks).
 
 With a KV cache (generation), attention sinks, a GPU, or a mask we do not recognise, the call goes
 to mlx-lm's own function unchanged. `FastAttention` is mlx-lm's Gemma 3 attention calling
-`attention`; `mlx_rsg.fastpaths` gives it to our models where it measures faster (on some
+`attention`; `mlx_rsg.accel.fastpaths` gives it to our models where it measures faster (on some
 machines it does not: see the README), and no other model in the process is touched.
 """
 

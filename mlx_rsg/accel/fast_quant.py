@@ -13,8 +13,8 @@ The dequantized weight is not kept by default: keeping it holds a float32 copy o
 short batch-1 one (benchmarks/bench_quantize.py measures both). `set_cache(True)` or the
 environment variable MLX_RSG_DEQUANT_CACHE=1 keeps it per layer when memory does not matter.
 
-`FastQuantizedLinear` is nn.QuantizedLinear with this path; `mlx_rsg.fastpaths` gives it to our
-models' quantized layers where it measures faster, and no other model in the process is touched.
+`FastQuantizedLinear` is nn.QuantizedLinear with this path; `mlx_rsg.accel.fastpaths` gives it to
+our models' quantized layers where it measures faster, and no other model in the process is touched.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`mlx-rsg bench`: quality, size, memory and speed of an fp32 run and its variants, side by side.
 
-    from mlx_rsg.bench import BenchConfig, bench
+    from mlx_rsg.bench.measure import BenchConfig, bench
     result = bench("runs/fp32", ["runs/q8", "runs/q4"], "rsg/", "bench-out", BenchConfig())
 
 Every run directory is loaded with `mlx_rsg.load` and scored on the same records through the same
@@ -436,13 +436,14 @@ def _add_deltas(rows: list[dict]) -> None:
 def _env() -> dict[str, Any]:
     import mlx.core as mx
 
-    from mlx_rsg import __version__, _blas
+    from mlx_rsg import __version__
+    from mlx_rsg.accel import blas
 
     return {
         "mlx_rsg": __version__,
         "mlx": mx.__version__,
         "device": str(mx.default_device()),
-        "blas": _blas.describe(),
+        "blas": blas.describe(),
     }
 
 
@@ -455,7 +456,7 @@ def bench(
     log=None,
 ) -> dict[str, Any]:
     """Benchmark `baseline` (the fp32 reference) and `variants`; write OUT_DIR atomically."""
-    from mlx_rsg.bench_report import write_chart, write_markdown
+    from mlx_rsg.bench.report import write_chart, write_markdown
     from mlx_rsg.io import atomic_dir
 
     cfg = cfg or BenchConfig()
@@ -522,7 +523,7 @@ def cli(*, baseline, variants, data_dir, out_dir, **options) -> None:
 
     cfg = config_from_options(BenchConfig, options)
     result = bench(baseline, list(variants), data_dir, out_dir, cfg)
-    from mlx_rsg.bench_report import write_markdown
+    from mlx_rsg.bench.report import write_markdown
 
     click.echo(write_markdown(result))
     click.echo(f"wrote {os.path.join(out_dir, 'bench.json')}, bench.md, bench.png")

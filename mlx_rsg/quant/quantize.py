@@ -16,107 +16,15 @@ Quantization is mlx-lm's own (`quantize_model` with a predicate), so `mlx_lm.loa
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object
+from mlx_rsg.quant import gptq, rtn
+from mlx_rsg.quant.recipe import Recipe, resolve_recipe
 from mlx_rsg.run import MANIFEST, mark_merged, write_manifest
-
-BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine mode supports
-GROUP_SIZES = (32, 64, 128)
-DEFAULT_RECIPE = {8: "q8", 4: "q4"}
-METHODS = ("rtn", "gptq")  # round-to-nearest; GPTQ calibrated on RSG train examples (calibrate.py)
-CALIBRATION = {"examples": 128, "max_len": 128, "seed": 0}
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Bits and group size for every quantized module, with per-path overrides: a module whose
-    path contains an override's key gets that override's parameters (first match wins)."""
-
-    name: str
-    bits: int
-    group_size: int
-    overrides: dict[str, dict[str, int]] = field(default_factory=dict)
-    method: str = "rtn"
-    calibration: dict[str, int] = field(default_factory=lambda: dict(CALIBRATION))
-
-    def params_for(self, path: str) -> dict[str, int]:
-        for key, p in self.overrides.items():
-            if key in path:
-                return {
-                    "bits": p.get("bits", self.bits),
-                    "group_size": p.get("group_size", self.group_size),
-                }
-        return {"bits": self.bits, "group_size": self.group_size}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "bits": self.bits,
-            "group_size": self.group_size,
-            "overrides": self.overrides,
-            "method": self.method,
-            **({"calibration": self.calibration} if self.method != "rtn" else {}),
-        }
-
-
-def _read_recipe(name: str) -> dict[str, Any]:
-    from mlx_rsg.recipes import load_recipe
-
-    return load_recipe("quantize", name)
-
-
-def _check_params(where: str, bits: Any, group_size: Any) -> None:
-    if bits not in BITS:
-        raise UserError(f"{where}: field 'bits': {bits!r} is not one of {BITS}")
-    if group_size not in GROUP_SIZES:
-        raise UserError(f"{where}: field 'group_size': {group_size!r} is not one of {GROUP_SIZES}")
-
-
-def resolve_recipe(
-    bits: int | None = None, group_size: int | None = None, recipe: str | None = None
-) -> Recipe:
-    """The recipe to apply: a named one (bits/group_size given explicitly override its
-    defaults), or q8/q4 chosen by `bits`."""
-    if recipe is None:
-        if bits is None:
-            raise UserError("quantize: give --bits 4|8 or --recipe NAME")
-        if bits not in DEFAULT_RECIPE:
-            raise UserError(f"--bits: {bits} is not 4 or 8 (other widths need a --recipe)")
-        recipe = DEFAULT_RECIPE[bits]
-    raw = _read_recipe(recipe)
-    where = f"quantize recipe '{recipe}'"
-    name = raw.get("name", recipe)
-    r_bits = bits if bits is not None else raw.get("bits")
-    r_group = group_size if group_size is not None else raw.get("group_size", 64)
-    _check_params(where, r_bits, r_group)
-    overrides = raw.get("overrides", {})
-    if not isinstance(overrides, dict):
-        raise UserError(f"{where}: field 'overrides': expected a table of path -> parameters")
-    clean = {}
-    for key, p in overrides.items():
-        if not isinstance(p, dict) or set(p) - {"bits", "group_size"}:
-            raise UserError(f"{where}: field 'overrides.{key}': expected {{bits, group_size}}")
-        _check_params(f"{where}: overrides.{key}", p.get("bits", r_bits),
-                      p.get("group_size", r_group))
-        clean[key] = dict(p)
-    method = raw.get("method", "rtn")
-    if method not in METHODS:
-        raise UserError(f"{where}: field 'method': {method!r} is not one of {METHODS}")
-    cal = raw.get("calibration", {})
-    if not isinstance(cal, dict) or set(cal) - set(CALIBRATION) or not all(
-        isinstance(v, int) and v >= 0 for v in cal.values()
-    ):
-        raise UserError(f"{where}: field 'calibration': expected {{examples, max_len, seed}} ints")
-    return Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean, method=method,
-                  calibration={**CALIBRATION, **cal})
-
 
 # ---------------------------------------------------------------- model directories
 
@@ -150,38 +58,6 @@ def _load_model(model_dir: Path):
     except Exception as e:  # safetensors header errors, truncated files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{model_dir}: cannot load the weights: {msg}") from None
-
-
-def quantize_backbone(model, config: dict[str, Any], recipe: Recipe) -> tuple[dict, dict]:
-    """Quantize the mlx-lm model in place; returns (config with its quantization block, counts).
-
-    Every module with `to_quantized` (Linear, Embedding) whose input width divides its group size
-    is quantized; mlx-lm writes a per-path entry for every module whose parameters differ from
-    the recipe's defaults, which is the format its loader reads back."""
-    from mlx_lm.utils import quantize_model
-
-    counts = {"quantized": 0, "skipped": []}
-    default = {"bits": recipe.bits, "group_size": recipe.group_size}
-
-    def predicate(path: str, module) -> bool | dict:
-        p = recipe.params_for(path)
-        if module.weight.shape[-1] % p["group_size"]:
-            counts["skipped"].append(path)
-            return False
-        counts["quantized"] += 1
-        return True if p == default else {**p, "mode": "affine"}
-
-    from mlx_lm.utils import compute_bits_per_weight
-
-    from mlx_rsg import fastpaths
-
-    with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints bits per weight; we log it
-        model, qconfig = quantize_model(
-            model, config, recipe.group_size, recipe.bits, mode="affine", quant_predicate=predicate
-        )
-    counts["bits_per_weight"] = round(float(compute_bits_per_weight(model)), 3)
-    fastpaths.apply(model, qconfig)  # the new layers run as they will when loaded back
-    return qconfig, counts
 
 
 def write_quantized(src_dir: Path, dst: Path, model, qconfig: dict[str, Any]) -> None:
@@ -229,12 +105,10 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
 
 
 def _quantize_with(model, config: dict, recipe: Recipe, src_dir: Path, calib_data, log):
-    """Round-to-nearest, or GPTQ calibrated on calib_data's train splits (calibrate.py)."""
+    """Round-to-nearest, or GPTQ calibrated on calib_data's train splits: the recipe's method."""
     if recipe.method == "gptq":
-        from mlx_rsg.calibrate import quantize_gptq
-
-        return quantize_gptq(model, config, recipe, calib_data, src_dir, log)
-    return quantize_backbone(model, config, recipe)
+        return gptq.quantize_gptq(model, config, recipe, calib_data, src_dir, log)
+    return rtn.quantize_backbone(model, config, recipe)
 
 
 def _quantize_model_dir(model_dir: Path, dst: Path, recipe: Recipe, calib_data=None,
@@ -335,7 +209,7 @@ def quantize(
     if calib_data is not None and not Path(calib_data).is_dir():
         raise UserError(f"--calib-data: {calib_data}: no such directory")
     if rec.method != "rtn":  # calibration runs the model: say it now if the BLAS is slow
-        from mlx_rsg._blas import warn_if_slow
+        from mlx_rsg.accel.blas import warn_if_slow
 
         warn_if_slow(log)
     is_run = (source / "run.json").is_file()

@@ -26,8 +26,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_rsg.backbone import Backbone, hidden_states
 from mlx_rsg.errors import UserError
+from mlx_rsg.model.backbone import Backbone, hidden_states
 
 PAD_ID = 0  # batching.collate's right padding
 CALIB_BATCH = 8  # rows per calibration forward
@@ -54,8 +54,8 @@ def calibration_batches(
     exactly as training encodes them. Rows are sorted by length so padding stays small."""
     import numpy as np
 
-    from mlx_rsg.batching import encode_units
     from mlx_rsg.data import load_split
+    from mlx_rsg.model.batching import encode_units
     from mlx_rsg.tasks import make_units
 
     tasks = calibration_tasks(data_dir) if tasks is None else list(tasks)
@@ -153,7 +153,7 @@ def gptq_quantize_backbone(
     from mlx.utils import tree_flatten
     from mlx_lm.quant import gptq
 
-    from mlx_rsg import fastpaths
+    from mlx_rsg.accel import fastpaths
 
     if bits not in (2, 4, 8) or embed_bits not in (2, 3, 4, 5, 6, 8):
         raise UserError(f"gptq: bits {bits} not in (2, 4, 8)")
@@ -217,7 +217,7 @@ def quantize_gptq(
     from mlx.utils import tree_flatten
     from mlx_lm.utils import compute_bits_per_weight
 
-    from mlx_rsg.backbone import load_tokenizer
+    from mlx_rsg.model.backbone import load_tokenizer
 
     bb = Backbone(model=model, config=config)
     default = {"bits": recipe.bits, "group_size": recipe.group_size}

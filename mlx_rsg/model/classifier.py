@@ -30,9 +30,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_rsg import top_block
-from mlx_rsg.backbone import Backbone, embed, final_norm, layer_window, run_layers
+from mlx_rsg.arch import top_block
 from mlx_rsg.errors import UserError
+from mlx_rsg.model.backbone import Backbone, embed, final_norm, layer_window, run_layers
 from mlx_rsg.run import METHODS
 
 

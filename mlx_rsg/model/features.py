@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mlx_rsg.cpu_parallel import row_parallel
+from mlx_rsg.accel.cpu_parallel import row_parallel
 
 
 class PrefixCache:

@@ -1,0 +1,94 @@
+"""A quantize recipe (a `quantize/*.toml` file, or q8 / q4 by --bits): bits and group size for
+every module, per-path overrides, the method (rtn | gptq) and its calibration set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlx_rsg.errors import UserError
+from mlx_rsg.recipes import load_recipe
+
+BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine mode supports
+GROUP_SIZES = (32, 64, 128)
+DEFAULT_RECIPE = {8: "q8", 4: "q4"}
+METHODS = ("rtn", "gptq")  # rtn.py, gptq.py
+CALIBRATION = {"examples": 128, "max_len": 128, "seed": 0}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Bits and group size for every quantized module, with per-path overrides: a module whose
+    path contains an override's key gets that override's parameters (first match wins)."""
+
+    name: str
+    bits: int
+    group_size: int
+    overrides: dict[str, dict[str, int]] = field(default_factory=dict)
+    method: str = "rtn"
+    calibration: dict[str, int] = field(default_factory=lambda: dict(CALIBRATION))
+
+    def params_for(self, path: str) -> dict[str, int]:
+        for key, p in self.overrides.items():
+            if key in path:
+                return {
+                    "bits": p.get("bits", self.bits),
+                    "group_size": p.get("group_size", self.group_size),
+                }
+        return {"bits": self.bits, "group_size": self.group_size}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "overrides": self.overrides,
+            "method": self.method,
+            **({"calibration": self.calibration} if self.method != "rtn" else {}),
+        }
+
+
+def _check_params(where: str, bits: Any, group_size: Any) -> None:
+    if bits not in BITS:
+        raise UserError(f"{where}: field 'bits': {bits!r} is not one of {BITS}")
+    if group_size not in GROUP_SIZES:
+        raise UserError(f"{where}: field 'group_size': {group_size!r} is not one of {GROUP_SIZES}")
+
+
+def resolve_recipe(
+    bits: int | None = None, group_size: int | None = None, recipe: str | None = None
+) -> Recipe:
+    """The recipe to apply: a named one (bits/group_size given explicitly override its
+    defaults), or q8/q4 chosen by `bits`."""
+    if recipe is None:
+        if bits is None:
+            raise UserError("quantize: give --bits 4|8 or --recipe NAME")
+        if bits not in DEFAULT_RECIPE:
+            raise UserError(f"--bits: {bits} is not 4 or 8 (other widths need a --recipe)")
+        recipe = DEFAULT_RECIPE[bits]
+    raw = load_recipe("quantize", recipe)
+    where = f"quantize recipe '{recipe}'"
+    name = raw.get("name", recipe)
+    r_bits = bits if bits is not None else raw.get("bits")
+    r_group = group_size if group_size is not None else raw.get("group_size", 64)
+    _check_params(where, r_bits, r_group)
+    overrides = raw.get("overrides", {})
+    if not isinstance(overrides, dict):
+        raise UserError(f"{where}: field 'overrides': expected a table of path -> parameters")
+    clean = {}
+    for key, p in overrides.items():
+        if not isinstance(p, dict) or set(p) - {"bits", "group_size"}:
+            raise UserError(f"{where}: field 'overrides.{key}': expected {{bits, group_size}}")
+        _check_params(f"{where}: overrides.{key}", p.get("bits", r_bits),
+                      p.get("group_size", r_group))
+        clean[key] = dict(p)
+    method = raw.get("method", "rtn")
+    if method not in METHODS:
+        raise UserError(f"{where}: field 'method': {method!r} is not one of {METHODS}")
+    cal = raw.get("calibration", {})
+    if not isinstance(cal, dict) or set(cal) - set(CALIBRATION) or not all(
+        isinstance(v, int) and v >= 0 for v in cal.values()
+    ):
+        raise UserError(f"{where}: field 'calibration': expected {{examples, max_len, seed}} ints")
+    return Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean, method=method,
+                  calibration={**CALIBRATION, **cal})

@@ -1,0 +1,38 @@
+"""Round-to-nearest affine quantization: mlx-lm's own `quantize_model` with a per-path predicate."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+from mlx_lm.utils import compute_bits_per_weight, quantize_model
+
+from mlx_rsg.accel import fastpaths
+from mlx_rsg.quant.recipe import Recipe
+
+
+def quantize_backbone(model, config: dict[str, Any], recipe: Recipe) -> tuple[dict, dict]:
+    """Quantize the mlx-lm model in place; returns (config with its quantization block, counts).
+
+    Every module with `to_quantized` (Linear, Embedding) whose input width divides its group size
+    is quantized; mlx-lm writes a per-path entry for every module whose parameters differ from
+    the recipe's defaults, which is the format its loader reads back."""
+    counts = {"quantized": 0, "skipped": []}
+    default = {"bits": recipe.bits, "group_size": recipe.group_size}
+
+    def predicate(path: str, module) -> bool | dict:
+        p = recipe.params_for(path)
+        if module.weight.shape[-1] % p["group_size"]:
+            counts["skipped"].append(path)
+            return False
+        counts["quantized"] += 1
+        return True if p == default else {**p, "mode": "affine"}
+
+    with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints bits per weight; we log it
+        model, qconfig = quantize_model(
+            model, config, recipe.group_size, recipe.bits, mode="affine", quant_predicate=predicate
+        )
+    counts["bits_per_weight"] = round(float(compute_bits_per_weight(model)), 3)
+    fastpaths.apply(model, qconfig)  # the new layers run as they will when loaded back
+    return qconfig, counts

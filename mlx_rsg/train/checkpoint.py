@@ -1,0 +1,123 @@
+"""Resumable state: the run's `Position`, checkpoints written so a kill -9 at any moment leaves
+one complete checkpoint, the RNG states, and losses.jsonl kept in step with them."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mlx_rsg.errors import UserError
+from mlx_rsg.run import WEIGHTS, save_weights, trainable_weights, write_json
+
+
+@dataclass
+class Position:
+    """Where a run is: written into every checkpoint (position.json), restored by --resume."""
+
+    epoch: int = 0  # epochs finished
+    batch_in_epoch: int = 0  # batches of the current epoch done
+    batch: int = 0  # batches done in all
+    step: int = 0  # optimizer steps done
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished epoch
+    best: dict[str, Any] | None = None  # {"epoch", "score"} of the best epoch so far
+    train_seconds: float = 0.0
+
+
+def _rng_state() -> dict[str, Any]:
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+
+    v, internal, g = state["python"]
+    random.setstate((v, tuple(internal), g))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def write_checkpoint(run_dir: Path, model, optimizer, position: Position) -> None:
+    """New directory first, then swap the `checkpoints/LAST` pointer, then drop the old one: a
+    kill at any moment leaves one complete checkpoint."""
+
+
+    ckpts = run_dir / "checkpoints"
+    name = f"step-{position.step:08d}-batch-{position.batch:08d}"
+    tmp = ckpts / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(tmp / WEIGHTS, trainable_weights(model))
+    save_weights(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
+    write_json(tmp / "position.json", {**asdict(position), "rng": _rng_state()})
+    final = ckpts / name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    previous = _last_checkpoint(run_dir)
+    with open(ckpts / ".LAST.tmp", "w") as f:
+        f.write(name)
+    (ckpts / ".LAST.tmp").replace(ckpts / "LAST")
+    if previous is not None and previous.name != name:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _last_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "LAST"
+    if not pointer.is_file():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def read_checkpoint(run_dir: Path, model, optimizer) -> Position:
+
+    path = _last_checkpoint(run_dir)
+    if path is None:
+        raise UserError(f"{run_dir}: no checkpoint to resume from (checkpoints/LAST missing)")
+    model.load_weights(list(mx.load(str(path / WEIGHTS)).items()), strict=False)
+    optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
+    position = json.loads((path / "position.json").read_text())
+    _set_rng_state(position.pop("rng"))
+    return Position(**position)
+
+
+class LossLog:
+    """losses.jsonl: one line per training batch. On resume, lines past the checkpoint are
+    dropped so the file always matches the run's actual history."""
+    def __init__(self, path: Path, keep_below: int | None):
+        self.path = path
+        self.by_epoch: dict[int, list[float]] = {}  # every loss of the run, resumed ones too
+        if keep_below is not None and path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln)["batch"] < keep_below]
+            with open(path, "w") as f:
+                f.write("".join(ln + "\n" for ln in kept))
+            for row in map(json.loads, kept):
+                self.by_epoch.setdefault(row["epoch"], []).append(row["loss"])
+        elif keep_below is None:
+            path.write_text("")
+        self.f = open(path, "a")
+
+    def write(self, row: dict) -> None:
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+        self.by_epoch.setdefault(row["epoch"], []).append(row["loss"])
+
+    def mean_loss(self, epoch: int) -> float:
+        """The epoch's mean training loss, over every batch (before a resume too)."""
+        losses = self.by_epoch.get(epoch, [])
+        return sum(losses) / max(len(losses), 1)
+
+    def close(self) -> None:
+        self.f.close()

@@ -1,0 +1,123 @@
+"""`TrainConfig`: every `mlx-rsg train` flag, defined once (the CLI's options are made from its
+fields), and the classifier config and heads it implies. Imports no mlx: `mlx-rsg --help` reads
+it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from mlx_rsg.errors import UserError
+from mlx_rsg.options import opt
+from mlx_rsg.run import METHODS, TRAIN_TASKS
+from mlx_rsg.tasks import REGISTRY
+
+REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
+
+
+@dataclass
+class TrainConfig:
+    """Every `mlx-rsg train` flag, its one definition (the CLI options are made from these
+    fields). Saved in run.json; --resume requires the same values."""
+
+    tasks: tuple[str, ...] = TRAIN_TASKS
+    method: str = opt("freeze", choices=list(METHODS))
+    freeze_layers: int | None = opt(
+        None, "Bottom K layers frozen.", default_help="round(12/26 x layers), as the reference"
+    )
+    pooling: str = opt(
+        "last", "Sentence pooling (RUSSE/RWSD always use span pooling).", choices=["last", "mean"]
+    )
+    dropout: float = opt(0.1)
+    lora_rank: int = opt(8)
+    lora_alpha: float = opt(16.0)
+    lora_layers: int | None = opt(
+        None, "Top N layers get LoRA.", default_help="those above --freeze-layers"
+    )
+    lora_targets: tuple[str, ...] = opt(
+        ("q_proj", "v_proj"), "Linear layer names inside each block."
+    )
+    adapter_size: int = opt(64)
+    adapter_layers: int | None = opt(
+        None, "MLP adapters after the top N blocks.", default_help="those above --freeze-layers"
+    )
+    adapter_dropout: float = opt(0.1)
+    epochs: int = opt(3)
+    lr: float = opt(5e-6, "Peak learning rate of the backbone's trainable weights.")
+    head_lr: float = opt(1e-3, "Peak learning rate of the new classification heads.")
+    weight_decay: float = opt(0.01)
+    batch_size: int = opt(8)
+    grad_accum: int = opt(2)
+    warmup: int = opt(100, "Linear warmup, in optimizer steps; then linear decay to 0.")
+    max_len: int = opt(256)
+    seed: int = opt(0)
+    # Caps count examples (units: one per MuSeRC answer, gold + negatives per RuCoS query) and
+    # draw whole records, so one number keeps every task in proportion.
+    max_train_per_task: int | None = opt(
+        5000, "At most ~N training examples per task, drawn as whole records (examples = units: "
+        "one per MuSeRC answer, gold + negatives per RuCoS query; 0: no cap)."
+    )  # fmt: skip
+    max_eval_per_task: int | None = opt(
+        None, "At most ~N val examples per task, drawn as whole records."
+    )
+    max_negatives: int = opt(4, "RuCoS: wrong entities sampled per query per epoch.")
+    checkpoint_every: int = opt(
+        50, "Optimizer steps between resume checkpoints (and every epoch end)."
+    )
+    prefix_cache: bool = opt(
+        True, "Compute the frozen layers once per example and reuse them every epoch."
+    )
+    grad_checkpoint: bool = opt(
+        False, "Recompute the trained layers' activations in backward (less memory, slower)."
+    )
+    cache_dir: str | None = opt(
+        None, "Memory-map the prefix cache here instead of keeping it in RAM.", path=True
+    )
+
+    def validate(self) -> None:
+        bad = [t for t in self.tasks if t not in TRAIN_TASKS]
+        if bad:
+            raise UserError(f"--tasks: unknown or untrainable task {bad[0]!r}")
+        if not self.tasks:
+            raise UserError("--tasks: no task selected")
+        if self.method not in METHODS:
+            raise UserError(f"--method: {self.method!r} is not one of {', '.join(METHODS)}")
+        for name in ("epochs", "batch_size", "grad_accum", "max_len", "lora_rank", "adapter_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')}: must be at least 1")
+        for name in ("lr", "head_lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{name.replace('_', '-')}: must be positive")
+        if self.warmup < 0:
+            raise UserError("--warmup: must be >= 0")
+        if not 0 <= self.dropout < 1 or not 0 <= self.adapter_dropout < 1:
+            raise UserError("--dropout: must be in [0, 1)")
+        for name in ("max_train_per_task", "max_eval_per_task", "freeze_layers"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise UserError(f"--{name.replace('_', '-')}: must be >= 0")
+
+
+def classifier_config(cfg: TrainConfig, num_layers: int):
+    """The model's config from the training flags; freeze_layers defaults to the reference's
+    frozen fraction (12 of 26 layers -> 8 of 18 for Gemma-3-270M)."""
+    from mlx_rsg.model.classifier import ClassifierConfig  # here: this module imports no mlx
+
+
+    freeze = cfg.freeze_layers
+    if freeze is None:
+        freeze = round(REFERENCE_FROZEN_FRACTION * num_layers)
+    if freeze > num_layers:
+        raise UserError(f"--freeze-layers: {freeze} > the model's {num_layers} layers")
+    # Every model setting is a training flag of the same name (TrainConfig holds them all).
+    shared = {f.name: getattr(cfg, f.name) for f in fields(ClassifierConfig)}
+    shared["lora_targets"] = tuple(cfg.lora_targets)
+    return ClassifierConfig(**{**shared, "freeze_layers": freeze})
+
+
+def heads_for(tasks: tuple[str, ...]) -> dict[str, int]:
+    """Head name -> outputs: one score per unit for choice tasks, one logit per label otherwise."""
+    heads: dict[str, int] = {}
+    for t in tasks:
+        spec = REGISTRY[t]
+        heads[spec.head] = 1 if spec.choice else len(spec.labels)
+    return heads

@@ -1,0 +1,89 @@
+"""What a training run sees: each task's sampled records, and every epoch's batches as a pure
+function of (seed, epoch)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlx_rsg.data import available_splits, load_split
+from mlx_rsg.errors import UserError
+from mlx_rsg.model.batching import encode_units, make_batches
+from mlx_rsg.run import diagnostic_records, examples_in, sample_examples, sample_records
+from mlx_rsg.tasks import make_units
+from mlx_rsg.train.config import TrainConfig
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: list = field(default_factory=list)  # records (capped)
+    val: list = field(default_factory=list)
+
+
+def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]:
+
+    out: dict[str, TaskData] = {}
+    for task in cfg.tasks:
+        splits = available_splits(data_dir, task)
+        if "train" not in splits:
+            raise UserError(f"{data_dir}: task {task} has no train split")
+        train = load_split(data_dir, task, "train")
+        val = load_split(data_dir, task, "val") if "val" in splits else []
+        out[task] = TaskData(
+            task,
+            sample_records(
+                train,
+                cfg.max_train_per_task,
+                cfg.seed,
+                f"{task}:train",
+                lambda r, t=task: examples_in(t, r, cfg.max_negatives),
+            ),
+            sample_examples(task, val, cfg.max_eval_per_task, cfg.seed, "val"),
+        )
+        log(f"{task}: {len(out[task].train)}/{len(train)} train, {len(out[task].val)} val records")
+    if "TERRa" in cfg.tasks:
+        lidirus = diagnostic_records(data_dir)
+        if lidirus:
+            out["LiDiRus"] = TaskData(
+                "LiDiRus", [], sample_examples("LiDiRus", lidirus, cfg.max_eval_per_task, cfg.seed,
+                                               "val")
+            )
+            log(
+                f"LiDiRus: {len(out['LiDiRus'].val)} diagnostic records, scored with the TERRa head"
+            )
+    return out
+
+
+def batch_seed(seed: int, global_batch: int) -> int:
+    return (seed * 1_000_003 + global_batch) % (2**31)
+
+
+def seeded_generator(salt: str):
+    """A numpy Generator seeded from a string (Python's str hash is salted per process)."""
+
+    return np.random.default_rng(
+        int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little")
+    )
+
+
+def _train_batches(task: str, records: list, tokenizer, cfg: TrainConfig, epoch: int) -> list:
+    """One epoch's batches of one task. Units are rebuilt per epoch only because RuCoS draws
+    fresh negatives; the rng depends on (seed, task, epoch) alone."""
+    rng = seeded_generator(f"{cfg.seed}:{task}:units:{epoch}")
+    units = make_units(task, records, train=True, rng=rng, max_negatives=cfg.max_negatives)
+    encoded = encode_units(units, tokenizer, cfg.max_len)
+    return make_batches(encoded, cfg.batch_size, rng=random.Random(f"{cfg.seed}:{task}:{epoch}"))
+
+
+def epoch_plan(data: dict[str, TaskData], tokenizer, cfg: TrainConfig, epoch: int) -> list:
+    """All tasks' batches of one epoch, shuffled together (examples-proportional mixing)."""
+    batches = []
+    for task in cfg.tasks:
+        batches += _train_batches(task, data[task].train, tokenizer, cfg, epoch)
+    random.Random(f"{cfg.seed}:order:{epoch}").shuffle(batches)
+    return batches
