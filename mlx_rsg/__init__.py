@@ -1,8 +1,13 @@
-"""mlx-rsg: Russian SuperGLUE on Apple MLX."""
+"""mlx-rsg: Russian SuperGLUE on Apple MLX.
 
-from mlx_rsg.accel import blas  # noqa: F401  (must run before anything imports mlx)
+`import mlx_rsg` loads a fast BLAS for MLX's CPU backend (mlx_rsg/accel/blas.py) when mlx is not
+imported yet, unless MLX_RSG_BLAS=none; `mlx_rsg.load(RUN_DIR)` is the Python API (predict.py).
+"""
 
-__version__ = "0.1.0"
+from mlx_rsg.accel import blas  # noqa: F401  (first: before anything imports mlx)
+from mlx_rsg.version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def __getattr__(name: str):

@@ -7,10 +7,10 @@ import sys
 
 import click
 
-from mlx_rsg import __version__
 from mlx_rsg.bench.measure import BenchConfig
 from mlx_rsg.errors import UserError
 from mlx_rsg.options import config_options
+from mlx_rsg.version import __version__
 
 
 class _Group(click.Group):

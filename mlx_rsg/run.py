@@ -28,8 +28,6 @@ from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_file, holds, read_json_object
 from mlx_rsg.tasks import TASKS, TRAIN_TASKS
 
-# How a classifier adapts the backbone (model.py implements them; train.py takes them as --method).
-METHODS = ("heads", "freeze", "lora", "mlp-adapter")
 RUN_FORMAT = "mlx-rsg-run"
 RUN_VERSION = 1
 WEIGHTS = "trainable.safetensors"
@@ -179,17 +177,6 @@ def load_trainable(model, path: Path) -> None:
     if bad:
         raise UserError(f"{path}: weights do not fit the model built from run.json: {bad[0]}")
     model.load_weights(list(weights.items()), strict=False)
-
-
-def fuse_lora(model) -> int:
-    """Replace every mlx-lm LoRA layer in the backbone by its fused Linear; return how many."""
-    from mlx.utils import tree_unflatten
-    from mlx_lm.tuner.lora import LoRALinear
-
-    fused = [(n, m.fuse()) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-    if fused:
-        model.update_modules(tree_unflatten(fused))
-    return len(fused)
 
 
 def write_backbone(bb, src_dir: Path, dst: Path) -> None:

@@ -75,9 +75,9 @@ def test_run_dir_round_trip(lora_run, tmp_path):
     from mlx_lm import load
 
     from mlx_rsg import predict
+    from mlx_rsg.model.methods.lora import fuse_lora
     from mlx_rsg.quant.recipe import resolve_recipe
     from mlx_rsg.quant.rtn import quantize_backbone
-    from mlx_rsg.run import fuse_lora
 
     run, data = lora_run
     out = quantize(run, tmp_path / "q8", bits=8, group_size=G, log=print)

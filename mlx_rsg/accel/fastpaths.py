@@ -221,9 +221,9 @@ def measure(
 
 def machine() -> dict[str, Any]:
     """What a timing depends on besides the shapes."""
-    from mlx_rsg import __version__
     from mlx_rsg.accel import blas
     from mlx_rsg.accel.cpu_parallel import cpu_cores
+    from mlx_rsg.version import __version__
 
     return {
         "cpu": _cpu_model(),

@@ -436,8 +436,8 @@ def _add_deltas(rows: list[dict]) -> None:
 def _env() -> dict[str, Any]:
     import mlx.core as mx
 
-    from mlx_rsg import __version__
     from mlx_rsg.accel import blas
+    from mlx_rsg.version import __version__
 
     return {
         "mlx_rsg": __version__,

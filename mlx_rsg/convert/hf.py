@@ -367,7 +367,7 @@ def _manifest(
     import mlx.core as mx
     import mlx_lm
 
-    import mlx_rsg
+    from mlx_rsg.version import __version__
 
     return {
         "version": 1,
@@ -379,7 +379,7 @@ def _manifest(
         "parameters": params,
         "weights_bytes": size,
         "versions": {
-            "mlx_rsg": getattr(mlx_rsg, "__version__", "unknown"),
+            "mlx_rsg": __version__,
             "mlx": mx.__version__,
             "mlx_lm": mlx_lm.__version__,
         },

@@ -9,13 +9,8 @@ Gemma's final hidden states have an RMS of ~7 with single dimensions up to ~140,
 raw features starts with a loss of ~3 and every Adam step moves its logits by several units.
 Normalised, one head learning rate suits any backbone and training starts at chance.
 
-Methods (`ClassifierConfig.method`):
-  heads        the backbone is frozen; K = all layers, so the whole backbone output is cacheable
-  freeze       the bottom `freeze_layers` blocks (and the embeddings) are frozen, the rest trains
-  lora         mlx-lm's LoRA layers on `lora_targets` of the top `lora_layers` blocks
-  mlp-adapter  a Houlsby adapter (down, GELU, up, residual) after each of the top
-               `adapter_layers` blocks; the up-projection starts at zero, so training starts from
-               the backbone's own features
+Methods (`ClassifierConfig.method`, one module each in methods/): heads (the backbone frozen; K =
+all layers, so the whole backbone output is cacheable), freeze, lora, mlp-adapter.
 
 `prefix(tokens)` is everything below the first trained block, with no dropout, so its output is a
 pure function of the tokens: the training loop caches it (features.PrefixCache) and feeds it back
@@ -32,8 +27,9 @@ import numpy as np
 
 from mlx_rsg.arch import top_block
 from mlx_rsg.errors import UserError
+from mlx_rsg.model import methods
 from mlx_rsg.model.backbone import Backbone, embed, final_norm, layer_window, run_layers
-from mlx_rsg.run import METHODS
+from mlx_rsg.tasks import REGISTRY
 
 
 @dataclass
@@ -54,65 +50,13 @@ class ClassifierConfig:
     grad_checkpoint: bool = False  # recompute the trained blocks' activations in backward
 
 
-class Adapter(nn.Module):
-    """Houlsby et al. (2019) bottleneck: h + up(gelu(down(h))), with up initialised to zero."""
-
-    def __init__(self, dims: int, size: int, dropout: float):
-        super().__init__()
-        self.down = nn.Linear(dims, size)
-        self.up = nn.Linear(size, dims)
-        self.up.weight = mx.zeros_like(self.up.weight)
-        self.up.bias = mx.zeros_like(self.up.bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def __call__(self, h: mx.array) -> mx.array:
-        return h + self.dropout(self.up(nn.gelu(self.down(h))))
-
-
 def trained_depth(cfg: ClassifierConfig, num_layers: int) -> int:
     """How many top blocks the method changes; the blocks below them are the cacheable prefix."""
-    k = num_layers if cfg.freeze_layers is None else cfg.freeze_layers
-    default = num_layers - k
-    depth = {
-        "heads": 0,
-        "freeze": default,
-        "lora": default if cfg.lora_layers is None else cfg.lora_layers,
-        "mlp-adapter": default if cfg.adapter_layers is None else cfg.adapter_layers,
-    }
-    if cfg.method not in depth:
-        raise UserError(f"--method: {cfg.method!r} is not one of {', '.join(METHODS)}")
-    n = depth[cfg.method]
-    if not 0 <= n <= num_layers:
-        flag = {"lora": "--lora-layers", "mlp-adapter": "--adapter-layers"}.get(
-            cfg.method, "--freeze-layers"
-        )
-        raise UserError(f"{flag}: {n} is not within the model's {num_layers} layers")
-    return n
-
-
-def lora_keys(layer: nn.Module, targets: tuple[str, ...], model_type: str) -> list[str]:
-    """Paths inside a block of the linear layers named in `targets` ("q_proj" or
-    "self_attn.q_proj")."""
-    linears = [
-        p for p, m in layer.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))
-    ]
-    keys = []
-    for t in targets:
-        found = [p for p in linears if p == t or p.endswith("." + t)]
-        if not found:
-            names = sorted({p.rsplit(".", 1)[-1] for p in linears})
-            raise UserError(
-                f"--lora-targets: {t!r} is no linear layer of {model_type} "
-                f"(one of {', '.join(names)})"
-            )
-        keys += found
-    return keys
+    return methods.get(cfg.method).depth(cfg, num_layers)
 
 
 class RSGClassifier(nn.Module):
     def __init__(self, backbone: Backbone, cfg: ClassifierConfig, heads: dict[str, int]):
-        from mlx_rsg.tasks import REGISTRY
-
         super().__init__()
         self.backbone = backbone  # a plain dataclass: not part of the parameter tree
         self.lm = backbone.model
@@ -121,31 +65,8 @@ class RSGClassifier(nn.Module):
         depth = trained_depth(cfg, n)
         self.k = n - depth
         self.lm.freeze()
-        if cfg.method == "freeze":
-            for layer in backbone.layers[self.k :]:
-                layer.unfreeze()
-            if depth:
-                backbone.decoder.norm.unfreeze()
-        elif cfg.method == "lora" and depth:
-            from mlx_lm.tuner.utils import linear_to_lora_layers
-
-            keys = lora_keys(
-                backbone.layers[0], tuple(cfg.lora_targets), backbone.config["model_type"]
-            )
-            config = {
-                "rank": cfg.lora_rank,
-                "scale": cfg.lora_alpha / cfg.lora_rank,
-                "dropout": 0.0,
-                "keys": keys,
-            }
-            linear_to_lora_layers(self.lm, depth, config)
-        # Adapters are keyed by block index (as strings: module trees need str keys).
-        self.adapters = {}
-        if cfg.method == "mlp-adapter":
-            self.adapters = {
-                str(i): Adapter(backbone.hidden_size, cfg.adapter_size, cfg.adapter_dropout)
-                for i in range(self.k, n)
-            }
+        self.adapters = {}  # block index (str) -> module run after that block (mlp-adapter)
+        methods.get(cfg.method).apply(self, depth)
         # Span-pooled tasks concatenate their spans: the head sees hidden * spans features.
         self.heads = {}
         for name, n_out in heads.items():

@@ -16,15 +16,38 @@ Quantization is mlx-lm's own (`quantize_model` with a predicate), so `mlx_lm.loa
 
 from __future__ import annotations
 
+import copy
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+import mlx_lm
+from mlx_lm.utils import load_model, save_config, save_model
+
+from mlx_rsg import predict
+from mlx_rsg.accel.blas import warn_if_slow
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import read_json_object
+from mlx_rsg.io import atomic_dir, read_json_object
+from mlx_rsg.model import methods
+from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.quant import gptq, rtn
 from mlx_rsg.quant.recipe import Recipe, resolve_recipe
-from mlx_rsg.run import MANIFEST, mark_merged, write_manifest
+from mlx_rsg.run import (
+    MANIFEST,
+    WEIGHTS,
+    copy_model_dir,
+    mark_merged,
+    read_run_json,
+    resolve_backbone,
+    save_weights,
+    weight_hashes,
+    weights_outside_backbone,
+    write_json,
+    write_manifest,
+)
+from mlx_rsg.version import __version__
 
 # ---------------------------------------------------------------- model directories
 
@@ -48,8 +71,6 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
 
 def _load_model(model_dir: Path):
     """mlx-lm's loader; missing, extra or misshapen tensors become one-line errors."""
-    from mlx_lm.utils import load_model
-
     try:
         return load_model(model_dir)
     except ValueError as e:  # mlx-lm: missing/unexpected parameters, wrong shapes
@@ -62,10 +83,6 @@ def _load_model(model_dir: Path):
 
 def write_quantized(src_dir: Path, dst: Path, model, qconfig: dict[str, Any]) -> None:
     """A model directory readable by `mlx_lm.load`: weights, config, the source's tokenizer."""
-    from mlx_lm.utils import save_config, save_model
-
-    from mlx_rsg.run import copy_model_dir
-
     copy_model_dir(src_dir, dst)  # tokenizer + any extra json; weights are replaced below
     for f in dst.glob("*.safetensors"):
         f.unlink()
@@ -76,11 +93,6 @@ def write_quantized(src_dir: Path, dst: Path, model, qconfig: dict[str, Any]) ->
 
 
 def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str, Any]:
-    import mlx.core as mx
-    import mlx_lm
-
-    import mlx_rsg
-
     return {
         "format": "mlx-rsg-quantized",
         "version": 1,
@@ -97,7 +109,7 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
         "skipped_modules": counts["skipped"],
         "kept_float32": ["norms", "classification heads"],
         "versions": {
-            "mlx_rsg": getattr(mlx_rsg, "__version__", "unknown"),
+            "mlx_rsg": __version__,
             "mlx": mx.__version__,
             "mlx_lm": mlx_lm.__version__,
         },
@@ -132,21 +144,6 @@ def _quantize_run(run_dir: Path, dst: Path, recipe: Recipe, calib_data=None, log
     """Merge a run's trained weights into its backbone (LoRA fused, unfrozen layers copied, as
     `train --fuse` does), quantize that backbone into dst/backbone, keep the classifier's own
     weights (heads, MLP adapters) float32 in dst/trainable.safetensors."""
-    import copy
-    import shutil
-
-    from mlx_rsg import predict
-    from mlx_rsg.run import (
-        WEIGHTS,
-        fuse_lora,
-        read_run_json,
-        resolve_backbone,
-        save_weights,
-        weight_hashes,
-        weights_outside_backbone,
-        write_json,
-    )
-
     info = read_run_json(run_dir)
     for key in ("heads", "classifier", "backbone"):
         if not isinstance(info.get(key), dict):
@@ -165,7 +162,7 @@ def _quantize_run(run_dir: Path, dst: Path, recipe: Recipe, calib_data=None, log
     save_weights(dst / WEIGHTS, weights_outside_backbone(model))
 
     new = copy.deepcopy(info)
-    if method != "mlp-adapter":  # adapters are not linear: they stay beside the backbone
+    if methods.get(method).mergeable:  # adapters are not linear: they stay beside the backbone
         mark_merged(new, len(model.backbone.layers), method, n_fused)
     new["backbone"] = {
         "path": "backbone",
@@ -194,8 +191,6 @@ def quantize(
     calib_data: str | Path | None = None,
 ) -> Path:
     """Quantize a converted MODEL_DIR or a trained RUN_DIR into OUT (atomic); returns OUT."""
-    from mlx_rsg.io import atomic_dir
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     source, out = Path(source), Path(out)
     if not source.is_dir():
@@ -209,8 +204,6 @@ def quantize(
     if calib_data is not None and not Path(calib_data).is_dir():
         raise UserError(f"--calib-data: {calib_data}: no such directory")
     if rec.method != "rtn":  # calibration runs the model: say it now if the BLAS is slow
-        from mlx_rsg.accel.blas import warn_if_slow
-
         warn_if_slow(log)
     is_run = (source / "run.json").is_file()
     with atomic_dir(out, force=force) as tmp:

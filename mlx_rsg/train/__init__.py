@@ -1,7 +1,8 @@
 """Multi-task training (`mlx-rsg train`): the flags (config.py), the data plan (plan.py), the
 optimizer (optim.py), resumable checkpoints (checkpoint.py) and the loop (loop.py)."""
 
-from mlx_rsg.run import METHODS, TRAIN_TASKS, parse_tasks
+from mlx_rsg.model.methods import METHODS
+from mlx_rsg.run import TRAIN_TASKS, parse_tasks
 from mlx_rsg.train.config import TrainConfig, classifier_config, heads_for
 
 __all__ = ["METHODS", "TRAIN_TASKS", "TrainConfig", "classifier_config", "heads_for",

@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.model.methods import METHODS
 from mlx_rsg.options import opt
-from mlx_rsg.run import METHODS, TRAIN_TASKS
+from mlx_rsg.run import TRAIN_TASKS
 from mlx_rsg.tasks import REGISTRY
 
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers

@@ -43,10 +43,12 @@ from mlx.utils import tree_map
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object
+from mlx_rsg.model import methods
 from mlx_rsg.model.backbone import load_backbone, load_tokenizer
 from mlx_rsg.model.batching import loss_fn
 from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.features import PrefixCache
+from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.predict import evaluate
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import (
@@ -58,7 +60,6 @@ from mlx_rsg.run import (
     config_dict,
     copy_model_dir,
     dataclass_from_dict,
-    fuse_lora,
     mark_merged,
     read_run_json,
     save_weights,
@@ -120,7 +121,7 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse) -> None
     """Every check that can fail before any work; then a --force'd old run is removed (only a
     run directory of ours that holds none of the inputs)."""
     cfg.validate()
-    if fuse and cfg.method == "mlp-adapter":
+    if fuse and not methods.get(cfg.method).mergeable:
         raise UserError("--fuse: MLP adapters are not linear and cannot be merged; omit --fuse")
     if not model_dir.is_dir():
         raise UserError(f"{model_dir}: model directory not found")

@@ -1,0 +1,42 @@
+"""mlp-adapter: a Houlsby adapter (down, GELU, up, residual) after each of the top
+`adapter_layers` blocks. The up-projection starts at zero, so training starts from the backbone's
+own features. Not linear, so never merged into the backbone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlx_rsg.model.methods.base import Method
+
+
+class Adapter(nn.Module):
+    """Houlsby et al. (2019) bottleneck: h + up(gelu(down(h))), with up initialised to zero."""
+
+    def __init__(self, dims: int, size: int, dropout: float):
+        super().__init__()
+        self.down = nn.Linear(dims, size)
+        self.up = nn.Linear(size, dims)
+        self.up.weight = mx.zeros_like(self.up.weight)
+        self.up.bias = mx.zeros_like(self.up.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        return h + self.dropout(self.up(nn.gelu(self.down(h))))
+
+
+@dataclass(frozen=True)
+class MLPAdapter(Method):
+    def apply(self, classifier, depth: int) -> None:
+        # Keyed by block index, as strings: module trees need str keys.
+        cfg, n = classifier.cfg, classifier.backbone.num_layers
+        size = classifier.backbone.hidden_size
+        classifier.adapters = {
+            str(i): Adapter(size, cfg.adapter_size, cfg.adapter_dropout)
+            for i in range(n - depth, n)
+        }
+
+
+METHOD = MLPAdapter("mlp-adapter", depth_field="adapter_layers", mergeable=False)

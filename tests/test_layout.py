@@ -1,0 +1,80 @@
+"""The package's shape: no import cycle between its modules (function-level imports included),
+and a task or training method is one module in a registry."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mlx_rsg
+from mlx_rsg import tasks
+from mlx_rsg.model import methods
+
+PACKAGE = Path(mlx_rsg.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the mlx_rsg modules it imports anywhere in its body (a package's __init__ is
+    the package's name; importing a submodule is an edge to it, not to its package)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{a.name}" for a in node.names}
+                found = subs & modules.keys()
+                edges |= found
+                if len(found) < len(subs) and node.module in modules:
+                    edges.add(node.module)
+        graph[name] = edges - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m) :] + [m]
+            if m not in state and (c := visit(m)):
+                return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (c := visit(n)):
+            return c
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    assert "mlx_rsg.train.loop" in graph and "mlx_rsg.tasks.rucos" in graph["mlx_rsg.tasks"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_every_task_and_method_module_is_registered():
+    task_modules = {p.stem for p in (PACKAGE / "tasks").glob("*.py")} - {
+        "__init__", "base", "fields", "units", "nli"
+    }  # fmt: skip
+    assert {t.name.lower() for t in tasks.REGISTRY.values()} == task_modules
+    method_modules = {p.stem for p in (PACKAGE / "model" / "methods").glob("*.py")}
+    assert {m.replace("-", "_") for m in methods.METHODS} == method_modules - {"__init__", "base"}
