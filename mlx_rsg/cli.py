@@ -1,15 +1,25 @@
-"""The `mlx-rsg` command line: a thin layer over the library. Each command imports its module
-lazily so `mlx-rsg --help` stays fast."""
+"""The `mlx-rsg` command line: one thin layer over the library. Each command's options come from
+its config dataclass where it has one (`options.config_options`); the modules that do the work
+(and import mlx) are imported inside the commands, so `mlx-rsg --help` stays fast."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
-from mlx_rsg.bench.measure import BenchConfig
+from mlx_rsg.bench.config import BenchConfig
+from mlx_rsg.convert import ConvertOptions
 from mlx_rsg.errors import UserError
-from mlx_rsg.options import config_options
+from mlx_rsg.options import config_from_options, config_options
+from mlx_rsg.quant.recipe import QuantizeOptions
+from mlx_rsg.quickstart import QuickstartConfig
+from mlx_rsg.train.config import TrainConfig
 from mlx_rsg.version import __version__
 
 
@@ -24,7 +34,7 @@ class _Group(click.Group):
             sys.exit(2)
 
 
-# Commands that run a model: the CLI lets MLX keep freed buffers for them (backbone.py).
+# Commands that run a model: the CLI lets MLX keep freed buffers for them (accel/memory.py).
 _MODEL_COMMANDS = {"train", "predict", "bench", "quantize", "quickstart"}
 
 
@@ -37,6 +47,9 @@ def main(ctx: click.Context) -> None:
         from mlx_rsg.accel.memory import keep_freed_buffers
 
         keep_freed_buffers()
+
+
+# --------------------------------------------------------------------------------- info
 
 
 @main.command()
@@ -73,8 +86,6 @@ def info(model) -> None:
 
 def _model_config(path: str) -> tuple[dict, bool]:
     """config.json of a model directory, or of a run directory's backbone; and if quantized."""
-    from pathlib import Path
-
     from mlx_rsg.io import read_json_object
     from mlx_rsg.run import read_run_json, resolve_backbone
 
@@ -86,12 +97,192 @@ def _model_config(path: str) -> tuple[dict, bool]:
     return config, "quantization" in config
 
 
-# --- commands are registered below, one block per module ---
+# -------------------------------------------------------------------------------- data
 
-from mlx_rsg.train_cli import predict_command, train_command  # noqa: E402
 
-main.add_command(train_command)
-main.add_command(predict_command)
+@main.group("data")
+def data_group() -> None:
+    """Inspect or download Russian SuperGLUE data."""
+
+
+@data_group.command("info")
+@click.argument("path", type=click.Path())
+def data_info_command(path: str) -> None:
+    """Examples, label distribution and mean length (characters) per task and split in PATH
+    (a directory in the official layout, the official zip, or .jsonl.gz files)."""
+    from mlx_rsg.data.info import format_table, summary
+
+    table = format_table(summary(path))  # read everything first: an error prints nothing else
+    click.echo(path)
+    click.echo(table)
+
+
+@data_group.command("download")
+@click.argument("out_dir", metavar="DIR", type=click.Path())
+@click.option("--revision", default=None, help="A branch, tag or commit of the Hub repo.")
+@click.option("--force", is_flag=True, help="Overwrite DIR.")
+def data_download_command(out_dir: str, revision: str | None, force: bool) -> None:
+    """Download the Hub dataset repo RussianNLP/russian_super_glue into DIR (atomically)."""
+    from mlx_rsg.data import available_splits
+    from mlx_rsg.data.info import HUB_REPO, download
+    from mlx_rsg.tasks import TASKS
+
+    out = download(out_dir, force=force, revision=revision)
+    found = [t for t in TASKS if available_splits(out, t)]
+    click.echo(f"{HUB_REPO} -> {out}")
+    click.echo(f"tasks readable in the official layout: {', '.join(found) or 'none'}")
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+@main.command("convert")
+@click.argument("source")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="OUT directory.")
+@config_options(ConvertOptions)
+def convert_command(source, out, **options) -> None:
+    """Convert SOURCE (gemma-3-270m, a .gguf file, an HF model dir or a hub id org/name) to an
+    MLX model directory OUT."""
+    from mlx_rsg.convert.hf import convert, summary
+
+    opts = config_from_options(ConvertOptions, options)
+    click.echo(summary(convert(source, out, **dataclasses.asdict(opts))))
+
+
+# ------------------------------------------------------------------------------- train
+
+
+@main.command("train")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="RSG data directory.")
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(),
+              help="RUN_DIR to write.")  # fmt: skip
+@click.option("--tasks", default="all", show_default=True,
+              help="all, or a comma list (terra,rcb,...; any case). LiDiRus rides on TERRa.")
+@config_options(TrainConfig, skip=("tasks",))
+@click.option("--resume", is_flag=True, help="Continue RUN_DIR from its last checkpoint.")
+@click.option("--fuse", is_flag=True, help="Merge LoRA into a standalone backbone copy in RUN_DIR.")
+@click.option("--copy-backbone", is_flag=True, help="Copy the backbone into RUN_DIR.")
+@click.option("--force", is_flag=True, help="Overwrite an existing RUN_DIR.")
+def train_command(model_dir, data_dir, run_dir, tasks, resume, fuse, copy_backbone, force, **flags):
+    """Train classification heads for the RSG tasks on MODEL_DIR (a converted model)."""
+    from mlx_rsg.run import parse_tasks, tasks_with_train
+    from mlx_rsg.train.loop import train
+
+    chosen = parse_tasks(tasks)
+    if tasks.strip().lower() == "all" and Path(data_dir).exists():
+        # "all" means every task the data has a train split for (RuCoS may be missing).
+        present = tasks_with_train(Path(data_dir), chosen)
+        skipped = [t for t in chosen if t not in present]
+        if skipped:
+            click.echo(f"--tasks all: no train split for {', '.join(skipped)}; skipped", err=True)
+        chosen = present or chosen
+    cfg = config_from_options(TrainConfig, flags, tasks=chosen,
+                              max_train_per_task=flags["max_train_per_task"] or None)  # fmt: skip
+    metrics = train(model_dir, data_dir, run_dir, cfg, resume=resume, force=force, fuse=fuse,
+                    copy_backbone=copy_backbone)  # fmt: skip
+    best = metrics.get("best") or {}
+    click.echo(
+        f"best epoch {best.get('epoch')}: val score {best.get('score', float('nan')):.4f}"
+        + (f"; total with LiDiRus {metrics['final']['total']:.4f}" if metrics.get("final") else "")
+        + f"  -> {run_dir}"
+    )
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@main.command("predict")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--task", help="Task of the --input records (any case).")
+@click.option("--input", "input_path", help="JSON Lines records in the official format, or -.")
+@click.option("--data", "data_dir", type=click.Path(), help="RSG data directory (with --split).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None)
+@click.option("--tasks", "task_list", default="all", show_default=True,
+              help="With --data: all, or a comma list.")  # fmt: skip
+@click.option("--submission", type=click.Path(dir_okay=False),
+              help="With --split test: write the official submission zip here.")  # fmt: skip
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--max-per-task", type=int, default=None,
+              help="With --data: ~N examples per task, whole records drawn with --seed.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Draws --max-per-task's records (train --seed S draws the same val records).")
+def predict_command(run_dir, task, input_path, data_dir, split, task_list, submission, batch_size,
+                    max_per_task, seed) -> None:  # fmt: skip
+    """Predict with a trained RUN_DIR: one JSON line per --input record, val scores of a --data
+    split, or the official test submission zip. Every flag is checked before the model loads."""
+    from mlx_rsg import predict
+
+    _check_predict_flags(task, input_path, data_dir, split, submission, batch_size)
+    records = predict.read_jsonl(input_path) if input_path is not None else None
+    predictor = predict.load(run_dir)
+    predictor.batch_size = batch_size
+    if records is not None:
+        for row in predictor.predict(task, records):
+            click.echo(json.dumps(row, ensure_ascii=False, default=_json_default))
+        return
+    by_task = predict.data_records(predictor.info, data_dir, split, task_list, max_per_task, seed)
+    if split == "test":
+        predict.write_run_submission(predictor, by_task, submission)
+        click.echo(f"wrote {submission} ({', '.join(by_task)})")
+    else:
+        _print_scores(predictor.evaluate(by_task))
+
+
+def _check_predict_flags(task, input_path, data_dir, split, submission, batch_size) -> None:
+    if (input_path is None) == (data_dir is None):
+        raise UserError("give either --task and --input FILE.jsonl, or --data RSG_DIR --split")
+    if input_path is not None and not task:
+        raise UserError("--input needs --task")
+    if data_dir is not None and split is None:
+        raise UserError("--data needs --split (val to score, test with --submission)")
+    if submission and split != "test":
+        raise UserError("--submission needs --split test")
+    if split == "test" and not submission:
+        raise UserError("--split test needs --submission out.zip (test labels are hidden)")
+    if batch_size < 1:
+        raise UserError("--batch-size: must be at least 1")
+
+
+def _print_scores(scores: dict[str, Any]) -> None:
+    from mlx_rsg.tasks import total_score
+
+    for t, m in scores["tasks"].items():
+        detail = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "score")
+        click.echo(f"{t:8s} {m['score']:.4f}  {detail}")
+    if len(scores["tasks"]) > 1:
+        total = total_score(
+            {t: {k: v for k, v in m.items() if k != "score"} for t, m in scores["tasks"].items()}
+        )
+        click.echo(f"{'total':8s} {total:.4f}  (mean over {len(scores['tasks'])} tasks)")
+
+
+def _json_default(v):
+    import numpy as np
+
+    if isinstance(v, (set, frozenset, tuple)):
+        return list(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+# ---------------------------------------------------------------------------- quantize
+
+
+@main.command("quantize")
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="OUT directory.")
+@config_options(QuantizeOptions)
+def quantize_command(source, out, **options) -> None:
+    """Quantize a RUN_DIR (trained weights merged first) or a converted MODEL_DIR into OUT."""
+    from mlx_rsg.quant.quantize import quantize
+
+    opts = config_from_options(QuantizeOptions, options)
+    quantize(source, out, **dataclasses.asdict(opts))
+
+
+# ------------------------------------------------------------------------------- bench
 
 
 @main.command("bench")
@@ -100,65 +291,28 @@ main.add_command(predict_command)
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="RSG data directory.")
 @click.option("-o", "--output", "out_dir", default="bench", show_default=True, type=click.Path())
 @config_options(BenchConfig)
-def bench_command(**kwargs) -> None:
+def bench_command(baseline, variants, data_dir, out_dir, **options) -> None:
     """Score BASELINE (fp32 run dir) and each VARIANT run dir on every task in --data: official
     metrics, total, delta, flip rate, per-class P/R/F1, size, memory, latency, throughput."""
-    from mlx_rsg.bench.measure import cli
+    from mlx_rsg.bench.measure import bench
+    from mlx_rsg.bench.report import write_markdown
 
-    cli(**kwargs)
+    result = bench(baseline, list(variants), data_dir, out_dir,
+                   config_from_options(BenchConfig, options))  # fmt: skip
+    click.echo(write_markdown(result))
+    click.echo(f"wrote {os.path.join(out_dir, 'bench.json')}, bench.md, bench.png")
+
+
+# --------------------------------------------------------------------------- quickstart
 
 
 @main.command("quickstart")
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="RSG data directory.")
 @click.option("-o", "--work-dir", default="quickstart", show_default=True, type=click.Path())
-@click.option("--source", default="gemma-3-270m", show_default=True, help="What to convert.")
+@config_options(QuickstartConfig, only=("source",))
 @click.option("--force", is_flag=True, help="Start over instead of reusing finished steps.")
-def quickstart_command(data_dir, work_dir, source, force) -> None:
+def quickstart_command(data_dir, work_dir, force, **options) -> None:
     """convert -> train heads on every task -> quantize 8/4-bit -> bench, CPU-sized (~14 min)."""
-    from mlx_rsg.quickstart import QuickstartConfig, quickstart
+    from mlx_rsg.quickstart import quickstart
 
-    quickstart(data_dir, work_dir, QuickstartConfig(source=source), force)
-
-
-from mlx_rsg.data_cli import data_group  # noqa: E402
-
-main.add_command(data_group)
-
-
-@main.command("quantize")
-@click.argument("source", type=click.Path())
-@click.option("--bits", type=click.Choice(["4", "8"]), default=None, help="q4 or q8 recipe.")
-@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
-              help="Weights per scale/bias (default: the recipe's, 64).")
-@click.option("--recipe", default=None, help="A quantize/*.toml recipe, e.g. q4-mixed.")
-@click.option("-o", "--output", "out", required=True, type=click.Path(), help="OUT directory.")
-@click.option("--force", is_flag=True, help="Overwrite OUT.")
-@click.option("--calib-data", type=click.Path(), default=None,
-              help="RSG_DIR whose train splits calibrate a gptq recipe (e.g. q4-gptq).")
-def quantize_command(source, bits, group_size, recipe, out, force, calib_data) -> None:
-    """Quantize a RUN_DIR (trained weights merged first) or a converted MODEL_DIR into OUT."""
-    from mlx_rsg.quant.quantize import quantize
-
-    quantize(
-        source,
-        out,
-        bits=int(bits) if bits else None,
-        group_size=int(group_size) if group_size else None,
-        recipe=recipe,
-        force=force,
-        calib_data=calib_data,
-    )
-
-
-@main.command("convert")
-@click.argument("source")
-@click.option("-o", "--output", "out", required=True, type=click.Path(), help="OUT directory.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="Floating-point type of the saved weights.")
-@click.option("--force", is_flag=True, help="Overwrite OUT.")
-def convert_command(source, out, dtype, force) -> None:
-    """Convert SOURCE (gemma-3-270m, a .gguf file, an HF model dir or a hub id org/name) to an
-    MLX model directory OUT."""
-    from mlx_rsg.convert.hf import convert, summary
-
-    click.echo(summary(convert(source, out, dtype=dtype, force=force)))
+    quickstart(data_dir, work_dir, config_from_options(QuickstartConfig, options), force)

@@ -19,8 +19,8 @@ from typing import Any
 
 
 def opt(default: Any, help: str = "", **meta: Any) -> Any:
-    """A dataclass field carrying its command-line help (`choices=`, `default_help=`, `path=`
-    in `meta`). Library modules use it without importing click."""
+    """A dataclass field carrying its command-line help (`choices=`, `default_help=`, and
+    `path="dir"|"file"|True` in `meta`). Library modules use it without importing click."""
     return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
@@ -41,17 +41,23 @@ def _option(f: dataclasses.Field, hint: Any) -> Callable:
     if typing.get_origin(hint) is tuple:
         return click.option(name, f.name, default=",".join(f.default), help=help_text + " (comma "
                             "list)", show_default=bool(f.default))  # fmt: skip
-    kind: Any = click.Choice(meta["choices"]) if "choices" in meta else base
+    kind: Any = base
+    if "choices" in meta:  # click compares choices as text: numbers come back converted
+        kind = click.Choice([str(c) for c in meta["choices"]])
     if meta.get("path"):
-        kind = click.Path(file_okay=False)
-    return click.option(name, f.name, type=kind, default=f.default,
+        kind = click.Path(file_okay=meta["path"] != "dir", dir_okay=meta["path"] != "file")
+    convert = None if base is str or "choices" not in meta else (
+        lambda ctx, param, v: v if v is None else base(v))  # fmt: skip
+    return click.option(name, f.name, type=kind, default=f.default, callback=convert,
                         show_default=f.default is not None, help=help_text)  # fmt: skip
 
 
-def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
-    """A decorator adding one click option per field of the dataclass `cls` (but `skip`)."""
+def config_options(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Callable:
+    """A decorator adding one click option per field of the dataclass `cls` (but `skip`; only
+    `only` when given)."""
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    fields = [f for f in dataclasses.fields(cls)
+              if f.name not in skip and (not only or f.name in only)]  # fmt: skip
 
     def decorate(fn: Callable) -> Callable:
         for f in reversed(fields):

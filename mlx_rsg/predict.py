@@ -15,9 +15,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import numpy as np
 
-from mlx_rsg.errors import UserError
+from mlx_rsg.accel.cpu_parallel import model_rows
+from mlx_rsg.data import available_splits, load_split
+from mlx_rsg.errors import UserError, located
+from mlx_rsg.io import jsonl_values
+from mlx_rsg.model.backbone import load_backbone, load_tokenizer
+from mlx_rsg.model.batching import encode_units, make_batches
+from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
+from mlx_rsg.progress import Progress
+from mlx_rsg.run import (
+    WEIGHTS,
+    dataclass_from_dict,
+    diagnostic_records,
+    load_trainable,
+    parse_tasks,
+    read_run_json,
+    resolve_backbone,
+    sample_examples,
+    task_info,
+)
+from mlx_rsg.submission import write_submission
+from mlx_rsg.tasks import TASKS, decode, make_units, parse_record, score_task
 
 
 def score_units(
@@ -26,12 +47,6 @@ def score_units(
 ):  # fmt: skip
     """Run the classifier over every unit of `records`; return (units, logits) in unit order,
     logits a numpy array (n_units, n_out). `on_batch(rows)` is called after each batch."""
-    import mlx.core as mx
-
-    from mlx_rsg.accel.cpu_parallel import model_rows
-    from mlx_rsg.model.batching import encode_units, make_batches
-    from mlx_rsg.tasks import make_units
-
     units = make_units(task, records, train=False)
     encoded = encode_units(units, tokenizer, max_len)
     batches = make_batches(encoded, batch_size, rng=None)
@@ -59,9 +74,6 @@ def evaluate(
     """Official val metrics per task, each with a single `score` (two-metric tasks averaged),
     and `score`: their unweighted mean. `h0_fn(batch)` supplies cached frozen-prefix outputs.
     `desc`: show a progress bar over the units, so named."""
-    from mlx_rsg.progress import Progress
-    from mlx_rsg.tasks import decode, make_units, score_task
-
     model.eval()
     bar = None
     if desc:
@@ -105,7 +117,6 @@ class Predictor:
 
     def predictions(self, task: str, records: list) -> tuple[list, list, np.ndarray]:
         """(predictions as tasks.decode returns them, units, logits)."""
-        from mlx_rsg.tasks import decode
 
         task = self.task_name(task)
         records = [as_record(task, r, i) for i, r in enumerate(records)]
@@ -180,7 +191,6 @@ def as_record(task: str, obj, line: int | None = None):
     """A record dataclass from a dict in the official JSON format (or a record unchanged)."""
     if not isinstance(obj, dict):
         return obj
-    from mlx_rsg.tasks import parse_record
 
     if "idx" not in obj:  # records typed by hand: number them by position
         obj = {**obj, "idx": line}
@@ -189,19 +199,6 @@ def as_record(task: str, obj, line: int | None = None):
 
 def load(run_dir: str | Path, verify: bool = True) -> Predictor:
     """Load a run directory: backbone (checked against its sha256), heads and trained weights."""
-    import mlx.core as mx
-
-    from mlx_rsg.model.backbone import load_backbone, load_tokenizer
-    from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
-    from mlx_rsg.run import (
-        WEIGHTS,
-        dataclass_from_dict,
-        load_trainable,
-        read_run_json,
-        resolve_backbone,
-        task_info,
-    )
-
     run_dir = Path(run_dir)
     info = read_run_json(run_dir)
     if not (run_dir / WEIGHTS).is_file():
@@ -222,9 +219,6 @@ def load(run_dir: str | Path, verify: bool = True) -> Predictor:
 
 def read_jsonl(path: str) -> list[dict]:
     """JSON Lines from a file or '-' (stdin); one-line errors naming file and line."""
-    from mlx_rsg.errors import located
-    from mlx_rsg.io import jsonl_values
-
     if path == "-":
         raw, name = sys.stdin.buffer.read(), "<stdin>"
     else:
@@ -256,10 +250,6 @@ def data_records(
 ) -> dict[str, list]:
     """Records of `split` per task a run (its run.json `info`) can predict, LiDiRus with the
     TERRa head; `max_per_task` samples ~N examples per task as `run.sample_examples` does."""
-    from mlx_rsg.data import available_splits, load_split
-    from mlx_rsg.run import diagnostic_records, parse_tasks, sample_examples
-    from mlx_rsg.tasks import TASKS
-
     wanted = set(parse_tasks(task_list)) if task_list.lower() != "all" else set(TASKS)
     out: dict[str, list] = {}
     for task in TASKS:
@@ -286,83 +276,10 @@ def data_records(
 
 
 def _lidirus_test(data_dir: str) -> list:
-    from mlx_rsg.data import available_splits, load_split
-
     splits = available_splits(data_dir, "LiDiRus")
     return load_split(data_dir, "LiDiRus", splits[0]) if splits else []
 
 
-def cli(
-    *, run_dir, task, input_path, data_dir, split, task_list, submission, batch_size, max_per_task,
-    seed=0,
-) -> None:
-    """`mlx-rsg predict`: every flag is checked before the model loads."""
-    _check_flags(task, input_path, data_dir, split, submission, batch_size)
-    records = read_jsonl(input_path) if input_path is not None else None
-    predictor = load(run_dir)
-    predictor.batch_size = batch_size
-    if records is not None:
-        _print_predictions(predictor, task, records)
-        return
-    by_task = data_records(predictor.info, data_dir, split, task_list, max_per_task, seed)
-    if split == "test":
-        write_run_submission(predictor, by_task, submission)
-        _echo(f"wrote {submission} ({', '.join(by_task)})")
-    else:
-        _print_scores(predictor.evaluate(by_task))
-
-
-def _check_flags(task, input_path, data_dir, split, submission, batch_size) -> None:
-    if (input_path is None) == (data_dir is None):
-        raise UserError("give either --task and --input FILE.jsonl, or --data RSG_DIR --split")
-    if input_path is not None and not task:
-        raise UserError("--input needs --task")
-    if data_dir is not None and split is None:
-        raise UserError("--data needs --split (val to score, test with --submission)")
-    if submission and split != "test":
-        raise UserError("--submission needs --split test")
-    if split == "test" and not submission:
-        raise UserError("--split test needs --submission out.zip (test labels are hidden)")
-    if batch_size < 1:
-        raise UserError("--batch-size: must be at least 1")
-
-
-def _echo(line: str) -> None:
-    import click
-
-    click.echo(line)
-
-
-def _print_predictions(predictor: Predictor, task: str, records: list) -> None:
-    import json
-
-    for row in predictor.predict(task, records):
-        _echo(json.dumps(row, ensure_ascii=False, default=_json_default))
-
-
-def _print_scores(scores: dict[str, Any]) -> None:
-    from mlx_rsg.tasks import total_score
-
-    for t, m in scores["tasks"].items():
-        detail = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "score")
-        _echo(f"{t:8s} {m['score']:.4f}  {detail}")
-    if len(scores["tasks"]) > 1:
-        total = total_score(
-            {t: {k: v for k, v in m.items() if k != "score"} for t, m in scores["tasks"].items()}
-        )
-        _echo(f"{'total':8s} {total:.4f}  (mean over {len(scores['tasks'])} tasks)")
-
-
 def write_run_submission(predictor: Predictor, by_task: dict[str, list], out: str) -> None:
-    from mlx_rsg.submission import write_submission
-
     preds = {t: predictor.predictions(t, recs)[0] for t, recs in by_task.items()}
     write_submission(out, {t: (by_task[t], preds[t]) for t in by_task})
-
-
-def _json_default(v):
-    if isinstance(v, (set, frozenset, tuple)):
-        return list(v)
-    if isinstance(v, np.generic):
-        return v.item()
-    return str(v)

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.options import opt
 
 
 @dataclass
 class QuickstartConfig:
-    source: str = "gemma-3-270m"  # anything `mlx-rsg convert` accepts
+    source: str = opt("gemma-3-270m", "What to convert (anything `mlx-rsg convert` accepts).")
     method: str = "heads"
     epochs: int = 10  # cheap with the heads method: features are cached after the first epoch
     head_lr: float = 2e-3

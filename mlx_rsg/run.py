@@ -24,9 +24,13 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_file, holds, read_json_object
-from mlx_rsg.tasks import TASKS, TRAIN_TASKS
+from mlx_rsg.tasks import REGISTRY, TASKS, TRAIN_TASKS
 
 RUN_FORMAT = "mlx-rsg-run"
 RUN_VERSION = 1
@@ -154,23 +158,16 @@ def resolve_backbone(run_dir: Path, info: dict[str, Any], verify: bool = True) -
 
 def save_weights(path: Path, arrays: dict) -> None:
     """Atomically write a flat dict of arrays as safetensors."""
-    import mlx.core as mx
-
     with atomic_file(path, "wb") as f:
         mx.save_safetensors(f, arrays)
 
 
 def trainable_weights(model) -> dict:
-    from mlx.utils import tree_flatten
-
     return dict(tree_flatten(model.trainable_parameters()))
 
 
 def load_trainable(model, path: Path) -> None:
     """Load trained weights into a freshly built classifier; every name must exist there."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
     weights = mx.load(str(path))
     params = dict(tree_flatten(model.parameters()))
     bad = [k for k, v in weights.items() if k not in params or params[k].shape != v.shape]
@@ -182,9 +179,6 @@ def load_trainable(model, path: Path) -> None:
 def write_backbone(bb, src_dir: Path, dst: Path) -> None:
     """Write a standalone model directory: the (possibly fused) backbone weights plus the source
     directory's config and tokenizer files."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
     copy_model_dir(src_dir, dst)
     for f in dst.glob("*.safetensors"):
         f.unlink()
@@ -215,15 +209,11 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
 
 def tasks_with_train(data_dir: Path, tasks: tuple[str, ...]) -> tuple[str, ...]:
     """The subset of `tasks` that have a train split in `data_dir` (for `--tasks all`)."""
-    from mlx_rsg.data import available_splits
-
     return tuple(t for t in tasks if "train" in available_splits(data_dir, t))
 
 
 def diagnostic_records(data_dir: Path) -> list:
     """LiDiRus's labelled diagnostic set (its only split), if the data has it."""
-    from mlx_rsg.data import available_splits, load_split
-
     for split in available_splits(data_dir, "LiDiRus"):
         records = load_split(data_dir, "LiDiRus", split)
         if records and records[0].label is not None:
@@ -232,8 +222,6 @@ def diagnostic_records(data_dir: Path) -> list:
 
 
 def task_info(tasks: list[str]) -> dict[str, Any]:
-    from mlx_rsg.tasks import REGISTRY
-
     return {
         t: {
             "head": REGISTRY[t].head,
@@ -252,8 +240,6 @@ def jsonable(v):
 def examples_in(task: str, record, max_negatives: int | None = None) -> int:
     """How many classification examples (units) a record gives; RuCoS trains on the gold
     entity plus at most `max_negatives` sampled ones."""
-    from mlx_rsg.tasks import REGISTRY
-
     return REGISTRY[task].examples(record, max_negatives)
 
 
@@ -285,9 +271,6 @@ def sample_examples(task: str, records: list, limit: int | None, seed: int, spli
 def weights_outside_backbone(model) -> dict:
     """float32 copies of a classifier's own weights (heads, MLP adapters): everything not under
     the backbone's `lm.` tree, which a fused or quantized backbone/ carries instead."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
     return {
         k: v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v
         for k, v in tree_flatten(model.parameters())

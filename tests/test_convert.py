@@ -425,13 +425,11 @@ def test_error_bad_dtype_and_no_space(tmp_path, monkeypatch):
     with pytest.raises(C.UserError, match="unsupported dtype 'float64'"):
         C.convert(str(src), out, dtype="float64")
 
-    import mlx_lm.utils
-
     def full_disk(path, model, **kw):
         (Path(path) / "model.safetensors").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mlx_lm.utils, "save_model", full_disk)
+    monkeypatch.setattr(C, "save_model", full_disk)
     _assert_one_line_error(_run_cli([src, "-o", out]), out, str(out), "no space left")
 
     # Checked before writing: a disk with less free space than the weights need.
@@ -500,7 +498,6 @@ def test_hub_id_downloads_only_what_convert_needs(tmp_path, monkeypatch):
     import fnmatch
     import shutil
 
-    import huggingface_hub
 
     repo = build_tiny_model(tmp_path / "repo")
     (repo / "pytorch_model.bin").write_bytes(b"not fetched")
@@ -516,7 +513,9 @@ def test_hub_id_downloads_only_what_convert_needs(tmp_path, monkeypatch):
                 shutil.copy(f, snap / f.name)
         return str(snap)
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    from mlx_rsg.convert import hf
+
+    monkeypatch.setattr(hf, "snapshot_download", fake_snapshot_download)
     out = tmp_path / "out"
     result = _run_cli(["someorg/tiny-gemma", "-o", out])
     assert result.exit_code == 0, result.output

@@ -234,8 +234,8 @@ def test_train_options_come_from_train_config():
     names, defaults and choices) and ClassifierConfig's fields a subset of them."""
     from dataclasses import fields
 
+    from mlx_rsg.cli import train_command
     from mlx_rsg.model.classifier import ClassifierConfig
-    from mlx_rsg.train_cli import train_command
 
     options = {p.name: p for p in train_command.params}
     for f in fields(T.TrainConfig):
@@ -280,10 +280,10 @@ def test_force_never_deletes_inputs_or_foreign_directories(tiny_model_dir, tiny_
 
 def test_predict_checks_its_flags_before_loading_anything(tmp_path):
     """A flag mistake is reported at once, not after the model has loaded (no run dir here)."""
-    from mlx_rsg.predict import cli
+    from mlx_rsg.cli import predict_command
 
     common = dict(run_dir=str(tmp_path / "no-run"), task=None, input_path=None, task_list="all",
-                  batch_size=16, max_per_task=None)  # fmt: skip
+                  batch_size=16, max_per_task=None, seed=0)  # fmt: skip
     cases = [
         (dict(data_dir=str(tmp_path), split="test", submission=None), "needs --submission"),
         (dict(data_dir=str(tmp_path), split="val", submission="x.zip"), "needs --split test"),
@@ -291,4 +291,4 @@ def test_predict_checks_its_flags_before_loading_anything(tmp_path):
     ]
     for flags, want in cases:
         with pytest.raises(UserError, match=want):
-            cli(**common, **flags)
+            predict_command.callback(**common, **flags)

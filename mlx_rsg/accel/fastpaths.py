@@ -37,6 +37,18 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models import gemma3_text
+from mlx_lm.models.base import create_attention_mask
+
+from mlx_rsg.accel import blas
+from mlx_rsg.accel.blas import cache_dir
+from mlx_rsg.accel.cpu_parallel import ROWS, cpu_cores, row_parallel
+from mlx_rsg.accel.fast_quant import FastQuantizedLinear
+from mlx_rsg.accel.memory import freed_buffers_kept
+from mlx_rsg.arch.fast_attention import FastAttention, attention, stock_attention
+from mlx_rsg.arch.fast_gelu import FastMLP, gelu_mul, stock_gelu_mul
+from mlx_rsg.io import atomic_file
+from mlx_rsg.version import __version__
 
 PATHS = ("attention", "gelu", "quant", "rows")
 MIN_SPEEDUP = 1.05  # below this the stock kernel stays: within noise, and it is MLX's own
@@ -103,8 +115,6 @@ def _best_ms(fns: dict[str, Any], rounds: int = 5) -> dict[str, float]:
 
 
 def _block(s: Shapes):
-    from mlx_lm.models import gemma3_text
-
     args = gemma3_text.ModelArgs(
         model_type="gemma3_text", hidden_size=s.hidden, intermediate_size=s.intermediate,
         num_attention_heads=s.heads, num_key_value_heads=s.kv_heads, head_dim=s.head_dim,
@@ -116,8 +126,6 @@ def _block(s: Shapes):
 
 
 def time_attention(s: Shapes) -> Timing:
-    from mlx_rsg.arch.fast_attention import attention, stock_attention
-
     q = mx.random.normal((s.batch, s.heads, s.length, s.head_dim))
     k, v = (mx.random.normal((s.batch, s.kv_heads, s.length, s.head_dim)) for _ in range(2))
     scale = s.head_dim**-0.5
@@ -129,16 +137,12 @@ def time_attention(s: Shapes) -> Timing:
 
 
 def time_gelu(s: Shapes) -> Timing:
-    from mlx_rsg.arch.fast_gelu import gelu_mul, stock_gelu_mul
-
     gate, up = (mx.random.normal((s.batch, s.length, s.intermediate)) for _ in range(2))
     t = _best_ms({"stock": lambda: stock_gelu_mul(gate, up), "fast": lambda: gelu_mul(gate, up)})
     return Timing(t["stock"], t["fast"])
 
 
 def time_quant(s: Shapes, bits: int = 4, group_size: int = 64, rows: int = 32) -> Timing:
-    from mlx_rsg.accel.fast_quant import FastQuantizedLinear
-
     layer = nn.QuantizedLinear.from_linear(nn.Linear(s.hidden, s.intermediate, bias=False),
                                            group_size=group_size, bits=bits)  # fmt: skip
     x = mx.random.normal((rows, s.hidden))
@@ -157,12 +161,6 @@ def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True) ->
     this project's 2-core box: 0.86x at 2 blocks, 0.99x at 6, 1.05x for the 18-layer model).
     Timed at 2 and 6 synthetic blocks, extrapolated linearly to `s.layers` (a single block was
     too noisy to extrapolate from)."""
-    from mlx_lm.models.base import create_attention_mask
-
-    from mlx_rsg.accel.cpu_parallel import cpu_cores, row_parallel
-    from mlx_rsg.arch.fast_attention import FastAttention
-    from mlx_rsg.arch.fast_gelu import FastMLP
-
     if cpu_cores() < 2:
         return None
     stack = [_block(s) for _ in range(6)]
@@ -199,8 +197,6 @@ def measure(
     """Time each of `paths` against stock on `shapes` (rows: only with 2+ cores, on synthetic
     Gemma 3 blocks of the model's dimensions, with the attention and GELU that `known` or this
     measurement chose)."""
-    from mlx_rsg.accel.memory import freed_buffers_kept
-
     out = dict(known or {})
     with freed_buffers_kept():  # the allocator setting the mlx-rsg commands run with
         for name in paths:
@@ -221,10 +217,6 @@ def measure(
 
 def machine() -> dict[str, Any]:
     """What a timing depends on besides the shapes."""
-    from mlx_rsg.accel import blas
-    from mlx_rsg.accel.cpu_parallel import cpu_cores
-    from mlx_rsg.version import __version__
-
     return {
         "cpu": _cpu_model(),
         "cores": cpu_cores(),
@@ -252,8 +244,6 @@ def _machine_key(m: dict[str, Any]) -> str:
 
 
 def cache_path():
-    from mlx_rsg.accel.blas import cache_dir
-
     return cache_dir() / "fastpaths.json"
 
 
@@ -276,8 +266,6 @@ def _cached(data: dict[str, Any], mkey: str, shapes: Shapes) -> dict[str, Timing
 
 def timings(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None) -> dict[str, Timing]:
     """Cached timings of `paths` on this machine, measuring (and caching) the missing ones."""
-    from mlx_rsg.io import atomic_file
-
     data, mkey = _read_cache(), _machine_key(machine())
     have = _cached(data, mkey, shapes)
     missing = tuple(p for p in paths if p not in have)
@@ -335,12 +323,6 @@ def _swap(model: nn.Module, stock: type, fast: type, use: bool) -> None:
 def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, bool] | None = None):
     """Decide (or take `use`) and give model's modules the fast classes that win here; returns
     {path: used}."""
-    from mlx_lm.models import gemma3_text
-
-    from mlx_rsg.accel.fast_quant import FastQuantizedLinear
-    from mlx_rsg.arch.fast_attention import FastAttention
-    from mlx_rsg.arch.fast_gelu import FastMLP
-
     quantized = any(isinstance(m, nn.QuantizedLinear) for m in model.modules())
     if use is None:
         relevant = tuple(p for p in PATHS if not why_not(p, config, quantized))
@@ -352,7 +334,6 @@ def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, boo
     if "quant" in use:
         _swap(model, nn.QuantizedLinear, FastQuantizedLinear, use["quant"])
     if "rows" in use:
-        from mlx_rsg.accel.cpu_parallel import ROWS
 
         ROWS["enabled"] = use["rows"]
     return use

@@ -1,10 +1,10 @@
 """`mlx-rsg bench`: quality, size, memory and speed of an fp32 run and its variants, side by side.
 
-    from mlx_rsg.bench.measure import BenchConfig, bench
+    from mlx_rsg.bench.measure import bench
     result = bench("runs/fp32", ["runs/q8", "runs/q4"], "rsg/", "bench-out", BenchConfig())
 
 Every run directory is loaded with `mlx_rsg.load` and scored on the same records through the same
-path as `mlx-rsg predict` (`predict.score_units` -> `tasks.decode` -> `metrics.score_task`). Its
+path as `mlx-rsg predict` (`predict.score_units` -> `tasks.decode` -> `tasks.score_task`). Its
 predictions are also written as an official submission zip, read back and rescored: bench stops
 with an error unless the two scores are exactly equal, so the table is what the leaderboard would
 say about the same predictions.
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import random
 import resource
 import sys
@@ -50,32 +49,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import numpy as np
 
+from mlx_rsg.accel import blas
+from mlx_rsg.bench.config import BenchConfig
+from mlx_rsg.bench.report import write_chart, write_markdown
+from mlx_rsg.data import available_splits
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import check_safetensors
+from mlx_rsg.io import atomic_dir, check_safetensors
 from mlx_rsg.metrics import class_report
-from mlx_rsg.options import opt
+from mlx_rsg.predict import _per_record, data_records, load, score_units
 from mlx_rsg.progress import Progress
+from mlx_rsg.run import WEIGHTS, read_run_json, resolve_backbone
+from mlx_rsg.submission import read_submission, write_submission
 from mlx_rsg.tasks import REGISTRY, TASKS, decode, make_units, score_task, total_score
+from mlx_rsg.version import __version__
 
 BENCH_FORMAT = "mlx-rsg-bench"
 BENCH_VERSION = 1
-
-
-@dataclass
-class BenchConfig:
-    """Every `mlx-rsg bench` option but the run dirs, --data and -o (the CLI's options are made
-    from these fields)."""
-
-    split: str = opt("val", "A labelled split.")
-    max_per_task: int | None = opt(None, "~N examples per task, whole records drawn with --seed.")
-    batch_size: int = opt(16, "For throughput.")
-    latency_samples: int = opt(24, "Records timed one at a time, sampled across tasks.")
-    warmup: int = opt(3, "Untimed batch-1 calls before the latency samples.")
-    seed: int = opt(0, "Draws --max-per-task's records and the latency sample.")
-    fixture_tasks: tuple[str, ...] = opt((), "Fixture-data tasks, or all.")
-    force: bool = opt(False, "Overwrite OUT_DIR.")
 
 
 # --------------------------------------------------------------------------- run dirs
@@ -102,8 +94,6 @@ def _name_runs(paths: list[str]) -> list[tuple[str, Path]]:
 
 def check_runs(baseline: str, variants: list[str]) -> list[RunRef]:
     """Read every run.json before any model is loaded; refuse runs that cannot be compared."""
-    from mlx_rsg.run import WEIGHTS, read_run_json, resolve_backbone
-
     refs = []
     for name, path in _name_runs([baseline, *variants]):
         if not path.is_dir():
@@ -142,8 +132,6 @@ def _heads(info: dict) -> str:
 
 def load_run(ref: RunRef):
     """mlx_rsg.load, with unreadable weight files turned into a one-line error."""
-    from mlx_rsg.predict import load
-
     try:
         predictor = load(ref.path)
     except UserError:
@@ -155,8 +143,6 @@ def load_run(ref: RunRef):
 
 
 def disk_size(ref: RunRef) -> dict[str, int]:
-    from mlx_rsg.run import WEIGHTS, resolve_backbone
-
     model_dir = resolve_backbone(ref.path, ref.info, verify=False)
     backbone = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
     trainable = (ref.path / WEIGHTS).stat().st_size
@@ -164,8 +150,6 @@ def disk_size(ref: RunRef) -> dict[str, int]:
 
 
 def quantization(ref: RunRef) -> dict | None:
-    from mlx_rsg.run import resolve_backbone
-
     cfg = Path(resolve_backbone(ref.path, ref.info, verify=False)) / "config.json"
     try:
         q = json.loads(cfg.read_text(encoding="utf-8")).get("quantization")
@@ -184,9 +168,6 @@ def select_data(
     info: dict, data_dir: str, cfg: BenchConfig
 ) -> tuple[dict[str, list], dict[str, str], set[str]]:
     """(records by task, skipped task -> reason, fixture tasks) for the baseline's tasks."""
-    from mlx_rsg.data import available_splits
-    from mlx_rsg.predict import data_records
-
     if not Path(data_dir).exists():
         raise UserError(f"--data: {data_dir} does not exist")
     records = data_records(info, data_dir, cfg.split, "all", cfg.max_per_task, cfg.seed)
@@ -227,8 +208,6 @@ def is_fixture(data_dir: str, task: str, named: tuple[str, ...] = ()) -> bool:
 
 def flat_predictions(task: str, records: list, preds) -> tuple[list, list]:
     """(gold, predicted) with one entry per scored decision: a record, or a MuSeRC answer."""
-    from mlx_rsg.predict import _per_record
-
     spec = REGISTRY[task]
     pairs = [d for r, p in zip(records, _per_record(records, preds), strict=True)
              for d in spec.decisions(r, p)]  # fmt: skip
@@ -242,15 +221,12 @@ def flip_counts(task: str, records: list, preds, base_preds) -> tuple[int, int]:
 
 
 def _scored(task: str, records: list, preds) -> dict[str, float]:
-
     metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
     return {**metrics, "score": float(np.mean(list(metrics.values())))}
 
 
 def check_submission(zip_path: Path, records: dict[str, list], preds: dict, scores: dict) -> None:
     """Write the official submission, read it back, rescore; the scores must be identical."""
-    from mlx_rsg.submission import read_submission, write_submission
-
     write_submission(zip_path, {t: (records[t], preds[t]) for t in records})
     back = read_submission(zip_path)
     for task, recs in records.items():
@@ -268,8 +244,6 @@ def check_submission(zip_path: Path, records: dict[str, list], preds: dict, scor
 
 def predict_all(predictor, records: dict[str, list], batch_size: int, desc: str):
     """Predictions per task (the Predictor.predictions path) and the pass's wall time."""
-    from mlx_rsg.predict import score_units
-
     n_units = sum(len(make_units(t, recs, train=False)) for t, recs in records.items())
     bar = Progress(n_units, desc)
 
@@ -299,8 +273,6 @@ def latency_sample(records: dict[str, list], n: int, seed: int) -> list[tuple[st
 
 
 def measure_latency(predictor, sample: list, warmup: int, desc: str) -> dict[str, Any]:
-    from mlx_rsg.predict import score_units
-
     def one(task, rec):
         units, logits = score_units(
             predictor.model, predictor.tokenizer, task, [rec], predictor.max_len, 1
@@ -349,8 +321,6 @@ def rss_peak_bytes() -> int:
 
 def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: Path, fixtures):
     """Every measurement for one run directory."""
-    import mlx.core as mx
-
     gc.collect()
     mx.clear_cache()
     rss_reset = reset_rss_peak()
@@ -411,7 +381,6 @@ def _num(v):
 
 
 def _totals(scores: dict, fixtures: set[str]) -> dict[str, float | None]:
-
     def total(tasks):
         per = {t: {k: v for k, v in scores[t].items() if k != "score"} for t in tasks}
         return float(total_score(per)) if per else None
@@ -434,11 +403,6 @@ def _add_deltas(rows: list[dict]) -> None:
 
 
 def _env() -> dict[str, Any]:
-    import mlx.core as mx
-
-    from mlx_rsg.accel import blas
-    from mlx_rsg.version import __version__
-
     return {
         "mlx_rsg": __version__,
         "mlx": mx.__version__,
@@ -456,45 +420,15 @@ def bench(
     log=None,
 ) -> dict[str, Any]:
     """Benchmark `baseline` (the fp32 reference) and `variants`; write OUT_DIR atomically."""
-    from mlx_rsg.bench.report import write_chart, write_markdown
-    from mlx_rsg.io import atomic_dir
-
     cfg = cfg or BenchConfig()
     log = log or (lambda m: print(m, file=sys.stderr))
-    if cfg.batch_size < 1:
-        raise UserError("--batch-size: must be at least 1")
-    if cfg.max_per_task is not None and cfg.max_per_task < 1:
-        raise UserError("--max-per-task: must be at least 1")
-    if cfg.split == "test":
-        raise UserError("--split test: test labels are hidden; bench needs val (or train)")
-    if Path(out_dir).exists() and not cfg.force:
-        raise UserError(f"{out_dir}: already exists (use --force to overwrite)")
+    _check_config(cfg, out_dir)
     refs = check_runs(baseline, variants)
     records, skipped, fixtures = select_data(refs[0].info, data_dir, cfg)
     for task, why in skipped.items():
         log(f"skipping {task}: {why}")
     sample = latency_sample(records, cfg.latency_samples, cfg.seed)
-    result: dict[str, Any] = {
-        "format": BENCH_FORMAT,
-        "version": BENCH_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "env": _env(),
-        "config": {"data": str(data_dir), **asdict(cfg)},
-        "baseline": refs[0].name,
-        "tasks": {
-            t: {
-                "records": len(recs),
-                "units": len(make_units(t, recs, train=False)),
-                "fixture": t in fixtures,
-                "metrics": list(REGISTRY[t].metrics),
-            }
-            for t, recs in records.items()
-        },
-        "skipped": skipped,
-        "variants": [],
-    }
-    result["config"]["fixture_tasks"] = list(cfg.fixture_tasks)
-    result["config"].pop("force")
+    result = _result_head(refs[0].name, records, skipped, fixtures, data_dir, cfg)
     with atomic_dir(out_dir, force=cfg.force) as tmp:
         (tmp / "submissions").mkdir()
         base_preds = None
@@ -512,18 +446,43 @@ def bench(
     return result
 
 
+def _check_config(cfg: BenchConfig, out_dir: str) -> None:
+    if cfg.batch_size < 1:
+        raise UserError("--batch-size: must be at least 1")
+    if cfg.max_per_task is not None and cfg.max_per_task < 1:
+        raise UserError("--max-per-task: must be at least 1")
+    if cfg.split == "test":
+        raise UserError("--split test: test labels are hidden; bench needs val (or train)")
+    if Path(out_dir).exists() and not cfg.force:
+        raise UserError(f"{out_dir}: already exists (use --force to overwrite)")
+
+
+def _result_head(baseline: str, records: dict, skipped: dict, fixtures: set, data_dir: str,
+                 cfg: BenchConfig) -> dict[str, Any]:  # fmt: skip
+    """bench.json before the runs' rows: format, environment, config, the tasks scored."""
+    result: dict[str, Any] = {
+        "format": BENCH_FORMAT,
+        "version": BENCH_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "env": _env(),
+        "config": {"data": str(data_dir), **asdict(cfg)},
+        "baseline": baseline,
+        "tasks": {
+            t: {
+                "records": len(recs),
+                "units": len(make_units(t, recs, train=False)),
+                "fixture": t in fixtures,
+                "metrics": list(REGISTRY[t].metrics),
+            }
+            for t, recs in records.items()
+        },
+        "skipped": skipped,
+        "variants": [],
+    }
+    result["config"]["fixture_tasks"] = list(cfg.fixture_tasks)
+    result["config"].pop("force")
+    return result
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
-
-
-def cli(*, baseline, variants, data_dir, out_dir, **options) -> None:
-    import click
-
-    from mlx_rsg.options import config_from_options
-
-    cfg = config_from_options(BenchConfig, options)
-    result = bench(baseline, list(variants), data_dir, out_dir, cfg)
-    from mlx_rsg.bench.report import write_markdown
-
-    click.echo(write_markdown(result))
-    click.echo(f"wrote {os.path.join(out_dir, 'bench.json')}, bench.md, bench.png")

@@ -188,9 +188,7 @@ def bar_chart(
     exactly 0 is drawn as a thin line at zero, so it is told apart from a missing one."""
     bar, gap, plot_h, left = 22, 16, 240, 56
     top = 40 + 14 * len(series) + (14 if y_title else 0)
-    vals = [v for _, vs in series for v in vs if v is not None]
-    lo = min(0.0, np.floor(min(vals, default=0.0) * 4) / 4)
-    hi = max(1.0, np.ceil(max(vals, default=1.0) * 4) / 4)
+    lo, hi = _axis(series)
     labels = list(groups) + list(sublabels or [])
     group_w = max(bar * len(series), max(text_width(g) for g in labels)) + gap
     names = [title, y_title] + [f"     {n}" for n, _ in series]
@@ -201,29 +199,52 @@ def bar_chart(
     def y_of(v: float) -> int:
         return top + int(round((hi - v) / (hi - lo) * plot_h))
 
-    draw_text(img, left, 8, title)
-    for i, (name, _) in enumerate(series):
-        y = 24 + 14 * i
-        img[y : y + 10, left : left + 10] = _PALETTE[i % len(_PALETTE)]
-        draw_text(img, left + 16, y, name)
+    _draw_legend(img, left, title, [n for n, _ in series])
     if y_title:
         draw_text(img, 4, top - 16, y_title, color=(90, 90, 90))
-    for k in range(int(round((hi - lo) * 4)) + 1):
-        v = lo + k * 0.25
-        y = y_of(v)
-        img[y, left - 4 : w - 10] = (120, 120, 120) if v == 0 else (225, 225, 225)
-        label = f"{v:.2f}".rstrip("0").rstrip(".") if v else "0"
-        draw_text(img, left - 8 - text_width(label), y - 5, label)
+    _draw_grid(img, left, w - 10, lo, hi, y_of)
     for g, group in enumerate(groups):
         x0 = left + g * group_w + gap // 2
-        for i, (_, values) in enumerate(series):
-            if values[g] is not None:
-                _draw_bar(img, x0 + i * bar, bar - 2, y_of(0.0), y_of(values[g]), values[g],
-                          _PALETTE[i % len(_PALETTE)])  # fmt: skip
+        values = [vs[g] for _, vs in series]
+        _draw_group(img, x0, bar, values, y_of)
         draw_text(img, x0, top + plot_h + 10, group)
         if sublabels:
             draw_text(img, x0, top + plot_h + 24, sublabels[g], color=(90, 90, 90))
     return img
+
+
+def _axis(series: list[tuple[str, list]]) -> tuple[float, float]:
+    """The value axis: 0..1 at least, widened in steps of 0.25 to fit every value."""
+    vals = [v for _, vs in series for v in vs if v is not None]
+    lo = min(0.0, np.floor(min(vals, default=0.0) * 4) / 4)
+    hi = max(1.0, np.ceil(max(vals, default=1.0) * 4) / 4)
+    return lo, hi
+
+
+def _draw_group(img: np.ndarray, x0: int, bar: int, values: list, y_of) -> None:
+    """One bar per series (None: no bar), side by side from x0."""
+    for i, v in enumerate(values):
+        if v is not None:
+            _draw_bar(img, x0 + i * bar, bar - 2, y_of(0.0), y_of(v), v,
+                      _PALETTE[i % len(_PALETTE)])  # fmt: skip
+
+
+def _draw_legend(img: np.ndarray, left: int, title: str, names: list[str]) -> None:
+    draw_text(img, left, 8, title)
+    for i, name in enumerate(names):
+        y = 24 + 14 * i
+        img[y : y + 10, left : left + 10] = _PALETTE[i % len(_PALETTE)]
+        draw_text(img, left + 16, y, name)
+
+
+def _draw_grid(img: np.ndarray, left: int, right: int, lo: float, hi: float, y_of) -> None:
+    """A line every 0.25 from lo to hi, labelled; the zero line darker."""
+    for k in range(int(round((hi - lo) * 4)) + 1):
+        v = lo + k * 0.25
+        y = y_of(v)
+        img[y, left - 4 : right] = (120, 120, 120) if v == 0 else (225, 225, 225)
+        label = f"{v:.2f}".rstrip("0").rstrip(".") if v else "0"
+        draw_text(img, left - 8 - text_width(label), y - 5, label)
 
 
 def _draw_bar(img: np.ndarray, x: int, width: int, y_zero: int, y_value: int, v: float, color):

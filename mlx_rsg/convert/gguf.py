@@ -98,24 +98,28 @@ def _float32_value(x: float) -> float:
     return float(str(np.float32(x)))
 
 
+def _metadata(reader, keys: dict[str, str], prefix: str, path: Path) -> dict[str, Any]:
+    """{our field: value} of the GGUF metadata keys `prefix + key` present, floats as float32."""
+    out = {}
+    for key, field in keys.items():
+        value = _field(reader, prefix + key, path)
+        if value is not None:
+            out[field] = _float32_value(value) if isinstance(value, float) else value
+    return out
+
+
+_TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
+              "padding_token_id": "pad_token_id"}  # fmt: skip
+
+
 def _config(reader, recipe: dict, path: Path, arch: str, vocab_size: int) -> dict:
     config: dict[str, Any] = {"architectures": [recipe["hf_architecture"]]}
     config["model_type"] = recipe["model_type"]
-    for key, hf_field in recipe["config"].items():
-        value = _field(reader, f"{arch}.{key}", path)
-        if value is None:
-            continue
-        if isinstance(value, float):
-            value = _float32_value(value)
-        config[hf_field] = value
+    config.update(_metadata(reader, recipe["config"], f"{arch}.", path))
     missing = [f for f in recipe.get("required", []) if f not in config]
     if missing:
         raise UserError(f"{path}: metadata lacks {', '.join(missing)} (keys under '{arch}.')")
-    scaling = {}
-    for key, sub_field in recipe.get("rope_scaling", {}).items():
-        value = _field(reader, f"{arch}.{key}", path)
-        if value is not None:
-            scaling[sub_field] = _float32_value(value) if isinstance(value, float) else value
+    scaling = _metadata(reader, recipe.get("rope_scaling", {}), f"{arch}.", path)
     if scaling and scaling.get("rope_type", "none") != "none":
         config["rope_scaling"] = scaling
     by_size = recipe.get("by_block_count", {}).get(str(config["num_hidden_layers"]), {})
@@ -130,14 +134,8 @@ def _config(reader, recipe: dict, path: Path, arch: str, vocab_size: int) -> dic
             "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
             for i in range(config["num_hidden_layers"])
         ]
-    for key, hf_field in (
-        ("bos_token_id", "bos_token_id"),
-        ("eos_token_id", "eos_token_id"),
-        ("padding_token_id", "pad_token_id"),
-    ):
-        value = _field(reader, f"tokenizer.ggml.{key}", path)
-        if value is not None:
-            config[hf_field] = int(value)
+    ids = _metadata(reader, _TOKEN_IDS, "tokenizer.ggml.", path)
+    config.update({k: int(v) for k, v in ids.items()})
     config["torch_dtype"] = "float32"
     return config
 
@@ -247,29 +245,15 @@ def sentencepiece_model(reader, path: Path) -> bytes:
             ("pad", "padding_token_id"),
         )
     }
-    n = len(tokens)
-    unk = ids["unk"]
     proto = sp_pb2.ModelProto()
-    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
-        if int(kind) not in _SP_TYPES:
-            raise UserError(f"{path}: tokenizer.ggml.token_type[{i}] = {kind} is unknown")
-        sp = proto.pieces.add()
-        # llama.cpp writes Gemma's whitespace-run pieces with real spaces; SentencePiece matches
-        # them after escaping spaces to U+2581, as the original tokenizer.model spells them.
-        sp.piece = "\u2581" * len(piece) if piece and not piece.strip(" ") else piece
-        sp.score = float(score)
-        # The GGUF marks <unk> as a control token; SentencePiece needs it typed UNKNOWN.
-        sp.type = sp_pb2.ModelProto.SentencePiece.UNKNOWN if i == unk else int(kind)
-    if len({p.piece for p in proto.pieces}) != n:
-        raise UserError(f"{path}: tokenizer.ggml.tokens has duplicate pieces")
-
+    _add_pieces(proto, tokens, scores, types, ids["unk"], path)
     spec = proto.trainer_spec
     spec.model_type = sp_pb2.TrainerSpec.BPE
-    spec.vocab_size = n
+    spec.vocab_size = len(tokens)
     spec.byte_fallback = any(int(k) == 6 for k in types)
     for name, value in ids.items():
         value = -1 if value is None else int(value)
-        if not -1 <= value < n:
+        if not -1 <= value < len(tokens):
             raise UserError(f"{path}: tokenizer {name} id {value} outside the vocabulary")
         setattr(spec, f"{name}_id", value)
         if value >= 0:
@@ -282,6 +266,23 @@ def sentencepiece_model(reader, path: Path) -> bytes:
     norm.escape_whitespaces = True
     proto.denormalizer_spec.CopyFrom(norm)
     return proto.SerializeToString()
+
+
+def _add_pieces(proto, tokens: list, scores: list, types: list, unk, path: Path) -> None:
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
+        if int(kind) not in _SP_TYPES:
+            raise UserError(f"{path}: tokenizer.ggml.token_type[{i}] = {kind} is unknown")
+        sp = proto.pieces.add()
+        # llama.cpp writes Gemma's whitespace-run pieces with real spaces; SentencePiece matches
+        # them after escaping spaces to U+2581, as the original tokenizer.model spells them.
+        sp.piece = "\u2581" * len(piece) if piece and not piece.strip(" ") else piece
+        sp.score = float(score)
+        # The GGUF marks <unk> as a control token; SentencePiece needs it typed UNKNOWN.
+        sp.type = sp_pb2.ModelProto.SentencePiece.UNKNOWN if i == unk else int(kind)
+    if len({p.piece for p in proto.pieces}) != len(tokens):
+        raise UserError(f"{path}: tokenizer.ggml.tokens has duplicate pieces")
 
 
 def bpe_tokenizer_json(reader, path: Path) -> str:
@@ -299,12 +300,7 @@ def bpe_tokenizer_json(reader, path: Path) -> str:
     if pre not in _BPE_PRE_TOKENIZERS:
         raise UserError(f"{path}: BPE pre-tokenizer '{pre}' is not supported "
                         f"(supported: {', '.join(sorted(_BPE_PRE_TOKENIZERS))})")  # fmt: skip
-    vocab = {t: i for i, t in enumerate(tokens)}
-    if len(vocab) != len(tokens):
-        raise UserError(f"{path}: tokenizer.ggml.tokens has duplicate tokens")
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    if any(len(pair) != 2 for pair in pairs):
-        raise UserError(f"{path}: tokenizer.ggml.merges has an entry that is not 'a b'")
+    vocab, pairs = _bpe_vocab(tokens, merges, path)
     try:
         tok = Tokenizer(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
     except Exception as e:  # tokenizers raises a bare Exception for a merge outside the vocab
@@ -316,6 +312,16 @@ def bpe_tokenizer_json(reader, path: Path) -> str:
     control = [t for t, kind in zip(tokens, types, strict=True) if int(kind) == 3]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     return tok.to_str()
+
+
+def _bpe_vocab(tokens: list, merges: list, path: Path) -> tuple[dict, list]:
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise UserError(f"{path}: tokenizer.ggml.tokens has duplicate tokens")
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    if any(len(pair) != 2 for pair in pairs):
+        raise UserError(f"{path}: tokenizer.ggml.merges has an entry that is not 'a b'")
+    return vocab, pairs
 
 
 def _digits_split():
@@ -394,8 +400,6 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]
     renames it).
     Returns {"architecture", "tensors", "quant_types", "parameters", "vocab_size"}.
     """
-    from safetensors.numpy import save_file
-
     path = Path(gguf_path)
     reader = _open(path)
     arch = _field(reader, "general.architecture", path)
@@ -406,7 +410,6 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]
             f"(supported: {', '.join(supported)})"
         )
     recipe = load_recipe("convert", f"gguf-{arch}")
-
     tensors, quant_types = read_gguf_tensors(path, reader, recipe)
     embed = recipe["embedding"]
     if embed not in tensors:
@@ -422,20 +425,37 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]
             config["tie_word_embeddings"] = False
     if recipe.get("permute_qk"):
         unpermute_qk(tensors, config)
-    kind = _field(reader, "tokenizer.ggml.model", path)
-    if kind == "gpt2":  # byte-level BPE: tokenizer.json for PreTrainedTokenizerFast
-        vocab_files = {"tokenizer.json": bpe_tokenizer_json(reader, path)}
-        tokenizer_class = "PreTrainedTokenizerFast"
-    else:  # SentencePiece ("llama"); anything else is refused there
-        vocab_files = {"tokenizer.model": sentencepiece_model(reader, path)}
-        tokenizer_class = recipe.get("sentencepiece_tokenizer_class", "GemmaTokenizer")
     n_tokens = len(_field(reader, "tokenizer.ggml.tokens", path))
     if n_tokens != vocab_size:
         raise UserError(
             f"{path}: tokenizer has {n_tokens} tokens but '{embed}' has {vocab_size} rows"
         )
+    _write_hf_dir(Path(out_dir), tensors, config, _tokenizer(reader, path, recipe))
+    return {
+        "architecture": arch,
+        "tensors": len(tensors),
+        "quant_types": quant_types,
+        "parameters": int(sum(v.size for v in tensors.values())),
+        "vocab_size": vocab_size,
+    }
 
-    out = Path(out_dir)
+
+def _tokenizer(reader, path: Path, recipe: dict) -> dict[str, Any]:
+    """{file name: content} of the tokenizer: its vocabulary file and transformers' configs."""
+    if _field(reader, "tokenizer.ggml.model", path) == "gpt2":
+        # byte-level BPE: tokenizer.json for PreTrainedTokenizerFast
+        files = {"tokenizer.json": bpe_tokenizer_json(reader, path)}
+        tokenizer_class = "PreTrainedTokenizerFast"
+    else:  # SentencePiece ("llama"); anything else is refused there
+        files = {"tokenizer.model": sentencepiece_model(reader, path)}
+        tokenizer_class = recipe.get("sentencepiece_tokenizer_class", "GemmaTokenizer")
+    return {**files, **_tokenizer_files(reader, path, tokenizer_class)}
+
+
+def _write_hf_dir(out: Path, tensors: dict, config: dict, files: dict[str, Any]) -> None:
+    """Each file atomically; a failure is one line naming the file being written."""
+    from safetensors.numpy import save_file
+
     target = out
     try:  # disk full / permissions: one line naming the file being written
         out.mkdir(parents=True, exist_ok=True)
@@ -446,28 +466,17 @@ def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        target = out / "config.json"
-        with atomic_file(target) as f:
-            json.dump(config, f, indent=2)
-        for name, content in vocab_files.items():
+        for name, content in {"config.json": config, **files}.items():
             target = out / name
             with atomic_file(target, "wb" if isinstance(content, bytes) else "w") as f:
-                f.write(content)
-        for name, content in _tokenizer_files(reader, path, tokenizer_class).items():
-            target = out / name
-            with atomic_file(target) as f:
-                json.dump(content, f, indent=2, ensure_ascii=False)
-        if "tokenizer.model" in vocab_files:
+                if isinstance(content, dict):
+                    json.dump(content, f, indent=2, ensure_ascii=False)
+                else:
+                    f.write(content)
+        if "tokenizer.model" in files:
             target = out / "tokenizer.json"
             _write_tokenizer_json(out)
     except UserError:
         raise
     except Exception as e:  # OSError, or safetensors' SafetensorError wrapping one
         raise UserError(f"{target}: cannot write ({e})") from None
-    return {
-        "architecture": arch,
-        "tensors": len(tensors),
-        "quant_types": quant_types,
-        "parameters": int(sum(v.size for v in tensors.values())),
-        "vocab_size": vocab_size,
-    }

@@ -21,18 +21,30 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import functools
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+import mlx_lm
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+from mlx.utils import tree_flatten, tree_map_with_path
+from mlx_lm.utils import _get_classes, get_total_parameters, load_model, save_config, save_model
+
+from mlx_rsg.convert import DTYPES
+from mlx_rsg.convert.gguf import embedded_gguf_path, gguf_to_hf_dir
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import atomic_dir, check_safetensors, read_json_object
 from mlx_rsg.run import MANIFEST, sha256_file, write_manifest
+from mlx_rsg.version import __version__
 
 EMBEDDED = "gemma-3-270m"
-DTYPES = ("float32", "bfloat16", "float16")
 
 # Tokenizer (and generation) files copied unchanged; at least one of TOKENIZER_REQUIRED must exist.
 TOKENIZER_FILES = (
@@ -64,7 +76,6 @@ def convert(
 
     src = str(source)
     if src == EMBEDDED or src.lower().endswith(".gguf"):
-        from mlx_rsg.convert.gguf import embedded_gguf_path, gguf_to_hf_dir
 
         gguf_path = embedded_gguf_path() if src == EMBEDDED else Path(src)
         if not gguf_path.is_file():
@@ -105,13 +116,6 @@ def _looks_like_hub_id(s: str) -> bool:
 def download(repo_id: str) -> Path:
     """snapshot_download of the files convert needs; HF_TOKEN / HF_HUB_OFFLINE are honoured by
     huggingface_hub itself. Every failure is one line."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except GatedRepoError:
@@ -145,9 +149,6 @@ def read_config(src: Path) -> dict[str, Any]:
 
 def model_classes(config: dict[str, Any], src: Path):
     """mlx-lm's (Model, ModelArgs) for the config, or a one-line error naming the model_type."""
-    import mlx_lm
-    from mlx_lm.utils import _get_classes
-
     try:
         return _get_classes(config)
     except ValueError:
@@ -257,9 +258,6 @@ def normalize_config(config: dict[str, Any], src: Path) -> dict[str, Any]:
 def _convert_hf_dir(
     src: Path, out: Path, dtype: str, force: bool, origin: dict[str, Any]
 ) -> Path:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_map_with_path
-    from mlx_lm.utils import get_total_parameters, load_model, save_config, save_model
 
     config = normalize_config(read_config(src), src)
     model_classes(config, src)
@@ -272,6 +270,21 @@ def _convert_hf_dir(
     if "sha256" not in origin:
         origin["sha256"] = {f.name: sha256_file(f) for f in weights}
 
+    model, config = _load_float_model(src, config, origin)
+    _cast(model, dtype)
+    config["torch_dtype"] = dtype
+    config.pop("dtype", None)
+    params = int(get_total_parameters(model))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    need = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    check_free_space(out.parent, need + sum(f.stat().st_size for f in tokenizer))
+    manifest = functools.partial(_manifest, origin, config, dtype, params)  # of the weights' size
+    _write_model_dir(out, force, model, config, tokenizer, manifest)
+    return out
+
+
+def _load_float_model(src: Path, config: dict[str, Any], origin: dict[str, Any]):
+    """The mlx-lm model (lazy) of a float checkpoint; Gemma 3 multimodal cut to its text model."""
     try:
         model, config = load_model(src, lazy=True, model_config=config)
     except (ValueError, KeyError, TypeError) as e:  # weights that don't fit the mlx-lm class
@@ -287,7 +300,11 @@ def _convert_hf_dir(
     if config.get("model_type") == "gemma3":
         model, config = text_only_gemma3(model, config)
         origin["text_only"] = "vision tower dropped: Gemma3ForConditionalGeneration -> text model"
+    return model, config
 
+
+def _cast(model, dtype: str) -> None:
+    """Floating-point parameters to `dtype`, except those the model keeps (cast_predicate)."""
     target = getattr(mx, dtype)
     cast_ok = getattr(model, "cast_predicate", lambda _: True)
     model.update(
@@ -298,13 +315,11 @@ def _convert_hf_dir(
             model.parameters(),
         )
     )
-    config["torch_dtype"] = dtype
-    config.pop("dtype", None)
-    params = int(get_total_parameters(model))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    need = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-    check_free_space(out.parent, need + sum(f.stat().st_size for f in tokenizer))
+
+def _write_model_dir(out: Path, force: bool, model, config: dict, tokenizer: list[Path],
+                     manifest: Callable[[int], dict]) -> None:  # fmt: skip
+    """OUT atomically: weights, config, tokenizer files, the manifest; full disk is one line."""
     try:
         with atomic_dir(out, force) as tmp:
             save_model(tmp, model, donate_model=True)
@@ -312,8 +327,7 @@ def _convert_hf_dir(
             for f in tokenizer:
                 shutil.copy2(f, tmp / f.name)
             size = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
-            manifest = _manifest(origin, config, dtype, params, size)
-            write_manifest(tmp, manifest)
+            write_manifest(tmp, manifest(size))
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise UserError(f"{out}: no space left on device while writing the model") from None
@@ -322,7 +336,6 @@ def _convert_hf_dir(
         if shutil.disk_usage(out.parent).free < (64 << 20):
             raise UserError(f"{out}: no space left on device while writing the model") from None
         raise UserError(f"{out}: cannot write the weights ({e})") from None
-    return out
 
 
 def text_only_gemma3(model, config: dict[str, Any]):
@@ -332,8 +345,6 @@ def text_only_gemma3(model, config: dict[str, Any]):
     plain gemma3_text / Gemma3ForCausalLM: same names and config as the 270M and 1B checkpoints,
     so mlx-lm, transformers and our backbone all read it. Every field mlx-lm uses is written
     with the value mlx-lm used, so transformers' defaults cannot silently differ."""
-    from dataclasses import asdict
-
     lm = model.language_model
     args = asdict(lm.args)
     text = {**config.get("text_config", {}), **args}
@@ -364,10 +375,7 @@ def check_free_space(where: Path, need: int) -> None:
 def _manifest(
     origin: dict[str, Any], config: dict[str, Any], dtype: str, params: int, size: int
 ) -> dict[str, Any]:
-    import mlx.core as mx
-    import mlx_lm
 
-    from mlx_rsg.version import __version__
 
     return {
         "version": 1,

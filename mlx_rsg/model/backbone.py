@@ -18,6 +18,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
+from mlx_lm.utils import load_model
+from mlx_lm.utils import load_tokenizer as _load
+
+from mlx_rsg.accel import blas, fastpaths
 
 # Model types whose embeddings are multiplied by sqrt(hidden_size).
 _SCALED_EMBEDDINGS = {"gemma", "gemma2", "gemma3", "gemma3_text"}
@@ -50,10 +54,6 @@ class Backbone:
 def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
     """Load a converted model directory with mlx-lm's own loader, with the CPU fast paths that
     measure faster on this machine (`mlx_rsg.accel.fastpaths`) given to this model only."""
-    from mlx_lm.utils import load_model
-
-    from mlx_rsg.accel import blas, fastpaths
-
     blas.warn_if_slow()  # once per process: a reference BLAS makes everything 20-40x slower
     model, config = load_model(Path(path), lazy=lazy)
     fastpaths.apply(model, config, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -62,8 +62,6 @@ def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
 
 def load_tokenizer(path: str | Path):
     """mlx-lm's TokenizerWrapper over the directory's Hugging Face tokenizer."""
-    from mlx_lm.utils import load_tokenizer as _load
-
     return _load(Path(path))
 
 
@@ -116,7 +114,6 @@ def run_layers(
 def _checkpointed(layer: nn.Module, mask: Any):
     """layer(h) under mx.checkpoint, with the layer's trainable parameters as explicit inputs so
     their gradients flow through the recomputation (as mlx-lm's trainer does)."""
-
     def inner(params, h):
         layer.update(params)
         return layer(h, mask, None)

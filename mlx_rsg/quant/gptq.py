@@ -18,16 +18,26 @@ The embedding table is not a Linear: mlx-lm's fallback quantizes it round-to-nea
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+from mlx_lm.quant import gptq
+from mlx_lm.utils import compute_bits_per_weight
 
+from mlx_rsg.accel import fastpaths
+from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.errors import UserError
-from mlx_rsg.model.backbone import Backbone, hidden_states
+from mlx_rsg.model.backbone import Backbone, hidden_states, load_tokenizer
+from mlx_rsg.model.batching import encode_units
+from mlx_rsg.tasks import REGISTRY, make_units
 
 PAD_ID = 0  # batching.collate's right padding
 CALIB_BATCH = 8  # rows per calibration forward
@@ -35,9 +45,6 @@ CALIB_BATCH = 8  # rows per calibration forward
 
 def calibration_tasks(data_dir: str | Path) -> list[str]:
     """The tasks with a train split under data_dir (LiDiRus has none)."""
-    from mlx_rsg.data import available_splits
-    from mlx_rsg.tasks import REGISTRY
-
     return [t for t in REGISTRY if "train" in available_splits(data_dir, t)]
 
 
@@ -52,12 +59,6 @@ def calibration_batches(
     """Token batches (B, L) int32, right-padded with PAD_ID, of about n_examples units sampled
     evenly from the *train* splits of `tasks` (None: every task with a train split), encoded
     exactly as training encodes them. Rows are sorted by length so padding stays small."""
-    import numpy as np
-
-    from mlx_rsg.data import load_split
-    from mlx_rsg.model.batching import encode_units
-    from mlx_rsg.tasks import make_units
-
     tasks = calibration_tasks(data_dir) if tasks is None else list(tasks)
     if not tasks:
         raise UserError(f"{data_dir}: no task has a train split to calibrate on")
@@ -100,7 +101,6 @@ class _Current:
 
 def _masked_catcher(current: _Current):
     """A drop-in for mlx-lm's gptq Catcher whose Hessian skips pad tokens."""
-
     class MaskedCatcher(nn.Module):
         def __init__(self, module):
             super().__init__()
@@ -148,13 +148,6 @@ def gptq_quantize_backbone(
     embedding (embed_bits, embed_group_size); in place. Returns (bb.model, config) where config
     is bb.config plus mlx-lm's "quantization" block with per-path entries (what mlx_lm.load and
     load_backbone read back)."""
-    import copy
-
-    from mlx.utils import tree_flatten
-    from mlx_lm.quant import gptq
-
-    from mlx_rsg.accel import fastpaths
-
     if bits not in (2, 4, 8) or embed_bits not in (2, 3, 4, 5, 6, 8):
         raise UserError(f"gptq: bits {bits} not in (2, 4, 8)")
     for path, m in tree_flatten(bb.decoder.leaf_modules(), is_leaf=nn.Module.is_module):
@@ -212,13 +205,6 @@ def quantize_gptq(
     """What quantize.py calls for a `method = "gptq"` recipe: same contract as
     quantize.quantize_backbone (model quantized in place; returns (config, counts)), with the
     calibration set described in counts["calibration"] for the manifest."""
-    import time
-
-    from mlx.utils import tree_flatten
-    from mlx_lm.utils import compute_bits_per_weight
-
-    from mlx_rsg.model.backbone import load_tokenizer
-
     bb = Backbone(model=model, config=config)
     default = {"bits": recipe.bits, "group_size": recipe.group_size}
     for path, m in tree_flatten(bb.decoder.leaf_modules(), is_leaf=nn.Module.is_module):

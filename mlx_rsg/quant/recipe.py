@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.options import opt
 from mlx_rsg.recipes import load_recipe
 
 BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine mode supports
@@ -72,16 +73,7 @@ def resolve_recipe(
     r_bits = bits if bits is not None else raw.get("bits")
     r_group = group_size if group_size is not None else raw.get("group_size", 64)
     _check_params(where, r_bits, r_group)
-    overrides = raw.get("overrides", {})
-    if not isinstance(overrides, dict):
-        raise UserError(f"{where}: field 'overrides': expected a table of path -> parameters")
-    clean = {}
-    for key, p in overrides.items():
-        if not isinstance(p, dict) or set(p) - {"bits", "group_size"}:
-            raise UserError(f"{where}: field 'overrides.{key}': expected {{bits, group_size}}")
-        _check_params(f"{where}: overrides.{key}", p.get("bits", r_bits),
-                      p.get("group_size", r_group))
-        clean[key] = dict(p)
+    clean = _overrides(raw.get("overrides", {}), where, r_bits, r_group)
     method = raw.get("method", "rtn")
     if method not in METHODS:
         raise UserError(f"{where}: field 'method': {method!r} is not one of {METHODS}")
@@ -92,3 +84,31 @@ def resolve_recipe(
         raise UserError(f"{where}: field 'calibration': expected {{examples, max_len, seed}} ints")
     return Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean, method=method,
                   calibration={**CALIBRATION, **cal})
+
+
+def _overrides(overrides: Any, where: str, bits: int, group_size: int) -> dict[str, dict]:
+    if not isinstance(overrides, dict):
+        raise UserError(f"{where}: field 'overrides': expected a table of path -> parameters")
+    clean = {}
+    for key, p in overrides.items():
+        if not isinstance(p, dict) or set(p) - {"bits", "group_size"}:
+            raise UserError(f"{where}: field 'overrides.{key}': expected {{bits, group_size}}")
+        _check_params(f"{where}: overrides.{key}", p.get("bits", bits),
+                      p.get("group_size", group_size))  # fmt: skip
+        clean[key] = dict(p)
+    return clean
+
+
+@dataclass
+class QuantizeOptions:
+    """Every `mlx-rsg quantize` option but SOURCE and -o (the CLI's options are made from these
+    fields); `quantize(source, out, **asdict(options))`."""
+
+    bits: int | None = opt(None, "q4 or q8 recipe.", choices=[4, 8])
+    group_size: int | None = opt(None, "Weights per scale/bias.", choices=list(GROUP_SIZES),
+                                 default_help="the recipe's, 64")  # fmt: skip
+    recipe: str | None = opt(None, "A quantize/*.toml recipe, e.g. q4-mixed.")
+    force: bool = opt(False, "Overwrite OUT.")
+    calib_data: str | None = opt(
+        None, "RSG_DIR whose train splits calibrate a gptq recipe (e.g. q4-gptq).", path=True
+    )

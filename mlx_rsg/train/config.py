@@ -71,7 +71,7 @@ class TrainConfig:
         False, "Recompute the trained layers' activations in backward (less memory, slower)."
     )
     cache_dir: str | None = opt(
-        None, "Memory-map the prefix cache here instead of keeping it in RAM.", path=True
+        None, "Memory-map the prefix cache here instead of keeping it in RAM.", path="dir"
     )
 
     def validate(self) -> None:
@@ -82,20 +82,23 @@ class TrainConfig:
             raise UserError("--tasks: no task selected")
         if self.method not in METHODS:
             raise UserError(f"--method: {self.method!r} is not one of {', '.join(METHODS)}")
-        for name in ("epochs", "batch_size", "grad_accum", "max_len", "lora_rank", "adapter_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')}: must be at least 1")
-        for name in ("lr", "head_lr"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"--{name.replace('_', '-')}: must be positive")
-        if self.warmup < 0:
-            raise UserError("--warmup: must be >= 0")
+        for names, ok, rule in _RULES:
+            for name in names:
+                v = getattr(self, name)
+                if v is not None and not ok(v):
+                    raise UserError(f"--{name.replace('_', '-')}: {rule}")
         if not 0 <= self.dropout < 1 or not 0 <= self.adapter_dropout < 1:
             raise UserError("--dropout: must be in [0, 1)")
-        for name in ("max_train_per_task", "max_eval_per_task", "freeze_layers"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise UserError(f"--{name.replace('_', '-')}: must be >= 0")
+
+
+# (flags, check, what the error says), in the order TrainConfig.validate applies them
+_RULES = (
+    (("epochs", "batch_size", "grad_accum", "max_len", "lora_rank", "adapter_size"),
+     lambda v: v >= 1, "must be at least 1"),
+    (("lr", "head_lr"), lambda v: v > 0, "must be positive"),
+    (("warmup", "max_train_per_task", "max_eval_per_task", "freeze_layers"),
+     lambda v: v >= 0, "must be >= 0"),
+)  # fmt: skip
 
 
 def classifier_config(cfg: TrainConfig, num_layers: int):
