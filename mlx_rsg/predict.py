@@ -5,7 +5,7 @@
     clf.predict("TERRa", [{"premise": "...", "hypothesis": "..."}])
     # -> [{"idx": 0, "label": "entailment", "probs": {"entailment": 0.91, "not_entailment": 0.09}}]
 
-The same scoring path (`score_units` -> tasks.decode -> metrics.score_task) is what training uses
+The same scoring path (`score_units` -> tasks.decode -> tasks.score_task) is what training uses
 for its per-epoch validation, so a run directory predicts exactly what the in-memory model did.
 """
 

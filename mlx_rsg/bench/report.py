@@ -1,4 +1,4 @@
-"""bench.md and bench.png from a bench result (see bench.py for the JSON schema).
+"""bench.md and bench.png from a bench result (see measure.py for the JSON schema).
 
 The chart is drawn with numpy and written with zlib: matplotlib is not a dependency, and a grouped
 bar chart needs only rectangles, a 3x5 pixel font and a 20-line PNG encoder.
