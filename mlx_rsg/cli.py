@@ -107,12 +107,24 @@ def data_group() -> None:
 
 @data_group.command("info")
 @click.argument("path", type=click.Path())
-def data_info_command(path: str) -> None:
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="A model directory: also report the units' token lengths with its tokenizer.")
+@click.option("--max-len", type=click.IntRange(min=1), default=256, show_default=True,
+              help="With --model: report the share of units longer than this.")
+def data_info_command(path: str, model_dir: str | None, max_len: int) -> None:
     """Examples, label distribution and mean length (characters) per task and split in PATH
-    (a directory in the official layout, the official zip, or .jsonl.gz files)."""
+    (a directory in the official layout, the official zip, or .jsonl.gz files); with --model,
+    the units' token lengths (median / 95th percentile / longest), the share --max-len
+    truncates, and the shortest multiple of 32 that 95 % of them fit in."""
     from mlx_rsg.data.info import format_table, summary
 
-    table = format_table(summary(path))  # read everything first: an error prints nothing else
+    tokenizer = None
+    if model_dir:
+        from mlx_rsg.model.backbone import load_tokenizer
+
+        tokenizer = load_tokenizer(model_dir)
+    # read everything first: an error prints nothing else
+    table = format_table(summary(path, tokenizer, max_len))
     click.echo(path)
     click.echo(table)
 

@@ -573,3 +573,35 @@ def test_cli_data_download_success(tmp_path, monkeypatch, fixture_root):
     assert _load_all(out) == _load_all(fixture_root)
     res = _run("data", "download", out)
     assert res.exit_code == 2 and "already exists (use --force" in res.output
+
+
+def test_length_report_by_hand():
+    from mlx_rsg.data.info import fitting_max_len, length_report
+
+    lengths = [10, 40, 20, 30, 100, 50, 60, 70, 80, 90] * 2  # 20 units, sorted: 10,10,20,...,100
+    rep = length_report(lengths, max_len=64)
+    assert (rep["units"], rep["p50"], rep["p95"], rep["max"]) == (20, 50, 100, 100)
+    assert rep["truncated"] == 8 / 20  # 70, 80, 90, 100 twice
+    assert fitting_max_len(lengths) == 128  # the 19th of 20 is 100 -> 4 x 32
+    assert fitting_max_len(lengths, coverage=0.5) == 64  # the 10th is 50
+    assert fitting_max_len([]) == 32 and length_report([], 64) == {"units": 0}
+
+
+def test_cli_data_info_token_lengths(fixture_root, tiny_model_dir):
+    from mlx_rsg.model.backbone import load_tokenizer
+
+    res = _run("data", "info", fixture_root, "--model", tiny_model_dir, "--max-len", "40")
+    assert res.exit_code == 0, res.output
+    header, _, *lines = res.output.splitlines()[1:]
+    assert header.split()[5:10] == ["tokens", "p50/p95/max", "over", "40", "95%"]
+    row = next(s.split() for s in lines if s.startswith("TERRa") and " train " in s)
+    # by hand: BOS + each piece of the TERRa prompt tokenised on its own
+    tok = load_tokenizer(tiny_model_dir)
+    want = sorted(
+        1 + sum(len(tok.encode(p, add_special_tokens=False))
+                for p in ("Посылка:", " " + r.premise, "\nГипотеза:", " " + r.hypothesis))
+        for r in data.load_split(fixture_root, "TERRa", "train")
+    )  # fmt: skip
+    p50, p95, top = want[(len(want) - 1) // 2], want[-1], want[-1]
+    over = sum(n > 40 for n in want) / len(want)
+    assert row[4:7] == [f"{p50}/{p95}/{top}", f"{over:.0%}", str(32 * -(-p95 // 32))]

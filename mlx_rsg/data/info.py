@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from mlx_rsg import tasks
 from mlx_rsg.data.files import available_splits, load_split
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir
+from mlx_rsg.model.batching import encode_units
 
 HUB_REPO = "RussianNLP/russian_super_glue"
 
@@ -27,8 +30,33 @@ def _describe(task: str, counts: Counter | None) -> str:
     return "unlabelled" if counts is None else tasks.REGISTRY[task].describe_labels(counts)
 
 
-def summary(root: str | os.PathLike) -> list[dict]:
-    """One row per task and split found: examples, label distribution, mean characters."""
+def unit_lengths(task: str, records: list, tokenizer) -> list[int]:
+    """The token length of every unit of the records (BOS included), untruncated."""
+    encoded = encode_units(tasks.make_units(task, records), tokenizer, max_len=sys.maxsize)
+    return [len(e.ids) for e in encoded]
+
+
+def fitting_max_len(lengths: list[int], coverage: float = 0.95, step: int = 32) -> int:
+    """The smallest multiple of `step` that at least `coverage` of `lengths` fit in."""
+    if not lengths:
+        return step
+    need = sorted(lengths)[max(0, math.ceil(coverage * len(lengths)) - 1)]
+    return step * math.ceil(need / step)
+
+
+def length_report(lengths: list[int], max_len: int) -> dict:
+    """Median, 95th percentile and longest unit, the share over max_len, the 95 % fit."""
+    s = sorted(lengths)
+    if not s:
+        return {"units": 0}
+    return {"units": len(s), "p50": s[(len(s) - 1) // 2], "p95": s[math.ceil(0.95 * len(s)) - 1],
+            "max": s[-1], "max_len": max_len, "truncated": sum(n > max_len for n in s) / len(s),
+            "fits_95": fitting_max_len(s)}  # fmt: skip
+
+
+def summary(root: str | os.PathLike, tokenizer=None, max_len: int = 256) -> list[dict]:
+    """One row per task and split found: examples, label distribution, mean characters; with a
+    tokenizer also the units' token lengths and how many `max_len` truncates."""
     rows = []
     for task in tasks.TASKS:
         splits = available_splits(root, task)
@@ -40,6 +68,8 @@ def summary(root: str | os.PathLike) -> list[dict]:
             rows.append(dict(task=task, split=split, examples=len(recs),
                              labels=_describe(task, label_counts(task, recs)),
                              mean_chars=sum(chars) / len(chars) if chars else None))  # fmt: skip
+            if tokenizer is not None:
+                rows[-1]["tokens"] = length_report(unit_lengths(task, recs, tokenizer), max_len)
     return rows
 
 
@@ -48,8 +78,14 @@ def format_table(rows: list[dict]) -> str:
     body = [(r["task"], r["split"], str(r["examples"]),
              "-" if r["mean_chars"] is None else f"{r['mean_chars']:.0f}", r["labels"])
             for r in rows]  # fmt: skip
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     right = (False, False, True, True, False)
+    reports = [r.get("tokens") for r in rows]
+    if any(reports):
+        max_len = next(t["max_len"] for t in reports if t and t.get("units"))
+        head = head[:4] + ("tokens p50/p95/max", f"over {max_len}", "95% fit") + head[4:]
+        body = [b[:4] + _token_cells(t) + b[4:] for b, t in zip(body, reports, strict=True)]
+        right = right[:4] + (True, True, True) + right[4:]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
 
     def line(cells) -> str:
         out = [
@@ -58,6 +94,12 @@ def format_table(rows: list[dict]) -> str:
         return "  ".join(out).rstrip()
 
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def _token_cells(t: dict | None) -> tuple[str, str, str]:
+    if not t or not t.get("units"):
+        return ("-", "-", "-")
+    return (f"{t['p50']}/{t['p95']}/{t['max']}", f"{t['truncated']:.0%}", str(t["fits_95"]))
 
 
 def _offline() -> bool:
