@@ -71,10 +71,11 @@ def mlx_initial_lora(model_dir: Path, cfg) -> dict[str, np.ndarray]:
 def batches_of(model_dir: Path, data_dir: Path, cfg) -> list[list]:
     """Every epoch's batches as train sees them (train/plan.py), as numpy arrays."""
     from mlx_rsg.model.backbone import load_tokenizer
-    from mlx_rsg.train.plan import epoch_plan, load_task_data
+    from mlx_rsg.train.plan import epoch_plan, load_task_data, max_lens
 
     data = load_task_data(data_dir, cfg, log=lambda m: None)
     tokenizer = load_tokenizer(model_dir)
+    lengths = max_lens(cfg, data, tokenizer)
     out = []
     for epoch in range(cfg.epochs):
         out.append([
@@ -86,7 +87,7 @@ def batches_of(model_dir: Path, data_dir: Path, cfg) -> list[list]:
                 "spans": None if b.spans is None else np.array(b.spans, np.int64),
                 "head": b.head,
             }
-            for b in epoch_plan(data, tokenizer, cfg, epoch)
+            for b in epoch_plan(data, tokenizer, cfg, epoch, lengths)
         ])  # fmt: skip
     return out
 

@@ -42,13 +42,13 @@ from mlx_rsg.tasks import TASKS, decode, make_units, parse_record, score_task
 
 
 def score_units(
-    model, tokenizer, task: str, records: list, max_len: int, batch_size: int, h0_fn=None,
-    on_batch=None,
-):  # fmt: skip
-    """Run the classifier over every unit of `records`; return (units, logits) in unit order,
-    logits a numpy array (n_units, n_out). `on_batch(rows)` is called after each batch."""
+    model, tokenizer, task: str, records: list, batch_size: int, h0_fn=None, on_batch=None
+):
+    """Run the classifier over every unit of `records` (truncated to the model's max length for
+    the task); return (units, logits) in unit order, logits a numpy array (n_units, n_out).
+    `on_batch(rows)` is called after each batch."""
     units = make_units(task, records, train=False)
-    encoded = encode_units(units, tokenizer, max_len)
+    encoded = encode_units(units, tokenizer, model.cfg.max_len_for(task))
     batches = make_batches(encoded, batch_size, rng=None)
     by_key: dict[Any, np.ndarray] = {}
     for batch in batches:
@@ -65,7 +65,6 @@ def evaluate(
     model,
     tokenizer,
     records_by_task: dict[str, list],
-    max_len: int,
     batch_size: int,
     log=None,
     h0_fn=None,
@@ -83,7 +82,7 @@ def evaluate(
     tasks: dict[str, dict[str, float]] = {}
     for task, records in records_by_task.items():
         units, logits = score_units(
-            model, tokenizer, task, records, max_len, batch_size, h0_fn, on_batch=tick
+            model, tokenizer, task, records, batch_size, h0_fn, on_batch=tick
         )
         preds = decode(task, records, [u.key for u in units], logits)
         metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
@@ -100,7 +99,6 @@ class Predictor:
 
     def __init__(self, model, tokenizer, info: dict[str, Any], run_dir: Path):
         self.model, self.tokenizer, self.info, self.run_dir = model, tokenizer, info, run_dir
-        self.max_len = info["classifier"]["max_len"]
         self.batch_size = 16
 
     @property
@@ -121,7 +119,7 @@ class Predictor:
         task = self.task_name(task)
         records = [as_record(task, r, i) for i, r in enumerate(records)]
         units, logits = score_units(
-            self.model, self.tokenizer, task, records, self.max_len, self.batch_size
+            self.model, self.tokenizer, task, records, self.batch_size
         )
         return decode(task, records, [u.key for u in units], logits), units, logits
 
@@ -141,7 +139,7 @@ class Predictor:
         return out
 
     def evaluate(self, records_by_task: dict[str, list]) -> dict[str, Any]:
-        return evaluate(self.model, self.tokenizer, records_by_task, self.max_len, self.batch_size)
+        return evaluate(self.model, self.tokenizer, records_by_task, self.batch_size)
 
 
 def _per_record(records: list, preds) -> list:

@@ -308,7 +308,8 @@ def test_model_rows_equals_one_call(runs, tiny_rsg_dir):  # noqa: F811
     p = load(runs[0])
     for task in ("TERRa", "PARus"):
         units = make_units(task, records(tiny_rsg_dir, task), train=False)
-        for batch in batching.make_batches(batching.encode_units(units, p.tokenizer, p.max_len), 8):
+        encoded = batching.encode_units(units, p.tokenizer, p.model.cfg.max_len_for(task))
+        for batch in batching.make_batches(encoded, 8):
             want = p.model(batch)
             got = model_rows(p.model, batch, parts=3)
             assert got.shape == want.shape

@@ -292,3 +292,42 @@ def test_predict_checks_its_flags_before_loading_anything(tmp_path):
     for flags, want in cases:
         with pytest.raises(UserError, match=want):
             predict_command.callback(**common, **flags)
+
+
+def test_task_max_len_parsing():
+    from mlx_rsg.model.config import parse_task_max_len
+
+    assert parse_task_max_len(("auto", "terra=64", "MuSeRC=512")) == (
+        True, {"TERRa": 64, "MuSeRC": 512}
+    )  # fmt: skip
+    assert parse_task_max_len(()) == (False, {})
+    for bad in ("terra", "terra=0", "nosuch=64", "terra=x", "autox"):
+        with pytest.raises(UserError, match="--task-max-len: .* is not `auto` or TASK=N"):
+            T.TrainConfig(tasks=("TERRa",), task_max_len=(bad,)).validate()
+
+
+def test_task_max_len_auto_fits_each_task_and_predict_uses_it(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811, E501
+    from mlx_rsg.data.info import unit_lengths
+    from mlx_rsg.model.backbone import load_tokenizer
+    from mlx_rsg.predict import load
+    from mlx_rsg.train.plan import epoch_plan, load_task_data
+
+    cfg = tiny_train_config(epochs=1, max_len=40, task_max_len=("auto", "terra=16"))
+    T.train(tiny_model_dir, tiny_rsg_dir, tmp_path / "run", cfg, log=lambda m: None)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    got = dict(e.split("=") for e in info["classifier"]["task_max_len"])
+    got = {t: int(n) for t, n in got.items()}
+    assert info["train"]["task_max_len"] == ["auto", "terra=16"]  # as given: --resume compares it
+    tok = load_tokenizer(tiny_model_dir)
+    data = load_task_data(Path(tiny_rsg_dir), cfg, log=lambda m: None)
+    want = {"TERRa": 16}
+    for task in ("RCB", "PARus"):  # by hand: the 95th percentile, up to a multiple of 32, <= 40
+        lengths = sorted(unit_lengths(task, data[task].train, tok))
+        p95 = lengths[-(-95 * len(lengths) // 100) - 1]
+        want[task] = min(40, 32 * -(-p95 // 32))
+    assert got == want
+    batches = epoch_plan(data, tok, cfg, 0, got)
+    assert max(b.tokens.shape[1] for b in batches if b.task == "TERRa") == 16  # truncated
+    clf = load(tmp_path / "run")
+    assert clf.model.cfg.max_len_for("LiDiRus") == 16  # the TERRa head's length
+    assert clf.model.cfg.max_len_for("RCB") == want["RCB"]

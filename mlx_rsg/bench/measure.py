@@ -251,7 +251,7 @@ def predict_all(predictor, records: dict[str, list], batch_size: int, desc: str)
     for task, recs in records.items():
         t0 = time.perf_counter()
         units, logits = score_units(
-            predictor.model, predictor.tokenizer, task, recs, predictor.max_len, batch_size,
+            predictor.model, predictor.tokenizer, task, recs, batch_size,
             on_batch=lambda rows: bar.update(rows, rows),
         )
         preds[task] = decode(task, recs, [u.key for u in units], logits)
@@ -275,7 +275,7 @@ def latency_sample(records: dict[str, list], n: int, seed: int) -> list[tuple[st
 def measure_latency(predictor, sample: list, warmup: int, desc: str) -> dict[str, Any]:
     def one(task, rec):
         units, logits = score_units(
-            predictor.model, predictor.tokenizer, task, [rec], predictor.max_len, 1
+            predictor.model, predictor.tokenizer, task, [rec], 1
         )
         decode(task, [rec], [u.key for u in units], logits)
 

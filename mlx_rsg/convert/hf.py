@@ -258,7 +258,6 @@ def normalize_config(config: dict[str, Any], src: Path) -> dict[str, Any]:
 def _convert_hf_dir(
     src: Path, out: Path, dtype: str, force: bool, origin: dict[str, Any]
 ) -> Path:
-
     config = normalize_config(read_config(src), src)
     model_classes(config, src)
     if config.get("model_type") == "gemma3" and isinstance(config.get("text_config"), dict):
@@ -375,8 +374,6 @@ def check_free_space(where: Path, need: int) -> None:
 def _manifest(
     origin: dict[str, Any], config: dict[str, Any], dtype: str, params: int, size: int
 ) -> dict[str, Any]:
-
-
     return {
         "version": 1,
         "kind": "model",

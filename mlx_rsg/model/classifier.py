@@ -19,8 +19,6 @@ as `h0`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -29,25 +27,8 @@ from mlx_rsg.arch import top_block
 from mlx_rsg.errors import UserError
 from mlx_rsg.model import methods
 from mlx_rsg.model.backbone import Backbone, embed, final_norm, layer_window, run_layers
+from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.tasks import REGISTRY
-
-
-@dataclass
-class ClassifierConfig:
-    method: str = "freeze"  # heads | freeze | lora | mlp-adapter
-    freeze_layers: int | None = None  # bottom K frozen (freeze); the default trained depth
-    # of lora / mlp-adapter when their own layer counts are None
-    pooling: str = "last"  # last | mean; tasks with spec.pooling == "span" always pool spans
-    dropout: float = 0.1  # on the pooled features, before the head
-    lora_rank: int = 8
-    lora_alpha: float = 16.0  # scale = alpha / rank, as in PEFT
-    lora_layers: int | None = None  # top blocks with LoRA (None: all above freeze_layers)
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    adapter_size: int = 64
-    adapter_layers: int | None = None  # top blocks followed by an adapter (None: as lora_layers)
-    adapter_dropout: float = 0.1
-    max_len: int = 256
-    grad_checkpoint: bool = False  # recompute the trained blocks' activations in backward
 
 
 def trained_depth(cfg: ClassifierConfig, num_layers: int) -> int:

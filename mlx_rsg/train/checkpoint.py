@@ -32,7 +32,6 @@ class Position:
 
 
 def _rng_state() -> dict[str, Any]:
-
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
@@ -41,7 +40,6 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-
     v, internal, g = state["python"]
     random.setstate((v, tuple(internal), g))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
@@ -81,7 +79,6 @@ def _last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_checkpoint(run_dir: Path, model, optimizer) -> Position:
-
     path = _last_checkpoint(run_dir)
     if path is None:
         raise UserError(f"{run_dir}: no checkpoint to resume from (checkpoints/LAST missing)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.model.config import ClassifierConfig, parse_task_max_len
 from mlx_rsg.model.methods import METHODS
 from mlx_rsg.options import opt
 from mlx_rsg.run import TRAIN_TASKS
@@ -49,7 +50,12 @@ class TrainConfig:
     batch_size: int = opt(8)
     grad_accum: int = opt(2)
     warmup: int = opt(100, "Linear warmup, in optimizer steps; then linear decay to 0.")
-    max_len: int = opt(256)
+    max_len: int = opt(256, "Tokens per example (longer ones are cut from their long context).")
+    task_max_len: tuple[str, ...] = opt(
+        (), "Per-task lengths: TASK=N, and/or `auto`: each other task gets the length 95 % of its "
+        "training examples fit in (a multiple of 32, at most --max-len; `mlx-rsg data info "
+        "--model` shows them)."
+    )  # fmt: skip
     seed: int = opt(0)
     # Caps count examples (units: one per MuSeRC answer, gold + negatives per RuCoS query) and
     # draw whole records, so one number keeps every task in proportion.
@@ -89,6 +95,7 @@ class TrainConfig:
                     raise UserError(f"--{name.replace('_', '-')}: {rule}")
         if not 0 <= self.dropout < 1 or not 0 <= self.adapter_dropout < 1:
             raise UserError("--dropout: must be in [0, 1)")
+        parse_task_max_len(self.task_max_len)  # a bad entry fails here, before any work
 
 
 # (flags, check, what the error says), in the order TrainConfig.validate applies them
@@ -104,8 +111,6 @@ _RULES = (
 def classifier_config(cfg: TrainConfig, num_layers: int):
     """The model's config from the training flags; freeze_layers defaults to the reference's
     frozen fraction (12 of 26 layers -> 8 of 18 for Gemma-3-270M)."""
-    from mlx_rsg.model.classifier import ClassifierConfig  # here: this module imports no mlx
-
 
     freeze = cfg.freeze_layers
     if freeze is None:

@@ -72,7 +72,7 @@ from mlx_rsg.tasks import total_score
 from mlx_rsg.train.checkpoint import LossLog, Position, read_checkpoint, write_checkpoint
 from mlx_rsg.train.config import TrainConfig, classifier_config, heads_for
 from mlx_rsg.train.optim import compiled_update, make_optimizer
-from mlx_rsg.train.plan import TaskData, batch_seed, epoch_plan, load_task_data
+from mlx_rsg.train.plan import TaskData, batch_seed, epoch_plan, load_task_data, max_lens
 
 
 def _same_config(saved: TrainConfig, cfg: TrainConfig) -> None:
@@ -164,14 +164,14 @@ class _Loop:
 
     @classmethod
     def build(cls, model_dir, data_dir, run_dir, cfg: TrainConfig, resume: bool, log) -> _Loop:
-
-
         data = load_task_data(data_dir, cfg, log)
         bb = load_backbone(model_dir)
         tokenizer = load_tokenizer(model_dir)
         heads = heads_for(cfg.tasks)
+        ccfg = classifier_config(cfg, bb.num_layers)
+        ccfg.task_max_len = tuple(f"{t}={n}" for t, n in max_lens(cfg, data, tokenizer).items())
         mx.random.seed(cfg.seed)
-        model = RSGClassifier(bb, classifier_config(cfg, bb.num_layers), heads)
+        model = RSGClassifier(bb, ccfg, heads)
         mx.eval(model.parameters())
         loop = cls(cfg, run_dir, data, model, tokenizer, None, Position(), None, log)
         batches_per_epoch = len(loop.plan(0))
@@ -206,7 +206,8 @@ class _Loop:
         """The epoch's batches (only the latest epoch's are kept)."""
         if epoch not in self.plans:
             self.plans.clear()
-            self.plans[epoch] = epoch_plan(self.data, self.tokenizer, self.cfg, epoch)
+            lengths = {t: self.model.cfg.max_len_for(t) for t in self.cfg.tasks}
+            self.plans[epoch] = epoch_plan(self.data, self.tokenizer, self.cfg, epoch, lengths)
         return self.plans[epoch]
 
     def run_epoch(self, epoch: int, stop_after_batches: int | None) -> bool:
@@ -253,7 +254,6 @@ class _Loop:
             self.model,
             self.tokenizer,
             {t: self.data[t].val for t in cfg.tasks if self.data[t].val},
-            cfg.max_len,
             cfg.batch_size,
             log=self.log,
             h0_fn=self.val_cache.prefix if self.val_cache is not None else None,
@@ -313,8 +313,8 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
     final = None
     if "LiDiRus" in data:
         best = position.history[position.best["epoch"] - 1]
-        diag = evaluate(model, tokenizer, {"LiDiRus": data["LiDiRus"].val}, cfg.max_len,
-                        cfg.batch_size, log=log, desc="LiDiRus")  # fmt: skip
+        diag = evaluate(model, tokenizer, {"LiDiRus": data["LiDiRus"].val}, cfg.batch_size,
+                        log=log, desc="LiDiRus")  # fmt: skip
         per_task = {**best["tasks"], **diag["tasks"]}
         final = {
             "tasks": per_task,
@@ -346,7 +346,6 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
 
 
 def _total(per_task: dict[str, dict]) -> float:
-
     return total_score(
         {t: {k: v for k, v in s.items() if k != "score"} for t, s in per_task.items()}
     )

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from mlx_rsg.data import available_splits, load_split
+from mlx_rsg.data.info import fitting_max_len, unit_lengths
 from mlx_rsg.errors import UserError
 from mlx_rsg.model.batching import encode_units, make_batches
+from mlx_rsg.model.config import parse_task_max_len
 from mlx_rsg.run import diagnostic_records, examples_in, sample_examples, sample_records
 from mlx_rsg.tasks import make_units
 from mlx_rsg.train.config import TrainConfig
@@ -26,7 +28,6 @@ class TaskData:
 
 
 def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]:
-
     out: dict[str, TaskData] = {}
     for task in cfg.tasks:
         splits = available_splits(data_dir, task)
@@ -71,19 +72,39 @@ def seeded_generator(salt: str):
     )
 
 
-def _train_batches(task: str, records: list, tokenizer, cfg: TrainConfig, epoch: int) -> list:
+def _train_batches(task: str, records: list, tokenizer, cfg: TrainConfig, epoch: int,
+                   max_len: int) -> list:  # fmt: skip
     """One epoch's batches of one task. Units are rebuilt per epoch only because RuCoS draws
     fresh negatives; the rng depends on (seed, task, epoch) alone."""
     rng = seeded_generator(f"{cfg.seed}:{task}:units:{epoch}")
     units = make_units(task, records, train=True, rng=rng, max_negatives=cfg.max_negatives)
-    encoded = encode_units(units, tokenizer, cfg.max_len)
+    encoded = encode_units(units, tokenizer, max_len)
     return make_batches(encoded, cfg.batch_size, rng=random.Random(f"{cfg.seed}:{task}:{epoch}"))
 
 
-def epoch_plan(data: dict[str, TaskData], tokenizer, cfg: TrainConfig, epoch: int) -> list:
-    """All tasks' batches of one epoch, shuffled together (examples-proportional mixing)."""
+def epoch_plan(data: dict[str, TaskData], tokenizer, cfg: TrainConfig, epoch: int,
+               max_lens: dict[str, int]) -> list:  # fmt: skip
+    """All tasks' batches of one epoch, shuffled together (examples-proportional mixing), each
+    task's units truncated to its `max_lens` entry."""
     batches = []
     for task in cfg.tasks:
-        batches += _train_batches(task, data[task].train, tokenizer, cfg, epoch)
+        batches += _train_batches(task, data[task].train, tokenizer, cfg, epoch, max_lens[task])
     random.Random(f"{cfg.seed}:order:{epoch}").shuffle(batches)
     return batches
+
+
+def max_lens(cfg: TrainConfig, data: dict[str, TaskData], tokenizer) -> dict[str, int]:
+    """Each trained task's token budget: --task-max-len's TASK=N, else with `auto` the length
+    95 % of the task's sampled training units fit in (a multiple of 32, at most --max-len),
+    else --max-len."""
+    auto, explicit = parse_task_max_len(cfg.task_max_len)
+    out = {}
+    for task in cfg.tasks:
+        if task in explicit:
+            out[task] = explicit[task]
+        elif auto:
+            lengths = unit_lengths(task, data[task].train, tokenizer)
+            out[task] = min(cfg.max_len, fitting_max_len(lengths, coverage=0.95))
+        else:
+            out[task] = cfg.max_len
+    return out
