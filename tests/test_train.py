@@ -156,6 +156,12 @@ def test_config_validation():
         (dict(batch_size=0), "--batch-size"),
         (dict(tasks=("LiDiRus",)), "--tasks"),
         (dict(dropout=1.0), "--dropout"),
+        (dict(head_lr=float("inf")), "--head-lr: must be positive and finite"),
+        (dict(lr=float("nan")), "--lr: must be positive and finite"),
+        (dict(checkpoint_every=0), "--checkpoint-every: must be at least 1"),
+        (dict(seed=-1), "--seed: must be >= 0"),
+        (dict(max_negatives=-1), "--max-negatives: must be >= 0"),
+        (dict(weight_decay=-0.1), "--weight-decay: must be >= 0 and finite"),
     ]:
         with pytest.raises(UserError, match=msg):
             T.TrainConfig(**bad).validate()
@@ -331,3 +337,15 @@ def test_task_max_len_auto_fits_each_task_and_predict_uses_it(tiny_model_dir, ti
     clf = load(tmp_path / "run")
     assert clf.model.cfg.max_len_for("LiDiRus") == 16  # the TERRa head's length
     assert clf.model.cfg.max_len_for("RCB") == want["RCB"]
+
+
+def test_a_non_finite_loss_stops_training_with_one_line(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    cfg = tiny_train_config(epochs=1, head_lr=1e38, warmup=0)  # finite, but it overflows
+    with pytest.raises(UserError, match=r"the training loss is (nan|inf) at batch \d+ \(epoch 1"):
+        T.train(tiny_model_dir, tiny_rsg_dir, tmp_path / "run", cfg, log=lambda m: None)
+    res = _cli("train", str(tiny_model_dir), "--data", str(tiny_rsg_dir), "-o",
+               str(tmp_path / "run2"), "--tasks", "terra", "--head-lr", "1e38", "--warmup", "0",
+               "--freeze-layers", "1", "--max-len", "64")  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "the training loss is" in res.stderr

@@ -4,6 +4,7 @@ it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from mlx_rsg.errors import UserError
@@ -100,10 +101,12 @@ class TrainConfig:
 
 # (flags, check, what the error says), in the order TrainConfig.validate applies them
 _RULES = (
-    (("epochs", "batch_size", "grad_accum", "max_len", "lora_rank", "adapter_size"),
-     lambda v: v >= 1, "must be at least 1"),
-    (("lr", "head_lr"), lambda v: v > 0, "must be positive"),
-    (("warmup", "max_train_per_task", "max_eval_per_task", "freeze_layers"),
+    (("epochs", "batch_size", "grad_accum", "max_len", "lora_rank", "adapter_size",
+      "checkpoint_every"), lambda v: v >= 1, "must be at least 1"),
+    (("lr", "head_lr", "lora_alpha"), lambda v: 0 < v < math.inf, "must be positive and finite"),
+    (("weight_decay",), lambda v: 0 <= v < math.inf, "must be >= 0 and finite"),
+    (("warmup", "max_train_per_task", "max_eval_per_task", "freeze_layers", "seed",
+      "max_negatives"),
      lambda v: v >= 0, "must be >= 0"),
 )  # fmt: skip
 

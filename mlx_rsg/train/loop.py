@@ -227,6 +227,11 @@ class _Loop:
             n_accum += 1
             mx.eval(loss, accum)
             loss_value = loss.item()
+            if not math.isfinite(loss_value):  # nothing to gain from going on: stop, say where
+                raise UserError(
+                    f"{self.run_dir}: the training loss is {loss_value} at batch {pos.batch} "
+                    f"(epoch {epoch + 1}, {batch.task}); lower --lr / --head-lr"
+                )
             self.losses.write({"batch": pos.batch, "step": pos.step, "epoch": epoch,
                                "task": batch.task, "loss": loss_value})  # fmt: skip
             pos.batch += 1
