@@ -226,7 +226,7 @@ def predict_command(run_dir, task, input_path, data_dir, split, task_list, submi
     from mlx_rsg import predict
 
     _check_predict_flags(task, input_path, data_dir, split, submission, batch_size)
-    records = predict.read_jsonl(input_path) if input_path is not None else None
+    records = predict.read_records(input_path, task) if input_path is not None else None
     predictor = predict.load(run_dir)
     predictor.batch_size = batch_size
     if records is not None:

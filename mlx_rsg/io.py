@@ -83,6 +83,26 @@ def holds(directory: Path, path: Path) -> bool:
     return inside == target or target in inside.parents
 
 
+def check_replaceable(out: Path, force: bool, marker: str | None = None,
+                      inputs: tuple = ()) -> None:  # fmt: skip
+    """What an output directory's `--force` may replace: a directory that is empty or holds
+    `marker` (a file only our command writes there), and never one that is or holds one of the
+    command's inputs. Checked before any work, and again before the swap."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not force:
+        raise UserError(f"{out}: already exists (use --force to overwrite)")
+    for given in inputs:
+        if given is not None and holds(out, Path(given)):
+            raise UserError(f"{out}: holds the input {given}; refusing to replace it with --force")
+    if marker and out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise UserError(f"{out}: not a directory this command wrote (no {marker}); refusing to "
+                        "replace it with --force")  # fmt: skip
+    if not out.is_dir():
+        raise UserError(f"{out}: not a directory; refusing to replace it with --force")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -90,15 +110,15 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def atomic_dir(out: str | os.PathLike, force: bool = False, marker: str | None = None,
+               inputs: tuple = ()) -> Iterator[Path]:  # fmt: skip
     """Yield a temporary directory next to `out`; on success it replaces `out`.
 
-    An existing `out` is refused unless `force`. On any error the temporary directory is removed
-    and `out` is left exactly as it was.
+    An existing `out` is refused unless `force`, and then too when `check_replaceable` says so.
+    On any error the temporary directory is removed and `out` is left exactly as it was.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out}: already exists (use --force to overwrite)")
+    check_replaceable(out, force, marker, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; outputs get the usual permissions

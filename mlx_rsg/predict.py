@@ -11,6 +11,7 @@ for its per-epoch validation, so a run directory predicts exactly what the in-me
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from mlx_rsg.accel.cpu_parallel import model_rows
 from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import jsonl_values
-from mlx_rsg.model.backbone import load_backbone, load_tokenizer
+from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
 from mlx_rsg.model.batching import encode_units, make_batches
 from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
 from mlx_rsg.progress import Progress
@@ -115,9 +116,12 @@ class Predictor:
 
     def predictions(self, task: str, records: list) -> tuple[list, list, np.ndarray]:
         """(predictions as tasks.decode returns them, units, logits)."""
-
         task = self.task_name(task)
         records = [as_record(task, r, i) for i, r in enumerate(records)]
+        seen: dict[Any, int] = {}
+        for i, r in enumerate(records):  # predictions are matched to records by idx
+            if seen.setdefault(r.idx, i) != i:
+                raise UserError(f"records {seen[r.idx]} and {i} have the same idx {r.idx!r}")
         units, logits = score_units(
             self.model, self.tokenizer, task, records, self.batch_size
         )
@@ -204,6 +208,7 @@ def load(run_dir: str | Path, verify: bool = True) -> Predictor:
     model_dir = resolve_backbone(run_dir, info, verify=verify)
     bb = load_backbone(model_dir)
     tokenizer = load_tokenizer(model_dir)
+    check_vocabulary(bb, tokenizer, model_dir)
     ccfg = dataclass_from_dict(ClassifierConfig, info["classifier"])
     model = RSGClassifier(bb, ccfg, info["heads"])
     load_trainable(model, run_dir / WEIGHTS)
@@ -215,8 +220,13 @@ def load(run_dir: str | Path, verify: bool = True) -> Predictor:
     return Predictor(model, tokenizer, info, run_dir)
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """JSON Lines from a file or '-' (stdin); one-line errors naming file and line."""
+def read_records(path: str, task: str) -> list:
+    """TASK's records in JSON Lines from a file or '-' (stdin), numbered by line where they have
+    no idx; one-line errors naming the file, line and field."""
+    by_lower = {t.lower(): t for t in TASKS}
+    if task.lower() not in by_lower:
+        raise UserError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
+    task = by_lower[task.lower()]
     if path == "-":
         raw, name = sys.stdin.buffer.read(), "<stdin>"
     else:
@@ -224,18 +234,16 @@ def read_jsonl(path: str) -> list[dict]:
         if not p.is_file():
             raise UserError(f"{path}: no such file")
         raw, name = p.read_bytes(), path
-    out = []
+    out, lines = [], {}
     for n, obj in jsonl_values(name, raw):
         if not isinstance(obj, dict):
             raise UserError(located(name, n, None, "expected a JSON object"))
-        out.append((n, obj))
-    return [_with_line(name, n, obj) for n, obj in out]
-
-
-def _with_line(name, n, obj):
-    obj = dict(obj)
-    obj.setdefault("idx", n - 1)
-    return obj
+        obj = {**obj, "idx": obj.get("idx", n - 1)}  # records without one: numbered by line
+        key = json.dumps(obj["idx"])
+        if lines.setdefault(key, n) != n:
+            raise UserError(located(name, n, "idx", f"{obj['idx']!r} is also line {lines[key]}'s"))
+        out.append(parse_record(task, obj, path=name, line=n))
+    return out
 
 
 def data_records(

@@ -16,10 +16,15 @@ Only run.json, trainable.safetensors and (if present) backbone/ are read by `loa
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import math
+import os
 import random
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -69,9 +74,20 @@ def copy_model_dir(src: Path, dst: Path) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Atomically, as strict JSON: a NaN or infinity (a score of no examples) is written null."""
     with atomic_file(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
+        json.dump(_finite(obj), f, indent=2, ensure_ascii=False, allow_nan=False)
         f.write("\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def mark_merged(info: dict[str, Any], num_layers: int, method: str, lora_fused: int) -> None:
@@ -132,6 +148,33 @@ def dataclass_from_dict(cls, d: dict[str, Any]):
 
 def config_dict(cfg) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock (an advisory lock on `.RUN_DIR.lock` beside it, so it works
+    before the directory exists and never lands in it): a second writer of the same run gets a
+    one-line error instead of interleaving its checkpoints and losses with the first's. The
+    operating system drops the lock when the process ends, kill -9 included."""
+    run_dir = Path(run_dir).absolute()
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise UserError(f"{run_dir}: another process (pid {holder}) is writing to this run "
+                            "directory; wait for it or stop it") from None  # fmt: skip
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def resolve_backbone(run_dir: Path, info: dict[str, Any], verify: bool = True) -> Path:

@@ -249,7 +249,7 @@ def test_every_jsonl_reader_keeps_line_separators_inside_strings(tmp_path, separ
     with "Unterminated string" on a record load_split read fine)."""
     import zipfile
 
-    from mlx_rsg.predict import read_jsonl
+    from mlx_rsg.predict import read_records
     from mlx_rsg.submission import read_submission
 
     o = dict(TERRA[0], premise=f"Первая часть{separator}вторая часть.")
@@ -257,7 +257,7 @@ def test_every_jsonl_reader_keeps_line_separators_inside_strings(tmp_path, separ
     _write(tmp_path / "TERRa" / "train.jsonl", line.encode())
     assert data.load_split(tmp_path, "TERRa", "train")[0].premise == o["premise"]
     (tmp_path / "input.jsonl").write_bytes(line.encode())
-    assert read_jsonl(str(tmp_path / "input.jsonl"))[0]["premise"] == o["premise"]
+    assert read_records(str(tmp_path / "input.jsonl"), "terra")[0].premise == o["premise"]
     with zipfile.ZipFile(tmp_path / "s.zip", "w") as z:
         z.writestr("RuCoS.jsonl", json.dumps({"idx": 0, "label": f"Анна{separator}Мария"},
                                              ensure_ascii=False) + "\n")  # fmt: skip

@@ -13,7 +13,8 @@ class BenchConfig:
     """Every `mlx-rsg bench` option but the run dirs, --data and -o (the CLI's options are made
     from these fields)."""
 
-    split: str = opt("val", "A labelled split.")
+    split: str = opt("val", "A labelled split (test labels are hidden).",
+                     choices=["train", "val", "test"])  # test: refused with its reason
     max_per_task: int | None = opt(None, "~N examples per task, whole records drawn with --seed.")
     batch_size: int = opt(16, "For throughput.")
     latency_samples: int = opt(24, "Records timed one at a time, sampled across tasks.")

@@ -57,7 +57,7 @@ from mlx_rsg.bench.config import BenchConfig
 from mlx_rsg.bench.report import write_chart, write_markdown
 from mlx_rsg.data import available_splits
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import atomic_dir, check_safetensors
+from mlx_rsg.io import atomic_dir, check_replaceable, check_safetensors
 from mlx_rsg.metrics import class_report
 from mlx_rsg.predict import _per_record, data_records, load, score_units
 from mlx_rsg.progress import Progress
@@ -422,14 +422,16 @@ def bench(
     """Benchmark `baseline` (the fp32 reference) and `variants`; write OUT_DIR atomically."""
     cfg = cfg or BenchConfig()
     log = log or (lambda m: print(m, file=sys.stderr))
-    _check_config(cfg, out_dir)
+    _check_config(cfg)
+    inputs = (baseline, *variants, data_dir)
+    check_replaceable(Path(out_dir), cfg.force, "bench.json", inputs)  # again before the swap
     refs = check_runs(baseline, variants)
     records, skipped, fixtures = select_data(refs[0].info, data_dir, cfg)
     for task, why in skipped.items():
         log(f"skipping {task}: {why}")
     sample = latency_sample(records, cfg.latency_samples, cfg.seed)
     result = _result_head(refs[0].name, records, skipped, fixtures, data_dir, cfg)
-    with atomic_dir(out_dir, force=cfg.force) as tmp:
+    with atomic_dir(out_dir, cfg.force, "bench.json", inputs) as tmp:
         (tmp / "submissions").mkdir()
         base_preds = None
         for ref in refs:
@@ -446,15 +448,18 @@ def bench(
     return result
 
 
-def _check_config(cfg: BenchConfig, out_dir: str) -> None:
+def _check_config(cfg: BenchConfig) -> None:
     if cfg.batch_size < 1:
         raise UserError("--batch-size: must be at least 1")
     if cfg.max_per_task is not None and cfg.max_per_task < 1:
         raise UserError("--max-per-task: must be at least 1")
     if cfg.split == "test":
         raise UserError("--split test: test labels are hidden; bench needs val (or train)")
-    if Path(out_dir).exists() and not cfg.force:
-        raise UserError(f"{out_dir}: already exists (use --force to overwrite)")
+    if cfg.split not in ("train", "val"):
+        raise UserError(f"--split: {cfg.split!r} is not val or train")
+    for name in ("latency_samples", "warmup", "seed"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')}: must be >= 0")
 
 
 def _result_head(baseline: str, records: dict, skipped: dict, fixtures: set, data_dir: str,

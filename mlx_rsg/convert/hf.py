@@ -40,7 +40,7 @@ from mlx_lm.utils import _get_classes, get_total_parameters, load_model, save_co
 from mlx_rsg.convert import DTYPES
 from mlx_rsg.convert.gguf import embedded_gguf_path, gguf_to_hf_dir
 from mlx_rsg.errors import UserError, located
-from mlx_rsg.io import atomic_dir, check_safetensors, read_json_object
+from mlx_rsg.io import atomic_dir, check_replaceable, check_safetensors, read_json_object
 from mlx_rsg.run import MANIFEST, sha256_file, write_manifest
 from mlx_rsg.version import __version__
 
@@ -71,8 +71,8 @@ def convert(
     out = Path(out)
     if dtype not in DTYPES:
         raise UserError(f"--dtype: unsupported dtype '{dtype}' (choose from {', '.join(DTYPES)})")
-    if out.exists() and not force:  # refuse before any expensive work; atomic_dir checks again
-        raise UserError(f"{out}: already exists (use --force to overwrite)")
+    # refuse before any expensive work; atomic_dir checks again
+    check_replaceable(out, force, MANIFEST, (Path(source),) if Path(source).exists() else ())
 
     src = str(source)
     if src == EMBEDDED or src.lower().endswith(".gguf"):
@@ -320,7 +320,7 @@ def _write_model_dir(out: Path, force: bool, model, config: dict, tokenizer: lis
                      manifest: Callable[[int], dict]) -> None:  # fmt: skip
     """OUT atomically: weights, config, tokenizer files, the manifest; full disk is one line."""
     try:
-        with atomic_dir(out, force) as tmp:
+        with atomic_dir(out, force, MANIFEST) as tmp:
             save_model(tmp, model, donate_model=True)
             save_config(dict(config), tmp / "config.json")
             for f in tokenizer:

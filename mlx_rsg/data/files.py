@@ -73,6 +73,9 @@ def _index(root: Path) -> dict[tuple[str, str], tuple[str, Callable[[], bytes]]]
             here = Path(dirpath)
             rel = here.relative_to(root).parts
             dirnames[:] = [d for d in dirnames if len(rel) < 2 and not d.startswith(".")]
+            for d in dirnames:  # would silently drop its split
+                if d.endswith((".jsonl", ".jsonl.gz", ".zip")):
+                    raise DataError(f"{here / d}: a directory where a data file is expected")
             for f in filenames:
                 if f.startswith("."):
                     continue
@@ -129,11 +132,15 @@ def load_split(root: str | os.PathLike, task: str, split: str) -> list[Record]:
         raise DataError(f"{display}: cannot read ({e})") from None
     labelled = split != "test" or task == "LiDiRus"
     records: list[Record] = []
+    lines: dict[object, int] = {}  # idx -> line: predictions and caches match records by idx
     for line, obj in jsonl_values(display, raw, DataError):
         for r in tasks.parse_records(task, obj, display, line):
             field = tasks.REGISTRY[task].unlabelled_field(r) if labelled else None
             if field:
                 msg = f"missing in the labelled split {split!r}"
                 raise DataError(located(display, line, field, msg))
+            if lines.setdefault(r.idx, line) != line:
+                msg = f"{r.idx!r} is also line {lines[r.idx]}'s (each record needs its own)"
+                raise DataError(located(display, line, "idx", msg))
             records.append(r)
     return records

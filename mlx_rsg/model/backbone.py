@@ -22,6 +22,7 @@ from mlx_lm.utils import load_model
 from mlx_lm.utils import load_tokenizer as _load
 
 from mlx_rsg.accel import blas, fastpaths
+from mlx_rsg.errors import UserError
 
 # Model types whose embeddings are multiplied by sqrt(hidden_size).
 _SCALED_EMBEDDINGS = {"gemma", "gemma2", "gemma3", "gemma3_text"}
@@ -63,6 +64,16 @@ def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
 def load_tokenizer(path: str | Path):
     """mlx-lm's TokenizerWrapper over the directory's Hugging Face tokenizer."""
     return _load(Path(path))
+
+
+def check_vocabulary(bb: Backbone, tokenizer, where: str | Path) -> None:
+    """Refuse a tokenizer with ids past the embedding's rows: MLX would read out of bounds and
+    train on garbage (NaN losses) instead of failing."""
+    n_tokens = len(getattr(tokenizer, "_tokenizer", tokenizer))
+    rows = bb.decoder.embed_tokens.weight.shape[0]
+    if n_tokens > rows:
+        raise UserError(f"{where}: the tokenizer has {n_tokens} tokens but the embedding only "
+                        f"{rows} rows (a tokenizer from another model?)")  # fmt: skip
 
 
 def embed(bb: Backbone, tokens: mx.array) -> mx.array:

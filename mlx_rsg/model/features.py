@@ -5,12 +5,16 @@ without dropout, so their output for an example depends on its tokens only. The 
 example is seen its rows are stored (unpadded); afterwards batches are assembled from the store
 and the frozen blocks are skipped. In RAM by default; with `cache_dir` the rows go to one
 append-only file that is memory-mapped back (~330 KB per 128-token example at 640 hidden in
-fp32), so the cache can exceed RAM. The file lives for one process: it is recreated on start, so
-a cache can never belong to another model or tokenisation.
+fp32), so the cache can exceed RAM. The file belongs to one cache object: a new, uniquely named
+file, removed when the cache is, so a cache never holds another model's, tokenisation's or
+process's rows (two trains sharing a --cache-dir each get their own).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+import weakref
 from pathlib import Path
 
 import mlx.core as mx
@@ -27,12 +31,13 @@ class PrefixCache:
         self.path = None
         self.hits = self.misses = 0
         if cache_dir is not None:
-            self.path = Path(cache_dir) / "prefix.f32"
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_bytes(b"")
-            self._file = open(self.path, "ab")
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="prefix-", suffix=".f32", dir=cache_dir)
+            self.path = Path(name)
+            self._file = os.fdopen(fd, "ab")
             self._written = 0  # rows in the file
             self._map: np.ndarray | None = None
+            weakref.finalize(self, _remove, self._file, self.path)
 
     def __len__(self) -> int:
         return len(self.index) if self.path else len(self.rows)
@@ -82,3 +87,8 @@ class PrefixCache:
             dims = self.model.backbone.hidden_size
             self._map = np.memmap(self.path, np.float32, "r", shape=(self._written, dims))
         return self._map[start : start + n]
+
+
+def _remove(file, path: Path) -> None:
+    file.close()
+    path.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from mlx_lm.utils import load_model, save_config, save_model
 from mlx_rsg import predict
 from mlx_rsg.accel.blas import warn_if_slow
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import atomic_dir, read_json_object
+from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object
 from mlx_rsg.model import methods
 from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.quant import gptq, rtn
@@ -197,6 +197,8 @@ def quantize(
         raise UserError(f"{source}: no such directory")
     if out.resolve() == source.resolve():
         raise UserError(f"{out}: OUT must differ from the source directory")
+    inputs = (source, calib_data)
+    check_replaceable(out, force, MANIFEST, inputs)  # before any work; atomic_dir checks again
     rec = resolve_recipe(bits, group_size, recipe)
     if rec.method != "rtn" and calib_data is None:
         raise UserError(f"quantize recipe '{rec.name}' is calibrated ({rec.method}): give "
@@ -206,7 +208,7 @@ def quantize(
     if rec.method != "rtn":  # calibration runs the model: say it now if the BLAS is slow
         warn_if_slow(log)
     is_run = (source / "run.json").is_file()
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force, MANIFEST, inputs) as tmp:
         if is_run:
             counts = _quantize_run(source, tmp, rec, calib_data, log)
         else:

@@ -44,7 +44,7 @@ from mlx.utils import tree_map
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object
 from mlx_rsg.model import methods
-from mlx_rsg.model.backbone import load_backbone, load_tokenizer
+from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
 from mlx_rsg.model.batching import loss_fn
 from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.features import PrefixCache
@@ -62,6 +62,7 @@ from mlx_rsg.run import (
     dataclass_from_dict,
     mark_merged,
     read_run_json,
+    run_lock,
     save_weights,
     task_info,
     trainable_weights,
@@ -103,18 +104,19 @@ def train(
     `stop_after_batches` ends the process's work early (tests of resume use it like a kill)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     model_dir, data_dir, run_dir = Path(model_dir), Path(data_dir), Path(run_dir)
-    _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse)
-    loop = _Loop.build(model_dir, data_dir, run_dir, cfg, resume, log)
-    for epoch in range(loop.position.epoch, cfg.epochs):
-        if not loop.run_epoch(epoch, stop_after_batches):
-            loop.losses.close()
-            return {"stopped_at_batch": loop.position.batch}
-        loop.end_epoch(epoch)
-    loop.losses.close()
-    return _finish(
-        run_dir, model_dir, loop.model, loop.tokenizer, loop.data, cfg, loop.position, fuse,
-        copy_backbone, log,
-    )  # fmt: skip
+    with run_lock(run_dir):  # one writer per run directory
+        _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse)
+        loop = _Loop.build(model_dir, data_dir, run_dir, cfg, resume, log)
+        for epoch in range(loop.position.epoch, cfg.epochs):
+            if not loop.run_epoch(epoch, stop_after_batches):
+                loop.losses.close()
+                return {"stopped_at_batch": loop.position.batch}
+            loop.end_epoch(epoch)
+        loop.losses.close()
+        return _finish(
+            run_dir, model_dir, loop.model, loop.tokenizer, loop.data, cfg, loop.position, fuse,
+            copy_backbone, log,
+        )  # fmt: skip
 
 
 def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse) -> None:
@@ -167,6 +169,7 @@ class _Loop:
         data = load_task_data(data_dir, cfg, log)
         bb = load_backbone(model_dir)
         tokenizer = load_tokenizer(model_dir)
+        check_vocabulary(bb, tokenizer, model_dir)
         heads = heads_for(cfg.tasks)
         ccfg = classifier_config(cfg, bb.num_layers)
         ccfg.task_max_len = tuple(f"{t}={n}" for t, n in max_lens(cfg, data, tokenizer).items())

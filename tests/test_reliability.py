@@ -1,0 +1,204 @@
+"""Regressions of the hostile tester's catalogue (issue "Reliability"): each test failed before
+its fix. Bad input ends in one line naming file, line and field, never in a silent wrong answer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from tiny_model import tiny_model_dir, tiny_rsg_dir, tiny_train_config  # noqa: F401
+
+from mlx_rsg import train as T
+from mlx_rsg.data import DataError, load_split
+from mlx_rsg.errors import UserError
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    code = "import sys; from mlx_rsg.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
+    run = tmp_path_factory.mktemp("rel") / "run"
+    T.train(tiny_model_dir, tiny_rsg_dir, run, tiny_train_config(epochs=1), log=lambda m: None)
+    return run
+
+
+def test_duplicate_idx_in_a_split_names_both_lines(tiny_rsg_dir, tmp_path):  # noqa: F811
+    shutil.copytree(tiny_rsg_dir, tmp_path / "rsg")
+    f = tmp_path / "rsg" / "TERRa" / "val.jsonl"
+    lines = f.read_text(encoding="utf-8").splitlines()
+    second = json.loads(lines[4])
+    second["idx"] = json.loads(lines[1])["idx"]
+    lines[4] = json.dumps(second, ensure_ascii=False)
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{f}:5: field 'idx': 1 is also line 2's"):
+        load_split(tmp_path / "rsg", "TERRa", "val")
+
+
+def test_duplicate_idx_in_predict_input_is_refused(run_dir, tmp_path):
+    rows = [{"idx": 7, "premise": "Кошка спит.", "hypothesis": "Кошка спит верно"},
+            {"premise": "Собака спит.", "hypothesis": "Собака ложно"},  # numbered by line: 1
+            {"idx": 7, "premise": "Дождь.", "hypothesis": "Дождь верно"}]  # fmt: skip
+    f = tmp_path / "in.jsonl"
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    res = _cli("predict", run_dir, "--task", "terra", "--input", f)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"error: {f}:3: field 'idx': 7 is also line 1's"
+    # The Python API: records are matched to predictions by idx, so two may not share one.
+    from mlx_rsg.predict import load
+
+    with pytest.raises(UserError, match="records 0 and 2 have the same idx 7"):
+        load(run_dir).predict("TERRa", rows)
+    assert len(load(run_dir).predict("TERRa", rows[:2])) == 2
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tiny_model_dir, tiny_rsg_dir,  # noqa: F811
+                                                          run_dir, tmp_path):  # fmt: skip
+    small = tmp_path / "small-vocab"
+    shutil.copytree(tiny_model_dir, small)
+    weights = mx.load(str(small / "model.safetensors"))
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][:300]
+    mx.save_safetensors(str(small / "model.safetensors"), weights)
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "vocab_size": 300}))
+    want = rf"{small}: the tokenizer has \d+ tokens but the embedding only 300 rows"
+    with pytest.raises(UserError, match=want):
+        T.train(small, tiny_rsg_dir, tmp_path / "run", tiny_train_config(epochs=1),
+                log=lambda m: None)  # fmt: skip
+    assert not (tmp_path / "run").exists()
+    from mlx_rsg.predict import load
+
+    info = json.loads((run_dir / "run.json").read_text())
+    moved = tmp_path / "run-small"
+    shutil.copytree(run_dir, moved)
+    info["backbone"]["path"] = str(small)
+    (moved / "run.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=want):
+        load(moved, verify=False)
+
+
+def test_two_caches_in_one_cache_dir_keep_their_own_rows(tiny_model_dir, tmp_path):  # noqa: F811
+    """Two trains sharing --cache-dir used to write one prefix.f32 and read each other's rows."""
+    import numpy as np
+
+    from mlx_rsg.model.backbone import load_backbone
+    from mlx_rsg.model.batching import Batch
+    from mlx_rsg.model.classifier import RSGClassifier
+    from mlx_rsg.model.config import ClassifierConfig
+    from mlx_rsg.model.features import PrefixCache
+
+    bb = load_backbone(tiny_model_dir)
+    model = RSGClassifier(bb, ClassifierConfig(method="freeze", freeze_layers=1), {"TERRa": 2})
+
+    def batch(seed: int) -> Batch:
+        tokens = mx.array(np.random.default_rng(seed).integers(3, 300, (2, 6)), dtype=mx.int32)
+        return Batch(tokens=tokens, lengths=mx.array([6, 6]), head="TERRa", task="TERRa",
+                     labels=mx.array([0, 1]), keys=[(0,), (1,)],
+                     ids=[("TERRa", (0,)), ("TERRa", (1,))])  # fmt: skip
+
+    a, b = PrefixCache(model, tmp_path), PrefixCache(model, tmp_path)  # the same ids, other rows
+    want_a, want_b = a.prefix(batch(1)), b.prefix(batch(2))
+    assert a.path != b.path and len(list(tmp_path.iterdir())) == 2
+    assert mx.array_equal(a.prefix(batch(1)), want_a) and mx.array_equal(b.prefix(batch(2)), want_b)
+    assert not mx.allclose(want_a, want_b)
+    del a, b
+    import gc
+
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []  # each cache removes its file
+
+
+def test_one_writer_per_run_directory(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    from mlx_rsg.run import run_lock
+
+    run = tmp_path / "run"
+    with run_lock(run):  # as a first `train -o run` holds it
+        with pytest.raises(UserError, match=rf"^{run}: another process \(pid \d+\) is writing"):
+            T.train(tiny_model_dir, tiny_rsg_dir, run, tiny_train_config(epochs=1),
+                    log=lambda m: None)  # fmt: skip
+        assert not run.exists()
+        held = subprocess.run(
+            [sys.executable, "-c", "import sys; from mlx_rsg.run import run_lock\n"
+             "with run_lock(sys.argv[1]): pass", str(run)], capture_output=True, text=True,
+        )  # fmt: skip
+        assert held.returncode == 1 and "is writing to this run directory" in held.stderr
+    T.train(tiny_model_dir, tiny_rsg_dir, run, tiny_train_config(epochs=1), log=lambda m: None)
+    assert (run / "run.json").is_file() and not any(p.name == ".lock" for p in run.iterdir())
+
+
+def test_predict_input_errors_name_the_file_and_line(run_dir, fixture_root, tmp_path):
+    """They said `<input>:0`: PARus records given as TERRa ones."""
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join((fixture_root / "PARus" / "test.jsonl").read_text("utf-8")
+                         .splitlines(keepends=True)[:2]), "utf-8")  # fmt: skip
+    res = _cli("predict", run_dir, "--task", "terra", "--input", f)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == f"error: {f}:1: field 'hypothesis': missing"
+    res = _cli("predict", run_dir, "--task", "nosuch", "--input", f)
+    assert res.returncode == 2 and "--task: 'nosuch' is not one of LiDiRus, RCB" in res.stderr
+
+
+def test_a_split_that_is_a_directory_is_an_error(fixture_root, tmp_path):
+    shutil.copytree(fixture_root / "TERRa", tmp_path / "TERRa")
+    (tmp_path / "TERRa" / "val.jsonl").unlink()
+    (tmp_path / "TERRa" / "val.jsonl").mkdir()
+    with pytest.raises(DataError, match=r"TERRa/val\.jsonl: a directory where a data file is"):
+        load_split(tmp_path, "TERRa", "train")
+
+
+def test_bench_refuses_unknown_splits_and_negative_counts(run_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    for flags, want in [
+        (["--split", "validation"], "Invalid value for '--split'"),
+        (["--latency-samples", "-3"], "--latency-samples: must be >= 0"),
+        (["--warmup", "-1"], "--warmup: must be >= 0"),
+    ]:
+        res = _cli("bench", run_dir, "--data", tiny_rsg_dir, "-o", tmp_path / "b", *flags)
+        assert res.returncode == 2 and want in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and not (tmp_path / "b").exists()
+
+
+def test_metrics_json_is_strict_json_without_a_val_split(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    data = tmp_path / "rsg"
+    shutil.copytree(tiny_rsg_dir, data)
+    for task in ("TERRa", "RCB", "PARus"):
+        (data / task / "val.jsonl").unlink()
+    T.train(tiny_model_dir, data, tmp_path / "run", tiny_train_config(epochs=1, tasks=("RCB",)),
+            log=lambda m: None)  # fmt: skip
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert metrics["history"][0]["score"] is None
+
+
+def test_force_replaces_only_what_the_command_wrote(run_dir, tiny_model_dir, tiny_rsg_dir,  # noqa: F811
+                                                    tmp_path):  # fmt: skip
+    """`-o X --force` of convert, quantize and bench used to delete any X: a user's folder, the
+    model, the data."""
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("years of work")
+    cases = [
+        (["convert", tiny_model_dir, "-o", foreign, "--force"], "no mlx_rsg.json"),
+        (["quantize", run_dir, "--bits", "8", "-o", foreign, "--force"], "no mlx_rsg.json"),
+        (["quantize", run_dir, "--bits", "8", "-o", run_dir.parent, "--force"], "holds the input"),
+        (["bench", run_dir, "--data", tiny_rsg_dir, "-o", foreign, "--force"], "no bench.json"),
+        (["bench", run_dir, "--data", tiny_rsg_dir, "-o", tiny_rsg_dir, "--force"],
+         "holds the input"),
+    ]
+    for args, want in cases:
+        res = _cli(*args)
+        assert res.returncode == 2 and want in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert (foreign / "thesis.txt").read_text() == "years of work"
+    assert (run_dir / "run.json").is_file() and (Path(tiny_rsg_dir) / "TERRa").is_dir()
+    # what the command wrote itself it replaces
+    out = tmp_path / "q8"
+    assert _cli("quantize", run_dir, "--bits", "8", "-o", out).returncode == 0
+    assert _cli("quantize", run_dir, "--bits", "8", "-o", out, "--force").returncode == 0
