@@ -153,15 +153,19 @@ def config_dict(cfg) -> dict[str, Any]:
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock (an advisory lock on `.RUN_DIR.lock` beside it, so it works
-    before the directory exists and never lands in it): a second writer of the same run gets a
-    one-line error instead of interleaving its checkpoints and losses with the first's. The
-    operating system drops the lock when the process ends, kill -9 included."""
+    before the directory exists and never lands in it; removed on release): a second writer of
+    the same run gets a one-line error instead of interleaving its checkpoints and losses with
+    the first's. The operating system drops the lock when the process ends, kill -9 included
+    (the file stays then, unlocked, and the next run takes it over)."""
     run_dir = Path(run_dir).absolute()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     path = run_dir.parent / f".{run_dir.name}.lock"
     with open(path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder removes the file before unlocking: a lock on a removed file is stale.
+            if not path.exists() or path.stat().st_ino != os.fstat(f.fileno()).st_ino:
+                raise BlockingIOError
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "?"
@@ -174,6 +178,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            path.unlink(missing_ok=True)  # nothing left beside the run; then let others in
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

@@ -406,6 +406,13 @@ def test_existing_output_refused_without_force(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
     assert (out / "keep.txt").read_text() == "mine"
 
+    # --force replaces what convert wrote, never a folder of the user's (issue "Reliability")
+    result = _run_cli([src, "-o", out, "--force"])
+    assert result.exit_code == 2 and "no mlx_rsg.json" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert _run_cli([src, "-o", out, "--force"]).exit_code == 0  # an empty OUT may be filled
+    (out / "keep.txt").write_text("mine")
     result = _run_cli([src, "-o", out, "--force"])
     assert result.exit_code == 0, result.output
     assert not (out / "keep.txt").exists() and (out / "mlx_rsg.json").is_file()

@@ -196,7 +196,7 @@ def test_mlx_and_mlx_lm_unchanged_after_load_and_predict(tiny_model_dir, tiny_rs
         for run in ({str(run)!r}, {str(tmp_path / "q4")!r}):
             model = mlx_rsg.load(run)
             assert type(model.model.backbone.layers[0].mlp).__name__ == "FastMLP"
-            print(model.predict("TERRa", [record] * 5)[0]["label"])
+            print(model.predict("TERRa", [{{**record, "idx": i}} for i in range(5)])[0]["label"])
         assert shipped() == before, "a class or module function was replaced"
         assert mx.set_cache_limit(limit) == limit, "the allocator's cache limit changed"
     """)  # fmt: skip

@@ -234,7 +234,8 @@ def test_prefix_cache_returns_what_the_frozen_layers_compute(
     assert len(cache) == 6 and cache.hits == 6 and cache.misses == 6
     if on_disk:
         rows = sum(len(e.ids) for e in enc)
-        assert (tmp_path / "prefix.f32").stat().st_size == 4 * rows * model.backbone.hidden_size
+        assert cache.path.parent == tmp_path
+        assert cache.path.stat().st_size == 4 * rows * model.backbone.hidden_size
 
 
 @pytest.mark.parametrize("cache", ["ram", "disk"])
