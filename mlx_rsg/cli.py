@@ -32,6 +32,10 @@ class _Group(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:  # a full or read-only disk, a missing permission: what and where
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
+            sys.exit(2)
 
 
 # Commands that run a model: the CLI lets MLX keep freed buffers for them (accel/memory.py).

@@ -26,6 +26,8 @@ def read_json_object(path: Path, missing: str | None = None) -> dict:
         raise UserError(located(path, msg="not UTF-8 text")) from None
     except json.JSONDecodeError as e:
         raise UserError(located(path, e.lineno, msg=f"invalid JSON: {e.msg}")) from None
+    except RecursionError:
+        raise UserError(located(path, msg="invalid JSON: nested too deeply")) from None
     if not isinstance(value, dict):
         raise UserError(located(path, msg="not a JSON object"))
     return value
@@ -50,6 +52,8 @@ def jsonl_values(display: object, raw: bytes, error: type[UserError] = UserError
         except json.JSONDecodeError as e:
             msg = f"invalid JSON: {e.msg} (column {e.colno})"
             raise error(located(display, n, None, msg)) from None
+        except RecursionError:
+            raise error(located(display, n, None, "invalid JSON: nested too deeply")) from None
     return out
 
 

@@ -228,6 +228,8 @@ def read_records(path: str, task: str) -> list:
         raise UserError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
     task = by_lower[task.lower()]
     if path == "-":
+        if sys.stdin is None or sys.stdin.closed:
+            raise UserError("--input -: standard input is closed")
         raw, name = sys.stdin.buffer.read(), "<stdin>"
     else:
         p = Path(path)

@@ -33,8 +33,8 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from mlx_rsg.data import available_splits, load_split
-from mlx_rsg.errors import UserError
-from mlx_rsg.io import atomic_file, holds, read_json_object
+from mlx_rsg.errors import UserError, located
+from mlx_rsg.io import atomic_file, check_safetensors, holds, read_json_object
 from mlx_rsg.tasks import REGISTRY, TASKS, TRAIN_TASKS
 
 RUN_FORMAT = "mlx-rsg-run"
@@ -111,8 +111,19 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     info = read_json_object(path, f"{run_dir}: not a run directory (no run.json)")
     if info.get("format") != RUN_FORMAT:
         raise UserError(f"{path}: field 'format': expected {RUN_FORMAT!r}")
-    if info.get("version", 0) > RUN_VERSION:
-        raise UserError(f"{path}: field 'version': {info['version']} is newer than this mlx-rsg")
+    version = info.get("version", 0)
+    if not isinstance(version, int) or version > RUN_VERSION:
+        raise UserError(f"{path}: field 'version': {version!r} is not one this mlx-rsg reads")
+    for key in ("backbone", "classifier", "heads", "tasks"):
+        if not isinstance(info.get(key), dict):
+            got = "missing" if key not in info else f"expected an object, got {info[key]!r:.40}"
+            raise UserError(located(path, None, key, got))
+    bad = [k for k, v in info["heads"].items() if isinstance(v, bool) or not isinstance(v, int)]
+    if bad:
+        raise UserError(located(path, None, f"heads.{bad[0]}", "expected a number of outputs"))
+    ref = info["backbone"]
+    if not ref.get("copied") and not isinstance(ref.get("path"), str):
+        raise UserError(located(path, None, "backbone.path", "expected a path"))
     return info
 
 
@@ -216,6 +227,7 @@ def trainable_weights(model) -> dict:
 
 def load_trainable(model, path: Path) -> None:
     """Load trained weights into a freshly built classifier; every name must exist there."""
+    check_safetensors(Path(path))  # a truncated file: one line, not MLX's exception
     weights = mx.load(str(path))
     params = dict(tree_flatten(model.parameters()))
     bad = [k for k, v in weights.items() if k not in params or params[k].shape != v.shape]

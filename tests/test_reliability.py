@@ -202,3 +202,107 @@ def test_force_replaces_only_what_the_command_wrote(run_dir, tiny_model_dir, tin
     out = tmp_path / "q8"
     assert _cli("quantize", run_dir, "--bits", "8", "-o", out).returncode == 0
     assert _cli("quantize", run_dir, "--bits", "8", "-o", out, "--force").returncode == 0
+
+
+def _copy_run(run_dir: Path, to: Path) -> Path:
+    shutil.copytree(run_dir, to)
+    return to
+
+
+def test_damaged_run_files_are_one_line(run_dir, tmp_path):
+    # a truncated trainable.safetensors
+    bad = _copy_run(run_dir, tmp_path / "trunc")
+    w = bad / "trainable.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    res = _cli("predict", bad, "--task", "terra", "--input", "-")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().endswith("truncated safetensors file") or "truncated" in res.stderr
+    # run.json with fields of the wrong type
+    for key, value, field in [("heads", "TERRa", "heads"), ("heads", {"TERRa": "2"}, "heads.TERRa"),
+                              ("classifier", [], "classifier"), ("version", "1", "version")]:
+        bad = _copy_run(run_dir, tmp_path / f"types-{field}")
+        info = json.loads((bad / "run.json").read_text())
+        (bad / "run.json").write_text(json.dumps({**info, key: value}))
+        res = _cli("predict", bad, "--task", "terra", "--input", "-")
+        assert res.returncode == 2 and f"run.json: field '{field}'" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+
+
+def test_hostile_input_files_are_one_line(run_dir, tmp_path):
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 200_000 + "]" * 200_000 + "\n")
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes('{"premise": "caf\xe9", "hypothesis": "x"}\n'.encode("latin-1"))
+    for f, want in [(deep, f"{deep}:1: invalid JSON: nested too deeply"),
+                    (latin, f"{latin}:1: not UTF-8")]:  # fmt: skip
+        res = _cli("predict", run_dir, "--task", "terra", "--input", f)
+        assert res.returncode == 2 and want in res.stderr and "Traceback" not in res.stderr
+    closed = subprocess.run([sys.executable, "-c", "import sys; from mlx_rsg.cli import main; "
+                             "main(sys.argv[1:])", "predict", str(run_dir), "--task", "terra",
+                             "--input", "-"], stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, close_fds=True)  # fmt: skip
+    assert closed.returncode == 0 and closed.stdout == ""  # empty stdin: nothing to predict
+    res = subprocess.run(f"{sys.executable} -c 'import sys; from mlx_rsg.cli import main; "
+                         f"main(sys.argv[1:])' predict {run_dir} --task terra --input - <&-",
+                         shell=True, capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 2 and "--input -: standard input is closed" in res.stderr
+
+
+def test_a_torn_last_losses_line_does_not_stop_resume(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    cfg = tiny_train_config(epochs=2, checkpoint_every=2)
+    run = tmp_path / "run"
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, stop_after_batches=5, log=lambda m: None)
+    with open(run / "losses.jsonl", "a") as f:
+        f.write('{"batch": 5, "step": 2, "ep')  # the power went off mid-line
+    metrics = T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, resume=True, log=lambda m: None)
+    assert metrics["best"] is not None
+    rows = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in rows] == list(range(len(rows)))
+
+
+def test_convert_names_a_config_field_of_the_wrong_type(tiny_model_dir, tmp_path):  # noqa: F811
+    for key, value in [("model_type", ["gemma3_text"]), ("hidden_size", "32")]:
+        src = tmp_path / f"src-{key}"
+        shutil.copytree(tiny_model_dir, src)
+        config = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**config, key: value}))
+        res = _cli("convert", src, "-o", tmp_path / f"out-{key}")
+        assert res.returncode == 2 and f"config.json: field '{key}': expected" in res.stderr, (
+            res.stderr
+        )
+        assert not (tmp_path / f"out-{key}").exists()
+
+
+def test_a_read_only_output_is_one_line(run_dir, tmp_path):
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        res = _cli("quantize", run_dir, "--bits", "8", "-o", ro / "q8")
+        assert res.returncode == 2 and "Permission denied" in res.stderr
+        assert "Traceback" not in res.stderr
+    finally:
+        ro.chmod(0o755)
+
+
+def test_an_os_error_anywhere_is_one_line(monkeypatch, tmp_path):
+    """A full or read-only disk (also as root, where permissions cannot be tested): every
+    command's OSError ends as `error: FILE: reason`, exit 2."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from mlx_rsg.cli import main
+    from mlx_rsg.data import info
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.json"))
+
+    monkeypatch.setattr(info, "summary", full)
+    res = CliRunner().invoke(main, ["data", "info", str(tmp_path)])
+    assert res.exit_code == 2
+    assert res.output == f"error: {tmp_path / 'out' / 'x.json'}: No space left on device\n"

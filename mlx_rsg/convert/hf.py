@@ -144,7 +144,21 @@ def read_config(src: Path) -> dict[str, Any]:
     config = read_json_object(path, f"{src}: no config.json (not a Hugging Face model directory)")
     if not config.get("model_type"):
         raise UserError(located(path, field="model_type", msg="missing"))
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    for where, cfg in (("", config), ("text_config.", text)):
+        if "model_type" in cfg and not isinstance(cfg["model_type"], str):
+            msg = f"expected a string, got {cfg['model_type']!r:.40}"
+            raise UserError(located(path, field=where + "model_type", msg=msg))
+        for key in _INT_FIELDS:
+            v = cfg.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                msg = f"expected an integer, got {v!r:.40}"
+                raise UserError(located(path, field=where + key, msg=msg))
     return config
+
+
+_INT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "vocab_size")  # fmt: skip
 
 
 def model_classes(config: dict[str, Any], src: Path):

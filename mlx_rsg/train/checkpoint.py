@@ -91,12 +91,16 @@ def read_checkpoint(run_dir: Path, model, optimizer) -> Position:
 
 class LossLog:
     """losses.jsonl: one line per training batch. On resume, lines past the checkpoint are
-    dropped so the file always matches the run's actual history."""
+    dropped so the file always matches the run's actual history (a last line torn by a power
+    loss too)."""
+
     def __init__(self, path: Path, keep_below: int | None):
         self.path = path
         self.by_epoch: dict[int, list[float]] = {}  # every loss of the run, resumed ones too
         if keep_below is not None and path.exists():
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            if lines and not _whole(lines[-1]):
+                lines.pop()
             kept = [ln for ln in lines if json.loads(ln)["batch"] < keep_below]
             with open(path, "w") as f:
                 f.write("".join(ln + "\n" for ln in kept))
@@ -118,3 +122,11 @@ class LossLog:
 
     def close(self) -> None:
         self.f.close()
+
+
+def _whole(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
