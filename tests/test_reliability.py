@@ -70,6 +70,9 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(tiny_model_dir, tiny_r
     config = json.loads((small / "config.json").read_text())
     (small / "config.json").write_text(json.dumps({**config, "vocab_size": 300}))
     want = rf"{small}: the tokenizer has \d+ tokens but the embedding only 300 rows"
+    res = _cli("convert", small, "-o", tmp_path / "converted")
+    assert res.returncode == 2 and "the embedding only 300 rows" in res.stderr, res.stderr
+    assert not (tmp_path / "converted").exists()
     with pytest.raises(UserError, match=want):
         T.train(small, tiny_rsg_dir, tmp_path / "run", tiny_train_config(epochs=1),
                 log=lambda m: None)  # fmt: skip

@@ -41,6 +41,7 @@ from mlx_rsg.convert import DTYPES
 from mlx_rsg.convert.gguf import embedded_gguf_path, gguf_to_hf_dir
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import atomic_dir, check_replaceable, check_safetensors, read_json_object
+from mlx_rsg.model.backbone import Backbone, check_vocabulary, load_tokenizer
 from mlx_rsg.run import MANIFEST, sha256_file, write_manifest
 from mlx_rsg.version import __version__
 
@@ -284,6 +285,7 @@ def _convert_hf_dir(
         origin["sha256"] = {f.name: sha256_file(f) for f in weights}
 
     model, config = _load_float_model(src, config, origin)
+    check_vocabulary(Backbone(model=model, config=config), load_tokenizer(src), src)
     _cast(model, dtype)
     config["torch_dtype"] = dtype
     config.pop("dtype", None)

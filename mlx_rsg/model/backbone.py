@@ -67,9 +67,12 @@ def load_tokenizer(path: str | Path):
 
 
 def check_vocabulary(bb: Backbone, tokenizer, where: str | Path) -> None:
-    """Refuse a tokenizer with ids past the embedding's rows: MLX would read out of bounds and
-    train on garbage (NaN losses) instead of failing."""
-    n_tokens = len(getattr(tokenizer, "_tokenizer", tokenizer))
+    """Refuse a tokenizer whose vocabulary has ids past the embedding's rows: MLX would read out
+    of bounds and train on garbage (NaN losses) instead of failing. Special tokens transformers
+    adds on its own beyond the vocabulary (a Gemma tokenizer's `<mask>` for a GGUF that lacks
+    it) are not counted: task text yields them only if it spells them out literally."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    n_tokens = getattr(hf, "vocab_size", None) or len(hf)
     rows = bb.decoder.embed_tokens.weight.shape[0]
     if n_tokens > rows:
         raise UserError(f"{where}: the tokenizer has {n_tokens} tokens but the embedding only "
