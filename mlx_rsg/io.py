@@ -107,6 +107,53 @@ def check_replaceable(out: Path, force: bool, marker: str | None = None,
         raise UserError(f"{out}: not a directory; refusing to replace it with --force")
 
 
+def remove_stale(parent: Path, prefix: str) -> None:
+    """Remove `parent/PREFIX<pid>...` entries whose process is gone: what a kill -9 left. Only our
+    own temporaries carry such names, and one whose process still runs is in use."""
+    for p in _stale(Path(parent), prefix):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _stale(parent: Path, prefix: str) -> list[Path]:
+    out = []
+    for p in sorted(parent.glob(glob_escape(prefix) + "*")):
+        pid = p.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            out.append(p)
+    return out
+
+
+def recover(out: Path) -> None:
+    """Finish what a killed `atomic_dir` left: OUT back from its hidden old copy if the kill came
+    between the swap's two renames (OUT missing), then its stale temporaries removed."""
+    out = Path(out)
+    old = _stale(out.parent, f".{out.name}.old-")
+    if old and not out.exists():
+        old.pop().rename(out)
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    remove_stale(out.parent, f".{out.name}.tmp-")
+
+
+def glob_escape(s: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in s)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -122,9 +169,10 @@ def atomic_dir(out: str | os.PathLike, force: bool = False, marker: str | None =
     On any error the temporary directory is removed and `out` is left exactly as it was.
     """
     out = Path(out)
+    recover(out)
     check_replaceable(out, force, marker, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; outputs get the usual permissions
     try:
         yield tmp
@@ -145,7 +193,8 @@ def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator:
     """Open a temporary sibling of `out` for writing; rename it over `out` on success."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    remove_stale(out.parent, f".{out.name}.tmp-")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
     try:
         encoding = None if "b" in mode else "utf-8"

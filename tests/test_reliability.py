@@ -257,8 +257,12 @@ def test_a_torn_last_losses_line_does_not_stop_resume(tiny_model_dir, tiny_rsg_d
     T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, stop_after_batches=5, log=lambda m: None)
     with open(run / "losses.jsonl", "a") as f:
         f.write('{"batch": 5, "step": 2, "ep')  # the power went off mid-line
+    orphan = run / "checkpoints" / "step-00000001-batch-00000002"  # a kill during its removal
+    orphan.mkdir()
     metrics = T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, resume=True, log=lambda m: None)
     assert metrics["best"] is not None
+    ckpts = [p.name for p in (run / "checkpoints").iterdir() if p.is_dir()]
+    assert ckpts == [(run / "checkpoints" / "LAST").read_text().strip()]
     rows = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
     assert [r["batch"] for r in rows] == list(range(len(rows)))
 
@@ -309,3 +313,77 @@ def test_an_os_error_anywhere_is_one_line(monkeypatch, tmp_path):
     res = CliRunner().invoke(main, ["data", "info", str(tmp_path)])
     assert res.exit_code == 2
     assert res.output == f"error: {tmp_path / 'out' / 'x.json'}: No space left on device\n"
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)  # fmt: skip
+    return int(done.stdout)
+
+
+KILL_BETWEEN_RENAMES = """
+import os, pathlib, signal, sys
+from mlx_rsg.io import atomic_dir
+real = pathlib.Path.rename
+def rename(self, target):
+    out = real(self, target)
+    if ".old-" in str(target):  # OUT moved aside, the new one not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+pathlib.Path.rename = rename
+with atomic_dir(sys.argv[1], force=True) as tmp:
+    (tmp / "mlx_rsg.json").write_text("new")
+"""
+
+
+def test_a_kill_during_the_force_swap_is_recovered(tmp_path):
+    from mlx_rsg.io import atomic_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlx_rsg.json").write_text("old")
+    child = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAMES, str(out)])
+    assert child.returncode == -9
+    assert not out.exists() and len(list(tmp_path.glob(".out.old-*"))) == 1  # both hidden
+    with atomic_dir(out, force=True) as tmp:  # the next run of the command
+        assert (out / "mlx_rsg.json").read_text() == "old"  # OUT is back before anything else
+        (tmp / "mlx_rsg.json").write_text("newer")
+    assert (out / "mlx_rsg.json").read_text() == "newer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no stray temporaries
+
+
+def test_kill_9_leftovers_are_removed_by_the_next_run(run_dir, tiny_model_dir, tmp_path):  # noqa: F811
+    """What a kill -9 left (hidden temporaries of quantize / convert, prefix cache files) goes
+    with the next run of the same command; a temporary of a process that still runs stays."""
+    import os
+
+    import numpy as np
+    from test_gguf import tiny_weights, write_tiny_gguf
+
+    dead = _dead_pid()
+    stray = [tmp_path / f".q8.tmp-{dead}-x1", tmp_path / f".model.gguf-{dead}-x2"]
+    for p in stray:
+        p.mkdir()
+        (p / "model.safetensors").write_bytes(b"\0" * 1000)
+    alive = tmp_path / f".q8.tmp-{os.getpid()}-inuse"
+    alive.mkdir()
+    assert _cli("quantize", run_dir, "--bits", "8", "-o", tmp_path / "q8").returncode == 0
+    gguf = tmp_path / "src" / "tiny.gguf"
+    gguf.parent.mkdir()
+    write_tiny_gguf(gguf, tiny_weights(np.random.default_rng(0)))
+    assert _cli("convert", gguf, "-o", tmp_path / "model").returncode == 0
+    assert not any(p.exists() for p in stray) and alive.exists()
+
+    from mlx_rsg.model.backbone import load_backbone
+    from mlx_rsg.model.classifier import RSGClassifier
+    from mlx_rsg.model.config import ClassifierConfig
+    from mlx_rsg.model.features import PrefixCache
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"prefix-{dead}-abc.f32").write_bytes(b"\0" * 64)
+    model = RSGClassifier(load_backbone(tiny_model_dir), ClassifierConfig(freeze_layers=1),
+                          {"TERRa": 2})  # fmt: skip
+    kept = PrefixCache(model, cache)
+    assert [p.name for p in cache.iterdir()] == [kept.path.name]
+    assert kept.path.name.startswith(f"prefix-{os.getpid()}-")

@@ -23,6 +23,7 @@ import datetime as _dt
 import errno
 import functools
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -40,7 +41,13 @@ from mlx_lm.utils import _get_classes, get_total_parameters, load_model, save_co
 from mlx_rsg.convert import DTYPES
 from mlx_rsg.convert.gguf import embedded_gguf_path, gguf_to_hf_dir
 from mlx_rsg.errors import UserError, located
-from mlx_rsg.io import atomic_dir, check_replaceable, check_safetensors, read_json_object
+from mlx_rsg.io import (
+    atomic_dir,
+    check_replaceable,
+    check_safetensors,
+    read_json_object,
+    remove_stale,
+)
 from mlx_rsg.model.backbone import Backbone, check_vocabulary, load_tokenizer
 from mlx_rsg.run import MANIFEST, sha256_file, write_manifest
 from mlx_rsg.version import __version__
@@ -83,7 +90,9 @@ def convert(
             raise UserError(f"{gguf_path}: no such GGUF file")
         out.parent.mkdir(parents=True, exist_ok=True)
         # The intermediate float32 HF directory sits next to OUT (same disk) and is always removed.
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.gguf-", dir=out.parent) as tmp:
+        remove_stale(out.parent, f".{out.name}.gguf-")  # what a kill -9 left (1 GB for Gemma)
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.gguf-{os.getpid()}-",
+                                         dir=out.parent) as tmp:  # fmt: skip
             gguf_to_hf_dir(gguf_path, tmp)
             origin = {
                 "kind": "embedded" if src == EMBEDDED else "gguf",

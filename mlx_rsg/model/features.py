@@ -21,6 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_rsg.accel.cpu_parallel import row_parallel
+from mlx_rsg.io import remove_stale
 
 
 class PrefixCache:
@@ -32,7 +33,9 @@ class PrefixCache:
         self.hits = self.misses = 0
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix="prefix-", suffix=".f32", dir=cache_dir)
+            remove_stale(Path(cache_dir), "prefix-")  # files of killed runs
+            fd, name = tempfile.mkstemp(prefix=f"prefix-{os.getpid()}-", suffix=".f32",
+                                        dir=cache_dir)  # fmt: skip
             self.path = Path(name)
             self._file = os.fdopen(fd, "ab")
             self._written = 0  # rows in the file

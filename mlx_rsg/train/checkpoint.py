@@ -49,8 +49,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def write_checkpoint(run_dir: Path, model, optimizer, position: Position) -> None:
     """New directory first, then swap the `checkpoints/LAST` pointer, then drop the old one: a
     kill at any moment leaves one complete checkpoint."""
-
-
     ckpts = run_dir / "checkpoints"
     name = f"step-{position.step:08d}-batch-{position.batch:08d}"
     tmp = ckpts / f".{name}.tmp"
@@ -62,12 +60,12 @@ def write_checkpoint(run_dir: Path, model, optimizer, position: Position) -> Non
     final = ckpts / name
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    previous = _last_checkpoint(run_dir)
     with open(ckpts / ".LAST.tmp", "w") as f:
         f.write(name)
     (ckpts / ".LAST.tmp").replace(ckpts / "LAST")
-    if previous is not None and previous.name != name:
-        shutil.rmtree(previous, ignore_errors=True)
+    for old in ckpts.iterdir():  # the previous one, and any a kill left (one writer: the lock)
+        if old.is_dir() and old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _last_checkpoint(run_dir: Path) -> Path | None:
