@@ -387,3 +387,37 @@ def test_kill_9_leftovers_are_removed_by_the_next_run(run_dir, tiny_model_dir, t
     kept = PrefixCache(model, cache)
     assert [p.name for p in cache.iterdir()] == [kept.path.name]
     assert kept.path.name.startswith(f"prefix-{os.getpid()}-")
+
+
+def test_bench_refuses_a_variant_of_another_model(run_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    from tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "wider", hidden=64)
+    run = tmp_path / "other-run"
+    T.train(other, tiny_rsg_dir, run, tiny_train_config(epochs=1), log=lambda m: None)
+    res = _cli("bench", run_dir, run, "--data", tiny_rsg_dir, "-o", tmp_path / "b")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{run}: its backbone (model_type gemma3_text, hidden_size 64," in res.stderr
+    assert "not a variant of the same model" in res.stderr and not (tmp_path / "b").exists()
+
+
+KILL_QUANTIZE = """
+import os, signal, sys
+import mlx_rsg.quant.quantize as Q
+def killed(*a, **k):  # the weights are written, the command is not done
+    os.kill(os.getpid(), signal.SIGKILL)
+Q.write_manifest = killed
+Q.quantize(sys.argv[1], sys.argv[2], bits=8, force=True, log=lambda m: None)
+"""
+
+
+def test_quantize_killed_mid_write_then_rerun(run_dir, tmp_path):
+    out = tmp_path / "q8"
+    assert _cli("quantize", run_dir, "--bits", "8", "-o", out).returncode == 0
+    before = sorted(p.name for p in out.iterdir())
+    child = subprocess.run([sys.executable, "-c", KILL_QUANTIZE, str(run_dir), str(out)])
+    assert child.returncode == -9
+    assert len(list(tmp_path.glob(".q8.tmp-*"))) == 1  # the killed run's half-written copy
+    assert sorted(p.name for p in out.iterdir()) == before  # OUT untouched
+    assert _cli("quantize", run_dir, "--bits", "8", "-o", out, "--force").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q8"]  # nothing stray

@@ -57,7 +57,7 @@ from mlx_rsg.bench.config import BenchConfig
 from mlx_rsg.bench.report import write_chart, write_markdown
 from mlx_rsg.data import available_splits
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import atomic_dir, check_replaceable, check_safetensors
+from mlx_rsg.io import atomic_dir, check_replaceable, check_safetensors, read_json_object
 from mlx_rsg.metrics import class_report
 from mlx_rsg.predict import _per_record, data_records, load, score_units
 from mlx_rsg.progress import Progress
@@ -98,10 +98,7 @@ def check_runs(baseline: str, variants: list[str]) -> list[RunRef]:
     for name, path in _name_runs([baseline, *variants]):
         if not path.is_dir():
             raise UserError(f"{path}: no such run directory")
-        info = read_run_json(path)
-        for key in ("heads", "tasks", "classifier", "backbone"):
-            if not isinstance(info.get(key), dict):
-                raise UserError(f"{path}/run.json: field '{key}': missing")
+        info = read_run_json(path)  # checks the fields' types
         if not (path / WEIGHTS).is_file():
             raise UserError(f"{path}: no {WEIGHTS}")
         ref = RunRef(name, path, info)
@@ -111,6 +108,10 @@ def check_runs(baseline: str, variants: list[str]) -> list[RunRef]:
         refs.append(ref)
     base = refs[0]
     for ref in refs[1:]:
+        ours, theirs = _architecture(ref), _architecture(base)
+        if ours != theirs:
+            raise UserError(f"{ref.path}: its backbone ({_describe(ours)}) is not the baseline's "
+                            f"({_describe(theirs)}): not a variant of the same model")  # fmt: skip
         if ref.info["heads"] != base.info["heads"]:
             raise UserError(
                 f"{ref.path}/run.json: field 'heads': {_heads(ref.info)} differ from the "
@@ -124,6 +125,19 @@ def check_runs(baseline: str, variants: list[str]) -> list[RunRef]:
                     f"differ from the baseline's {t.get('labels')}"
                 )
     return refs
+
+
+def _architecture(ref: RunRef) -> dict[str, Any]:
+    """What quantization keeps and another model changes: type, width, depth, vocabulary."""
+    root = resolve_backbone(ref.path, ref.info, verify=False)
+    config = read_json_object(root / "config.json", f"{root}: no config.json")
+    config = config.get("text_config", config)
+    return {k: config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers",
+                                        "vocab_size")}  # fmt: skip
+
+
+def _describe(arch: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in arch.items())
 
 
 def _heads(info: dict) -> str:
