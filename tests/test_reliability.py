@@ -421,3 +421,37 @@ def test_quantize_killed_mid_write_then_rerun(run_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == before  # OUT untouched
     assert _cli("quantize", run_dir, "--bits", "8", "-o", out, "--force").returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q8"]  # nothing stray
+
+
+# The catalogue as a table: (command line, error substring). {run}, {model}, {data}, {tmp} are
+# filled in; every case must exit 2 with one `error:` line, no traceback, and leave nothing.
+CATALOGUE = [
+    ("train {model} --data {data} -o {tmp}/r --checkpoint-every 0", "--checkpoint-every: must"),
+    ("train {model} --data {data} -o {tmp}/r --seed -1", "--seed: must be >= 0"),
+    ("train {model} --data {data} -o {tmp}/r --max-negatives -1", "--max-negatives: must be"),
+    ("train {model} --data {data} -o {tmp}/r --head-lr inf", "--head-lr: must be positive"),
+    ("train {model} --data {data} -o {tmp}/r --task-max-len terra=0", "--task-max-len:"),
+    ("train {model} --data {data} -o {data} --tasks terra --force", "holds the input"),
+    ("train {model} --data {data} -o {model} --tasks terra --force", "holds the input"),
+    ("bench {run} --data {data} -o {tmp}/b --latency-samples -3", "--latency-samples: must"),
+    ("bench {run} --data {data} -o {tmp}/b --seed -1", "--seed: must be >= 0"),
+    ("bench {run} --data {data} -o {data} --force", "holds the input"),
+    ("predict {run} --task terra --input {tmp}/missing.jsonl", "missing.jsonl: no such file"),
+    ("predict {run} --task nosuch --input {tmp}/missing.jsonl", "--task: 'nosuch' is not one"),
+    ("quantize {run} --bits 8 -o {run}", "OUT must differ from the source"),
+    ("quantize {run} --recipe q4-gptq -o {tmp}/q", "give --calib-data"),
+    ("convert {tmp}/nowhere -o {tmp}/c", "nowhere"),
+]
+
+
+@pytest.mark.parametrize("line, want", CATALOGUE)
+def test_the_catalogue_holds(line, want, run_dir, tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    args = line.format(run=run_dir, model=tiny_model_dir, data=tiny_rsg_dir, tmp=tmp_path).split()
+    watched = [tmp_path, Path(tiny_rsg_dir), Path(tiny_model_dir), run_dir]
+    before = {d: sorted(p.name for p in d.iterdir()) for d in watched}
+    res = _cli(*args)
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and want in last, res.stderr
+    assert "Traceback" not in res.stderr
+    assert {d: sorted(p.name for p in d.iterdir()) for d in watched} == before
