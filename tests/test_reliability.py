@@ -455,3 +455,24 @@ def test_the_catalogue_holds(line, want, run_dir, tiny_model_dir, tiny_rsg_dir, 
     assert last.startswith("error: ") and want in last, res.stderr
     assert "Traceback" not in res.stderr
     assert {d: sorted(p.name for p in d.iterdir()) for d in watched} == before
+
+
+KILL_CONVERT = """
+import os, signal, sys
+from pathlib import Path
+import mlx_rsg.convert.hf as C
+def killed(path, model, **k):  # half the weights written
+    (Path(path) / "model.safetensors").write_bytes(b"partial")
+    os.kill(os.getpid(), signal.SIGKILL)
+C.save_model = killed
+C.convert(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_convert_killed_mid_write_then_rerun(tiny_model_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "model"
+    child = subprocess.run([sys.executable, "-c", KILL_CONVERT, str(tiny_model_dir), str(out)])
+    assert child.returncode == -9
+    assert not out.exists() and len(list(tmp_path.glob(".model.tmp-*"))) == 1
+    assert _cli("convert", tiny_model_dir, "-o", out).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

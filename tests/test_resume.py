@@ -74,6 +74,10 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tiny_model_dir, tiny_rsg_d
     want_m = json.loads((full / "metrics.json").read_text())
     assert got_m["best"] == want_m["best"]
     assert [e["score"] for e in got_m["history"]] == [e["score"] for e in want_m["history"]]
+    # and nothing the kill left behind: no temporaries, one checkpoint, no lock file
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+    assert len([p for p in (run / "checkpoints").iterdir() if p.is_dir()]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "killed"]
 
 
 def test_train_loss_after_resume_counts_the_whole_epoch(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
