@@ -476,3 +476,27 @@ def test_convert_killed_mid_write_then_rerun(tiny_model_dir, tmp_path):  # noqa:
     assert not out.exists() and len(list(tmp_path.glob(".model.tmp-*"))) == 1
     assert _cli("convert", tiny_model_dir, "-o", out).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_data_download_force_replaces_only_data(tmp_path, monkeypatch, fixture_root):
+    import huggingface_hub
+    from click.testing import CliRunner
+
+    from mlx_rsg.cli import main
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def fake_snapshot(repo_id, **kw):
+        shutil.copytree(fixture_root / "TERRa", Path(kw["local_dir"]) / "TERRa")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    res = CliRunner().invoke(main, ["data", "download", str(mine), "--force"])
+    assert res.exit_code == 2 and "holds no Russian SuperGLUE data" in res.output
+    assert (mine / "notes.txt").read_text() == "keep"
+    out = tmp_path / "rsg"
+    assert CliRunner().invoke(main, ["data", "download", str(out)]).exit_code == 0
+    assert CliRunner().invoke(main, ["data", "download", str(out), "--force"]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["TERRa"]

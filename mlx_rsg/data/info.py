@@ -106,6 +106,20 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _check_replaceable_data(out: Path, force: bool) -> None:
+    """--force replaces an empty directory or one holding RSG data (an earlier download), never
+    another folder of the user's."""
+    if not (force and out.is_dir() and any(out.iterdir())):
+        return
+    try:
+        ours = any(available_splits(out, t) for t in tasks.TASKS)
+    except UserError:
+        ours = False
+    if not ours:
+        raise UserError(f"{out}: holds no Russian SuperGLUE data; refusing to replace it with "
+                        "--force")  # fmt: skip
+
+
 def download(out: str | os.PathLike, force: bool = False, revision: str | None = None) -> Path:
     """Snapshot the Hub dataset repo into OUT atomically (nothing is left behind on failure)."""
     cannot = f"cannot reach the Hugging Face Hub to download {HUB_REPO} (offline?)"
@@ -113,6 +127,7 @@ def download(out: str | os.PathLike, force: bool = False, revision: str | None =
         raise UserError(f"{cannot}: HF_HUB_OFFLINE is set")
     from huggingface_hub import errors, snapshot_download
 
+    _check_replaceable_data(Path(out), force)
     try:
         with atomic_dir(out, force) as tmp:
             snapshot_download(HUB_REPO, repo_type="dataset", revision=revision, local_dir=tmp)
