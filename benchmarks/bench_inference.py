@@ -142,7 +142,8 @@ def classify_forward(bb):
 
     from mlx_rsg.accel.cpu_parallel import model_rows
     from mlx_rsg.model.batching import Batch
-    from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
+    from mlx_rsg.model.classifier import RSGClassifier
+    from mlx_rsg.model.config import ClassifierConfig
 
     model = RSGClassifier(bb, ClassifierConfig(method="heads"), {"TERRa": 2})
     model.eval()

@@ -49,7 +49,8 @@ def mlx_worker(args, tokens, labels) -> dict:
     from mlx_rsg.accel.memory import keep_freed_buffers
     from mlx_rsg.model.backbone import load_backbone
     from mlx_rsg.model.batching import Batch, loss_fn
-    from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
+    from mlx_rsg.model.classifier import RSGClassifier
+    from mlx_rsg.model.config import ClassifierConfig
     from mlx_rsg.model.features import PrefixCache
     from mlx_rsg.train.optim import compiled_update
 

@@ -25,7 +25,8 @@ from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import jsonl_values
 from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
 from mlx_rsg.model.batching import encode_units, make_batches
-from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
+from mlx_rsg.model.classifier import RSGClassifier
+from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import (
     WEIGHTS,
