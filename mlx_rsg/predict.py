@@ -40,7 +40,7 @@ from mlx_rsg.run import (
     task_info,
 )
 from mlx_rsg.submission import write_submission
-from mlx_rsg.tasks import TASKS, decode, make_units, parse_record, score_task
+from mlx_rsg.tasks import TASKS, decode, make_units, official_name, parse_record, score_task
 
 
 def score_units(
@@ -224,10 +224,10 @@ def load(run_dir: str | Path, verify: bool = True) -> Predictor:
 def read_records(path: str, task: str) -> list:
     """TASK's records in JSON Lines from a file or '-' (stdin), numbered by line where they have
     no idx; one-line errors naming the file, line and field."""
-    by_lower = {t.lower(): t for t in TASKS}
-    if task.lower() not in by_lower:
+    name = official_name(task)
+    if name is None:
         raise UserError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
-    task = by_lower[task.lower()]
+    task = name
     if path == "-":
         if sys.stdin is None or sys.stdin.closed:
             raise UserError("--input -: standard input is closed")

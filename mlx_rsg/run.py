@@ -34,8 +34,8 @@ from mlx.utils import tree_flatten
 
 from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.errors import UserError, located
-from mlx_rsg.io import atomic_file, check_safetensors, holds, read_json_object
-from mlx_rsg.tasks import REGISTRY, TASKS, TRAIN_TASKS
+from mlx_rsg.io import atomic_file, check_replaceable, check_safetensors, read_json_object
+from mlx_rsg.tasks import REGISTRY, TASKS, TRAIN_TASKS, official_name
 
 RUN_FORMAT = "mlx-rsg-run"
 RUN_VERSION = 1
@@ -130,11 +130,7 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
 def check_replaceable_run(run_dir: Path, *inputs: Path) -> None:
     """What `--force` may delete: RUN_DIR only if it is empty or a run directory of ours (its
     run.json says so), and never when it is, or holds, one of the command's own inputs."""
-    for given in inputs:
-        if holds(run_dir, given):
-            raise UserError(
-                f"{run_dir}: holds the input {given}; refusing to delete it with --force"
-            )
+    check_replaceable(run_dir, True, None, inputs)  # never an input, never a file
     if any(run_dir.iterdir()):
         try:
             read_run_json(run_dir)
@@ -251,19 +247,18 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
     """'all' or a comma list of task names, any case -> official names in leaderboard order."""
     if spec.strip().lower() == "all":
         return TRAIN_TASKS
-    by_lower = {t.lower(): t for t in TASKS}
     chosen = []
     for part in spec.split(","):
-        name = part.strip().lower()
-        if not name:
+        if not part.strip():
             continue
-        if name == "lidirus":
+        name = official_name(part)
+        if name == "LiDiRus":
             raise UserError(
                 "--tasks: LiDiRus has no train split (it is scored with the TERRa head)"
             )
-        if name not in by_lower:
+        if name is None:
             raise UserError(f"--tasks: unknown task {part.strip()!r} (one of {', '.join(TASKS)})")
-        chosen.append(by_lower[name])
+        chosen.append(name)
     return tuple(t for t in TRAIN_TASKS if t in chosen)
 
 

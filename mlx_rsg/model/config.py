@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlx_rsg.errors import UserError
-from mlx_rsg.tasks import REGISTRY
+from mlx_rsg.tasks import REGISTRY, official_name
 
 
 @dataclass
@@ -37,13 +37,12 @@ class ClassifierConfig:
 def parse_task_max_len(spec: tuple[str, ...]) -> tuple[bool, dict[str, int]]:
     """(`auto` given, {task: N}) from --task-max-len's entries; one-line errors."""
     auto, explicit = False, {}
-    by_lower = {t.lower(): t for t in REGISTRY}
     for entry in spec:
         name, eq, value = entry.strip().partition("=")
         if not eq and name.lower() == "auto":
             auto = True
             continue
-        task = by_lower.get(name.strip().lower())
+        task = official_name(name)
         if not eq or task is None or not value.strip().isdigit() or int(value) < 1:
             raise UserError(f"--task-max-len: {entry!r} is not `auto` or TASK=N (N >= 1)")
         explicit[task] = int(value)

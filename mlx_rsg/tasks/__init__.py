@@ -55,12 +55,21 @@ Record = (
 )
 
 __all__ = [
-    "REGISTRY", "TASKS", "TRAIN_TASKS", "Task", "Unit", "Record", "get", "parse_records",
+    "REGISTRY", "TASKS", "TRAIN_TASKS", "Task", "Unit", "Record", "get", "official_name",
+    "parse_records",
     "parse_record", "make_units", "encode_unit", "decode", "gold_predictions", "score_task",
     "task_score", "total_score", "rucos_candidates", "rwsd_spans", "NLIRecord", "PARusRecord",
     "MuSeRCAnswer", "MuSeRCQuestion", "MuSeRCRecord", "RUSSERecord", "RWSDRecord",
     "DaNetQARecord", "RuCoSRecord",
 ]  # fmt: skip
+
+
+def official_name(name: str) -> str | None:
+    """A task name in any case (terra, Terra) as the leaderboard spells it; None if unknown."""
+    return _BY_LOWER.get(name.strip().lower())
+
+
+_BY_LOWER = {t.lower(): t for t in REGISTRY}
 
 
 def get(task: str) -> Task:
