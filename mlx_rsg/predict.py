@@ -23,6 +23,7 @@ from mlx_rsg.accel.cpu_parallel import model_rows
 from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import jsonl_values
+from mlx_rsg.model import shared_prefix
 from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
 from mlx_rsg.model.batching import encode_units, make_batches
 from mlx_rsg.model.classifier import RSGClassifier
@@ -44,22 +45,35 @@ from mlx_rsg.tasks import TASKS, decode, make_units, official_name, parse_record
 
 
 def score_units(
-    model, tokenizer, task: str, records: list, batch_size: int, h0_fn=None, on_batch=None
+    model, tokenizer, task: str, records: list, batch_size: int, cache=None, on_batch=None
 ):
     """Run the classifier over every unit of `records` (truncated to the model's max length for
     the task); return (units, logits) in unit order, logits a numpy array (n_units, n_out).
-    `on_batch(rows)` is called after each batch."""
+    `cache`: a features.PrefixCache of the frozen prefix (training's val), filled as needed.
+    Without one, units of a record that share a long token prefix (a MuSeRC passage, a RuCoS
+    query) run it once (`model.shared_prefix`). `on_batch(rows)` is called after each batch."""
     units = make_units(task, records, train=False)
     encoded = encode_units(units, tokenizer, model.cfg.max_len_for(task))
-    batches = make_batches(encoded, batch_size, rng=None)
     by_key: dict[Any, np.ndarray] = {}
-    for batch in batches:
-        h0 = h0_fn(batch) if h0_fn is not None else None
-        logits = model_rows(model, batch, h0)  # one row chunk per CPU core (evaluated)
+
+    def keep(batch, logits: mx.array) -> None:
         for key, row in zip(batch.keys, np.array(logits.astype(mx.float32)), strict=True):
             by_key[key] = row
         if on_batch is not None:
             on_batch(len(batch.keys))
+
+    groups, rest = [], encoded
+    if cache is not None:
+        cache.fill(encoded, batch_size)
+    elif shared_prefix.pools_last_token(model, task):
+        groups, rest = shared_prefix.group_shared(encoded)
+    for batch in make_batches(rest, batch_size, rng=None):
+        h0 = cache.prefix(batch) if cache is not None else None
+        keep(batch, model_rows(model, batch, h0))  # one row chunk per CPU core (evaluated)
+    for group in groups:
+        state = shared_prefix.PrefixState(model, group.prefix, model.backbone.num_layers)
+        for batch in make_batches(group.members, batch_size, rng=None):
+            keep(batch, shared_prefix.shared_logits(model, state, batch))
     return units, np.stack([by_key[u.key] for u in units]) if units else np.zeros((0, 1))
 
 
@@ -69,11 +83,11 @@ def evaluate(
     records_by_task: dict[str, list],
     batch_size: int,
     log=None,
-    h0_fn=None,
+    cache=None,
     desc: str | None = None,
 ) -> dict[str, Any]:
     """Official val metrics per task, each with a single `score` (two-metric tasks averaged),
-    and `score`: their unweighted mean. `h0_fn(batch)` supplies cached frozen-prefix outputs.
+    and `score`: their unweighted mean. `cache`: a PrefixCache of the frozen prefix.
     `desc`: show a progress bar over the units, so named."""
     model.eval()
     bar = None
@@ -84,7 +98,7 @@ def evaluate(
     tasks: dict[str, dict[str, float]] = {}
     for task, records in records_by_task.items():
         units, logits = score_units(
-            model, tokenizer, task, records, batch_size, h0_fn, on_batch=tick
+            model, tokenizer, task, records, batch_size, cache, on_batch=tick
         )
         preds = decode(task, records, [u.key for u in units], logits)
         metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
@@ -123,9 +137,7 @@ class Predictor:
         for i, r in enumerate(records):  # predictions are matched to records by idx
             if seen.setdefault(r.idx, i) != i:
                 raise UserError(f"records {seen[r.idx]} and {i} have the same idx {r.idx!r}")
-        units, logits = score_units(
-            self.model, self.tokenizer, task, records, self.batch_size
-        )
+        units, logits = score_units(self.model, self.tokenizer, task, records, self.batch_size)
         return decode(task, records, [u.key for u in units], logits), units, logits
 
     def predict(self, task: str, records: list) -> list[dict[str, Any]]:

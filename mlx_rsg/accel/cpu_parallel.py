@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import mlx.core as mx
 
@@ -81,6 +82,13 @@ def model_rows(model, batch, h0: mx.array | None = None, parts: int | None = Non
         return model(part, None if h0 is None else h0[lo:hi])
 
     return _in_chunks(call, rows, parts)
+
+
+def batch_rows(fn: Callable[[Any], mx.array], batch, parts: int | None = None) -> mx.array:
+    """fn(batch) for an inference batch whose rows fn treats independently, as row chunks in
+    parallel (evaluated), the batch cut as `model_rows` cuts it."""
+    rows = batch.tokens.shape[0]
+    return _in_chunks(lambda lo, hi: fn(_cut_batch(batch, rows, lo, hi)), rows, parts)
 
 
 def _cut_batch(batch, rows: int, lo: int, hi: int):

@@ -93,8 +93,12 @@ class RSGClassifier(nn.Module):
         return pool(final_norm(bb, h), weights)
 
     def __call__(self, batch, h0: mx.array | None = None) -> mx.array:
-        x = mx.fast.rms_norm(self.features(batch, h0), None, 1e-6)
-        return self.heads[batch.head](self.dropout(x.reshape(x.shape[0], -1)))
+        return self.head_logits(self.features(batch, h0), batch.head)
+
+    def head_logits(self, features: mx.array, head: str) -> mx.array:
+        """Logits of `head` on pooled features (B, S, hidden): RMS-normalised, dropout, linear."""
+        x = mx.fast.rms_norm(features, None, 1e-6)
+        return self.heads[head](self.dropout(x.reshape(x.shape[0], -1)))
 
 
 def pooling_weights(batch, pooling: str) -> mx.array:

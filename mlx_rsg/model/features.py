@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlx.core as mx
@@ -22,6 +23,9 @@ import numpy as np
 
 from mlx_rsg.accel.cpu_parallel import row_parallel
 from mlx_rsg.io import remove_stale
+from mlx_rsg.model import shared_prefix
+from mlx_rsg.model.batching import make_batches
+from mlx_rsg.progress import Progress
 
 
 class PrefixCache:
@@ -69,16 +73,40 @@ class PrefixCache:
             out[j, : lengths[j]] = self._get(i)
         return mx.array(out).astype(self._dtype)
 
+    def fill(self, encoded: Sequence, batch_size: int, desc: str | None = None) -> None:
+        """Store the rows of the units (batching.EncodedUnit) not stored yet whose record's units
+        share a long token prefix: the prefix runs once per record (`model.shared_prefix`; equal
+        to running each unit whole). Other units are left to `prefix`, batch by batch."""
+        missing = [e for e in encoded if (e.unit.task, e.unit.key) not in self]
+        groups, _ = shared_prefix.group_shared(missing)
+        if not groups:
+            return
+        bar = Progress(sum(len(g.members) for g in groups), desc) if desc else None
+        for group in groups:
+            state = shared_prefix.PrefixState(self.model, group.prefix, self.model.k)
+            self._dtype = state.hidden.dtype
+            for batch in make_batches(group.members, batch_size, rng=None):
+                self._store_rows(batch.ids, shared_prefix.shared_rows(state, batch))
+                self.misses += len(batch.ids)
+                if bar is not None:
+                    bar.update(len(batch.ids), len(batch.ids))
+        if bar is not None:
+            bar.close()
+
     def _store(self, ids, lengths, h: mx.array) -> None:
         self._dtype = h.dtype
         rows = np.array(h.astype(mx.float32))
-        for i, n, r in zip(ids, lengths, rows, strict=True):
+        self._store_rows(ids, [r[:n] for r, n in zip(rows, lengths, strict=True)])
+
+    def _store_rows(self, ids, rows: list[np.ndarray]) -> None:
+        """Store each id's unpadded float32 rows (L, D)."""
+        for i, r in zip(ids, rows, strict=True):
             if self.path is None:
-                self.rows[i] = r[:n].copy()
+                self.rows[i] = np.array(r, np.float32)
             else:
-                self._file.write(np.ascontiguousarray(r[:n]).tobytes())
-                self.index[i] = (self._written, n)
-                self._written += n
+                self._file.write(np.ascontiguousarray(r, np.float32).tobytes())
+                self.index[i] = (self._written, len(r))
+                self._written += len(r)
         if self.path is not None:
             self._file.flush()
 

@@ -73,7 +73,14 @@ from mlx_rsg.tasks import total_score
 from mlx_rsg.train.checkpoint import LossLog, Position, read_checkpoint, write_checkpoint
 from mlx_rsg.train.config import TrainConfig, classifier_config, heads_for
 from mlx_rsg.train.optim import compiled_update, make_optimizer
-from mlx_rsg.train.plan import TaskData, batch_seed, epoch_plan, load_task_data, max_lens
+from mlx_rsg.train.plan import (
+    TaskData,
+    batch_seed,
+    epoch_batches,
+    epoch_units,
+    load_task_data,
+    max_lens,
+)
 
 
 def _same_config(saved: TrainConfig, cfg: TrainConfig) -> None:
@@ -157,7 +164,7 @@ class _Loop:
     position: Position
     losses: LossLog
     log: Callable[[str], None]
-    plans: dict[int, list] = field(default_factory=dict)
+    plans: dict[int, tuple] = field(default_factory=dict)
     cache: Any = None  # PrefixCache of the train split's frozen prefix, or None
     val_cache: Any = None
     value_and_grad: Any = None
@@ -207,17 +214,25 @@ class _Loop:
 
     def plan(self, epoch: int) -> list:
         """The epoch's batches (only the latest epoch's are kept)."""
+        return self._epoch(epoch)[1]
+
+    def _epoch(self, epoch: int) -> tuple[list, list]:
+        """(the epoch's encoded units of every task, its batches)."""
         if epoch not in self.plans:
             self.plans.clear()
             lengths = {t: self.model.cfg.max_len_for(t) for t in self.cfg.tasks}
-            self.plans[epoch] = epoch_plan(self.data, self.tokenizer, self.cfg, epoch, lengths)
+            units = epoch_units(self.data, self.tokenizer, self.cfg, epoch, lengths)
+            batches = epoch_batches(units, self.cfg, epoch)
+            self.plans[epoch] = ([e for us in units.values() for e in us], batches)
         return self.plans[epoch]
 
     def run_epoch(self, epoch: int, stop_after_batches: int | None) -> bool:
         """Train the rest of `epoch`; False if stopped early by `stop_after_batches`."""
 
         cfg, pos = self.cfg, self.position
-        batches = self.plan(epoch)
+        units, batches = self._epoch(epoch)
+        if self.cache is not None:  # passages shared by several units: their prefix runs once
+            self.cache.fill(units, cfg.batch_size, desc="shared passages")
         bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", done=pos.batch_in_epoch)
         self.model.train()
         accum, n_accum = None, 0
@@ -264,7 +279,7 @@ class _Loop:
             {t: self.data[t].val for t in cfg.tasks if self.data[t].val},
             cfg.batch_size,
             log=self.log,
-            h0_fn=self.val_cache.prefix if self.val_cache is not None else None,
+            cache=self.val_cache,
             desc=f"val {epoch + 1}/{cfg.epochs}",
         )
         pos.history.append({

@@ -51,8 +51,9 @@ def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]
         lidirus = diagnostic_records(data_dir)
         if lidirus:
             out["LiDiRus"] = TaskData(
-                "LiDiRus", [], sample_examples("LiDiRus", lidirus, cfg.max_eval_per_task, cfg.seed,
-                                               "val")
+                "LiDiRus",
+                [],
+                sample_examples("LiDiRus", lidirus, cfg.max_eval_per_task, cfg.seed, "val"),
             )
             log(
                 f"LiDiRus: {len(out['LiDiRus'].val)} diagnostic records, scored with the TERRa head"
@@ -72,25 +73,34 @@ def seeded_generator(salt: str):
     )
 
 
-def _train_batches(task: str, records: list, tokenizer, cfg: TrainConfig, epoch: int,
-                   max_len: int) -> list:  # fmt: skip
-    """One epoch's batches of one task. Units are rebuilt per epoch only because RuCoS draws
-    fresh negatives; the rng depends on (seed, task, epoch) alone."""
-    rng = seeded_generator(f"{cfg.seed}:{task}:units:{epoch}")
-    units = make_units(task, records, train=True, rng=rng, max_negatives=cfg.max_negatives)
-    encoded = encode_units(units, tokenizer, max_len)
-    return make_batches(encoded, cfg.batch_size, rng=random.Random(f"{cfg.seed}:{task}:{epoch}"))
+def epoch_units(data: dict[str, TaskData], tokenizer, cfg: TrainConfig, epoch: int,
+                max_lens: dict[str, int]) -> dict[str, list]:  # fmt: skip
+    """Every task's encoded training units of one epoch, truncated to its `max_lens` entry.
+    Units are rebuilt per epoch only because RuCoS draws fresh negatives; the rng depends on
+    (seed, task, epoch) alone."""
+    out = {}
+    for task in cfg.tasks:
+        rng = seeded_generator(f"{cfg.seed}:{task}:units:{epoch}")
+        units = make_units(task, data[task].train, train=True, rng=rng,
+                           max_negatives=cfg.max_negatives)  # fmt: skip
+        out[task] = encode_units(units, tokenizer, max_lens[task])
+    return out
+
+
+def epoch_batches(encoded: dict[str, list], cfg: TrainConfig, epoch: int) -> list:
+    """All tasks' batches of one epoch, shuffled together (examples-proportional mixing)."""
+    batches = []
+    for task, units in encoded.items():
+        rng = random.Random(f"{cfg.seed}:{task}:{epoch}")
+        batches += make_batches(units, cfg.batch_size, rng=rng)
+    random.Random(f"{cfg.seed}:order:{epoch}").shuffle(batches)
+    return batches
 
 
 def epoch_plan(data: dict[str, TaskData], tokenizer, cfg: TrainConfig, epoch: int,
                max_lens: dict[str, int]) -> list:  # fmt: skip
-    """All tasks' batches of one epoch, shuffled together (examples-proportional mixing), each
-    task's units truncated to its `max_lens` entry."""
-    batches = []
-    for task in cfg.tasks:
-        batches += _train_batches(task, data[task].train, tokenizer, cfg, epoch, max_lens[task])
-    random.Random(f"{cfg.seed}:order:{epoch}").shuffle(batches)
-    return batches
+    """All tasks' batches of one epoch, each task's units truncated to its `max_lens` entry."""
+    return epoch_batches(epoch_units(data, tokenizer, cfg, epoch, max_lens), cfg, epoch)
 
 
 def max_lens(cfg: TrainConfig, data: dict[str, TaskData], tokenizer) -> dict[str, int]:
