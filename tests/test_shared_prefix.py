@@ -20,7 +20,7 @@ from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.predict import score_units
-from mlx_rsg.tasks import make_units
+from mlx_rsg.tasks import make_units, parse_record
 from mlx_rsg.tasks.muserc import MuSeRCAnswer, MuSeRCQuestion, MuSeRCRecord
 
 PASSAGE = "Мама мыла раму. Кошка сидит на окне, а собака спит во дворе. " * 4
@@ -60,6 +60,12 @@ def test_groups_are_a_records_units_with_their_longest_common_prefix(tok):
     assert len(prefix) > short
     assert all(e.ids[: len(prefix)] == prefix and len(e.ids) > len(prefix) for e in members)
     assert len({e.ids[len(prefix)] for e in members}) > 1  # the longest: the next token differs
+    # Training fills all tasks at once: another task's record with the same idx stays apart.
+    terra = parse_record("TERRa", {"premise": PASSAGE, "hypothesis": "a", "idx": 0, "label": None})
+    mixed = encode_units(make_units("TERRa", [terra], train=False), tok, 200) + encoded
+    groups_mixed, rest_mixed = shared_prefix.group_shared(mixed, min_shared=short + 1)
+    assert [g.prefix for g in groups_mixed] == [prefix]
+    assert [e.unit.task for e in rest_mixed] == ["TERRa"] + ["MuSeRC"] * 3
     # Truncation cuts the passage at different points per answer: the prefix ends at the first.
     cut = encode_units(units[:3], tok, 60)
     g, _ = shared_prefix.group_shared(cut, min_shared=8)

@@ -8,9 +8,9 @@ question and answer) with those keys and values in front: the same function as t
 forward, computed on P + B x S tokens instead of B x (P + S). Only the floating-point summation
 order differs (tested).
 
-Which units share is found on the token ids, not on the text: the units of one record (`key[0]`)
-whose ids have a common prefix of at least `MIN_SHARED` tokens. Truncation may cut a passage at
-different points for different answers; the common prefix then simply ends at the earliest cut.
+Which units share is found on the token ids, not on the text: the units of one record (one task's
+`key[0]`) whose ids have a common prefix of at least `MIN_SHARED` tokens. Truncation may cut a
+passage at different points for different answers; the common prefix then ends at the first cut.
 
 The classifier's mlx-lm blocks are called as usual, with a cache object that prepends the shared
 keys and values (`update_and_fetch`) and gives the RoPE offset; masks are built for the offset
@@ -68,8 +68,8 @@ def group_shared(
     token of its own: the pooled last token is computed in the suffix pass."""
     min_shared = MIN_SHARED if min_shared is None else min_shared
     by_record: dict = {}
-    for e in encoded:
-        by_record.setdefault(e.unit.key[0], []).append(e)
+    for e in encoded:  # record idx repeat across tasks (training fills all tasks at once)
+        by_record.setdefault((e.unit.task, e.unit.key[0]), []).append(e)
     groups, rest = [], []
     for members in by_record.values():
         n = common_prefix_len([e.ids for e in members]) if len(members) > 1 else 0
