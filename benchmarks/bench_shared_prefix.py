@@ -1,0 +1,107 @@
+"""Shared passages vs every unit run whole: MuSeRC val prediction on the real model.
+
+    python benchmarks/bench_shared_prefix.py --model MODEL_DIR --data ../shared/rsg
+
+A MuSeRC passage is asked ~24 answers about; `predict` runs the passage once per record and each
+answer's own tokens against its keys and values (`mlx_rsg.model.shared_prefix`). This scores the
+first --records val paragraphs both ways with the same classifier (random heads on the whole
+backbone: the forward is what is timed), at --max-len tokens, alternately, best of --repeats, and
+reports units/s, the ratio, the largest logit difference and whether every decision agrees.
+
+Writes benchmarks/results/shared_prefix.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True, help="a converted model directory")
+    ap.add_argument("--data", type=Path, required=True, help="RSG data directory")
+    ap.add_argument("--records", type=int, default=8, help="MuSeRC val paragraphs")
+    ap.add_argument("--max-len", type=int, default=640)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "shared_prefix.json")
+    args = ap.parse_args()
+
+    import mlx_rsg  # noqa: F401, I001  (first: loads the fast BLAS before mlx)
+    import mlx.core as mx
+    import numpy as np
+    from mlx.utils import tree_map
+
+    from mlx_rsg.accel import blas
+    from mlx_rsg.data import load_split
+    from mlx_rsg.model import shared_prefix
+    from mlx_rsg.model.backbone import load_backbone, load_tokenizer
+    from mlx_rsg.model.classifier import RSGClassifier
+    from mlx_rsg.model.config import ClassifierConfig
+    from mlx_rsg.predict import score_units
+    from mlx_rsg.version import __version__
+
+    records = load_split(args.data, "MuSeRC", "val")[: args.records]
+    tok = load_tokenizer(args.model)
+    mx.random.seed(0)
+    cfg = ClassifierConfig(method="heads", max_len=args.max_len, dropout=0.0)
+    model = RSGClassifier(load_backbone(args.model), cfg, {"MuSeRC": 2})
+    model.update(tree_map(lambda v: mx.random.normal(v.shape), model.trainable_parameters()))
+    model.eval()
+
+    def run(min_shared: int):
+        shared_prefix.MIN_SHARED = min_shared
+        t0 = time.perf_counter()
+        units, logits = score_units(model, tok, "MuSeRC", records, args.batch_size)
+        return time.perf_counter() - t0, units, logits
+
+    modes = {"shared": shared_prefix.MIN_SHARED, "whole": 10**9}
+    best: dict[str, float] = {}
+    out: dict[str, np.ndarray] = {}
+    for _ in range(args.repeats):
+        for name, min_shared in modes.items():
+            seconds, units, logits = run(min_shared)
+            best[name] = min(best.get(name, seconds), seconds)
+            out[name] = logits
+    n = len(units)
+    diff = float(np.abs(out["shared"] - out["whole"]).max())
+    agree = bool((out["shared"].argmax(1) == out["whole"].argmax(1)).all())
+    result = {
+        "benchmark": "shared_prefix",
+        "model": str(args.model),
+        "task": "MuSeRC val",
+        "records": len(records),
+        "units": n,
+        "max_len": args.max_len,
+        "batch_size": args.batch_size,
+        "seconds": {k: round(v, 2) for k, v in best.items()},
+        "units_per_s": {k: round(n / v, 2) for k, v in best.items()},
+        "speedup": round(best["whole"] / best["shared"], 2),
+        "max_abs_logit_diff": diff,
+        "max_abs_logit": float(np.abs(out["whole"]).max()),
+        "decisions_agree": agree,
+        "blas": blas.describe(),
+        "versions": {"mlx_rsg": __version__, "mlx": mx.__version__},
+        "machine": f"{platform.machine()} {platform.system()}",
+    }
+    table = "\n".join([
+        f"MuSeRC val, {len(records)} paragraphs = {n} answers, max_len {args.max_len} "
+        f"({result['blas']})",
+        "| mode | seconds | units/s |",
+        "|---|---|---|",
+        *(f"| {k} | {best[k]:.1f} | {n / best[k]:.2f} |" for k in modes),
+        f"shared / whole: {result['speedup']}x; max |logit difference| {diff:.1e} "
+        f"(largest logit {result['max_abs_logit']:.1f}); decisions agree: {agree}",
+    ])  # fmt: skip
+    from results_io import save  # benchmarks/results_io.py, beside this script
+
+    save(args.out, result, table)
+
+
+if __name__ == "__main__":
+    main()
