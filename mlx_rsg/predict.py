@@ -85,9 +85,11 @@ def evaluate(
     log=None,
     cache=None,
     desc: str | None = None,
+    predictions: dict | None = None,
 ) -> dict[str, Any]:
     """Official val metrics per task, each with a single `score` (two-metric tasks averaged),
     and `score`: their unweighted mean. `cache`: a PrefixCache of the frozen prefix.
+    `predictions`: filled with (records, predictions) per task, as write_submission takes them.
     `desc`: show a progress bar over the units, so named."""
     model.eval()
     bar = None
@@ -101,6 +103,8 @@ def evaluate(
             model, tokenizer, task, records, batch_size, cache, on_batch=tick
         )
         preds = decode(task, records, [u.key for u in units], logits)
+        if predictions is not None:
+            predictions[task] = (records, preds)
         metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
         metrics["score"] = float(np.mean(list(metrics.values())))
         tasks[task] = metrics

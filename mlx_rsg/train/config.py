@@ -67,6 +67,15 @@ class TrainConfig:
     max_eval_per_task: int | None = opt(
         None, "At most ~N val examples per task, drawn as whole records."
     )
+    dev_per_task: int = opt(
+        0, "Carve ~N examples per task (whole records) out of train as a dev split: the best "
+        "epoch is chosen and binary decision thresholds are calibrated on it, and val is scored "
+        "once, at the end, with predictions written to RUN_DIR/val_predictions.zip (0: no dev "
+        "split; epochs are chosen on val)."
+    )  # fmt: skip
+    calibrate: bool = opt(
+        True, "With --dev-per-task: move each binary head's threshold to its best dev score."
+    )
     max_negatives: int = opt(4, "RuCoS: wrong entities sampled per query per epoch.")
     checkpoint_every: int = opt(
         50, "Optimizer steps between resume checkpoints (and every epoch end)."
@@ -106,7 +115,7 @@ _RULES = (
     (("lr", "head_lr", "lora_alpha"), lambda v: 0 < v < math.inf, "must be positive and finite"),
     (("weight_decay",), lambda v: 0 <= v < math.inf, "must be >= 0 and finite"),
     (("warmup", "max_train_per_task", "max_eval_per_task", "freeze_layers", "seed",
-      "max_negatives"),
+      "max_negatives", "dev_per_task"),
      lambda v: v >= 0, "must be >= 0"),
 )  # fmt: skip
 

@@ -69,7 +69,9 @@ from mlx_rsg.run import (
     write_backbone,
     write_json,
 )
+from mlx_rsg.submission import write_submission
 from mlx_rsg.tasks import total_score
+from mlx_rsg.train.calibrate import calibrate_heads
 from mlx_rsg.train.checkpoint import LossLog, Position, read_checkpoint, write_checkpoint
 from mlx_rsg.train.config import TrainConfig, classifier_config, heads_for
 from mlx_rsg.train.optim import compiled_update, make_optimizer
@@ -126,6 +128,9 @@ def train(
         )  # fmt: skip
 
 
+VAL_PREDICTIONS = "val_predictions.zip"
+
+
 def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse) -> None:
     """Every check that can fail before any work; then a --force'd old run is removed (only a
     run directory of ours that holds none of the inputs)."""
@@ -166,7 +171,7 @@ class _Loop:
     log: Callable[[str], None]
     plans: dict[int, tuple] = field(default_factory=dict)
     cache: Any = None  # PrefixCache of the train split's frozen prefix, or None
-    val_cache: Any = None
+    eval_cache: Any = None  # the same for the split epochs are chosen on (dev, else val)
     value_and_grad: Any = None
     update: Any = None
     t_start: float = 0.0
@@ -201,12 +206,12 @@ class _Loop:
                 "train": config_dict(cfg), "heads": heads, "tasks": task_info(list(data)),
             })  # fmt: skip
         loop.losses = LossLog(run_dir / "losses.jsonl", loop.position.batch if resume else None)
-        # Train and val units share keys (record idx), so each split gets its own cache; the val
-        # prefix is then computed once for every epoch's evaluation too.
+        # Train and val units share keys (record idx), so each split gets its own cache; the
+        # evaluated split's prefix is then computed once for every epoch's evaluation too.
         if _use_cache(cfg, model):
             sub = (lambda s: str(Path(cfg.cache_dir) / s)) if cfg.cache_dir else (lambda s: None)
             loop.cache = PrefixCache(model, cache_dir=sub("train"))
-            loop.val_cache = PrefixCache(model, cache_dir=sub("val"))
+            loop.eval_cache = PrefixCache(model, cache_dir=sub("eval"))
         loop.value_and_grad = nn.value_and_grad(model, lambda m, b, h0: loss_fn(m, b, h0))
         loop.update = compiled_update(model, loop.optimizer)
         loop.t_start = time.perf_counter() - loop.position.train_seconds
@@ -270,17 +275,19 @@ class _Loop:
         return True
 
     def end_epoch(self, epoch: int) -> None:
-        """Evaluate on val, keep the best weights, write metrics and the epoch's checkpoint."""
+        """Evaluate on dev (else val), keep the best weights, write metrics and the epoch's
+        checkpoint."""
 
         cfg, pos = self.cfg, self.position
+        split = "dev" if cfg.dev_per_task else "val"
         scores = evaluate(
             self.model,
             self.tokenizer,
-            {t: self.data[t].val for t in cfg.tasks if self.data[t].val},
+            {t: getattr(self.data[t], split) for t in cfg.tasks if getattr(self.data[t], split)},
             cfg.batch_size,
             log=self.log,
-            cache=self.val_cache,
-            desc=f"val {epoch + 1}/{cfg.epochs}",
+            cache=self.eval_cache,
+            desc=f"{split} {epoch + 1}/{cfg.epochs}",
         )
         pos.history.append({
             "epoch": epoch + 1,
@@ -290,7 +297,7 @@ class _Loop:
             "seconds": round(time.perf_counter() - self.t_start, 1),
         })  # fmt: skip
         self.log(
-            f"epoch {epoch + 1}: val score {scores['score']:.4f} "
+            f"epoch {epoch + 1}: {split} score {scores['score']:.4f} "
             + " ".join(f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items())
         )
         if pos.best is None or scores["score"] > pos.best["score"]:
@@ -298,7 +305,7 @@ class _Loop:
             pos.best = {"epoch": epoch + 1, "score": scores["score"]}
         pos.epoch, pos.batch_in_epoch = epoch + 1, 0
         pos.train_seconds = time.perf_counter() - self.t_start
-        _write_metrics(self.run_dir, pos, final=None)
+        _write_metrics(self.run_dir, cfg, pos, final=None)
         write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
 
 
@@ -315,9 +322,10 @@ def _use_cache(cfg: TrainConfig, model) -> bool:
     return cfg.prefix_cache and model.trainable_start() > 0
 
 
-def _write_metrics(run_dir: Path, position: Position, final: dict | None) -> dict:
+def _write_metrics(run_dir: Path, cfg: TrainConfig, position: Position, final: dict | None) -> dict:
+    split = "dev (carved from train)" if cfg.dev_per_task else "val"
     metrics = {
-        "selection": "best epoch by the mean official val score of the trained tasks",
+        "selection": f"best epoch by the mean official {split} score of the trained tasks",
         "history": position.history,
         "best": position.best,
         "train_seconds": round(position.train_seconds, 1),
@@ -334,7 +342,9 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
     model.load_weights(list(mx.load(str(run_dir / WEIGHTS)).items()), strict=False)
     model.eval()
     final = None
-    if "LiDiRus" in data:
+    if cfg.dev_per_task:
+        final = _score_val_once(run_dir, model, tokenizer, data, cfg, log)
+    elif "LiDiRus" in data:
         best = position.history[position.best["epoch"] - 1]
         diag = evaluate(model, tokenizer, {"LiDiRus": data["LiDiRus"].val}, cfg.batch_size,
                         log=log, desc="LiDiRus")  # fmt: skip
@@ -365,7 +375,33 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
         tmp.rename(run_dir / "backbone")
         info["backbone"] = {**info["backbone"], "copied": True}
     write_json(run_dir / "run.json", info)
-    return _write_metrics(run_dir, position, final)
+    return _write_metrics(run_dir, cfg, position, final)
+
+
+def _score_val_once(run_dir, model, tokenizer, data, cfg: TrainConfig, log) -> dict[str, Any]:
+    """With a dev split: calibrate the binary heads on dev (saved into the run's weights), then
+    score every task's val split once, LiDiRus with the TERRa head, and write those predictions
+    in the official submission format to RUN_DIR/val_predictions.zip."""
+    calibration = {}
+    if cfg.calibrate:
+        dev = {t: data[t].dev for t in cfg.tasks}
+        calibration = calibrate_heads(model, tokenizer, dev, cfg.batch_size, log)
+        save_weights(run_dir / WEIGHTS, trainable_weights(model))
+    val = {t: d.val for t, d in data.items() if d.val}
+    predictions: dict[str, tuple] = {}
+    scores = evaluate(model, tokenizer, val, cfg.batch_size, log=log, desc="val (once)",
+                      predictions=predictions)  # fmt: skip
+    write_submission(run_dir / VAL_PREDICTIONS, predictions)
+    log("val: " + " ".join(f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items()))
+    return {
+        "split": "val",
+        "tasks": scores["tasks"],
+        "total": _total(scores["tasks"]),
+        "calibration": calibration,
+        "predictions": VAL_PREDICTIONS,
+        "note": "val scored once, with the epoch chosen and the thresholds calibrated on dev; "
+        "LiDiRus (diagnostic) with the TERRa head, included in the total",
+    }
 
 
 def _total(per_task: dict[str, dict]) -> float:

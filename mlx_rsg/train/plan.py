@@ -25,6 +25,24 @@ class TaskData:
     name: str
     train: list = field(default_factory=list)  # records (capped)
     val: list = field(default_factory=list)
+    dev: list = field(default_factory=list)  # records carved out of train (--dev-per-task)
+
+
+def split_dev(task: str, records: list, cfg: TrainConfig) -> tuple[list, list]:
+    """(train, dev): ~--dev-per-task examples of whole records drawn from the seed, the rest
+    train. No record is in both; with no dev split, all of them train."""
+    if not cfg.dev_per_task:
+        return list(records), []
+
+    def size(r):
+        return examples_in(task, r)
+
+    dev = sample_records(records, cfg.dev_per_task, cfg.seed, f"{task}:dev", size)
+    if len(dev) == len(records):
+        raise UserError(f"--dev-per-task {cfg.dev_per_task}: it would take all of {task}'s "
+                        f"{len(records)} training records")  # fmt: skip
+    taken = {id(r) for r in dev}
+    return [r for r in records if id(r) not in taken], dev
 
 
 def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]:
@@ -33,7 +51,7 @@ def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]
         splits = available_splits(data_dir, task)
         if "train" not in splits:
             raise UserError(f"{data_dir}: task {task} has no train split")
-        train = load_split(data_dir, task, "train")
+        train, dev = split_dev(task, load_split(data_dir, task, "train"), cfg)
         val = load_split(data_dir, task, "val") if "val" in splits else []
         out[task] = TaskData(
             task,
@@ -45,8 +63,11 @@ def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]
                 lambda r, t=task: examples_in(t, r, cfg.max_negatives),
             ),
             sample_examples(task, val, cfg.max_eval_per_task, cfg.seed, "val"),
+            dev,
         )
-        log(f"{task}: {len(out[task].train)}/{len(train)} train, {len(out[task].val)} val records")
+        log(f"{task}: {len(out[task].train)}/{len(train)} train, "
+            + (f"{len(dev)} dev, " if dev else "")
+            + f"{len(out[task].val)} val records")  # fmt: skip
     if "TERRa" in cfg.tasks:
         lidirus = diagnostic_records(data_dir)
         if lidirus:

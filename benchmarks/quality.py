@@ -1,0 +1,107 @@
+"""Re-score a run's val predictions (official submission format) with the official metrics.
+
+    python benchmarks/quality.py --run RUN_DIR --data ../shared/rsg [--out results/quality.json]
+    python benchmarks/quality.py --predictions val_predictions.zip --data ../shared/rsg
+
+Reads `RUN_DIR/val_predictions.zip` (written by `mlx-rsg train --dev-per-task N`), or any zip in
+the official format, and scores every task in it against the gold labels of the data's val split
+(LiDiRus: its diagnostic file), next to each task's majority-class score on the same records.
+With --run, the run's command line, wall time, peak memory and versions come along from its
+run.json / metrics.json. Writes JSON and prints a table; nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+
+
+def majority_score(task: str, records: list) -> float:
+    """The official score of the trivial answer: the most common gold label for everything
+    (MuSeRC: for every answer; PARus: the more common right choice)."""
+    from collections import Counter
+
+    from mlx_rsg.tasks import gold_predictions, score_task, task_score
+
+    gold = gold_predictions(task, records)
+    values = Counter(v for g in gold for v in (g.values() if isinstance(g, dict) else [g]))
+    top = values.most_common(1)[0][0]
+    preds = [dict.fromkeys(g, top) if isinstance(g, dict) else top for g in gold]
+    return task_score(task, score_task(task, records, preds))
+
+
+def rescore(predictions: Path, data: Path) -> dict[str, Any]:
+    from mlx_rsg.data import load_split
+    from mlx_rsg.run import diagnostic_records
+    from mlx_rsg.submission import read_submission
+    from mlx_rsg.tasks import score_task, task_score, total_score
+
+    back = read_submission(predictions)
+    tasks: dict[str, Any] = {}
+    for task, preds in back.items():
+        records = diagnostic_records(data) if task == "LiDiRus" else load_split(data, task, "val")
+        missing = [r.idx for r in records if r.idx not in preds]
+        if missing:
+            raise SystemExit(f"{predictions}: {task} has no prediction for idx {missing[0]} "
+                             f"({len(missing)} of {len(records)} missing)")  # fmt: skip
+        metrics = score_task(task, records, preds)
+        tasks[task] = {
+            "records": len(records),
+            "metrics": metrics,
+            "score": task_score(task, metrics),
+            "majority": majority_score(task, records),
+        }
+    total = total_score({t: v["metrics"] for t, v in tasks.items()})
+    majority = sum(v["majority"] for v in tasks.values()) / len(tasks)
+    return {"tasks": tasks, "total": total, "majority_total": majority}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="a run directory with val_predictions.zip")
+    src.add_argument("--predictions", type=Path, help="a submission-format zip of val predictions")
+    ap.add_argument("--data", type=Path, required=True, help="RSG data directory")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "quality.json")
+    ap.add_argument("--command", help="the train command that made the run (recorded as given)")
+    ap.add_argument("--peak-rss-gb", type=float, help="the run's peak memory (recorded as given)")
+    args = ap.parse_args()
+
+    from mlx_rsg.version import __version__
+
+    predictions = args.predictions or args.run / "val_predictions.zip"
+    result: dict[str, Any] = {
+        "benchmark": "quality",
+        "predictions": str(predictions),
+        "data": str(args.data),
+        **rescore(predictions, args.data),
+        "versions": {"mlx_rsg": __version__},
+    }
+    if args.run:
+        run = json.loads((args.run / "run.json").read_text())
+        metrics = json.loads((args.run / "metrics.json").read_text())
+        result["run"] = {
+            "command": args.command,
+            "train": run.get("train"),
+            "classifier": run.get("classifier"),
+            "best_epoch": run.get("best_epoch"),
+            "history": metrics.get("history"),
+            "train_seconds": metrics.get("train_seconds"),
+            "peak_rss_gb": args.peak_rss_gb,
+            "calibration": metrics.get("final", {}).get("calibration"),
+        }
+    lines = ["| task | records | score | majority class |", "|---|---|---|---|"]
+    for task, v in result["tasks"].items():
+        lines.append(f"| {task} | {v['records']} | {v['score']:.3f} | {v['majority']:.3f} |")
+    lines.append(f"| **total** | | **{result['total']:.3f}** | {result['majority_total']:.3f} |")
+    from results_io import save  # benchmarks/results_io.py, beside this script
+
+    save(args.out, result, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
