@@ -1,0 +1,130 @@
+"""Recipe levers side by side on the real model: LoRA vs MLP adapters vs top-K freeze vs heads.
+
+    python benchmarks/ablation.py --model MODEL_DIR --data ../shared/rsg [--only NAME,...]
+
+Every configuration is one `mlx-rsg train` run on the same data (the same tasks, records, seed,
+epochs and batches) with a dev split carved out of train: the epoch (and each binary head's
+threshold) is chosen on dev, and val is scored once per configuration (--max-eval-per-task
+records per task). Reported per configuration: trainable parameters (what the run saves: heads
+and trained layers / LoRA / adapters), wall time, the dev score it was selected on and the val
+score. A lever that wins on dev and val at a cost worth paying earns its place in the recipe.
+
+Writes benchmarks/results/ablation.json and prints a table. Each run's directory is kept under
+--runs for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ALL_PROJECTIONS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+# name -> the flags that differ from COMMON. Gemma-3-270M has 18 blocks.
+CONFIGS = {
+    "heads": ["--method", "heads"],
+    "freeze-top4": ["--method", "freeze", "--freeze-layers", "14", "--lr", "5e-5"],
+    "freeze-top9": ["--method", "freeze", "--freeze-layers", "9", "--lr", "5e-5"],
+    "lora-all-r8": ["--method", "lora", "--freeze-layers", "0", "--lora-rank", "8",
+                    "--lora-alpha", "16", "--lora-targets", ALL_PROJECTIONS, "--lr", "2e-4"],
+    "adapter-all-64": ["--method", "mlp-adapter", "--freeze-layers", "0", "--adapter-size", "64",
+                       "--lr", "1e-3"],
+}  # fmt: skip
+
+
+def common_flags(args) -> list[str]:
+    return [
+        "--tasks", args.tasks, "--max-train-per-task", str(args.train_per_task),
+        "--dev-per-task", str(args.dev_per_task), "--max-eval-per-task", str(args.val_per_task),
+        "--epochs", str(args.epochs), "--max-len", str(args.max_len), "--task-max-len", "auto",
+        "--head-lr", "1e-3", "--warmup", "20", "--seed", str(args.seed),
+    ]  # fmt: skip
+
+
+def trainable_parameters(run: Path) -> int:
+    import mlx.core as mx
+
+    return int(sum(v.size for v in mx.load(str(run / "trainable.safetensors")).values()))
+
+
+def run_one(name: str, flags: list[str], args) -> dict:
+    run = args.runs / name
+    cmd = ["mlx-rsg", "train", str(args.model), "--data", str(args.data), "-o", str(run),
+           "--force", *common_flags(args), *flags]  # fmt: skip
+    print(f"== {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    seconds = time.perf_counter() - t0
+    metrics = json.loads((run / "metrics.json").read_text())
+    best = metrics["history"][metrics["best"]["epoch"] - 1]
+    final = metrics["final"]
+    return {
+        "name": name,
+        "flags": flags,
+        "trainable_parameters": trainable_parameters(run),
+        "seconds": round(seconds, 1),
+        "best_epoch": metrics["best"]["epoch"],
+        "dev": {"score": best["score"], "tasks": {t: v["score"] for t, v in best["tasks"].items()}},
+        "val": {"total": final["total"],
+                "tasks": {t: v["score"] for t, v in final["tasks"].items()}},
+        "calibration": final.get("calibration"),
+    }  # fmt: skip
+
+
+def table(result: dict) -> str:
+    tasks = list(result["runs"][0]["val"]["tasks"]) if result["runs"] else []
+    head = "| config | trainable params | minutes | dev (chosen on) | " + " | ".join(tasks)
+    lines = [head + " | val mean |", "|---" * (len(tasks) + 5) + "|"]
+    for r in result["runs"]:
+        cells = " | ".join(f"{r['val']['tasks'][t]:.3f}" for t in tasks)
+        lines.append(f"| {r['name']} | {r['trainable_parameters'] / 1e6:.2f} M | "
+                     f"{r['seconds'] / 60:.1f} | {r['dev']['score']:.3f} | {cells} | "
+                     f"{r['val']['total']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True, help="a converted model directory")
+    ap.add_argument("--data", type=Path, required=True, help="RSG data directory")
+    ap.add_argument("--runs", type=Path, default=Path("runs/ablation"))
+    ap.add_argument("--only", help="comma-separated config names (default: all)")
+    ap.add_argument("--tasks", default="TERRa,RCB,DaNetQA")
+    ap.add_argument("--train-per-task", type=int, default=320)
+    ap.add_argument("--dev-per-task", type=int, default=120)
+    ap.add_argument("--val-per-task", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--max-len", type=int, default=192)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "ablation.json")
+    args = ap.parse_args()
+
+    names = args.only.split(",") if args.only else list(CONFIGS)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"--only: unknown config {unknown[0]!r} (one of {', '.join(CONFIGS)})")
+    from mlx_rsg.accel import blas
+    from mlx_rsg.version import __version__
+
+    runs = [run_one(n, CONFIGS[n], args) for n in names]
+    result = {
+        "benchmark": "ablation",
+        "model": str(args.model),
+        "data": str(args.data),
+        "common_flags": common_flags(args),
+        "blas": blas.describe(),
+        "versions": {"mlx_rsg": __version__},
+        "runs": runs,
+    }
+    from results_io import save  # benchmarks/results_io.py, beside this script
+
+    save(args.out, result, table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""benchmarks/quality.py: val predictions in the official format re-scored against gold, next to
+the best constant answer."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlx_rsg.data import load_split
+from mlx_rsg.run import diagnostic_records
+from mlx_rsg.submission import write_submission
+from mlx_rsg.tasks import gold_predictions
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+from quality import majority_score, rescore  # noqa: E402
+
+
+def test_gold_predictions_rescore_perfectly(fixture_root, tmp_path):
+    by_task = {}
+    for task in ("TERRa", "RCB", "PARus", "MuSeRC", "DaNetQA"):
+        records = load_split(fixture_root, task, "val")
+        by_task[task] = (records, gold_predictions(task, records))
+    zip_path = write_submission(tmp_path / "val.zip", by_task)
+    result = rescore(zip_path, fixture_root)
+    assert set(result["tasks"]) == set(by_task)
+    for task, v in result["tasks"].items():
+        assert v["score"] == pytest.approx(1.0), task
+        assert v["records"] == len(by_task[task][0])
+    assert result["total"] == pytest.approx(1.0)
+
+
+def test_a_missing_prediction_is_refused(fixture_root, tmp_path):
+    records = load_split(fixture_root, "TERRa", "val")
+    zip_path = write_submission(tmp_path / "val.zip",
+                                {"TERRa": (records[1:], gold_predictions("TERRa", records[1:]))})
+    with pytest.raises(SystemExit, match=f"TERRa has no prediction for idx {records[0].idx}"):
+        rescore(zip_path, fixture_root)
+
+
+def test_majority_scores_of_the_real_val_splits(real_rsg_root):
+    """The baselines the issue computed by hand: 0.428 over the 8 real tasks."""
+    want = {"RCB": 0.379, "PARus": 0.550, "MuSeRC": 0.309, "TERRa": 0.502, "RUSSE": 0.631,
+            "RWSD": 0.554, "DaNetQA": 0.502}  # fmt: skip
+    got = {t: majority_score(t, load_split(real_rsg_root, t, "val")) for t in want}
+    got["LiDiRus"] = majority_score("LiDiRus", diagnostic_records(real_rsg_root))
+    assert {t: round(v, 3) for t, v in got.items()} == {**want, "LiDiRus": 0.0}
+    assert round(sum(got.values()) / 8, 3) == 0.428
