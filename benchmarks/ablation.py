@@ -28,6 +28,7 @@ ALL_PROJECTIONS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # name -> the flags that differ from COMMON. Gemma-3-270M has 18 blocks.
 CONFIGS = {
     "heads": ["--method", "heads"],
+    "heads-block10": ["--method", "heads", "--feature-layer", "10"],
     "freeze-top4": ["--method", "freeze", "--freeze-layers", "14", "--lr", "5e-5"],
     "freeze-top9": ["--method", "freeze", "--freeze-layers", "9", "--lr", "5e-5"],
     "lora-all-r8": ["--method", "lora", "--freeze-layers", "0", "--lora-rank", "8",

@@ -289,3 +289,29 @@ def test_too_many_trained_layers_names_the_flag():
     ]:
         with pytest.raises(UserError, match=flag):
             trained_depth(cfg, 2)
+
+
+def test_feature_layer_reads_an_earlier_block(tiny_model_dir, tok):
+    """--feature-layer 1 of 2: the features are block 1's output at the last token (final norm,
+    RMS normalisation, head), whatever block 2 holds; the cache stores block 1's output."""
+    from mlx_rsg.model.backbone import embed, final_norm, run_layers
+
+    model = model_for(tiny_model_dir, method="heads", feature_layer=1)
+    units = [nli_unit(0, "Кошка сидит на окне.", "Кошка спит."), nli_unit(1, "Дождь.", "Мы дома.")]
+    batch = collate(encode_units(units, tok, 64))
+    bb = model.backbone
+    h = final_norm(bb, run_layers(bb, embed(bb, batch.tokens), 0, 1))
+    last = mx.stack([h[i, n - 1] for i, n in enumerate(batch.lengths.tolist())])
+    want = model.heads["TERRa"](mx.fast.rms_norm(last, None, 1e-6))
+    np.testing.assert_allclose(np.array(model(batch)), np.array(want), rtol=1e-5, atol=1e-5)
+    cache = PrefixCache(model)
+    np.testing.assert_allclose(np.array(model(batch, cache.prefix(batch))), np.array(want),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    whole = model_for(tiny_model_dir, method="heads")
+    assert not np.allclose(np.array(whole(batch)), np.array(want), atol=1e-3)
+    for bad in (dict(method="freeze", freeze_layers=1, feature_layer=1),
+                dict(method="heads", feature_layer=3)):  # fmt: skip
+        with pytest.raises(UserError, match="--feature-layer"):
+            model_for(tiny_model_dir, **bad)
+    with pytest.raises(UserError, match="--feature-layer: needs --method heads"):
+        tiny_train_config(method="lora", feature_layer=1).validate()

@@ -10,7 +10,8 @@ raw features starts with a loss of ~3 and every Adam step moves its logits by se
 Normalised, one head learning rate suits any backbone and training starts at chance.
 
 Methods (`ClassifierConfig.method`, one module each in methods/): heads (the backbone frozen; K =
-all layers, so the whole backbone output is cacheable), freeze, lora, mlp-adapter.
+all layers, so the whole backbone output is cacheable), freeze, lora, mlp-adapter. With
+`feature_layer` F (heads only) the classifier reads block F's output: blocks above F never run.
 
 `prefix(tokens)` is everything below the first trained block, with no dropout, so its output is a
 pure function of the tokens: the training loop caches it (features.PrefixCache) and feeds it back
@@ -43,8 +44,14 @@ class RSGClassifier(nn.Module):
         self.lm = backbone.model
         self.cfg = cfg
         n = backbone.num_layers
-        depth = trained_depth(cfg, n)
-        self.k = n - depth
+        if cfg.feature_layer is not None:  # read an earlier block's output (heads only)
+            if cfg.method != "heads" or not 1 <= cfg.feature_layer <= n:
+                raise UserError(f"--feature-layer: {cfg.feature_layer} needs --method heads and "
+                                f"a block in 1..{n}")  # fmt: skip
+            n = cfg.feature_layer
+        self.depth = n  # the blocks the classifier runs: [0, depth)
+        self.k = n - trained_depth(cfg, n)
+        depth = n - self.k
         self.lm.freeze()
         self.adapters = {}  # block index (str) -> module run after that block (mlp-adapter)
         methods.get(cfg.method).apply(self, depth)
@@ -69,10 +76,10 @@ class RSGClassifier(nn.Module):
     def features(self, batch, h0: mx.array | None = None) -> mx.array:
         """Pooled final hidden states (B, S, hidden): S = 1, or the marked spans. h0: the input
         of block K (`prefix`), or None to run the whole backbone."""
-        bb, n = self.backbone, self.backbone.num_layers
+        bb, n = self.backbone, self.depth
         first = 0 if h0 is None else self.k  # the first block this call runs
         at = None  # the top block runs only at the positions pooling reads (same values)
-        if first < n and top_block.supports(bb.layers[-1]):
+        if first < n and top_block.supports(bb.layers[n - 1]):
             spans = None if batch.spans is None else np.array(batch.spans)
             at = top_block.pooled_positions(np.array(batch.lengths), spans, self.cfg.pooling)
         end = n if at is None else n - 1  # blocks run whole
@@ -85,7 +92,7 @@ class RSGClassifier(nn.Module):
         weights = pooling_weights(batch, self.cfg.pooling)
         if at is not None:
             positions, valid = mx.array(at[0]), mx.array(at[1])
-            h = top_block.block_at(bb.layers[-1], h, positions, layer_window(bb, n - 1))
+            h = top_block.block_at(bb.layers[n - 1], h, positions, layer_window(bb, n - 1))
             if n - 1 in hooks:
                 h = hooks[n - 1](h)
             weights = mx.take_along_axis(weights, positions[:, None, :], axis=2)

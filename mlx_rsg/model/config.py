@@ -27,6 +27,7 @@ class ClassifierConfig:
     # TASK=N overrides of max_len (train resolves `auto` into them before building the model)
     task_max_len: tuple[str, ...] = ()
     grad_checkpoint: bool = False  # recompute the trained blocks' activations in backward
+    feature_layer: int | None = None  # heads: pool block N's output (1-based; None: the last)
 
     def max_len_for(self, task: str) -> int:
         """The task's token budget; LiDiRus, scored with TERRa's head, gets TERRa's."""

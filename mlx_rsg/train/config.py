@@ -83,6 +83,10 @@ class TrainConfig:
     prefix_cache: bool = opt(
         True, "Compute the frozen layers once per example and reuse them every epoch."
     )
+    feature_layer: int | None = opt(
+        None, "heads: pool the output of block N (1..layers) instead of the last block's; the "
+        "blocks above it never run.", default_help="the last block"
+    )  # fmt: skip
     grad_checkpoint: bool = opt(
         False, "Recompute the trained layers' activations in backward (less memory, slower)."
     )
@@ -106,6 +110,8 @@ class TrainConfig:
         if not 0 <= self.dropout < 1 or not 0 <= self.adapter_dropout < 1:
             raise UserError("--dropout: must be in [0, 1)")
         parse_task_max_len(self.task_max_len)  # a bad entry fails here, before any work
+        if self.feature_layer is not None and (self.method != "heads" or self.feature_layer < 1):
+            raise UserError("--feature-layer: needs --method heads and a block number >= 1")
 
 
 # (flags, check, what the error says), in the order TrainConfig.validate applies them
