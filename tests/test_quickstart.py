@@ -43,6 +43,9 @@ def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, cap
     total = fp32["total"] if fp32["total"] is not None else fp32["total_fixture"]
     assert total == pytest.approx(final["total"], abs=1e-12)  # summation order only
     assert f"with LiDiRus, as bench counts, {final['total']:.3f}" in out.out
+    # It says it was a demonstration, and how to run the full recipe on the same model and data.
+    assert "This was a demonstration of the pipeline: `heads` on ~24 training examples" in out.out
+    assert f"mlx-rsg train {work / 'model'} --data {tiny_rsg_dir} -o runs/g270m" in out.out
     # Each step says its share of the time, then how long it took.
     for step in ("[1/4] convert", "[2/4] train", "[3/4] quantize", "[4/4] bench"):
         line = next(ln for ln in out.err.splitlines() if ln.startswith(step))
