@@ -55,9 +55,10 @@ def trainable_parameters(run: Path) -> int:
 
 def run_one(name: str, flags: list[str], args) -> dict:
     run = args.runs / name
-    cmd = ["mlx-rsg", "train", str(args.model), "--data", str(args.data), "-o", str(run),
+    cli = [sys.executable, "-c", "from mlx_rsg.cli import main; main()"]  # this environment's
+    cmd = [*cli, "train", str(args.model), "--data", str(args.data), "-o", str(run),
            "--force", *common_flags(args), *flags]  # fmt: skip
-    print(f"== {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    print(f"== {name}: mlx-rsg {' '.join(cmd[len(cli):])}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - t0
@@ -96,11 +97,11 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     ap.add_argument("--only", help="comma-separated config names (default: all)")
     ap.add_argument("--tasks", default="TERRa,RCB,DaNetQA")
-    ap.add_argument("--train-per-task", type=int, default=320)
-    ap.add_argument("--dev-per-task", type=int, default=120)
-    ap.add_argument("--val-per-task", type=int, default=300)
+    ap.add_argument("--train-per-task", type=int, default=240)
+    ap.add_argument("--dev-per-task", type=int, default=96)
+    ap.add_argument("--val-per-task", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--max-len", type=int, default=192)
+    ap.add_argument("--max-len", type=int, default=160)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ablation.json")
     args = ap.parse_args()

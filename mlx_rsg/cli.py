@@ -197,10 +197,11 @@ def train_command(model_dir, data_dir, run_dir, tasks, resume, fuse, copy_backbo
                               max_train_per_task=flags["max_train_per_task"] or None)  # fmt: skip
     metrics = train(model_dir, data_dir, run_dir, cfg, resume=resume, force=force, fuse=fuse,
                     copy_backbone=copy_backbone)  # fmt: skip
-    best = metrics.get("best") or {}
+    best, final = metrics.get("best") or {}, metrics.get("final")
+    split = "dev" if cfg.dev_per_task else "val"
     click.echo(
-        f"best epoch {best.get('epoch')}: val score {best.get('score', float('nan')):.4f}"
-        + (f"; total with LiDiRus {metrics['final']['total']:.4f}" if metrics.get("final") else "")
+        f"best epoch {best.get('epoch')}: {split} score {best.get('score', float('nan')):.4f}"
+        + (f"; val total with LiDiRus {final['total']:.4f}" if final else "")
         + f"  -> {run_dir}"
     )
 
