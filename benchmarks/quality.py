@@ -2,6 +2,9 @@
 
     python benchmarks/quality.py --run RUN_DIR --data ../shared/rsg [--out results/quality.json]
     python benchmarks/quality.py --predictions val_predictions.zip --data ../shared/rsg
+    # the committed predictions of the README's real run:
+    python benchmarks/quality.py --predictions benchmarks/results/quality/val_predictions.zip \
+        --data ../shared/rsg --out /tmp/quality.json
 
 Reads `RUN_DIR/val_predictions.zip` (written by `mlx-rsg train --dev-per-task N`), or any zip in
 the official format, and scores every task in it against the gold labels of the data's val split
@@ -64,15 +67,19 @@ def rescore(predictions: Path, data: Path) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", type=Path, help="a run directory with val_predictions.zip")
-    src.add_argument("--predictions", type=Path, help="a submission-format zip of val predictions")
+    ap.add_argument("--run", type=Path, help="a run directory (its val_predictions.zip unless "
+                    "--predictions; its config, epochs and timing are recorded)")  # fmt: skip
+    ap.add_argument("--predictions", type=Path, help="a submission-format zip of val predictions")
     ap.add_argument("--data", type=Path, required=True, help="RSG data directory")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "quality.json")
     ap.add_argument("--command", help="the train command that made the run (recorded as given)")
     ap.add_argument("--peak-rss-gb", type=float, help="the run's peak memory (recorded as given)")
+    ap.add_argument("--wall-minutes", type=float, help="the run's wall time (recorded as given)")
     args = ap.parse_args()
+    if not (args.run or args.predictions):
+        ap.error("give --run, --predictions or both")
 
+    from mlx_rsg.accel import blas
     from mlx_rsg.version import __version__
 
     predictions = args.predictions or args.run / "val_predictions.zip"
@@ -94,6 +101,8 @@ def main() -> None:
             "history": metrics.get("history"),
             "train_seconds": metrics.get("train_seconds"),
             "peak_rss_gb": args.peak_rss_gb,
+            "wall_minutes": args.wall_minutes,
+            "blas": blas.describe(),
             "calibration": metrics.get("final", {}).get("calibration"),
         }
     lines = ["| task | records | score | majority class |", "|---|---|---|---|"]

@@ -48,3 +48,16 @@ def test_majority_scores_of_the_real_val_splits(real_rsg_root):
     got["LiDiRus"] = majority_score("LiDiRus", diagnostic_records(real_rsg_root))
     assert {t: round(v, 3) for t, v in got.items()} == {**want, "LiDiRus": 0.0}
     assert round(sum(got.values()) / 8, 3) == 0.428
+
+
+def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root):
+    """benchmarks/results/quality.json (the README's real run) is what its zip scores."""
+    import json
+
+    results = Path(__file__).parents[1] / "benchmarks" / "results"
+    want = json.loads((results / "quality.json").read_text())
+    got = rescore(results / "quality" / "val_predictions.zip", real_rsg_root)
+    assert got["total"] == pytest.approx(want["total"], abs=1e-12)
+    for task, v in want["tasks"].items():
+        assert got["tasks"][task]["score"] == pytest.approx(v["score"], abs=1e-12), task
+        assert got["tasks"][task]["records"] == v["records"]
