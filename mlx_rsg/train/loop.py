@@ -84,6 +84,8 @@ from mlx_rsg.train.plan import (
     max_lens,
 )
 
+VAL_PREDICTIONS = "val_predictions.zip"  # written into RUN_DIR with --dev-per-task
+
 
 def _same_config(saved: TrainConfig, cfg: TrainConfig) -> None:
     diff = [
@@ -126,9 +128,6 @@ def train(
             run_dir, model_dir, loop.model, loop.tokenizer, loop.data, cfg, loop.position, fuse,
             copy_backbone, log,
         )  # fmt: skip
-
-
-VAL_PREDICTIONS = "val_predictions.zip"
 
 
 def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse) -> None:
