@@ -161,7 +161,7 @@ def _step(model: RSGClassifier, batch) -> dict:
             dict(method="lora", freeze_layers=1, lora_targets=("q_proj", "v_proj")),
             {"heads.", "lora_"},
         ),
-        (dict(method="mlp-adapter", freeze_layers=1), {"heads.", "adapters.1."}),
+        (dict(method="mlp-adapter", freeze_layers=1), {"heads.", "adapters.block1."}),
     ],
 )
 def test_each_method_trains_only_its_own_parameters(tiny_model_dir, tok, cfg, expect):

@@ -29,6 +29,7 @@ from mlx_rsg.errors import UserError
 from mlx_rsg.model import methods
 from mlx_rsg.model.backbone import Backbone, embed, final_norm, layer_window, run_layers
 from mlx_rsg.model.config import ClassifierConfig
+from mlx_rsg.model.methods.mlp_adapter import block_hooks
 from mlx_rsg.tasks import REGISTRY
 
 
@@ -53,7 +54,7 @@ class RSGClassifier(nn.Module):
         self.k = n - trained_depth(cfg, n)
         depth = n - self.k
         self.lm.freeze()
-        self.adapters = {}  # block index (str) -> module run after that block (mlp-adapter)
+        self.adapters = {}  # "block<i>" -> module run after block i (mlp-adapter)
         methods.get(cfg.method).apply(self, depth)
         # Span-pooled tasks concatenate their spans: the head sees hidden * spans features.
         self.heads = {}
@@ -83,7 +84,7 @@ class RSGClassifier(nn.Module):
             spans = None if batch.spans is None else np.array(batch.spans)
             at = top_block.pooled_positions(np.array(batch.lengths), spans, self.cfg.pooling)
         end = n if at is None else n - 1  # blocks run whole
-        hooks = {int(i): a for i, a in self.adapters.items()}
+        hooks = block_hooks(self.adapters)
         checkpoint = self.cfg.grad_checkpoint and self.training
         trained = min(max(first, self.k), end)
         h = embed(bb, batch.tokens) if h0 is None else h0

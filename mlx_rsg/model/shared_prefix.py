@@ -29,6 +29,7 @@ from mlx_lm.models.base import create_causal_mask
 from mlx_rsg.accel.cpu_parallel import batch_rows
 from mlx_rsg.model.backbone import embed, final_norm, layer_window
 from mlx_rsg.model.classifier import pool, pooling_weights
+from mlx_rsg.model.methods.mlp_adapter import block_hooks
 from mlx_rsg.tasks import REGISTRY
 
 # Below this many shared tokens a separate batch-1 pass over them costs more than it saves.
@@ -111,7 +112,7 @@ def _run(model, h: mx.array, end: int, caches: list, offset: int) -> mx.array:
     """Blocks [0, end) of the classifier's backbone (with its adapters) on h, each with its
     cache; masks causal from `offset` on, within the layer's sliding window."""
     bb = model.backbone
-    hooks = {int(i): a for i, a in model.adapters.items()}
+    hooks = block_hooks(model.adapters)
     masks: dict = {}
     for i in range(end):
         window = layer_window(bb, i)

@@ -27,14 +27,20 @@ class Adapter(nn.Module):
         return h + self.dropout(self.up(nn.gelu(self.down(h))))
 
 
+def block_hooks(adapters: dict) -> dict[int, Adapter]:
+    """{block index: adapter} from the classifier's `adapters` dict ("block9": ...)."""
+    return {int(key.removeprefix("block")): a for key, a in adapters.items()}
+
+
 @dataclass(frozen=True)
 class MLPAdapter(Method):
     def apply(self, classifier, depth: int) -> None:
-        # Keyed by block index, as strings: module trees need str keys.
-        cfg, n = classifier.cfg, classifier.backbone.num_layers
+        # Keyed "block<i>", not "<i>": MLX turns all-digit keys of a flattened tree back into a
+        # list (tree_unflatten), and the optimizer's gradients then no longer match the dict.
+        cfg, n = classifier.cfg, classifier.depth
         size = classifier.backbone.hidden_size
         classifier.adapters = {
-            str(i): Adapter(size, cfg.adapter_size, cfg.adapter_dropout)
+            f"block{i}": Adapter(size, cfg.adapter_size, cfg.adapter_dropout)
             for i in range(n - depth, n)
         }
 
