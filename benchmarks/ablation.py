@@ -6,8 +6,10 @@ Every configuration is one `mlx-rsg train` run on the same data (the same tasks,
 epochs and batches) with a dev split carved out of train: the epoch (and each binary head's
 threshold) is chosen on dev, and val is scored once per configuration (--max-eval-per-task
 records per task). Reported per configuration: trainable parameters (what the run saves: heads
-and trained layers / LoRA / adapters), wall time, the dev score it was selected on and the val
-score. A lever that wins on dev and val at a cost worth paying earns its place in the recipe.
+and trained layers / LoRA / adapters), minutes (training plus each epoch's dev evaluation:
+metrics.json's train_seconds; the single val pass and model loading are not counted), the dev
+score it was selected on and the val score. A lever that wins on dev and val at a cost worth
+paying earns its place in the recipe.
 
 Writes benchmarks/results/ablation.json and prints a table. Each run's directory is kept under
 --runs for inspection.
@@ -19,7 +21,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -59,9 +60,11 @@ def run_one(name: str, flags: list[str], args) -> dict:
     cmd = [*cli, "train", str(args.model), "--data", str(args.data), "-o", str(run),
            "--force", *common_flags(args), *flags]  # fmt: skip
     print(f"== {name}: mlx-rsg {' '.join(cmd[len(cli):])}", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    seconds = time.perf_counter() - t0
+    if args.reuse and _finished(run, cmd[len(cli):]):
+        print(f"   {run}: finished with these flags; reused", file=sys.stderr)
+    else:
+        subprocess.run(cmd, check=True)
+        (run / "ablation_command.json").write_text(json.dumps(cmd[len(cli):]))
     metrics = json.loads((run / "metrics.json").read_text())
     best = metrics["history"][metrics["best"]["epoch"] - 1]
     final = metrics["final"]
@@ -69,7 +72,7 @@ def run_one(name: str, flags: list[str], args) -> dict:
         "name": name,
         "flags": flags,
         "trainable_parameters": trainable_parameters(run),
-        "seconds": round(seconds, 1),
+        "seconds": metrics["train_seconds"],  # training + each epoch's dev evaluation
         "best_epoch": metrics["best"]["epoch"],
         "dev": {"score": best["score"], "tasks": {t: v["score"] for t, v in best["tasks"].items()}},
         "val": {"total": final["total"],
@@ -78,13 +81,22 @@ def run_one(name: str, flags: list[str], args) -> dict:
     }  # fmt: skip
 
 
+def _finished(run: Path, flags: list[str]) -> bool:
+    """The run exists, was made by this script with the same flags, and finished."""
+    try:
+        same = json.loads((run / "ablation_command.json").read_text()) == flags
+        return same and "final" in json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def table(result: dict) -> str:
     tasks = list(result["runs"][0]["val"]["tasks"]) if result["runs"] else []
     head = "| config | trainable params | minutes | dev (chosen on) | " + " | ".join(tasks)
     lines = [head + " | val mean |", "|---" * (len(tasks) + 5) + "|"]
     for r in result["runs"]:
         cells = " | ".join(f"{r['val']['tasks'][t]:.3f}" for t in tasks)
-        lines.append(f"| {r['name']} | {r['trainable_parameters'] / 1e6:.2f} M | "
+        lines.append(f"| {r['name']} | {r['trainable_parameters']:,} | "
                      f"{r['seconds'] / 60:.1f} | {r['dev']['score']:.3f} | {cells} | "
                      f"{r['val']['total']:.3f} |")  # fmt: skip
     return "\n".join(lines)
@@ -96,6 +108,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="RSG data directory")
     ap.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     ap.add_argument("--only", help="comma-separated config names (default: all)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep runs under --runs that finished with the same flags")  # fmt: skip
     ap.add_argument("--tasks", default="TERRa,RCB,DaNetQA")
     ap.add_argument("--train-per-task", type=int, default=240)
     ap.add_argument("--dev-per-task", type=int, default=96)
