@@ -71,7 +71,7 @@ def score_units(
         h0 = cache.prefix(batch) if cache is not None else None
         keep(batch, model_rows(model, batch, h0))  # one row chunk per CPU core (evaluated)
     for group in groups:
-        state = shared_prefix.PrefixState(model, group.prefix, model.depth)
+        state = shared_prefix.PrefixState(model, group.prefix, model.n_blocks)
         for batch in make_batches(group.members, batch_size, rng=None):
             keep(batch, shared_prefix.shared_logits(model, state, batch))
     return units, np.stack([by_key[u.key] for u in units]) if units else np.zeros((0, 1))

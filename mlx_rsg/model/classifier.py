@@ -50,12 +50,12 @@ class RSGClassifier(nn.Module):
                 raise UserError(f"--feature-layer: {cfg.feature_layer} needs --method heads and "
                                 f"a block in 1..{n}")  # fmt: skip
             n = cfg.feature_layer
-        self.depth = n  # the blocks the classifier runs: [0, depth)
-        self.k = n - trained_depth(cfg, n)
-        depth = n - self.k
+        self.n_blocks = n  # the classifier runs blocks [0, n_blocks)
+        trained = trained_depth(cfg, n)
+        self.k = n - trained
         self.lm.freeze()
         self.adapters = {}  # "block<i>" -> module run after block i (mlp-adapter)
-        methods.get(cfg.method).apply(self, depth)
+        methods.get(cfg.method).apply(self, trained)
         # Span-pooled tasks concatenate their spans: the head sees hidden * spans features.
         self.heads = {}
         for name, n_out in heads.items():
@@ -77,7 +77,7 @@ class RSGClassifier(nn.Module):
     def features(self, batch, h0: mx.array | None = None) -> mx.array:
         """Pooled final hidden states (B, S, hidden): S = 1, or the marked spans. h0: the input
         of block K (`prefix`), or None to run the whole backbone."""
-        bb, n = self.backbone, self.depth
+        bb, n = self.backbone, self.n_blocks
         first = 0 if h0 is None else self.k  # the first block this call runs
         at = None  # the top block runs only at the positions pooling reads (same values)
         if first < n and top_block.supports(bb.layers[n - 1]):

@@ -3,11 +3,14 @@
 The blocks below the classifier's `trainable_start()` never change during training and run
 without dropout, so their output for an example depends on its tokens only. The first time an
 example is seen its rows are stored (unpadded); afterwards batches are assembled from the store
-and the frozen blocks are skipped. In RAM by default; with `cache_dir` the rows go to one
-append-only file that is memory-mapped back (~330 KB per 128-token example at 640 hidden in
-fp32), so the cache can exceed RAM. The file belongs to one cache object: a new, uniquely named
-file, removed when the cache is, so a cache never holds another model's, tokenisation's or
-process's rows (two trains sharing a --cache-dir each get their own).
+and the frozen blocks are skipped. `fill` stores the units of records that share a passage
+ahead of their batches, running the passage once (`model/shared_prefix.py`).
+
+In RAM by default; with `cache_dir` the rows go to one append-only file that is memory-mapped
+back (~330 KB per 128-token example at 640 hidden in fp32), so the cache can exceed RAM. The file
+belongs to one cache object: a new, uniquely named file, removed when the cache is, so a cache
+never holds another model's, tokenisation's or process's rows (two trains sharing a --cache-dir
+each get their own).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class MLPAdapter(Method):
     def apply(self, classifier, depth: int) -> None:
         # Keyed "block<i>", not "<i>": MLX turns all-digit keys of a flattened tree back into a
         # list (tree_unflatten), and the optimizer's gradients then no longer match the dict.
-        cfg, n = classifier.cfg, classifier.depth
+        cfg, n = classifier.cfg, classifier.n_blocks
         size = classifier.backbone.hidden_size
         classifier.adapters = {
             f"block{i}": Adapter(size, cfg.adapter_size, cfg.adapter_dropout)
