@@ -24,6 +24,11 @@ from mlx_rsg.tasks import REGISTRY, decode, score_task, task_score
 MAX_CANDIDATES = 200
 
 
+def official_score(task: str, records: list, keys: list, logits: np.ndarray) -> float:
+    """The task's official score of deciding by argmax over `logits` (one row per unit key)."""
+    return task_score(task, score_task(task, records, decode(task, records, keys, logits)))
+
+
 def binary_tasks(tasks) -> list[str]:
     return [t for t in tasks if not REGISTRY[t].choice and len(REGISTRY[t].labels) == 2]
 
@@ -43,7 +48,7 @@ def best_threshold(task: str, records: list, keys: list, logits: np.ndarray) -> 
     for t in sorted(candidates, key=abs):
         shifted = logits.copy()
         shifted[:, 1] -= t
-        score = task_score(task, score_task(task, records, decode(task, records, keys, shifted)))
+        score = official_score(task, records, keys, shifted)
         if score > best[0] + 1e-12:
             best = (score, float(t))
     return best[1], best[0]
@@ -61,7 +66,7 @@ def calibrate_heads(model, tokenizer, dev: dict[str, list], batch_size: int,
             continue
         units, logits = score_units(model, tokenizer, task, records, batch_size)
         keys = [u.key for u in units]
-        before = task_score(task, score_task(task, records, decode(task, records, keys, logits)))
+        before = official_score(task, records, keys, logits)
         threshold, after = best_threshold(task, records, keys, logits)
         head = model.heads[REGISTRY[task].head]
         head.bias = head.bias - mx.array([0.0, threshold], dtype=head.bias.dtype)
