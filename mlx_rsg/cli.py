@@ -30,12 +30,34 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            _fail(str(e))
         except OSError as e:  # a full or read-only disk, a missing permission: what and where
             where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"error: {where}{e.strerror or e}", err=True)
-            sys.exit(2)
+            _fail(f"{where}{e.strerror or e}")
+        except RuntimeError as e:
+            from mlx_rsg.distributed import lost_peer
+
+            if not lost_peer(e):
+                raise
+            _fail("lost the connection to another rank: it stopped (its error is above) or its "
+                  "machine went away")  # fmt: skip
+
+
+def _fail(message: str) -> None:
+    """One `error:` line, naming the rank in a distributed run (mlx.launch sets MLX_RANK)."""
+    rank = os.environ.get("MLX_RANK")
+    click.echo(f"error: {'' if rank is None else f'rank {rank}: '}{message}", err=True)
+    sys.exit(2)
+
+
+def _world():
+    """The ranks mlx.launch started (a single process otherwise); bars only on rank 0."""
+    from mlx_rsg import progress
+    from mlx_rsg.distributed import launched
+
+    world = launched()
+    progress.ENABLED = world.is_main
+    return world
 
 
 # Commands that run a model: the CLI lets MLX keep freed buffers for them (accel/memory.py).
@@ -195,8 +217,11 @@ def train_command(model_dir, data_dir, run_dir, tasks, resume, fuse, copy_backbo
         chosen = present or chosen
     cfg = config_from_options(TrainConfig, flags, tasks=chosen,
                               max_train_per_task=flags["max_train_per_task"] or None)  # fmt: skip
+    world = _world()
     metrics = train(model_dir, data_dir, run_dir, cfg, resume=resume, force=force, fuse=fuse,
-                    copy_backbone=copy_backbone)  # fmt: skip
+                    copy_backbone=copy_backbone, world=world)  # fmt: skip
+    if not world.is_main:
+        return
     best, final = metrics.get("best") or {}, metrics.get("final")
     split = "dev" if cfg.dev_per_task else "val"
     click.echo(

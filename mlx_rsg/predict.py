@@ -21,6 +21,7 @@ import numpy as np
 
 from mlx_rsg.accel.cpu_parallel import model_rows
 from mlx_rsg.data import available_splits, load_split
+from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import jsonl_values
 from mlx_rsg.model import shared_prefix
@@ -45,13 +46,27 @@ from mlx_rsg.tasks import TASKS, decode, make_units, official_name, parse_record
 
 
 def score_units(
-    model, tokenizer, task: str, records: list, batch_size: int, cache=None, on_batch=None
+    model,
+    tokenizer,
+    task: str,
+    records: list,
+    batch_size: int,
+    cache=None,
+    on_batch=None,
+    world: World = SINGLE,
 ):
     """Run the classifier over every unit of `records` (truncated to the model's max length for
     the task); return (units, logits) in unit order, logits a numpy array (n_units, n_out).
     `cache`: a features.PrefixCache of the frozen prefix (training's val), filled as needed.
     Without one, units of a record that share a long token prefix (a MuSeRC passage, a RuCoS
-    query) run it once (`model.shared_prefix`). `on_batch(rows)` is called after each batch."""
+    query) run it once (`model.shared_prefix`). `on_batch(rows)` is called after each batch.
+    `world`: each rank scores its share of the records; every rank gets all the logits."""
+    if world.size > 1:
+        units = make_units(task, records, train=False)
+        where = {u.key: i for i, u in enumerate(units)}
+        mine, logits = score_units(model, tokenizer, task, world.shard(records), batch_size,
+                                   cache, on_batch)  # fmt: skip
+        return units, world.gather_rows(len(units), [where[u.key] for u in mine], logits)
     units = make_units(task, records, train=False)
     encoded = encode_units(units, tokenizer, model.cfg.max_len_for(task))
     by_key: dict[Any, np.ndarray] = {}
@@ -86,21 +101,23 @@ def evaluate(
     cache=None,
     desc: str | None = None,
     predictions: dict | None = None,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """Official val metrics per task, each with a single `score` (two-metric tasks averaged),
     and `score`: their unweighted mean. `cache`: a PrefixCache of the frozen prefix.
     `predictions`: filled with (records, predictions) per task, as write_submission takes them.
-    `desc`: show a progress bar over the units, so named."""
+    `desc`: show a progress bar over the units (this rank's share), so named."""
     model.eval()
     bar = None
     if desc:
-        n = sum(len(make_units(t, recs, train=False)) for t, recs in records_by_task.items())
+        n = sum(len(make_units(t, world.shard(recs), train=False))
+                for t, recs in records_by_task.items())  # fmt: skip
         bar = Progress(n, desc)
     tick = None if bar is None else (lambda rows: bar.update(rows, rows))
     tasks: dict[str, dict[str, float]] = {}
     for task, records in records_by_task.items():
         units, logits = score_units(
-            model, tokenizer, task, records, batch_size, cache, on_batch=tick
+            model, tokenizer, task, records, batch_size, cache, on_batch=tick, world=world
         )
         preds = decode(task, records, [u.key for u in units], logits)
         if predictions is not None:

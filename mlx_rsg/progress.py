@@ -10,6 +10,9 @@ from __future__ import annotations
 import sys
 import time
 
+# Bars drawn at all: off in the ranks other than 0 of a distributed run (cli), so one bar shows.
+ENABLED = True
+
 
 class Progress:
     """Redrawn in place on a terminal; one plain line every ~10% otherwise (logs, CI)."""
@@ -47,6 +50,8 @@ class Progress:
         return rate, elapsed / (self.done - done0) * (self.total - self.done)
 
     def _draw(self) -> None:
+        if not ENABLED:
+            return
         rate, eta = self.rate_and_eta()
         width = 20
         fill = int(width * self.done / max(self.total, 1))
@@ -60,7 +65,7 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
+        if self.tty and ENABLED:
             self.stream.write("\n")
             self.stream.flush()
 

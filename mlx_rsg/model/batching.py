@@ -163,3 +163,43 @@ def loss_fn(model, batch: Batch, h0: mx.array | None = None) -> tuple[mx.array, 
     masked = mx.where(member, scores[None, :], -mx.inf)
     gold = (member * (batch.labels == 1)[None, :] * scores[None, :]).sum(axis=1)
     return (mx.logsumexp(masked, axis=1) - gold).mean(), n_groups
+
+
+def examples_in(batch: Batch) -> int:
+    """What loss_fn averages over: rows, or choice groups."""
+    if batch.groups is None:
+        return len(batch.keys)
+    return len(set(batch.groups.tolist()))
+
+
+def shard_range(batch: Batch, rank: int, size: int) -> tuple[int, int]:
+    """Rows [start, end) of `batch` for `rank` of `size`: about equal shares, never splitting a
+    choice group (its units are scored against each other). May be empty."""
+    n = len(batch.keys)
+    groups = batch.groups.tolist() if batch.groups is not None else list(range(n))
+    starts = [i for i in range(n) if i == 0 or groups[i] != groups[i - 1]] + [n]
+
+    def cut(r: int) -> int:  # the first group start at or after r's equal share
+        return min(s for s in starts if s >= round(r * n / size))
+
+    return cut(rank), cut(rank + 1)
+
+
+def take_rows(batch: Batch, start: int, end: int) -> Batch:
+    """Rows [start, end) of a batch, still padded to the batch's length (so dropout masks and
+    shapes match the whole batch's rows); choice groups renumbered from 0."""
+    groups = None
+    if batch.groups is not None:
+        groups = batch.groups[start:end]
+        groups = groups - groups.min()
+    return Batch(
+        tokens=batch.tokens[start:end],
+        lengths=batch.lengths[start:end],
+        head=batch.head,
+        task=batch.task,
+        labels=None if batch.labels is None else batch.labels[start:end],
+        keys=batch.keys[start:end],
+        ids=batch.ids[start:end],
+        groups=groups,
+        spans=None if batch.spans is None else batch.spans[start:end],
+    )

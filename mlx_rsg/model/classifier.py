@@ -29,6 +29,7 @@ from mlx_rsg.errors import UserError
 from mlx_rsg.model import methods
 from mlx_rsg.model.backbone import Backbone, embed, final_norm, layer_window, run_layers
 from mlx_rsg.model.config import ClassifierConfig
+from mlx_rsg.model.dropout import Dropout
 from mlx_rsg.model.methods.mlp_adapter import block_hooks
 from mlx_rsg.tasks import REGISTRY
 
@@ -64,7 +65,7 @@ class RSGClassifier(nn.Module):
             head.weight = mx.zeros_like(head.weight)
             head.bias = mx.zeros_like(head.bias)
             self.heads[name] = head
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def trainable_start(self) -> int:
         """The first block whose output training can change; blocks below it never do."""

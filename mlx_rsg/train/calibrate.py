@@ -17,6 +17,7 @@ from collections.abc import Callable
 import mlx.core as mx
 import numpy as np
 
+from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.predict import score_units
 from mlx_rsg.tasks import REGISTRY, decode, score_task, task_score
 
@@ -55,16 +56,18 @@ def best_threshold(task: str, records: list, keys: list, logits: np.ndarray) -> 
 
 
 def calibrate_heads(model, tokenizer, dev: dict[str, list], batch_size: int,
-                    log: Callable[[str], None]) -> dict[str, dict[str, float]]:  # fmt: skip
+                    log: Callable[[str], None],
+                    world: World = SINGLE) -> dict[str, dict[str, float]]:  # fmt: skip
     """Shift each binary task's head bias by its dev-optimal threshold; returns per task the
-    threshold and the dev score before and after."""
+    threshold and the dev score before and after. `world`: dev scored in shards, every rank
+    gets all logits and so the same thresholds."""
     model.eval()
     out = {}
     for task in binary_tasks(dev):
         records = dev[task]
         if not records:
             continue
-        units, logits = score_units(model, tokenizer, task, records, batch_size)
+        units, logits = score_units(model, tokenizer, task, records, batch_size, world=world)
         keys = [u.key for u in units]
         before = official_score(task, records, keys, logits)
         threshold, after = best_threshold(task, records, keys, logits)

@@ -87,14 +87,32 @@ def read_checkpoint(run_dir: Path, model, optimizer) -> Position:
     return Position(**position)
 
 
+def broadcast_state(world, model, optimizer, position: Position, resumed: bool) -> Position:
+    """Rank 0's trainable weights on every rank; after a resume (read by rank 0 only, which holds
+    the run directory) also its optimizer state, position and RNG states."""
+    weights = world.broadcast_arrays(trainable_weights(model) if world.is_main else None)
+    model.load_weights(list(weights.items()), strict=False)
+    if not resumed:
+        return position
+    state = world.broadcast_arrays(dict(tree_flatten(optimizer.state)) if world.is_main else None)
+    optimizer.state = tree_unflatten(list(state.items()))
+    text = json.dumps({**asdict(position), "rng": _rng_state()}) if world.is_main else None
+    shared = json.loads(world.broadcast_bytes(text.encode() if text else None))
+    _set_rng_state(shared.pop("rng"))
+    return Position(**shared)
+
+
 class LossLog:
     """losses.jsonl: one line per training batch. On resume, lines past the checkpoint are
     dropped so the file always matches the run's actual history (a last line torn by a power
     loss too)."""
 
-    def __init__(self, path: Path, keep_below: int | None):
-        self.path = path
+    def __init__(self, path: Path | None, keep_below: int | None):
+        self.path = path  # None: kept in memory only (the ranks of a distributed run but 0)
         self.by_epoch: dict[int, list[float]] = {}  # every loss of the run, resumed ones too
+        self.f = None
+        if path is None:
+            return
         if keep_below is not None and path.exists():
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
             if lines and not _whole(lines[-1]):
@@ -109,8 +127,9 @@ class LossLog:
         self.f = open(path, "a")
 
     def write(self, row: dict) -> None:
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
+        if self.f is not None:
+            self.f.write(json.dumps(row) + "\n")
+            self.f.flush()
         self.by_epoch.setdefault(row["epoch"], []).append(row["loss"])
 
     def mean_loss(self, epoch: int) -> float:
@@ -119,7 +138,8 @@ class LossLog:
         return sum(losses) / max(len(losses), 1)
 
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            self.f.close()
 
 
 def _whole(line: str) -> bool:

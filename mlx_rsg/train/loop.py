@@ -28,11 +28,14 @@ new directory, then a pointer file is swapped atomically, then the previous one 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +44,14 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
+from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object
 from mlx_rsg.model import methods
 from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
-from mlx_rsg.model.batching import loss_fn
+from mlx_rsg.model.batching import examples_in, loss_fn, shard_range, take_rows
 from mlx_rsg.model.classifier import RSGClassifier
+from mlx_rsg.model.dropout import batch_rows
 from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.predict import evaluate
@@ -66,13 +71,20 @@ from mlx_rsg.run import (
     save_weights,
     task_info,
     trainable_weights,
+    weight_hashes,
     write_backbone,
     write_json,
 )
 from mlx_rsg.submission import write_submission
 from mlx_rsg.tasks import total_score
 from mlx_rsg.train.calibrate import calibrate_heads
-from mlx_rsg.train.checkpoint import LossLog, Position, read_checkpoint, write_checkpoint
+from mlx_rsg.train.checkpoint import (
+    LossLog,
+    Position,
+    broadcast_state,
+    read_checkpoint,
+    write_checkpoint,
+)
 from mlx_rsg.train.config import TrainConfig, classifier_config, heads_for
 from mlx_rsg.train.optim import compiled_update, make_optimizer
 from mlx_rsg.train.plan import (
@@ -83,6 +95,7 @@ from mlx_rsg.train.plan import (
     load_task_data,
     max_lens,
 )
+from mlx_rsg.version import __version__
 
 VAL_PREDICTIONS = "val_predictions.zip"  # written into RUN_DIR with --dev-per-task
 
@@ -109,30 +122,31 @@ def train(
     copy_backbone: bool = False,
     stop_after_batches: int | None = None,
     log=None,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """Train, evaluate every epoch, keep the best weights; returns metrics.json's content.
 
-    `stop_after_batches` ends the process's work early (tests of resume use it like a kill)."""
+    `stop_after_batches` ends the process's work early (tests of resume use it like a kill).
+    `world`: the ranks of a data-parallel run (`distributed`); rank 0 logs and writes."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if not world.is_main:
+        log = lambda msg: None  # noqa: E731
     model_dir, data_dir, run_dir = Path(model_dir), Path(data_dir), Path(run_dir)
-    with run_lock(run_dir):  # one writer per run directory
-        _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse)
-        loop = _Loop.build(model_dir, data_dir, run_dir, cfg, resume, log)
+    with run_lock(run_dir) if world.is_main else nullcontext():  # one writer per run directory
+        _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world)
+        loop = _Loop.build(model_dir, data_dir, run_dir, cfg, resume, log, world)
         for epoch in range(loop.position.epoch, cfg.epochs):
             if not loop.run_epoch(epoch, stop_after_batches):
                 loop.losses.close()
                 return {"stopped_at_batch": loop.position.batch}
             loop.end_epoch(epoch)
         loop.losses.close()
-        return _finish(
-            run_dir, model_dir, loop.model, loop.tokenizer, loop.data, cfg, loop.position, fuse,
-            copy_backbone, log,
-        )  # fmt: skip
+        return _finish(loop, model_dir, fuse, copy_backbone)
 
 
-def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse) -> None:
+def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) -> None:
     """Every check that can fail before any work; then a --force'd old run is removed (only a
-    run directory of ours that holds none of the inputs)."""
+    run directory of ours that holds none of the inputs). The run directory is rank 0's."""
     cfg.validate()
     if fuse and not methods.get(cfg.method).mergeable:
         raise UserError("--fuse: MLP adapters are not linear and cannot be merged; omit --fuse")
@@ -140,13 +154,13 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse) -> None
         raise UserError(f"{model_dir}: model directory not found")
     if not data_dir.exists():
         raise UserError(f"{data_dir}: data not found")
-    if resume:
+    if resume and world.is_main:
         info = read_run_json(run_dir)
         _same_config(dataclass_from_dict(TrainConfig, info["train"]), cfg)
         if backbone_ref(model_dir)["sha256"] != info["backbone"]["sha256"]:
             raise UserError(f"{model_dir}: not the backbone this run was started with")
     classifier_config(cfg, _num_layers(model_dir))  # bad --freeze-layers fails before any work
-    if not resume and run_dir.exists():
+    if not resume and world.is_main and run_dir.exists():
         if not force:
             raise UserError(
                 f"{run_dir}: already exists (use --force to overwrite, --resume to continue)"
@@ -174,10 +188,15 @@ class _Loop:
     value_and_grad: Any = None
     update: Any = None
     t_start: float = 0.0
+    world: World = SINGLE
 
     @classmethod
-    def build(cls, model_dir, data_dir, run_dir, cfg: TrainConfig, resume: bool, log) -> _Loop:
+    def build(cls, model_dir, data_dir, run_dir, cfg: TrainConfig, resume: bool, log,
+              world: World = SINGLE) -> _Loop:  # fmt: skip
         data = load_task_data(data_dir, cfg, log)
+        if world.size > 1:
+            fingerprint = _fingerprint(model_dir, cfg, resume, data)
+            world.check_same("flags, model files or data", fingerprint)
         bb = load_backbone(model_dir)
         tokenizer = load_tokenizer(model_dir)
         check_vocabulary(bb, tokenizer, model_dir)
@@ -187,24 +206,27 @@ class _Loop:
         mx.random.seed(cfg.seed)
         model = RSGClassifier(bb, ccfg, heads)
         mx.eval(model.parameters())
-        loop = cls(cfg, run_dir, data, model, tokenizer, None, Position(), None, log)
+        loop = cls(cfg, run_dir, data, model, tokenizer, None, Position(), None, log, world=world)
         batches_per_epoch = len(loop.plan(0))
         if batches_per_epoch == 0:
             raise UserError(f"{data_dir}: no training examples for {', '.join(cfg.tasks)}")
         total_steps = math.ceil(batches_per_epoch / cfg.grad_accum) * cfg.epochs
         loop.optimizer = make_optimizer(cfg, total_steps)
-        if resume:
+        if resume and world.is_main:
             loop.position = read_checkpoint(run_dir, model, loop.optimizer)
             log(f"resuming at epoch {loop.position.epoch + 1}, "
                 f"batch {loop.position.batch_in_epoch}")  # fmt: skip
-        else:
+        if world.size > 1:  # every rank starts from rank 0's weights (and resumed state)
+            loop.position = broadcast_state(world, model, loop.optimizer, loop.position, resume)
+        if not resume and world.is_main:
             run_dir.mkdir(parents=True)
             write_json(run_dir / "run.json", {
                 "format": RUN_FORMAT, "version": RUN_VERSION, "status": "training",
                 "backbone": backbone_ref(model_dir), "classifier": config_dict(model.cfg),
                 "train": config_dict(cfg), "heads": heads, "tasks": task_info(list(data)),
             })  # fmt: skip
-        loop.losses = LossLog(run_dir / "losses.jsonl", loop.position.batch if resume else None)
+        losses = run_dir / "losses.jsonl" if world.is_main else None  # others: in memory
+        loop.losses = LossLog(losses, loop.position.batch if resume else None)
         # Train and val units share keys (record idx), so each split gets its own cache; the
         # evaluated split's prefix is then computed once for every epoch's evaluation too.
         if _use_cache(cfg, model):
@@ -233,9 +255,12 @@ class _Loop:
     def run_epoch(self, epoch: int, stop_after_batches: int | None) -> bool:
         """Train the rest of `epoch`; False if stopped early by `stop_after_batches`."""
 
-        cfg, pos = self.cfg, self.position
+        cfg, pos, world = self.cfg, self.position, self.world
         units, batches = self._epoch(epoch)
         if self.cache is not None:  # passages shared by several units: their prefix runs once
+            if world.size > 1:  # only this rank's rows of the batches
+                mine = {i for b in batches for i in b.ids[slice(*self._rows(b))]}
+                units = [e for e in units if (e.unit.task, e.unit.key) in mine]
             self.cache.fill(units, cfg.batch_size, desc="shared passages")
         bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", done=pos.batch_in_epoch)
         self.model.train()
@@ -243,8 +268,11 @@ class _Loop:
         for i in range(pos.batch_in_epoch, len(batches)):
             batch = batches[i]
             mx.random.seed(batch_seed(cfg.seed, pos.batch))
-            h0 = self.cache.prefix(batch) if self.cache is not None else None
-            (loss, n), grads = self.value_and_grad(self.model, batch, h0)
+            if world.size == 1:
+                h0 = self.cache.prefix(batch) if self.cache is not None else None
+                (loss, n), grads = self.value_and_grad(self.model, batch, h0)
+            else:
+                loss, n, grads = self._shard_step(batch)
             accum = grads if accum is None else tree_map(mx.add, accum, grads)
             n_accum += 1
             mx.eval(loss, accum)
@@ -260,11 +288,11 @@ class _Loop:
             pos.batch_in_epoch = i + 1
             bar.update(1, int(n), loss_value)
             if n_accum == cfg.grad_accum or i == len(batches) - 1:
-                self.update(accum, n_accum)
+                self.update(world.sum_tree(accum), n_accum)
                 mx.eval(self.model.parameters(), self.optimizer.state)
                 accum, n_accum = None, 0
                 pos.step += 1
-                if pos.step % cfg.checkpoint_every == 0 and i < len(batches) - 1:
+                if pos.step % cfg.checkpoint_every == 0 and i < len(batches) - 1 and world.is_main:
                     pos.train_seconds = time.perf_counter() - self.t_start
                     write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
             if stop_after_batches is not None and pos.batch >= stop_after_batches:
@@ -272,6 +300,27 @@ class _Loop:
                 return False
         bar.close()
         return True
+
+    def _rows(self, batch) -> tuple[int, int]:
+        return shard_range(batch, self.world.rank, self.world.size)
+
+    def _shard_step(self, batch) -> tuple[mx.array, int, Any]:
+        """This rank's rows of `batch`: (the whole batch's mean loss, its examples, this rank's
+        share of the batch's gradient). Shares are weighted by examples, so their sum over the
+        ranks is the gradient one process computes on the whole batch."""
+        start, end = self._rows(batch)
+        total = examples_in(batch)
+        if end > start:
+            part = take_rows(batch, start, end)
+            h0 = self.cache.prefix(part) if self.cache is not None else None
+            with batch_rows(start, len(batch.keys)):  # the whole batch's dropout masks
+                (loss, n), grads = self.value_and_grad(self.model, part, h0)
+            share = n / total
+            loss, grads = loss * share, tree_map(lambda g: g * share, grads)
+        else:  # a batch of one large choice group: another rank has it all
+            loss = mx.array(0.0)
+            grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        return self.world.all_sum(loss), total, grads
 
     def end_epoch(self, epoch: int) -> None:
         """Evaluate on dev (else val), keep the best weights, write metrics and the epoch's
@@ -287,6 +336,7 @@ class _Loop:
             log=self.log,
             cache=self.eval_cache,
             desc=f"{split} {epoch + 1}/{cfg.epochs}",
+            world=self.world,
         )
         pos.history.append({
             "epoch": epoch + 1,
@@ -299,13 +349,16 @@ class _Loop:
             f"epoch {epoch + 1}: {split} score {scores['score']:.4f} "
             + " ".join(f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items())
         )
+        main = self.world.is_main
         if pos.best is None or scores["score"] > pos.best["score"]:
-            save_weights(self.run_dir / WEIGHTS, trainable_weights(self.model))
+            if main:
+                save_weights(self.run_dir / WEIGHTS, trainable_weights(self.model))
             pos.best = {"epoch": epoch + 1, "score": scores["score"]}
         pos.epoch, pos.batch_in_epoch = epoch + 1, 0
         pos.train_seconds = time.perf_counter() - self.t_start
-        _write_metrics(self.run_dir, cfg, pos, final=None)
-        write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
+        if main:
+            _write_metrics(self.run_dir, cfg, pos, final=None)
+            write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
 
 
 def _num_layers(model_dir: Path) -> int:
@@ -322,6 +375,12 @@ def _use_cache(cfg: TrainConfig, model) -> bool:
 
 
 def _write_metrics(run_dir: Path, cfg: TrainConfig, position: Position, final: dict | None) -> dict:
+    metrics = _metrics(cfg, position, final)
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _metrics(cfg: TrainConfig, position: Position, final: dict | None) -> dict:
     split = "dev (carved from train)" if cfg.dev_per_task else "val"
     metrics = {
         "selection": f"best epoch by the mean official {split} score of the trained tasks",
@@ -331,23 +390,23 @@ def _write_metrics(run_dir: Path, cfg: TrainConfig, position: Position, final: d
     }
     if final is not None:
         metrics["final"] = final
-    write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, copy_backbone, log):
+def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> dict[str, Any]:
     """Reload the best weights, score LiDiRus with the TERRa head, write the final run.json."""
-
-    model.load_weights(list(mx.load(str(run_dir / WEIGHTS)).items()), strict=False)
+    cfg, run_dir, model, log, world = loop.cfg, loop.run_dir, loop.model, loop.log, loop.world
+    best = dict(mx.load(str(run_dir / WEIGHTS))) if world.is_main else None
+    model.load_weights(list(world.broadcast_arrays(best).items()), strict=False)
     model.eval()
     final = None
     if cfg.dev_per_task:
-        final = _score_val_once(run_dir, model, tokenizer, data, cfg, log)
-    elif "LiDiRus" in data:
-        best = position.history[position.best["epoch"] - 1]
-        diag = evaluate(model, tokenizer, {"LiDiRus": data["LiDiRus"].val}, cfg.batch_size,
-                        log=log, desc="LiDiRus")  # fmt: skip
-        per_task = {**best["tasks"], **diag["tasks"]}
+        final = _score_val_once(loop)
+    elif "LiDiRus" in loop.data:
+        chosen = loop.position.history[loop.position.best["epoch"] - 1]
+        diag = evaluate(model, loop.tokenizer, {"LiDiRus": loop.data["LiDiRus"].val},
+                        cfg.batch_size, log=log, desc="LiDiRus", world=world)  # fmt: skip
+        per_task = {**chosen["tasks"], **diag["tasks"]}
         final = {
             "tasks": per_task,
             "total": _total(per_task),
@@ -355,10 +414,12 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
             "included in the total",
         }
         log(f"LiDiRus (TERRa head): {diag['tasks']['LiDiRus']['score']:.4f}")
+    if not world.is_main:
+        return _metrics(cfg, loop.position, final)
     info = read_run_json(run_dir)
     info["status"] = "done"
-    info["best_epoch"] = position.best["epoch"]
-    info["tasks"] = task_info(list(data))
+    info["best_epoch"] = loop.position.best["epoch"]
+    info["tasks"] = task_info(list(loop.data))
     if fuse or copy_backbone:
         tmp = run_dir / ".backbone.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -374,24 +435,27 @@ def _finish(run_dir, model_dir, model, tokenizer, data, cfg, position, fuse, cop
         tmp.rename(run_dir / "backbone")
         info["backbone"] = {**info["backbone"], "copied": True}
     write_json(run_dir / "run.json", info)
-    return _write_metrics(run_dir, cfg, position, final)
+    return _write_metrics(run_dir, cfg, loop.position, final)
 
 
-def _score_val_once(run_dir, model, tokenizer, data, cfg: TrainConfig, log) -> dict[str, Any]:
+def _score_val_once(loop: _Loop) -> dict[str, Any]:
     """With a dev split: calibrate the binary heads on dev (saved into the run's weights), then
     score every task's val split once, LiDiRus with the TERRa head, and write those predictions
     in the official submission format to RUN_DIR/val_predictions.zip."""
+    cfg, model, tokenizer, data, world = loop.cfg, loop.model, loop.tokenizer, loop.data, loop.world
     calibration = {}
     if cfg.calibrate:
         dev = {t: data[t].dev for t in cfg.tasks}
-        calibration = calibrate_heads(model, tokenizer, dev, cfg.batch_size, log)
-        save_weights(run_dir / WEIGHTS, trainable_weights(model))
+        calibration = calibrate_heads(model, tokenizer, dev, cfg.batch_size, loop.log, world)
+        if world.is_main:
+            save_weights(loop.run_dir / WEIGHTS, trainable_weights(model))
     val = {t: d.val for t, d in data.items() if d.val}
     predictions: dict[str, tuple] = {}
-    scores = evaluate(model, tokenizer, val, cfg.batch_size, log=log, desc="val (once)",
-                      predictions=predictions)  # fmt: skip
-    write_submission(run_dir / VAL_PREDICTIONS, predictions)
-    log("val: " + " ".join(f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items()))
+    scores = evaluate(model, tokenizer, val, cfg.batch_size, log=loop.log, desc="val (once)",
+                      predictions=predictions, world=world)  # fmt: skip
+    if world.is_main:
+        write_submission(loop.run_dir / VAL_PREDICTIONS, predictions)
+    loop.log("val: " + " ".join(f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items()))
     return {
         "split": "val",
         "tasks": scores["tasks"],
@@ -401,6 +465,17 @@ def _score_val_once(run_dir, model, tokenizer, data, cfg: TrainConfig, log) -> d
         "note": "val scored once, with the epoch chosen and the thresholds calibrated on dev; "
         "LiDiRus (diagnostic) with the TERRa head, included in the total",
     }
+
+
+def _fingerprint(model_dir: Path, cfg: TrainConfig, resume: bool, data: dict) -> str:
+    """What every rank of a distributed run must agree on: versions, flags, weights, records."""
+    records = hashlib.sha256()
+    for name, d in sorted(data.items()):
+        records.update(repr((name, d.train, d.dev, d.val)).encode())
+    return json.dumps({
+        "versions": [__version__, mx.__version__], "train": config_dict(cfg), "resume": resume,
+        "weights": weight_hashes(model_dir), "records": records.hexdigest(),
+    }, sort_keys=True)  # fmt: skip
 
 
 def _total(per_task: dict[str, dict]) -> float:

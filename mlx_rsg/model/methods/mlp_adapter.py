@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_rsg.model.dropout import Dropout
 from mlx_rsg.model.methods.base import Method
 
 
@@ -21,7 +22,7 @@ class Adapter(nn.Module):
         self.up = nn.Linear(size, dims)
         self.up.weight = mx.zeros_like(self.up.weight)
         self.up.bias = mx.zeros_like(self.up.bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def __call__(self, h: mx.array) -> mx.array:
         return h + self.dropout(self.up(nn.gelu(self.down(h))))

@@ -1,0 +1,196 @@
+# ruff: noqa: F811  (pytest fixtures imported from tiny_model are parameters here)
+"""Data-parallel training on mx.distributed: 2 real processes on localhost (mlx.launch, ring
+backend) train like one process with the same batches."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from tiny_model import tiny_model_dir, tiny_rsg_dir  # noqa: F401
+
+from mlx_rsg.model.batching import EncodedUnit, collate, examples_in, shard_range, take_rows
+from mlx_rsg.model.dropout import Dropout, batch_rows
+from mlx_rsg.tasks import Unit
+
+BIN = Path(sys.executable).parent
+LAUNCH = shutil.which("mlx.launch", path=str(BIN)) or shutil.which("mlx.launch")
+FLAGS = ["--tasks", "terra,rcb,parus", "--freeze-layers", "1", "--epochs", "2", "--lr", "1e-3",
+         "--head-lr", "1e-2", "--warmup", "2", "--batch-size", "8", "--grad-accum", "2",
+         "--max-len", "64", "--checkpoint-every", "2"]  # fmt: skip
+needs_launch = pytest.mark.skipif(LAUNCH is None, reason="mlx.launch is not installed")
+
+
+def mlx_rsg_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from mlx_rsg.cli import main; main()", *args]
+
+
+def launch(*cmd: str, ranks: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """mlx.launch -n RANKS CMD; its exit code says nothing (mlx 0.32 returns 0 when a rank fails),
+    so the tests read the output."""
+    return subprocess.run([LAUNCH, "-n", str(ranks), "--", *cmd], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def losses(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines() if x]
+
+
+# ------------------------------------------------------------------------- without processes
+
+
+def _units(groups: list) -> list[EncodedUnit]:
+    return [
+        EncodedUnit(Unit("PARus", (i,), g, (("x", False),), int(i % 2 == 0)), [1, 2, 3 + i], [])
+        for i, g in enumerate(groups)
+    ]
+
+
+def test_shard_range_splits_rows_evenly_and_never_a_choice_group():
+    batch = collate(_units([0, 0, 1, 1, 2, 2, 3, 3]))
+    assert [shard_range(batch, r, 2) for r in range(2)] == [(0, 4), (4, 8)]
+    assert [shard_range(batch, r, 3) for r in range(3)] == [(0, 4), (4, 6), (6, 8)]
+    part = take_rows(batch, 4, 8)
+    assert part.groups.tolist() == [0, 0, 1, 1] and part.keys == batch.keys[4:]
+    assert examples_in(batch) == 4 and examples_in(part) == 2
+    assert part.tokens.shape[1] == batch.tokens.shape[1]  # padded like the whole batch
+    one_group = collate(_units([7, 7, 7]))
+    assert [shard_range(one_group, r, 2) for r in range(2)] == [(0, 3), (3, 3)]
+
+
+def test_dropout_of_some_rows_is_the_whole_batch_mask_at_those_rows():
+    drop = Dropout(0.5)
+    drop.train()
+    x = mx.ones((6, 5))
+    mx.random.seed(3)
+    whole = drop(x)
+    mx.random.seed(3)
+    with batch_rows(2, 6):
+        part = drop(x[2:5])
+    np.testing.assert_array_equal(np.array(part), np.array(whole[2:5]))
+    mx.random.seed(3)
+    assert np.array_equal(np.array(drop(x)), np.array(whole))  # outside: nn.Dropout's mask
+
+
+# ---------------------------------------------------------------------- 2 processes, ring
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, tiny_rsg_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("one") / "run"
+    subprocess.run(mlx_rsg_cmd("train", str(tiny_model_dir), "--data", str(tiny_rsg_dir), "-o",
+                               str(run), *FLAGS), check=True, capture_output=True)  # fmt: skip
+    return run
+
+
+def assert_same_training(got: Path, want: Path) -> None:
+    a, b = losses(got), losses(want)
+    assert [(r["batch"], r["task"]) for r in a] == [(r["batch"], r["task"]) for r in b]
+    np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
+    wa, wb = (
+        mx.load(str(got / "trainable.safetensors")),
+        mx.load(str(want / "trainable.safetensors")),
+    )
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        if name == "heads.PARus.bias":
+            # A choice head's bias shifts every candidate's score equally: its gradient is 0 up
+            # to rounding, which AdamW turns into +-lr steps either way. No score depends on it.
+            continue
+        np.testing.assert_allclose(np.array(wa[name]), np.array(wb[name]), atol=2e-5, err_msg=name)
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (got, want))
+    assert [e["score"] for e in ma["history"]] == pytest.approx([e["score"] for e in mb["history"]])
+    assert ma["final"]["total"] == pytest.approx(mb["final"]["total"])
+
+
+@needs_launch
+def test_two_ranks_train_like_one_process(one_process, tiny_model_dir, tiny_rsg_dir, tmp_path):
+    run = tmp_path / "run"
+    out = launch(*mlx_rsg_cmd("train", str(tiny_model_dir), "--data", str(tiny_rsg_dir), "-o",
+                              str(run), *FLAGS))  # fmt: skip
+    assert "best epoch 2" in out.stdout, out.stderr[-3000:]
+    assert out.stdout.count("best epoch") == 1  # rank 0 reports, rank 1 is quiet
+    assert_same_training(run, one_process)
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in one_process.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock or temp left
+
+
+RESUME_CHILD = """
+import sys
+import mlx_rsg.train as T
+from mlx_rsg.cli import _world
+from mlx_rsg.run import parse_tasks
+args = sys.argv[1:]
+cfg = T.TrainConfig(tasks=parse_tasks("terra,rcb,parus"), freeze_layers=1, epochs=2, lr=1e-3,
+                    head_lr=1e-2, warmup=2, batch_size=8, grad_accum=2, max_len=64,
+                    checkpoint_every=2)
+T.train(args[0], args[1], args[2], cfg, stop_after_batches=int(args[3]), world=_world(),
+        log=lambda m: None)
+"""
+
+
+@needs_launch
+def test_two_ranks_resume_a_stopped_run_like_one_process(
+    one_process,
+    tiny_model_dir,
+    tiny_rsg_dir,
+    tmp_path,
+):
+    run = tmp_path / "run"
+    stop_at = len(losses(one_process)) // 2 + 1  # mid second epoch, after a mid-epoch checkpoint
+    out = launch(sys.executable, "-c", RESUME_CHILD, str(tiny_model_dir), str(tiny_rsg_dir),
+                 str(run), str(stop_at))  # fmt: skip
+    assert (run / "checkpoints" / "LAST").is_file(), out.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "training"
+    out = launch(*mlx_rsg_cmd("train", str(tiny_model_dir), "--data", str(tiny_rsg_dir), "-o",
+                              str(run), *FLAGS, "--resume"))  # fmt: skip
+    assert "best epoch 2" in out.stdout, out.stderr[-3000:]
+    assert_same_training(run, one_process)
+
+
+def per_rank_shell(*args: str, rank1: dict[str, str]) -> list[str]:
+    """`sh -c` running `mlx-rsg ARGS`, where an ARG named in rank1 is replaced by
+    rank1[ARG] = (on other ranks, on rank 1): rank-dependent flags from one launch line."""
+    words = []
+    for a in args:
+        if a in rank1:
+            other, one = rank1[a]
+            words.append(
+                f'$([ "$MLX_RANK" = 1 ] && echo {shlex.quote(one)} || echo {shlex.quote(other)})'
+            )
+        else:
+            words.append(shlex.quote(a))
+    return ["sh", "-c", " ".join([*map(shlex.quote, mlx_rsg_cmd()), *words])]
+
+
+@needs_launch
+def test_ranks_started_with_different_flags_stop_at_once(tiny_model_dir, tiny_rsg_dir, tmp_path):
+    run = tmp_path / "run"
+    out = launch(*per_rank_shell("train", str(tiny_model_dir), "--data", str(tiny_rsg_dir), "-o",
+                                 str(run), *FLAGS[:6], "--lr", "LR",
+                                 rank1={"LR": ("1e-3", "2e-3")}), timeout=120)  # fmt: skip
+    # Every rank finds the mismatch at once; the launcher may stop the slower one first.
+    assert re.search(r"error: rank [01]: the 2 ranks were started with different flags, model "
+                     "files or data; every rank must run the same command on the same files",
+                     out.stderr), out.stderr[-3000:]  # fmt: skip
+    assert "Traceback" not in out.stderr
+    assert not run.exists()  # nothing written
+
+
+@needs_launch
+def test_a_rank_that_fails_takes_the_job_down(tiny_model_dir, tiny_rsg_dir, tmp_path):
+    run, missing = tmp_path / "run", tmp_path / "missing"
+    out = launch(*per_rank_shell("train", str(tiny_model_dir), "--data", "DATA", "-o", str(run),
+                                 *FLAGS, rank1={"DATA": (str(tiny_rsg_dir), str(missing))}),
+                 timeout=120)  # a hang would raise TimeoutExpired  # fmt: skip
+    assert f"error: rank 1: {missing}: data not found" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not run.exists()  # rank 0 stopped before writing anything
