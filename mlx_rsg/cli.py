@@ -259,16 +259,21 @@ def predict_command(run_dir, task, input_path, data_dir, split, task_list, submi
     records = predict.read_records(input_path, task) if input_path is not None else None
     predictor = predict.load(run_dir)
     predictor.batch_size = batch_size
+    predictor.world = world = _world()
     if records is not None:
-        for row in predictor.predict(task, records):
+        rows = predictor.predict(task, records)
+        for row in rows if world.is_main else ():
             click.echo(json.dumps(row, ensure_ascii=False, default=_json_default))
         return
     by_task = predict.data_records(predictor.info, data_dir, split, task_list, max_per_task, seed)
     if split == "test":
         predict.write_run_submission(predictor, by_task, submission)
-        click.echo(f"wrote {submission} ({', '.join(by_task)})")
+        if world.is_main:
+            click.echo(f"wrote {submission} ({', '.join(by_task)})")
     else:
-        _print_scores(predictor.evaluate(by_task))
+        scores = predictor.evaluate(by_task)
+        if world.is_main:
+            _print_scores(scores)
 
 
 def _check_predict_flags(task, input_path, data_dir, split, submission, batch_size) -> None:
@@ -321,7 +326,7 @@ def quantize_command(source, out, **options) -> None:
     from mlx_rsg.quant.quantize import quantize
 
     opts = config_from_options(QuantizeOptions, options)
-    quantize(source, out, **dataclasses.asdict(opts))
+    quantize(source, out, **dataclasses.asdict(opts), world=_world())
 
 
 # ------------------------------------------------------------------------------- bench
@@ -339,8 +344,11 @@ def bench_command(baseline, variants, data_dir, out_dir, **options) -> None:
     from mlx_rsg.bench.measure import bench
     from mlx_rsg.bench.report import write_markdown
 
+    world = _world()
     result = bench(baseline, list(variants), data_dir, out_dir,
-                   config_from_options(BenchConfig, options))  # fmt: skip
+                   config_from_options(BenchConfig, options), world=world)  # fmt: skip
+    if not world.is_main:
+        return
     click.echo(write_markdown(result))
     click.echo(f"wrote {os.path.join(out_dir, 'bench.json')}, bench.md, bench.png")
 

@@ -78,6 +78,10 @@ class World:
             out[positions] = rows
         return np.array(self.all_sum(mx.array(out)))
 
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+        self.all_max(0)
+
     def all_max(self, value: int) -> int:
         if self.group is None:
             return value

@@ -137,6 +137,7 @@ class Predictor:
     def __init__(self, model, tokenizer, info: dict[str, Any], run_dir: Path):
         self.model, self.tokenizer, self.info, self.run_dir = model, tokenizer, info, run_dir
         self.batch_size = 16
+        self.world: World = SINGLE  # the ranks scoring shares of the records (`distributed`)
 
     @property
     def tasks(self) -> list[str]:
@@ -158,7 +159,8 @@ class Predictor:
         for i, r in enumerate(records):  # predictions are matched to records by idx
             if seen.setdefault(r.idx, i) != i:
                 raise UserError(f"records {seen[r.idx]} and {i} have the same idx {r.idx!r}")
-        units, logits = score_units(self.model, self.tokenizer, task, records, self.batch_size)
+        units, logits = score_units(self.model, self.tokenizer, task, records, self.batch_size,
+                                    world=self.world)  # fmt: skip
         return decode(task, records, [u.key for u in units], logits), units, logits
 
     def predict(self, task: str, records: list) -> list[dict[str, Any]]:
@@ -177,7 +179,8 @@ class Predictor:
         return out
 
     def evaluate(self, records_by_task: dict[str, list]) -> dict[str, Any]:
-        return evaluate(self.model, self.tokenizer, records_by_task, self.batch_size)
+        return evaluate(self.model, self.tokenizer, records_by_task, self.batch_size,
+                        world=self.world)  # fmt: skip
 
 
 def _per_record(records: list, preds) -> list:
@@ -323,5 +326,7 @@ def _lidirus_test(data_dir: str) -> list:
 
 
 def write_run_submission(predictor: Predictor, by_task: dict[str, list], out: str) -> None:
+    """The official submission zip of the predictions (rank 0 writes it)."""
     preds = {t: predictor.predictions(t, recs)[0] for t, recs in by_task.items()}
-    write_submission(out, {t: (by_task[t], preds[t]) for t in by_task})
+    if predictor.world.is_main:
+        write_submission(out, {t: (by_task[t], preds[t]) for t in by_task})

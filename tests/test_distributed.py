@@ -194,3 +194,49 @@ def test_a_rank_that_fails_takes_the_job_down(tiny_model_dir, tiny_rsg_dir, tmp_
     assert f"error: rank 1: {missing}: data not found" in out.stderr
     assert "Traceback" not in out.stderr
     assert not run.exists()  # rank 0 stopped before writing anything
+
+
+# ------------------------------------------------- predict, bench and gptq on 2 ranks
+
+
+def run_both(*args: str) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """`mlx-rsg ARGS` in one process, then on 2 ranks (outputs to ...-1 / ...-2 paths: an
+    argument ending in '{n}' gets the rank count)."""
+    one = subprocess.run(mlx_rsg_cmd(*[a.replace("{n}", "1") for a in args]), capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(*mlx_rsg_cmd(*[a.replace("{n}", "2") for a in args]))
+    assert "error" not in two.stderr and "Traceback" not in two.stderr, two.stderr[-3000:]
+    return one, two
+
+
+@needs_launch
+def test_predict_on_two_ranks_equals_one_process(one_process, tiny_rsg_dir, tmp_path):
+    from mlx_rsg.submission import read_submission
+
+    one, two = run_both("predict", str(one_process), "--data", str(tiny_rsg_dir), "--split", "val")
+    assert two.stdout == one.stdout and "total" in one.stdout  # rank 0 prints, once
+    run_both("predict", str(one_process), "--data", str(tiny_rsg_dir), "--split", "test",
+             "--submission", str(tmp_path / "sub-{n}.zip"))  # fmt: skip
+    assert read_submission(tmp_path / "sub-2.zip") == read_submission(tmp_path / "sub-1.zip")
+
+
+@needs_launch
+def test_gptq_and_bench_on_two_ranks_equal_one_process(one_process, tiny_rsg_dir, tmp_path):
+    run_both("quantize", str(one_process), "--recipe", "q4-gptq", "--group-size", "32",
+             "--calib-data", str(tiny_rsg_dir), "-o", str(tmp_path / "q-{n}"))  # fmt: skip
+    a = mx.load(str(tmp_path / "q-1" / "backbone" / "model.safetensors"))
+    b = mx.load(str(tmp_path / "q-2" / "backbone" / "model.safetensors"))
+    assert a.keys() == b.keys() and any(k.endswith(".scales") for k in a)
+    for name in a:  # Hessians summed over ranks in another order: the same codes and scales
+        np.testing.assert_allclose(np.array(a[name]), np.array(b[name]), atol=1e-6, err_msg=name)
+    manifests = [json.loads((tmp_path / f"q-{n}" / "mlx_rsg.json").read_text()) for n in (1, 2)]
+    assert manifests[0]["calibration"]["examples"] == manifests[1]["calibration"]["examples"]
+
+    run_both("bench", str(one_process), str(tmp_path / "q-1"), "--data", str(tiny_rsg_dir),
+             "--latency-samples", "2", "-o", str(tmp_path / "bench-{n}"))  # fmt: skip
+    one, two = (json.loads((tmp_path / f"bench-{n}" / "bench.json").read_text()) for n in (1, 2))
+    assert two["config"]["ranks"] == 2
+    for x, y in zip(one["variants"], two["variants"], strict=True):
+        assert (x["scores"], x["flips"], x["total"]) == (y["scores"], y["flips"], y["total"])
+        assert y["latency_ms"]["samples"] == 2  # timed by rank 0

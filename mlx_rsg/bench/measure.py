@@ -56,6 +56,7 @@ from mlx_rsg.accel import blas
 from mlx_rsg.bench.config import BenchConfig
 from mlx_rsg.bench.report import write_chart, write_markdown
 from mlx_rsg.data import available_splits
+from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, check_safetensors, read_json_object
 from mlx_rsg.metrics import class_report
@@ -259,14 +260,16 @@ def check_submission(zip_path: Path, records: dict[str, list], preds: dict, scor
 def predict_all(predictor, records: dict[str, list], batch_size: int, desc: str):
     """Predictions per task (the Predictor.predictions path) and the pass's wall time."""
     n_units = sum(len(make_units(t, recs, train=False)) for t, recs in records.items())
-    bar = Progress(n_units, desc)
+    mine = sum(len(make_units(t, predictor.world.shard(recs), train=False))
+               for t, recs in records.items())  # fmt: skip
+    bar = Progress(mine, desc)
 
     preds, seconds = {}, 0.0
     for task, recs in records.items():
         t0 = time.perf_counter()
         units, logits = score_units(
             predictor.model, predictor.tokenizer, task, recs, batch_size,
-            on_batch=lambda rows: bar.update(rows, rows),
+            on_batch=lambda rows: bar.update(rows, rows), world=predictor.world,
         )
         preds[task] = decode(task, recs, [u.key for u in units], logits)
         seconds += time.perf_counter() - t0
@@ -333,14 +336,20 @@ def rss_peak_bytes() -> int:
 # --------------------------------------------------------------------------- the bench
 
 
-def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: Path, fixtures):
-    """Every measurement for one run directory."""
+def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: Path | None,
+              fixtures, world: World = SINGLE):  # fmt: skip
+    """Every measurement for one run directory (`out` None: write no submission). With several
+    ranks, rank 0 times the latency sample alone, then all score their shares of the records."""
     gc.collect()
     mx.clear_cache()
     rss_reset = reset_rss_peak()
     mx.reset_peak_memory()
     predictor = load_run(ref)
-    latency = measure_latency(predictor, sample, cfg.warmup, f"{ref.name} latency")
+    predictor.world = world
+    latency = None
+    if world.is_main:
+        latency = measure_latency(predictor, sample, cfg.warmup, f"{ref.name} latency")
+    world.barrier()
     preds, seconds, n_units = predict_all(predictor, records, cfg.batch_size, f"{ref.name} predict")
     memory = {
         "mlx_peak_bytes": int(mx.get_peak_memory()),
@@ -351,7 +360,8 @@ def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: P
 
     scores = {t: _scored(t, recs, preds[t]) for t, recs in records.items()}
     zip_rel = f"submissions/{ref.name}.zip"
-    check_submission(out / zip_rel, records, preds, {t: scores[t] for t in records})
+    if out is not None:
+        check_submission(out / zip_rel, records, preds, {t: scores[t] for t in records})
     flips, flip_n, flip_total = {}, 0, 0
     base = base_preds if base_preds is not None else preds
     for task, recs in records.items():
@@ -432,10 +442,14 @@ def bench(
     out_dir: str,
     cfg: BenchConfig | None = None,
     log=None,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
-    """Benchmark `baseline` (the fp32 reference) and `variants`; write OUT_DIR atomically."""
+    """Benchmark `baseline` (the fp32 reference) and `variants`; write OUT_DIR atomically.
+    `world`: ranks score shares of the records (`distributed`); rank 0 writes OUT_DIR."""
     cfg = cfg or BenchConfig()
     log = log or (lambda m: print(m, file=sys.stderr))
+    if not world.is_main:
+        log = lambda m: None  # noqa: E731
     _check_config(cfg)
     inputs = (baseline, *variants, data_dir)
     check_replaceable(Path(out_dir), cfg.force, "bench.json", inputs)  # again before the swap
@@ -445,11 +459,19 @@ def bench(
         log(f"skipping {task}: {why}")
     sample = latency_sample(records, cfg.latency_samples, cfg.seed)
     result = _result_head(refs[0].name, records, skipped, fixtures, data_dir, cfg)
+    if world.size > 1:
+        result["config"]["ranks"] = world.size
+    if not world.is_main:
+        base_preds = None
+        for ref in refs:
+            row, preds = bench_run(ref, records, sample, base_preds, cfg, None, fixtures, world)
+            base_preds = base_preds if base_preds is not None else preds
+        return result
     with atomic_dir(out_dir, cfg.force, "bench.json", inputs) as tmp:
         (tmp / "submissions").mkdir()
         base_preds = None
         for ref in refs:
-            row, preds = bench_run(ref, records, sample, base_preds, cfg, tmp, fixtures)
+            row, preds = bench_run(ref, records, sample, base_preds, cfg, tmp, fixtures, world)
             base_preds = base_preds if base_preds is not None else preds
             result["variants"].append(row)
             log(f"{ref.name}: total {_fmt(row['total'])}, flip rate {row['flip_rate']:.3f}")

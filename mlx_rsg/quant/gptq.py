@@ -34,6 +34,7 @@ from mlx_lm.utils import compute_bits_per_weight
 
 from mlx_rsg.accel import fastpaths
 from mlx_rsg.data import available_splits, load_split
+from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.model.backbone import Backbone, hidden_states, load_tokenizer
 from mlx_rsg.model.batching import encode_units
@@ -99,18 +100,27 @@ class _Current:
     mask: mx.array | None = None  # (B, L) real-token mask of the batch being run
 
 
-def _masked_catcher(current: _Current):
-    """A drop-in for mlx-lm's gptq Catcher whose Hessian skips pad tokens."""
+def _masked_catcher(current: _Current, world: World):
+    """A drop-in for mlx-lm's gptq Catcher whose Hessian skips pad tokens. With several ranks
+    each accumulates its share of the batches; reading H sums the shares over the ranks."""
     class MaskedCatcher(nn.Module):
         def __init__(self, module):
             super().__init__()
             self.module = module
-            self.H = mx.array(0.0)
+            self.local_H = mx.array(0.0)
+
+        @property
+        def H(self) -> mx.array:
+            return world.all_sum(self.local_H)
+
+        @H.deleter
+        def H(self) -> None:
+            del self.local_H
 
         def __call__(self, x, *args, **kwargs):
             xm = x if current.mask is None else x * current.mask[..., None].astype(x.dtype)
             xf = xm.flatten(0, -2).astype(mx.float32)
-            self.H = self.H + xf.T @ xf
+            self.local_H = self.local_H + xf.T @ xf
             return self.module(x, *args, **kwargs)
 
     return MaskedCatcher
@@ -143,11 +153,15 @@ def gptq_quantize_backbone(
     embed_bits: int,
     embed_group_size: int,
     log=None,
+    world: World = SINGLE,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """GPTQ every Linear of bb's decoder (bits, group_size) on `batches`, round-to-nearest the
     embedding (embed_bits, embed_group_size); in place. Returns (bb.model, config) where config
     is bb.config plus mlx-lm's "quantization" block with per-path entries (what mlx_lm.load and
-    load_backbone read back)."""
+    load_backbone read back). `world`: each rank runs its share of the batches (the Hessians are
+    summed over ranks), then every rank quantizes the same way."""
+    if len(batches) < world.size:
+        raise UserError(f"gptq: {len(batches)} calibration batches for {world.size} ranks")
     if bits not in (2, 4, 8) or embed_bits not in (2, 3, 4, 5, 6, 8):
         raise UserError(f"gptq: bits {bits} not in (2, 4, 8)")
     for path, m in tree_flatten(bb.decoder.leaf_modules(), is_leaf=nn.Module.is_module):
@@ -160,10 +174,11 @@ def gptq_quantize_backbone(
     current = _Current()
     wrapper = _ClassifierForward(bb, current)
     quiet = contextlib.redirect_stderr(_Sink()) if log is None else contextlib.nullcontext()
-    with quiet, _patched(gptq, "Catcher", _masked_catcher(current)):
+    with quiet, _patched(gptq, "Catcher", _masked_catcher(current, world)):
         _, qblock = gptq.gptq_quantize(
-            wrapper, list(batches), bits, group_size, embed_bits, embed_group_size, batch_size=1
-        )
+            wrapper, world.shard(list(batches)), bits, group_size, embed_bits, embed_group_size,
+            batch_size=1,
+        )  # fmt: skip
     current.mask = None
     for key, value in list(qblock.items()):
         if isinstance(value, dict):
@@ -201,6 +216,7 @@ def quantize_gptq(
     calib_data: str | Path,
     tokenizer_dir: str | Path,
     log=None,
+    world: World = SINGLE,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What quantize.py calls for a `method = "gptq"` recipe: same contract as
     quantize.quantize_backbone (model quantized in place; returns (config, counts)), with the
@@ -223,8 +239,9 @@ def quantize_gptq(
         cal["seed"],
     )
     _, qconfig = gptq_quantize_backbone(
-        bb, batches, recipe.bits, recipe.group_size, emb["bits"], emb["group_size"], log=log
-    )
+        bb, batches, recipe.bits, recipe.group_size, emb["bits"], emb["group_size"], log=log,
+        world=world,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     head = getattr(model, "lm_head", None)  # untied LM heads (not Gemma): unused here, so RTN
     if isinstance(head, nn.Linear) and head.weight.shape[-1] % emb["group_size"] == 0:

@@ -28,6 +28,7 @@ from mlx_lm.utils import load_model, save_config, save_model
 
 from mlx_rsg import predict
 from mlx_rsg.accel.blas import warn_if_slow
+from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object
 from mlx_rsg.model import methods
@@ -116,23 +117,27 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
     }
 
 
-def _quantize_with(model, config: dict, recipe: Recipe, src_dir: Path, calib_data, log):
+def _quantize_with(model, config: dict, recipe: Recipe, src_dir: Path, calib_data, log,
+                   world: World):  # fmt: skip
     """Round-to-nearest, or GPTQ calibrated on calib_data's train splits: the recipe's method."""
     if recipe.method == "gptq":
-        return gptq.quantize_gptq(model, config, recipe, calib_data, src_dir, log)
+        return gptq.quantize_gptq(model, config, recipe, calib_data, src_dir, log, world)
     return rtn.quantize_backbone(model, config, recipe)
 
 
-def _quantize_model_dir(model_dir: Path, dst: Path, recipe: Recipe, calib_data=None,
-                        log=None) -> dict:
+def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib_data=None,
+                        log=None, world: World = SINGLE) -> dict:  # fmt: skip
+    """dst None: compute only (the ranks of a distributed run other than 0)."""
     config = _read_config(model_dir)
     model, _ = _load_model(model_dir)
-    qconfig, counts = _quantize_with(model, config, recipe, model_dir, calib_data, log)
+    qconfig, counts = _quantize_with(model, config, recipe, model_dir, calib_data, log, world)
     if not counts["quantized"]:
         raise UserError(
             f"{model_dir}: no layer's width is a multiple of group size {recipe.group_size}; "
             "nothing to quantize (try --group-size 32)"
         )
+    if dst is None:
+        return counts
     write_quantized(model_dir, dst, model, qconfig)
     return counts
 
@@ -140,10 +145,11 @@ def _quantize_model_dir(model_dir: Path, dst: Path, recipe: Recipe, calib_data=N
 # ---------------------------------------------------------------- run directories
 
 
-def _quantize_run(run_dir: Path, dst: Path, recipe: Recipe, calib_data=None, log=None) -> dict:
+def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=None, log=None,
+                  world: World = SINGLE) -> dict:  # fmt: skip
     """Merge a run's trained weights into its backbone (LoRA fused, unfrozen layers copied, as
     `train --fuse` does), quantize that backbone into dst/backbone, keep the classifier's own
-    weights (heads, MLP adapters) float32 in dst/trainable.safetensors."""
+    weights (heads, MLP adapters) float32 in dst/trainable.safetensors. dst None: compute only."""
     info = read_run_json(run_dir)
     for key in ("heads", "classifier", "backbone"):
         if not isinstance(info.get(key), dict):
@@ -155,9 +161,12 @@ def _quantize_run(run_dir: Path, dst: Path, recipe: Recipe, calib_data=None, log
     model = predict.load(run_dir, verify=False).model  # resolve_backbone verified it above
     method = info["classifier"].get("method")
     n_fused = fuse_lora(model)
-    qconfig, counts = _quantize_with(model.lm, config, recipe, src_backbone, calib_data, log)
+    qconfig, counts = _quantize_with(model.lm, config, recipe, src_backbone, calib_data, log,
+                                     world)  # fmt: skip
     if not counts["quantized"]:
         raise UserError(f"{src_backbone}: no layer's width is a multiple of {recipe.group_size}")
+    if dst is None:
+        return counts
     write_quantized(src_backbone, dst / "backbone", model.lm, qconfig)
     save_weights(dst / WEIGHTS, weights_outside_backbone(model))
 
@@ -189,8 +198,10 @@ def quantize(
     force: bool = False,
     log=None,
     calib_data: str | Path | None = None,
+    world: World = SINGLE,
 ) -> Path:
-    """Quantize a converted MODEL_DIR or a trained RUN_DIR into OUT (atomic); returns OUT."""
+    """Quantize a converted MODEL_DIR or a trained RUN_DIR into OUT (atomic); returns OUT.
+    `world`: GPTQ's calibration forwards shared among ranks (`distributed`); rank 0 writes."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     source, out = Path(source), Path(out)
     if not source.is_dir():
@@ -208,11 +219,15 @@ def quantize(
     if rec.method != "rtn":  # calibration runs the model: say it now if the BLAS is slow
         warn_if_slow(log)
     is_run = (source / "run.json").is_file()
+    if not world.is_main:
+        (_quantize_run if is_run else _quantize_model_dir)(source, None, rec, calib_data, None,
+                                                           world)  # fmt: skip
+        return out
     with atomic_dir(out, force, MANIFEST, inputs) as tmp:
         if is_run:
-            counts = _quantize_run(source, tmp, rec, calib_data, log)
+            counts = _quantize_run(source, tmp, rec, calib_data, log, world)
         else:
-            counts = _quantize_model_dir(source, tmp, rec, calib_data, log)
+            counts = _quantize_model_dir(source, tmp, rec, calib_data, log, world)
         manifest = _manifest(source, "run" if is_run else "model", rec, counts)
         write_manifest(tmp, manifest)
     if counts["skipped"]:
