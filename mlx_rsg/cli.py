@@ -51,12 +51,16 @@ def _fail(message: str) -> None:
 
 
 def _world():
-    """The ranks mlx.launch started (a single process otherwise); bars only on rank 0."""
+    """The ranks mlx.launch started (a single process otherwise); bars only on rank 0; ranks on
+    one machine share its cores."""
     from mlx_rsg import progress
+    from mlx_rsg.accel.cpu_parallel import share_cores
     from mlx_rsg.distributed import launched
 
     world = launched()
     progress.ENABLED = world.is_main
+    if world.size > 1:
+        share_cores(world.local_size())
     return world
 
 
@@ -97,6 +101,8 @@ def info(model) -> None:
     for reason in blas.ERRORS:
         click.echo(f"          (not used: {reason})")
     if mx.default_device() != mx.cpu:
+        click.echo("fast paths: none (they are for the CPU; on the GPU every layer runs MLX's "
+                   "own kernels)")  # fmt: skip
         return
     gflops = blas.gemm_gflops(n=1024)
     slow = f"  slow: {blas.fix_hint()}" if gflops < blas.SLOW_GFLOPS else ""

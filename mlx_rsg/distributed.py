@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -77,6 +78,14 @@ class World:
         if len(positions):
             out[positions] = rows
         return np.array(self.all_sum(mx.array(out)))
+
+    def local_size(self) -> int:
+        """How many ranks run on this rank's machine (same host name)."""
+        if self.group is None:
+            return 1
+        mine = int.from_bytes(hashlib.sha256(socket.gethostname().encode()).digest()[:3], "little")
+        hosts = mx.distributed.all_gather(mx.array([mine]), group=self.group, stream=mx.cpu)
+        return int((hosts == mine).sum().item())
 
     def barrier(self) -> None:
         """Wait until every rank is here."""

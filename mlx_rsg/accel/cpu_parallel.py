@@ -29,11 +29,27 @@ _STREAMS: list = []
 ROWS = {"enabled": True}
 
 
+# Processes sharing this machine's cores: the ranks of a distributed run on one host.
+_SHARERS = {"processes": 1}
+
+
 def cpu_cores() -> int:
+    """The cores this process may keep busy: the machine's, split among the ranks on it."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores // _SHARERS["processes"])
+
+
+def share_cores(processes: int) -> None:
+    """`processes` ranks run on this machine: each takes its share of the cores for its row
+    chunks and its BLAS threads (more would oversubscribe the cores)."""
+    from mlx_rsg.accel import blas
+
+    _SHARERS["processes"] = max(1, processes)
+    if blas.get_threads() is not None:
+        blas.set_threads(cpu_cores())
 
 
 @contextlib.contextmanager
