@@ -80,6 +80,50 @@ def test_dropout_of_some_rows_is_the_whole_batch_mask_at_those_rows():
     assert np.array_equal(np.array(drop(x)), np.array(whole))  # outside: nn.Dropout's mask
 
 
+def test_rank_shares_of_a_batch_sum_to_its_loss_and_gradient(tiny_model_dir):
+    """In one process: the shares two ranks compute (each its rows, dropout drawn for the whole
+    batch) add up to the whole batch's loss and gradient, with MLP adapters (dropout) on every
+    block and a span task whose rows pool different numbers of positions."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from mlx_rsg.model.backbone import load_backbone
+    from mlx_rsg.model.batching import Batch, loss_fn
+    from mlx_rsg.model.classifier import RSGClassifier
+    from mlx_rsg.model.config import ClassifierConfig
+
+    cfg = ClassifierConfig(method="mlp-adapter", freeze_layers=0, dropout=0.3,
+                           adapter_size=8, adapter_dropout=0.3)  # fmt: skip
+    mx.random.seed(0)
+    model = RSGClassifier(load_backbone(tiny_model_dir), cfg, {"RUSSE": 2})
+    for head in model.heads.values():  # non-zero heads, so every gradient is non-zero
+        head.weight = mx.random.normal(head.weight.shape) * 0.1
+    model.train()
+    spans = [[[1, 4], [6, 9]], [[2, 3], [7, 8]], [[1, 2], [5, 6]], [[3, 7], [8, 11]]]
+    batch = Batch(tokens=mx.array(np.random.default_rng(0).integers(4, 300, (4, 12)), mx.int32),
+                  lengths=mx.array([12, 10, 9, 12]), head="RUSSE", task="RUSSE",
+                  labels=mx.array([0, 1, 1, 0]), keys=[(i,) for i in range(4)],
+                  ids=[("RUSSE", (i,)) for i in range(4)], spans=mx.array(spans))  # fmt: skip
+    step = nn.value_and_grad(model, lambda m, b: loss_fn(m, b))
+    mx.random.seed(7)
+    (whole, _), want = step(model, batch)
+    loss, got = 0.0, None
+    for rank in range(2):
+        start, end = shard_range(batch, rank, 2)
+        part = take_rows(batch, start, end)
+        mx.random.seed(7)
+        with batch_rows(start, 4):
+            (part_loss, n), g = step(model, part)
+        share = n / examples_in(batch)
+        loss += part_loss.item() * share
+        g = {k: v * share for k, v in tree_flatten(g)}
+        got = g if got is None else {k: got[k] + g[k] for k in got}
+    assert loss == pytest.approx(whole.item(), rel=1e-6)
+    for name, w in tree_flatten(want):
+        np.testing.assert_allclose(np.array(got[name]), np.array(w), rtol=1e-4, atol=1e-7,
+                                   err_msg=name)  # fmt: skip
+
+
 # ---------------------------------------------------------------------- 2 processes, ring
 
 

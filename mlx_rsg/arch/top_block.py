@@ -24,18 +24,19 @@ def supports(layer: nn.Module) -> bool:
 
 
 def pooled_positions(
-    lengths: np.ndarray, spans: np.ndarray | None, pooling: str
+    lengths: np.ndarray, spans: np.ndarray | None, pooling: str, width: int = 1
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(positions, valid), both (B, P): every position a row's pooling weights can be non-zero
-    at, in increasing order, padded with the row's first one (valid False). None for mean
-    pooling, which reads every position."""
+    at, in increasing order, padded with the row's first one (valid False) to at least `width`
+    (a rank's rows of a batch keep the whole batch's P). None for mean pooling, which reads
+    every position."""
     if spans is not None:
         rows = [sorted({p for s, e in row for p in range(s, e)}) for row in spans.tolist()]
     elif pooling == "last":
         rows = [[max(int(n) - 1, 0)] for n in lengths]
     else:
         return None
-    width = max(1, *(len(r) for r in rows))
+    width = max(width, *(len(r) for r in rows))
     positions = np.zeros((len(rows), width), np.int32)
     valid = np.zeros((len(rows), width), bool)
     for i, r in enumerate(rows):

@@ -16,6 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mlx_rsg.arch import top_block
 from mlx_rsg.tasks import REGISTRY, Unit, encode_unit
 
 # Training batches are drawn from pools of this many batches' worth of units sorted by length:
@@ -41,6 +42,7 @@ class Batch:
     ids: list[tuple]  # (task, key) per row: the prefix cache's example ids
     groups: mx.array | None = None  # (B,) group number within the batch (choice tasks)
     spans: mx.array | None = None  # (B, S, 2) token spans pooled (span tasks)
+    pool_width: int = 1  # at least this many pooled positions per row (take_rows: the batch's)
 
 
 def bos_id(tokenizer) -> int | None:
@@ -192,6 +194,11 @@ def take_rows(batch: Batch, start: int, end: int) -> Batch:
     if batch.groups is not None:
         groups = batch.groups[start:end]
         groups = groups - groups.min()
+    width = batch.pool_width
+    if batch.spans is not None:  # the positions the whole batch pools at (last: always 1)
+        at = top_block.pooled_positions(np.array(batch.lengths), np.array(batch.spans), "span",
+                                        width)  # fmt: skip
+        width = at[0].shape[1]
     return Batch(
         tokens=batch.tokens[start:end],
         lengths=batch.lengths[start:end],
@@ -202,4 +209,5 @@ def take_rows(batch: Batch, start: int, end: int) -> Batch:
         ids=batch.ids[start:end],
         groups=groups,
         spans=None if batch.spans is None else batch.spans[start:end],
+        pool_width=width,
     )

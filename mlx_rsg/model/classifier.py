@@ -83,7 +83,8 @@ class RSGClassifier(nn.Module):
         at = None  # the top block runs only at the positions pooling reads (same values)
         if first < n and top_block.supports(bb.layers[n - 1]):
             spans = None if batch.spans is None else np.array(batch.spans)
-            at = top_block.pooled_positions(np.array(batch.lengths), spans, self.cfg.pooling)
+            at = top_block.pooled_positions(np.array(batch.lengths), spans, self.cfg.pooling,
+                                            batch.pool_width)  # fmt: skip
         end = n if at is None else n - 1  # blocks run whole
         hooks = block_hooks(self.adapters)
         checkpoint = self.cfg.grad_checkpoint and self.training
