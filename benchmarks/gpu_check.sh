@@ -8,28 +8,32 @@
 #   PEAK_TFLOPS=67 bash benchmarks/gpu_check.sh           # the GPU's fp32 peak, for MFU
 #
 # Knobs: RSG_DATA (../shared/rsg), MODEL_DIR (a converted Gemma-3-270M; converted here if unset),
-# STEPS (default "tests bench train quickstart"), PYTHON (python3).
+# OUT (benchmarks/results/gpu), STEPS (default "tests bench train quickstart"), PYTHON (python3),
+# DRY_RUN=1 (no install, no GPU check: the steps in the current environment, to try the script
+# on any machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=benchmarks/results/gpu
+OUT=${OUT:-benchmarks/results/gpu}
 RSG_DATA=${RSG_DATA:-../shared/rsg}
 STEPS=${STEPS:-"tests bench train quickstart"}
 mkdir -p "$OUT"
 pip_args=()
 if [ -n "${WHEELS:-}" ]; then pip_args=(--no-index --find-links "$WHEELS"); fi
 
-# A venv that sees the image's packages (torch, transformers: the parity references).
-"${PYTHON:-python3}" -m venv --system-site-packages .venv-gpu
-# shellcheck disable=SC1091
-source .venv-gpu/bin/activate
-pip install -q "${pip_args[@]}" -e ".[cuda,demo]"
-# mlx-cpu (the Linux default) and mlx-cuda-13 both ship mlx/lib/libmlx.so: the CUDA one goes last.
-mlx_version=$(python -c "import importlib.metadata as m; print(m.version('mlx'))")
-pip install -q "${pip_args[@]}" --force-reinstall --no-deps "mlx-cuda-13==$mlx_version"
-python - <<'PY'
+if [ -z "${DRY_RUN:-}" ]; then
+    # A venv that sees the image's packages (torch, transformers: the parity references).
+    "${PYTHON:-python3}" -m venv --system-site-packages .venv-gpu
+    # shellcheck disable=SC1091
+    source .venv-gpu/bin/activate
+    pip install -q "${pip_args[@]}" -e ".[cuda,demo]"
+    # mlx-cpu (the Linux default) and mlx-cuda-13 both ship mlx/lib/libmlx.so: CUDA's goes last.
+    mlx_version=$(python -c "import importlib.metadata as m; print(m.version('mlx'))")
+    pip install -q "${pip_args[@]}" --force-reinstall --no-deps "mlx-cuda-13==$mlx_version"
+    python - <<'PY'
 import mlx.core as mx
 assert mx.default_device() == mx.gpu, f"MLX's default device is {mx.default_device()}, not a GPU"
 PY
+fi  # DRY_RUN=1: the current environment and device, to check the script's steps anywhere
 mlx-rsg info | tee "$OUT/info.txt"
 
 step() { [[ " $STEPS " == *" $1 "* ]]; }
