@@ -61,3 +61,24 @@ def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root
     for task, v in want["tasks"].items():
         assert got["tasks"][task]["score"] == pytest.approx(v["score"], abs=1e-12), task
         assert got["tasks"][task]["records"] == v["records"]
+
+
+def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_root):
+    """benchmarks/results/quality/quantize/ (the README's quantization table on the real run):
+    every variant's zip scores what bench.json says, and the fp32 zip holds the same predictions
+    as the real run's own committed zip (the run, trained again with its command, reproduced)."""
+    import json
+
+    from mlx_rsg.submission import read_submission
+
+    results = Path(__file__).parents[1] / "benchmarks" / "results" / "quality"
+    bench = json.loads((results / "quantize" / "bench.json").read_text())
+    names = [v["name"] for v in bench["variants"]]
+    assert len(names) == 4  # fp32, q8, q4, q4-gptq
+    for v in bench["variants"]:
+        got = rescore(results / "quantize" / v["submission"], real_rsg_root)
+        assert got["total"] == pytest.approx(v["total"], abs=1e-12), v["name"]
+        for task, s in v["scores"].items():
+            assert got["tasks"][task]["score"] == pytest.approx(s["score"], abs=1e-12)
+    fp32 = read_submission(results / "quantize" / bench["variants"][0]["submission"])
+    assert fp32 == read_submission(results / "val_predictions.zip")
