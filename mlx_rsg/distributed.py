@@ -69,15 +69,10 @@ class World:
         ranks, together covering 0..total-1). Summing zeros is exact."""
         rows = np.asarray(rows, np.float32)
         rows = rows.reshape(len(positions), -1) if len(positions) else np.zeros((0, 0), np.float32)
-        if self.group is None:
-            out = np.zeros((total, rows.shape[1]), np.float32)
-            out[positions] = rows
-            return out
-        width = int(self.all_max(rows.shape[1] if len(positions) else 0))
-        out = np.zeros((total, width), np.float32)
+        out = np.zeros((total, self.all_max(rows.shape[1])), np.float32)
         if len(positions):
             out[positions] = rows
-        return np.array(self.all_sum(mx.array(out)))
+        return out if self.group is None else np.array(self.all_sum(mx.array(out)))
 
     def local_size(self) -> int:
         """How many ranks run on this rank's machine (same host name)."""
