@@ -19,6 +19,7 @@ from mlx_rsg.errors import UserError
 from mlx_rsg.options import config_from_options, config_options
 from mlx_rsg.quant.recipe import QuantizeOptions
 from mlx_rsg.quickstart import QuickstartConfig
+from mlx_rsg.serve.config import ServeConfig
 from mlx_rsg.train.config import TrainConfig
 from mlx_rsg.version import __version__
 
@@ -65,7 +66,7 @@ def _world():
 
 
 # Commands that run a model: the CLI lets MLX keep freed buffers for them (accel/memory.py).
-_MODEL_COMMANDS = {"train", "predict", "bench", "quantize", "quickstart"}
+_MODEL_COMMANDS = {"train", "predict", "bench", "quantize", "quickstart", "serve"}
 
 
 @click.group(cls=_Group)
@@ -372,3 +373,18 @@ def quickstart_command(data_dir, work_dir, force, **options) -> None:
     from mlx_rsg.quickstart import quickstart
 
     quickstart(data_dir, work_dir, config_from_options(QuickstartConfig, options), force)
+
+
+# -------------------------------------------------------------------------------- serve
+
+
+@main.command("serve")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@config_options(ServeConfig)
+def serve_command(run_dirs, **options) -> None:
+    """Serve RUN_DIRS (fp32 or quantized runs, named by their directory) over HTTP: POST
+    /v1/predict, GET /v1/models, /health, a page to try them at /, the API's schema at /docs.
+    Binds 127.0.0.1 unless --host says otherwise; SIGTERM or Ctrl-C stops it gracefully."""
+    from mlx_rsg.serve.server import serve
+
+    serve(list(run_dirs), config_from_options(ServeConfig, options))

@@ -170,7 +170,7 @@ class Predictor:
         preds, units, logits = self.predictions(task, records)
         probs = unit_probabilities(self.info["tasks"][task], units, logits)
         out = []
-        for rec, pred in zip(records, _per_record(records, preds), strict=True):
+        for rec, pred in zip(records, per_record(records, preds), strict=True):
             row = {"idx": rec.idx, "label": pred}
             p = probs.get(rec.idx)
             if p is not None:
@@ -183,7 +183,7 @@ class Predictor:
                         world=self.world)  # fmt: skip
 
 
-def _per_record(records: list, preds) -> list:
+def per_record(records: list, preds) -> list:
     """decode's predictions aligned with records (it may return a list or an idx -> value map)."""
     if isinstance(preds, dict):
         return [preds[r.idx] for r in records]

@@ -25,7 +25,7 @@ import os
 import random
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,49 @@ def resolve_backbone(run_dir: Path, info: dict[str, Any], verify: bool = True) -
                 "the ones this run was trained on"
             )
     return path
+
+
+@dataclass
+class RunRef:
+    """A run directory named for reports (bench's table, serve's /v1/models)."""
+
+    name: str
+    path: Path
+    info: dict[str, Any]
+
+
+def short_names(paths: list[str]) -> list[tuple[str, Path]]:
+    """Unique short names for run directories (base names, '-2', '-3' on clashes)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        path = Path(p)
+        base = path.resolve().name or str(p)
+        seen[base] = seen.get(base, 0) + 1
+        out.append((base if seen[base] == 1 else f"{base}-{seen[base]}", path))
+    return out
+
+
+def disk_size(ref: RunRef) -> dict[str, int]:
+    """Bytes of the weight files on disk: the backbone's, the trained ones, their total."""
+    model_dir = resolve_backbone(ref.path, ref.info, verify=False)
+    backbone = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
+    trainable = (ref.path / WEIGHTS).stat().st_size
+    return {"backbone": backbone, "trainable": trainable, "total": backbone + trainable}
+
+
+def quantization(ref: RunRef) -> dict | None:
+    """The backbone config's "quantization" entry (bits, group size) with the recipe's name and
+    method when the run came from `mlx-rsg quantize`; None for a float model."""
+    cfg = Path(resolve_backbone(ref.path, ref.info, verify=False)) / "config.json"
+    try:
+        q = json.loads(cfg.read_text(encoding="utf-8")).get("quantization")
+    except (OSError, json.JSONDecodeError):
+        return None
+    recipe = (ref.info.get("quantized") or {}).get("recipe") or {}
+    if q and recipe.get("name"):  # the backbone config has bits only: name the recipe too
+        q = {**q, "recipe": recipe["name"], "method": recipe.get("method", "rtn")}
+    return q
 
 
 def save_weights(path: Path, arrays: dict) -> None:

@@ -45,7 +45,7 @@ import random
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,17 @@ from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, check_safetensors, read_json_object
 from mlx_rsg.metrics import class_report
-from mlx_rsg.predict import _per_record, data_records, load, score_units
+from mlx_rsg.predict import data_records, load, per_record, score_units
 from mlx_rsg.progress import Progress
-from mlx_rsg.run import WEIGHTS, read_run_json, resolve_backbone
+from mlx_rsg.run import (
+    WEIGHTS,
+    RunRef,
+    disk_size,
+    quantization,
+    read_run_json,
+    resolve_backbone,
+    short_names,
+)
 from mlx_rsg.submission import read_submission, write_submission
 from mlx_rsg.tasks import REGISTRY, TASKS, decode, make_units, score_task, total_score
 from mlx_rsg.version import __version__
@@ -74,29 +82,10 @@ BENCH_VERSION = 1
 # --------------------------------------------------------------------------- run dirs
 
 
-@dataclass
-class RunRef:
-    name: str
-    path: Path
-    info: dict[str, Any]
-
-
-def _name_runs(paths: list[str]) -> list[tuple[str, Path]]:
-    """Unique short names (directory base names, '-2', '-3' on clashes)."""
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        path = Path(p)
-        base = path.resolve().name or str(p)
-        seen[base] = seen.get(base, 0) + 1
-        out.append((base if seen[base] == 1 else f"{base}-{seen[base]}", path))
-    return out
-
-
 def check_runs(baseline: str, variants: list[str]) -> list[RunRef]:
     """Read every run.json before any model is loaded; refuse runs that cannot be compared."""
     refs = []
-    for name, path in _name_runs([baseline, *variants]):
+    for name, path in short_names([baseline, *variants]):
         if not path.is_dir():
             raise UserError(f"{path}: no such run directory")
         info = read_run_json(path)  # checks the fields' types
@@ -157,25 +146,6 @@ def load_run(ref: RunRef):
     return predictor
 
 
-def disk_size(ref: RunRef) -> dict[str, int]:
-    model_dir = resolve_backbone(ref.path, ref.info, verify=False)
-    backbone = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
-    trainable = (ref.path / WEIGHTS).stat().st_size
-    return {"backbone": backbone, "trainable": trainable, "total": backbone + trainable}
-
-
-def quantization(ref: RunRef) -> dict | None:
-    cfg = Path(resolve_backbone(ref.path, ref.info, verify=False)) / "config.json"
-    try:
-        q = json.loads(cfg.read_text(encoding="utf-8")).get("quantization")
-    except (OSError, json.JSONDecodeError):
-        return None
-    recipe = (ref.info.get("quantized") or {}).get("recipe") or {}
-    if q and recipe.get("name"):  # the backbone config has bits only: name the recipe too
-        q = {**q, "recipe": recipe["name"], "method": recipe.get("method", "rtn")}
-    return q
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -224,7 +194,7 @@ def is_fixture(data_dir: str, task: str, named: tuple[str, ...] = ()) -> bool:
 def flat_predictions(task: str, records: list, preds) -> tuple[list, list]:
     """(gold, predicted) with one entry per scored decision: a record, or a MuSeRC answer."""
     spec = REGISTRY[task]
-    pairs = [d for r, p in zip(records, _per_record(records, preds), strict=True)
+    pairs = [d for r, p in zip(records, per_record(records, preds), strict=True)
              for d in spec.decisions(r, p)]  # fmt: skip
     return [g for g, _ in pairs], [p for _, p in pairs]
 

@@ -115,9 +115,8 @@ def available_splits(root: str | os.PathLike, task: str) -> list[str]:
     return [s for s in SPLITS if (task.lower(), f"{s}.jsonl") in index]
 
 
-def load_split(root: str | os.PathLike, task: str, split: str) -> list[Record]:
-    """Records of TASK/SPLIT under ROOT (see the module docstring for the layouts). Labelled
-    splits (train, val, LiDiRus) must carry every label; test labels are None when absent."""
+def read_objects(root: str | os.PathLike, task: str, split: str) -> tuple[str, list]:
+    """(the file's display name, [(line, JSON value)]) of TASK/SPLIT under ROOT, unparsed."""
     entry = _find(root, task, split)
     if entry is None:
         have = available_splits(root, task)
@@ -130,10 +129,17 @@ def load_split(root: str | os.PathLike, task: str, split: str) -> list[Record]:
         raw = read()
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"{display}: cannot read ({e})") from None
+    return display, jsonl_values(display, raw, DataError)
+
+
+def load_split(root: str | os.PathLike, task: str, split: str) -> list[Record]:
+    """Records of TASK/SPLIT under ROOT (see the module docstring for the layouts). Labelled
+    splits (train, val, LiDiRus) must carry every label; test labels are None when absent."""
+    display, values = read_objects(root, task, split)
     labelled = split != "test" or task == "LiDiRus"
     records: list[Record] = []
     lines: dict[object, int] = {}  # idx -> line: predictions and caches match records by idx
-    for line, obj in jsonl_values(display, raw, DataError):
+    for line, obj in values:
         for r in tasks.parse_records(task, obj, display, line):
             field = tasks.REGISTRY[task].unlabelled_field(r) if labelled else None
             if field:

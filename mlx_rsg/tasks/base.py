@@ -9,6 +9,7 @@ record, scored by accuracy). The methods, in the order data flows through them:
   texts(record), label_values(record)    what `mlx-rsg data info` reports
   units(record, train, rng, max_negatives) -> [Unit]    what the model classifies
   decode(record, by_key) -> prediction   unit scores back to a prediction (the "decode form")
+  candidates(record)                     choice tasks: what each unit proposes
   gold(record)                           the gold prediction in decode form
   score(records, predictions) -> {metric: value}        the official metrics (`metrics`)
   decisions(record, prediction) -> [(gold, predicted)]  per scored decision (bench's flips)
@@ -72,6 +73,11 @@ class Task:
     def examples(self, record, max_negatives: int | None = None) -> int:
         """How many classification examples (units) a record gives in training."""
         return len(self.units(record))
+
+    def candidates(self, record) -> list[str] | None:
+        """Choice tasks: what each of the record's units proposes, in unit order (None: not a
+        choice task)."""
+        return None
 
     def label_index(self, label) -> int | None:
         return None if label is None else self.labels.index(label)

@@ -58,6 +58,9 @@ class PARus(Task):
             out.append(Unit(self.name, (record.idx, c), (record.idx,), pieces, label, trim=(0,)))
         return out
 
+    def candidates(self, record: PARusRecord) -> list[str]:
+        return [record.choice1, record.choice2]
+
     def decode(self, record: PARusRecord, by_key: dict[tuple, np.ndarray]) -> int:
         return int(by_key[(record.idx, 1)][0] > by_key[(record.idx, 0)][0])
 

@@ -131,6 +131,9 @@ class RuCoS(Task):
         n = len(self.units(record))
         return n if max_negatives is None else min(n, 1 + max_negatives)
 
+    def candidates(self, record: RuCoSRecord) -> list[str]:
+        return rucos_candidates(record)
+
     def decode(self, record: RuCoSRecord, by_key: dict[tuple, np.ndarray]) -> str:
         """The best-scored candidate's text ("" when the record has none)."""
         best, best_score = "", -np.inf

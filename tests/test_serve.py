@@ -1,0 +1,479 @@
+"""`mlx-rsg serve`: the real server in a child process (its CLI, its port, its signals), on a tiny
+run trained on every task of the fixture data and its 4-bit quantization."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_model import tiny_model_dir, tiny_train_config  # noqa: F401
+
+import mlx_rsg
+from mlx_rsg import tasks
+from mlx_rsg.data import load_split
+from mlx_rsg.run import diagnostic_records
+from mlx_rsg.serve.batcher import Job, MicroBatcher
+from mlx_rsg.serve.examples import BUILTIN, examples
+
+CLI = [sys.executable, "-c", "from mlx_rsg.cli import main; main()"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, fixture_root, tmp_path_factory):  # noqa: F811
+    from mlx_rsg.quant.quantize import quantize
+    from mlx_rsg.train import train
+
+    root = tmp_path_factory.mktemp("serve-runs")
+    fp32 = root / "fp32"
+    cfg = tiny_train_config(epochs=1, tasks=tasks.TRAIN_TASKS, max_len=128)
+    train(tiny_model_dir, fixture_root, fp32, cfg, log=lambda m: None)
+    q4 = quantize(fp32, root / "q4", bits=4, group_size=32)
+    return fp32, q4
+
+
+class Server:
+    """`mlx-rsg serve ARGS --port 0` in a child process; its address read from its first line."""
+
+    def __init__(self, *args, timeout: float = 120):
+        cmd = [*CLI, "serve", *map(str, args), "--port", "0"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            found = re.search(r"at (http://[\d.]+:\d+)/", line)
+            if found:
+                self.url = found.group(1)
+                break
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def call(self, path: str, body=None, headers=None) -> tuple[int, dict]:
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers=headers or {},
+                                     method="GET" if data is None else "POST")  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def predict(self, task: str, records: list, model: str | None = "fp32") -> tuple[int, dict]:
+        body = {"task": task, "records": records}
+        if model is not None:
+            body["model"] = model
+        return self.call("/v1/predict", body)
+
+    def stop(self, sig=signal.SIGTERM) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=60)
+        out = "".join(iter(lambda: self.lines.get_nowait() if not self.lines.empty() else "", ""))
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    s = Server(*runs)
+    yield s
+    s.stop()
+
+
+def val_records(data: Path, task: str) -> list[dict]:
+    """The fixture val records of TASK as JSON objects (records as the API takes them)."""
+    from mlx_rsg.data.files import read_objects
+
+    split = "test" if task == "LiDiRus" else "val"
+    _, values = read_objects(data, task, split)
+    if task == "RuCoS":  # one query per API record
+        return [{**obj, "qas": [q]} for _, obj in values for q in obj["qas"]]
+    return [obj for _, obj in values]
+
+
+def expected(run: Path, task: str, objs: list[dict]) -> list[dict]:
+    """What `mlx_rsg.load(run)` predicts in this process, spelled as the submission."""
+    predictor = mlx_rsg.load(run)
+    records = [tasks.parse_record(task, o) for o in objs]
+    preds, _, _ = predictor.predictions(task, records)
+    spec = tasks.get(task)
+    out = []
+    for r, p in zip(records, preds, strict=True):
+        row = spec.submission_row(r, p)
+        out.append(row["label"] if "label" in row else {"passage": row["passage"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------- API
+
+
+def test_health_and_models(server, runs):
+    status, health = server.call("/health")
+    assert status == 200 and health["status"] == "ok" and health["models"] == ["fp32", "q4"]
+    assert health["rss_peak_bytes"] > 0
+    status, body = server.call("/v1/models")
+    assert status == 200
+    by_name = {m["name"]: m for m in body["models"]}
+    assert by_name["fp32"]["bits"] == 32 and by_name["fp32"]["quantization"] is None
+    assert by_name["q4"]["bits"] == 4 and by_name["q4"]["quantization"]["group_size"] == 32
+    assert set(by_name["fp32"]["tasks"]) == set(tasks.TASKS)  # LiDiRus rides on TERRa
+    q4_size = sum(f.stat().st_size for f in Path(runs[1]).rglob("*.safetensors"))
+    assert by_name["q4"]["size_bytes"] == q4_size
+    assert by_name["q4"]["size_bytes"] < by_name["fp32"]["size_bytes"]
+
+
+@pytest.mark.parametrize("model", ["fp32", "q4"])
+def test_every_task_answers_as_the_library(server, runs, fixture_root, model):
+    """Each task's fixture val records through the API: the labels `mlx_rsg.load` gives in this
+    process, in the submission's spelling, with the request's own idx and probabilities."""
+    run = runs[0] if model == "fp32" else runs[1]
+    for task in tasks.TASKS:
+        objs = val_records(fixture_root, task)
+        status, body = server.predict(task.lower(), objs, model)
+        assert status == 200, body
+        assert body["task"] == task and body["model"] == model
+        preds = body["predictions"]
+        assert [p["label"] for p in preds] == expected(run, task, objs), task
+        assert [p["idx"] for p in preds] == [tasks.parse_record(task, o).idx for o in objs]
+        for p in preds:
+            probs = p["probs"]
+            if isinstance(probs, dict):  # label tasks: keys spelled like the labels
+                assert p["label"] in probs and sum(probs.values()) == pytest.approx(1, abs=1e-5)
+                assert max(probs, key=probs.get) == p["label"] or task in ("MuSeRC",)
+            elif task in ("PARus", "RuCoS"):
+                assert len(probs) == len(p["choices"]) and sum(probs) == pytest.approx(1, abs=1e-5)
+                best = p["choices"][int(np.argmax(probs))]
+                assert best == (p["label"] if task == "RuCoS" else p["choices"][p["label"]])
+
+
+def test_records_without_idx_or_label(server):
+    """Records typed by hand: numbered by position; a test record has no label."""
+    records = [{"premise": "Кот спит на диване.", "hypothesis": "Кот спит."},
+               {"premise": "Идёт дождь.", "hypothesis": "На улице сухо."}]  # fmt: skip
+    status, body = server.predict("TERRa", records, model="q4")
+    assert status == 200 and [p["idx"] for p in body["predictions"]] == [0, 1]
+    assert {p["label"] for p in body["predictions"]} <= {"entailment", "not_entailment"}
+
+
+def test_the_page_and_the_schema(server):
+    with urllib.request.urlopen(server.url + "/", timeout=30) as r:
+        page = r.read().decode()
+    assert "<title>mlx-rsg</title>" in page and 'id="predict"' in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # offline: nothing from elsewhere
+    status, schema = server.call("/openapi.json")
+    assert status == 200 and "/v1/predict" in schema["paths"]
+    body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(body["schema"]["properties"]) == {"model", "task", "records"}
+    status, ex = server.call("/v1/examples")
+    assert status == 200 and ex == BUILTIN
+
+
+BAD = [  # (body, status, error)
+    (b"\xff\xfe{}", 400, "body: not UTF-8 (byte 0: invalid start byte)"),
+    (b'{"task": "TERRa", "records": [', 400,
+     "body: invalid JSON: Expecting value (line 1, column 31)"),
+    (b"[1, 2]", 422, "body: expected a JSON object with task and records"),
+    ({"task": "TERRa", "records": [{}], "extra": 1}, 422,
+     "body: unknown field 'extra' (expected model, task, records)"),
+    ({"records": [{}]}, 422, "field 'model': missing (this server has fp32, q4)"),
+    ({"model": "fp16", "task": "TERRa", "records": [{}]}, 404,
+     "field 'model': 'fp16' is not served here (fp32, q4)"),
+    ({"model": "fp32", "task": "CoLA", "records": [{}]}, 422,
+     "field 'task': 'CoLA' is not one of LiDiRus, RCB, PARus, MuSeRC, TERRa, RUSSE, RWSD, "
+     "DaNetQA, RuCoS"),
+    ({"model": "fp32", "task": 3, "records": [{}]}, 422,
+     "field 'task': expected a string, got int"),
+    ({"model": "fp32", "task": "TERRa"}, 422, "field 'records': missing"),
+    ({"model": "fp32", "task": "TERRa", "records": {}}, 422,
+     "field 'records': expected a list, got dict"),
+    ({"model": "fp32", "task": "TERRa", "records": []}, 422, "field 'records': empty"),
+    ({"model": "fp32", "task": "TERRa", "records": [{"premise": "a", "hypothesis": "b"}, "x"]}, 422,
+     "records[1]: expected a JSON object, got str"),
+    ({"model": "fp32", "task": "TERRa", "records": [{"premise": "a", "hypothesis": "b"},
+                                                    {"premise": "a"}]}, 422,
+     "records[1]: field 'hypothesis': missing"),
+    ({"model": "fp32", "task": "TERRa", "records": [{"premise": "a", "hypothesis": 5}]}, 422,
+     "records[0]: field 'hypothesis': expected a string, got integer"),
+    ({"model": "fp32", "task": "TERRa", "records": [{"premise": "a", "hypothesis": "b", "idx": 7},
+                                                    {"premise": "c", "hypothesis": "d", "idx": 7}]},
+     422, "records[1]: field 'idx': 7 is also records[0]'s"),
+    ({"model": "fp32", "task": "TERRa", "records": [{"premise": "a", "hypothesis": "b",
+                                                     "label": "maybe"}]}, 422, None),
+    ({"model": "fp32", "task": "TERRa", "records": [{"premise": "a", "hypothesis": "b"}] * 65},
+     413, "field 'records': 65 records; at most 64 in one request (--max-records)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("body,status,error", BAD)
+def test_bad_requests_get_one_line_4xx(server, body, status, error):
+    got, answer = server.call("/v1/predict", body)
+    assert got == status, answer
+    assert set(answer) == {"error"} and "\n" not in answer["error"]
+    if error is None:  # the parser's own wording: it names the record and the field
+        assert answer["error"].startswith("records[0]: field 'label'"), answer
+    else:
+        assert answer["error"] == error
+    assert server.call("/health")[0] == 200  # and the server goes on
+
+
+def test_bodies_over_the_limit(server):
+    big = b'{"task": "TERRa", "records": ["' + b"a" * (1100 * 1024) + b'"]}'
+    status, answer = server.call("/v1/predict", big)
+    assert (status, answer) == (413, {"error": "body: larger than 1024 KiB (--max-body-kb)"})
+
+    def chunks():  # no Content-Length: counted as it streams in
+        for _ in range(20):
+            yield b"a" * (64 * 1024)
+
+    req = urllib.request.Request(server.url + "/v1/predict", data=chunks(), method="POST",
+                                 headers={"Transfer-Encoding": "chunked"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 413
+    assert server.call("/health")[0] == 200
+    status, answer = server.call("/nowhere")
+    assert (status, answer) == (404, {"error": "GET /nowhere: Not Found"})
+
+
+# ------------------------------------------------------------------------ micro-batching
+
+
+def _job(run, task, units, log):
+    return Job(run, task, [], units, lambda result: log.append(result))
+
+
+def test_batcher_groups_by_run_and_task_in_order():
+    b = MicroBatcher(window_s=0, max_units=2)
+    keys = [("a", "TERRa", 1), ("a", "TERRa", 1), ("a", "RCB", 1), ("a", "TERRa", 1),
+            ("b", "TERRa", 1), ("a", "TERRa", 3)]  # fmt: skip
+    jobs = [_job(run, task, units, []) for run, task, units in keys]
+    for j in jobs:
+        b.submit(j)
+    got = []
+    while batch := b.next_batch(timeout=0.01):
+        got.append([jobs.index(j) for j in batch])
+    # full at 2 units; the RCB job waits for the next batch, then the held jobs go first;
+    # a job larger than max_units is a batch of its own
+    assert got == [[0, 1], [2], [3], [4], [5]]
+    assert (b.batches, b.jobs, b.pending()) == (5, 6, 0)
+
+
+def test_batcher_waits_the_window_for_company():
+    b = MicroBatcher(window_s=0.3, max_units=8)
+    b.submit(_job("a", "TERRa", 1, []))
+    threading.Timer(0.1, lambda: b.submit(_job("a", "TERRa", 1, []))).start()
+    t0 = time.monotonic()
+    assert len(b.next_batch(timeout=1)) == 2 and time.monotonic() - t0 < 0.29 + 0.2
+    assert b.next_batch(timeout=0.01) == []
+
+
+@pytest.fixture(scope="module")
+def batching_server(runs):
+    """A server whose batches wait a whole second for company: concurrent requests meet."""
+    s = Server(runs[0], "--batch-window-ms", 1000)
+    yield s
+    s.stop()
+
+
+def test_concurrent_requests_share_batches_and_keep_their_answers(batching_server, runs,
+                                                                  fixture_root):  # fmt: skip
+    objs = val_records(fixture_root, "TERRa")
+    alone = (expected(runs[0], "TERRa", objs) * 16)[:16]
+    objs = (objs * 16)[:16]
+    single = [{**o, "idx": 0} for o in objs]  # every request says idx 0
+    _, before = batching_server.call("/health")
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda o: batching_server.predict("TERRa", [o], None), single))
+    _, after = batching_server.call("/health")
+    assert all(status == 200 for status, _ in answers)
+    assert [a["predictions"][0]["label"] for _, a in answers] == alone
+    assert all(a["predictions"][0]["idx"] == 0 for _, a in answers)
+    requests = after["requests"] - before["requests"]
+    batches = after["batches"] - before["batches"]
+    assert requests == 16 and batches <= 3, (requests, batches)
+
+
+def test_sigterm_answers_the_requests_in_flight(batching_server, fixture_root):
+    """SIGTERM while a request waits in its batch window: it is answered, then exit 0."""
+    objs = val_records(fixture_root, "RCB")[:2]
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(batching_server.predict, "RCB", objs, None)
+        time.sleep(0.4)  # the request is in: its batch waits 1 s for company
+        batching_server.proc.send_signal(signal.SIGTERM)
+        status, body = pending.result(timeout=30)
+    assert status == 200 and len(body["predictions"]) == 2
+    code, out, err = batching_server.stop()
+    assert code == 0, err
+    assert "stopped" in out
+    with pytest.raises(urllib.error.URLError):  # and it no longer listens
+        urllib.request.urlopen(batching_server.url + "/health", timeout=5)
+
+
+# ------------------------------------------------------------------------- runs on disk
+
+
+def test_a_run_replaced_on_disk_changes_nothing(runs, tmp_path, fixture_root):
+    """Loaded once at start: weights overwritten and run.json deleted under a running server do
+    not change (or break) its answers."""
+    run = tmp_path / "fp32"
+    shutil.copytree(runs[0], run)
+    objs = val_records(fixture_root, "PARus")
+    s = Server(run)
+    try:
+        _, first = s.predict("PARus", objs, None)
+        import mlx.core as mx
+
+        w = mx.load(str(run / "trainable.safetensors"))
+        mx.save_safetensors(str(run / "trainable.safetensors"),
+                            {k: mx.zeros_like(v) for k, v in w.items()})  # fmt: skip
+        (run / "run.json").unlink()
+        _, second = s.predict("PARus", objs, None)
+        assert second["predictions"] == first["predictions"]
+    finally:
+        code, _, err = s.stop()
+    assert code == 0, err
+
+
+def test_cli_errors(runs, tmp_path):
+    def serve(*args):
+        return subprocess.run([*CLI, "serve", *map(str, args)], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    r = serve(tmp_path / "missing")
+    missing = tmp_path / "missing"
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {missing}: no such run directory"
+    r = serve(runs[0], "--max-records", 0)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --max-records: must be at least 1"
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        r = serve(runs[0], "--port", port)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"error: --host 127.0.0.1 --port {port}: cannot listen "
+                                "(Address already in use)")  # fmt: skip
+
+
+def test_examples_from_data_are_labelless_val_records(fixture_root):
+    got = examples(str(fixture_root))
+    assert set(got) == set(tasks.TASKS)
+    terra = load_split(fixture_root, "TERRa", "val")[0]
+    assert got["TERRa"]["premise"] == terra.premise and "label" not in got["TERRa"]
+    assert got["LiDiRus"]["sentence1"] == diagnostic_records(fixture_root)[0].premise
+    answers = [a for q in got["MuSeRC"]["passage"]["questions"] for a in q["answers"]]
+    assert answers and all("label" not in a for a in answers)
+    assert len(got["RuCoS"]["qas"]) == 1 and "answers" not in got["RuCoS"]["qas"][0]
+    for task, obj in {**got, **BUILTIN}.items():
+        assert tasks.parse_record(task, obj).idx == obj["idx"]
+
+
+# ------------------------------------------------------------------------------ the page
+
+
+def chromium(tmp_path: Path):
+    """Headless Debian Chromium driven by selenium through Debian's chromedriver (no browser
+    download). Skipped where they are missing, except in CI, where .ci/run installs them."""
+    import os
+
+    chrome, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        webdriver = None
+    if not (chrome and driver and webdriver):
+        why = "needs selenium and Debian's chromium + chromium-driver (README, The tests)"
+        pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chrome
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-sync",
+                 "--disable-component-update", f"--user-data-dir={tmp_path / 'chrome'}",
+                 "--window-size=1000,1400"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+
+
+def shown(label) -> str:
+    """A label as the page writes it: text as is, a number or bool as JS's String(), a
+    structure as JSON.stringify()."""
+    if isinstance(label, str):
+        return label
+    if isinstance(label, bool):
+        return "true" if label else "false"
+    if isinstance(label, (int, float)):
+        return str(label)
+    return json.dumps(label, ensure_ascii=False, separators=(",", ":"))
+
+
+@pytest.mark.slow
+def test_the_page_in_a_real_browser(server, tmp_path):
+    """One prediction per task on the page, by hand as a person would: pick the task, press
+    Predict, read the label; it must be the API's for the same record. Then an edited field and
+    the 4-bit model."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser = chromium(tmp_path)
+    wait = WebDriverWait(browser, 60)
+    _, samples = server.call("/v1/examples")
+
+    def predict_on_page() -> str:
+        browser.find_element(By.ID, "predict").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "result")))
+        return browser.find_element(By.ID, "label").text
+
+    try:
+        browser.get(server.url + "/")
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        assert Select(browser.find_element(By.ID, "model")).first_selected_option.text == (
+            "fp32 (32-bit)")
+        for task in tasks.TASKS:
+            Select(browser.find_element(By.ID, "task")).select_by_value(task)
+            label = predict_on_page()
+            status, api = server.predict(task, [samples[task]])
+            assert status == 200
+            assert label == shown(api["predictions"][0]["label"]), task
+            bars = browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
+            probs = api["predictions"][0]["probs"]
+            n = sum(len(p) for p in probs) if task == "MuSeRC" else len(probs)
+            assert len(bars) == n, task
+            assert "ms in the server" in browser.find_element(By.ID, "latency").text
+        browser.save_screenshot(str(tmp_path / "page.png"))
+
+        # an edited field is what gets sent
+        Select(browser.find_element(By.ID, "task")).select_by_value("TERRa")
+        field = browser.find_element(By.ID, "f-hypothesis")
+        field.clear()
+        field.send_keys("Мост закрыли навсегда.")
+        label = predict_on_page()
+        edited = {**samples["TERRa"], "hypothesis": "Мост закрыли навсегда."}
+        assert label == server.predict("TERRa", [edited])[1]["predictions"][0]["label"]
+
+        # the 4-bit run, chosen in the model menu
+        Select(browser.find_element(By.ID, "model")).select_by_value("q4")
+        Select(browser.find_element(By.ID, "task")).select_by_value("RCB")
+        label = predict_on_page()
+        assert label == server.predict("RCB", [samples["RCB"]], "q4")[1]["predictions"][0]["label"]
+    finally:
+        browser.quit()
