@@ -170,6 +170,8 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
         "dev split carved out of train and scores all of val once (~1 h on 2 cores):\n  "
         + FULL_RECIPE.format(model=model_dir, data=data_dir)
     )
+    serve = f"mlx-rsg serve {runs / 'fp32'} {' '.join(variants)} --data {data_dir}"
+    print(f"\nTry the runs on a page or over HTTP: {serve}   (then open http://127.0.0.1:8000/)")
     return result
 
 

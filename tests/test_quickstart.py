@@ -46,6 +46,8 @@ def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, cap
     # It says it was a demonstration, and how to run the full recipe on the same model and data.
     assert "This was a demonstration of the pipeline: `heads` on ~24 training examples" in out.out
     assert f"mlx-rsg train {work / 'model'} --data {tiny_rsg_dir} -o runs/g270m" in out.out
+    runs = work / "runs"
+    assert f"mlx-rsg serve {runs / 'fp32'} {runs / 'q8'} {runs / 'q4'}" in out.out
     # Each step says its share of the time, then how long it took.
     for step in ("[1/4] convert", "[2/4] train", "[3/4] quantize", "[4/4] bench"):
         line = next(ln for ln in out.err.splitlines() if ln.startswith(step))

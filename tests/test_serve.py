@@ -4,7 +4,6 @@ run trained on every task of the fixture data and its 4-bit quantization."""
 from __future__ import annotations
 
 import json
-import queue
 import re
 import shutil
 import signal
@@ -27,6 +26,7 @@ from mlx_rsg.data import load_split
 from mlx_rsg.run import diagnostic_records
 from mlx_rsg.serve.batcher import Job, MicroBatcher
 from mlx_rsg.serve.examples import BUILTIN, examples
+from mlx_rsg.serve.process import ServerProcess
 
 CLI = [sys.executable, "-c", "from mlx_rsg.cli import main; main()"]
 
@@ -47,26 +47,8 @@ def runs(tiny_model_dir, fixture_root, tmp_path_factory):  # noqa: F811
     return fp32, q4
 
 
-class Server:
-    """`mlx-rsg serve ARGS --port 0` in a child process; its address read from its first line."""
-
-    def __init__(self, *args, timeout: float = 120):
-        cmd = [*CLI, "serve", *map(str, args), "--port", "0"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)  # fmt: skip
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            found = re.search(r"at (http://[\d.]+:\d+)/", line)
-            if found:
-                self.url = found.group(1)
-                break
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line)
+class Server(ServerProcess):
+    """The server in a child process, with JSON calls."""
 
     def call(self, path: str, body=None, headers=None) -> tuple[int, dict]:
         data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
@@ -84,17 +66,10 @@ class Server:
             body["model"] = model
         return self.call("/v1/predict", body)
 
-    def stop(self, sig=signal.SIGTERM) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=60)
-        out = "".join(iter(lambda: self.lines.get_nowait() if not self.lines.empty() else "", ""))
-        return self.proc.returncode, out, err
-
 
 @pytest.fixture(scope="module")
 def server(runs):
-    s = Server(*runs)
+    s = Server(list(runs))
     yield s
     s.stop()
 
@@ -289,7 +264,7 @@ def test_batcher_waits_the_window_for_company():
 @pytest.fixture(scope="module")
 def batching_server(runs):
     """A server whose batches wait a whole second for company: concurrent requests meet."""
-    s = Server(runs[0], "--batch-window-ms", 1000)
+    s = Server([runs[0], "--batch-window-ms", 1000])
     yield s
     s.stop()
 
@@ -337,7 +312,7 @@ def test_a_run_replaced_on_disk_changes_nothing(runs, tmp_path, fixture_root):
     run = tmp_path / "fp32"
     shutil.copytree(runs[0], run)
     objs = val_records(fixture_root, "PARus")
-    s = Server(run)
+    s = Server([run])
     try:
         _, first = s.predict("PARus", objs, None)
         import mlx.core as mx
@@ -477,3 +452,8 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         assert label == server.predict("RCB", [samples["RCB"]], "q4")[1]["predictions"][0]["label"]
     finally:
         browser.quit()
+
+
+def test_server_process_reports_a_failed_start(tmp_path):
+    with pytest.raises(RuntimeError, match=r"exited with 2: error: .*missing: no such run"):
+        ServerProcess([tmp_path / "missing"])
