@@ -457,3 +457,30 @@ def test_the_page_in_a_real_browser(server, tmp_path):
 def test_server_process_reports_a_failed_start(tmp_path):
     with pytest.raises(RuntimeError, match=r"exited with 2: error: .*missing: no such run"):
         ServerProcess([tmp_path / "missing"])
+
+
+def test_a_failing_batch_is_retried_request_by_request(runs, fixture_root):
+    """One request whose records break scoring fails alone; the others in its batch are
+    answered as if it had not been there."""
+    from mlx_rsg.serve.scoring import score_batch
+
+    predictor = mlx_rsg.load(runs[0])
+    real = predictor.predictions
+
+    def predictions(task, records):
+        if any(r.premise == "boom" for r in records):
+            raise ValueError("boom")
+        return real(task, records)
+
+    predictor.predictions = predictions
+    objs = val_records(fixture_root, "TERRa")
+    good = [tasks.parse_record("TERRa", o) for o in objs]
+    bad = [tasks.parse_record("TERRa", {"idx": 0, "premise": "boom", "hypothesis": "x"})]
+    answers: dict[int, object] = {}
+    jobs = [Job("fp32", "TERRa", recs, len(recs), lambda r, i=i: answers.setdefault(i, r))
+            for i, recs in enumerate([good[:2], bad, good[2:]])]  # fmt: skip
+    score_batch(predictor, jobs)
+    assert isinstance(answers[1], ValueError)
+    labels = expected(runs[0], "TERRa", objs)
+    assert [row["label"] for row in answers[0] + answers[2]] == labels
+    assert [row["idx"] for row in answers[0] + answers[2]] == [r.idx for r in good]

@@ -8,4 +8,5 @@
     examples.py  an example record per task for the page (hand-written, or the data's first val)
     page.html    the page at /: no external assets
     server.py    uvicorn on a thread; the model only ever runs on the main thread
+    process.py   a server in a child process, for scripts and tests
 """

@@ -111,8 +111,8 @@ def make_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """Up; the runs served; requests waiting, answered and the batches they took; the
-        process's peak resident memory."""
+        """Up; the runs served; requests waiting; requests scored so far and the batches they
+        took; the process's peak resident memory."""
         return {"status": "ok", "models": list(runs), "pending": batcher.pending(),
                 "requests": batcher.jobs, "batches": batcher.batches,
                 "rss_peak_bytes": rss_peak_bytes()}  # fmt: skip
