@@ -36,6 +36,21 @@ CONFIGS = {
                     "--lora-alpha", "16", "--lora-targets", ALL_PROJECTIONS, "--lr", "2e-4"],
     "adapter-all-64": ["--method", "mlp-adapter", "--freeze-layers", "0", "--adapter-size", "64",
                        "--lr", "1e-3"],
+    # The sweep: learning rates and epochs per method, and the methods at equal wall time (a
+    # flag given again here overrides the common one).
+    "freeze-top4-lr1e-4": ["--method", "freeze", "--freeze-layers", "14", "--lr", "1e-4"],
+    "freeze-top4-4ep": ["--method", "freeze", "--freeze-layers", "14", "--lr", "5e-5",
+                        "--epochs", "4"],
+    "freeze-top4-600": ["--method", "freeze", "--freeze-layers", "14", "--lr", "5e-5",
+                        "--max-train-per-task", "600"],  # ~LoRA's and the adapters' minutes
+    "lora-top4-r8-lr1e-3": ["--method", "lora", "--freeze-layers", "14", "--lora-rank", "8",
+                            "--lora-alpha", "16", "--lora-targets", ALL_PROJECTIONS,
+                            "--lr", "1e-3"],
+    "lora-all-r8-lr1e-3": ["--method", "lora", "--freeze-layers", "0", "--lora-rank", "8",
+                           "--lora-alpha", "16", "--lora-targets", ALL_PROJECTIONS,
+                           "--lr", "1e-3"],
+    "adapter-all-64-lr3e-4": ["--method", "mlp-adapter", "--freeze-layers", "0",
+                              "--adapter-size", "64", "--lr", "3e-4"],
 }  # fmt: skip
 
 
