@@ -336,6 +336,12 @@ def test_cli_errors(runs, tmp_path):
     r = serve(tmp_path / "missing")
     missing = tmp_path / "missing"
     assert r.returncode == 2 and r.stderr.strip() == f"error: {missing}: no such run directory"
+    broken = tmp_path / "broken"
+    shutil.copytree(runs[0], broken)
+    (broken / "trainable.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    r = serve(runs[0], broken)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {broken / 'trainable.safetensors'}: ")
     r = serve(runs[0], "--max-records", 0)
     assert r.returncode == 2 and r.stderr.strip() == "error: --max-records: must be at least 1"
     import socket
@@ -484,3 +490,23 @@ def test_a_failing_batch_is_retried_request_by_request(runs, fixture_root):
     labels = expected(runs[0], "TERRa", objs)
     assert [row["label"] for row in answers[0] + answers[2]] == labels
     assert [row["idx"] for row in answers[0] + answers[2]] == [r.idx for r in good]
+
+
+def test_too_many_waiting_requests_get_503(runs, fixture_root):
+    """Load shedding: while a TERRa batch waits out its window, RCB requests queue behind it;
+    past --max-pending the next one is refused at once, and the waiting ones are answered."""
+    s = Server([runs[0], "--batch-window-ms", 1500, "--max-pending", 1])
+    try:
+        terra, rcb = val_records(fixture_root, "TERRa")[:1], val_records(fixture_root, "RCB")[:1]
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(s.predict, "TERRa", terra, None)
+            time.sleep(0.5)  # taken: its batch waits for company
+            second = pool.submit(s.predict, "RCB", rcb, None)
+            time.sleep(0.5)  # held for the next batch: 1 waiting
+            status, answer = s.predict("RCB", rcb, None)
+            assert (status, answer) == (503, {"error": "busy: 1 requests are waiting "
+                                              "(--max-pending); retry later"})  # fmt: skip
+            assert first.result(timeout=30)[0] == 200 and second.result(timeout=30)[0] == 200
+    finally:
+        code, _, err = s.stop()
+    assert code == 0, err

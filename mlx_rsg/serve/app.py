@@ -136,6 +136,9 @@ def make_app(
         arriving together for the same run and task are scored in one batch."""
         t0 = time.perf_counter()
         run, task, records = parse_predict(await request.body(), runs, cfg.max_records)
+        if batcher.pending() >= cfg.max_pending:  # shed load rather than queue without end
+            raise ApiError(503, f"busy: {batcher.pending()} requests are waiting "
+                           "(--max-pending); retry later")  # fmt: skip
         loop = asyncio.get_running_loop()
         answer: asyncio.Future = loop.create_future()
 

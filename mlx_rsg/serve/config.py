@@ -21,4 +21,5 @@ class ServeConfig:
                                  )  # fmt: skip
     max_batch: int = opt(32, "Most units (texts classified) in one batch.")
     max_records: int = opt(64, "Most records in one request.")
+    max_pending: int = opt(256, "Most requests waiting for a batch; more are refused (503).")
     max_body_kb: int = opt(1024, "Largest request body, KiB.")

@@ -24,7 +24,12 @@ class ServerProcess:
                                      text=True)  # fmt: skip
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._err: list[str] = []  # read as it comes: a full pipe would block the server
+        self._readers = [threading.Thread(target=self._read, daemon=True),
+                         threading.Thread(target=self._err.extend, args=(self.proc.stderr,),
+                                          daemon=True)]  # fmt: skip
+        for t in self._readers:
+            t.start()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -50,12 +55,14 @@ class ServerProcess:
         """Send `sig` (SIGTERM: a graceful stop) and wait; (exit code, stdout, stderr)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout=timeout)
+        for t in self._readers:  # both end at the pipes' end of file
+            t.join(timeout=timeout)
         while not self._lines.empty():
             line = self._lines.get_nowait()
             if line is not None:
                 self._seen.append(line)
-        return self.proc.returncode, "".join(self._seen), err
+        return self.proc.returncode, "".join(self._seen), "".join(self._err)
 
     def __enter__(self) -> ServerProcess:
         return self

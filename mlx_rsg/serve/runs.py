@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mlx_rsg.bench.measure import load_run
 from mlx_rsg.errors import UserError
-from mlx_rsg.predict import Predictor, load
+from mlx_rsg.io import check_safetensors
+from mlx_rsg.predict import Predictor
 from mlx_rsg.run import WEIGHTS, RunRef, disk_size, quantization, read_run_json, short_names
 
 
@@ -33,11 +35,12 @@ def load_runs(paths: list[str], log=print) -> dict[str, ServedRun]:
         info = read_run_json(path)
         if not (path / WEIGHTS).is_file():
             raise UserError(f"{path}: no {WEIGHTS} (training has not finished an epoch yet)")
+        check_safetensors(path / WEIGHTS)
         refs.append(RunRef(name, path, info))
     runs = {}
     for ref in refs:
         log(f"loading {ref.name} ({ref.path})")
-        predictor = load(ref.path)
+        predictor = load_run(ref)  # unreadable weights: one line naming the run
         runs[ref.name] = ServedRun(ref.name, predictor, describe(ref, predictor))
     return runs
 

@@ -66,7 +66,7 @@ def serve(paths: list[str], cfg: ServeConfig, log=print) -> None:
 def check(cfg: ServeConfig) -> None:
     if not 0 <= cfg.port <= 65535:
         raise UserError(f"--port: {cfg.port} is not a port number (0-65535)")
-    for name in ("max_batch", "max_records", "max_body_kb"):
+    for name in ("max_batch", "max_records", "max_body_kb", "max_pending"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be at least 1")
     if cfg.batch_window_ms < 0:
