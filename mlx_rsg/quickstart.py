@@ -41,14 +41,14 @@ class QuickstartConfig:
 # Each step's share of the whole run, measured (README: `mlx-rsg quickstart`), printed as each
 # step starts so a newcomer can tell how far along it is. The run's total depends on the CPU.
 STEP_SHARES = {
-    "convert": 0.03,
+    "convert": 0.04,
     "train": 0.32,
-    "quantize q8": 0.01,
+    "quantize q8": 0.02,
     "quantize q4": 0.01,
     "quantize q4-gptq": 0.16,  # calibration: Hessians over 128 examples, then GPTQ per Linear
-    "bench": 0.47,  # four runs, each: 24 batch-1 latency samples and a pass over ~640 examples
+    "bench": 0.45,  # four runs, each: 24 batch-1 latency samples and a pass over ~640 examples
 }
-MEASURED_MINUTES = 14  # the whole quickstart on 2 cores (README), for the first line
+MEASURED_MINUTES = 13  # the whole quickstart on 2 cores (README), for the first line
 
 # The recipe of the README's real run (`mlx-rsg train`, "A real run"), which the quickstart's
 # closing lines point to.
