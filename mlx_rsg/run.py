@@ -232,6 +232,23 @@ def short_names(paths: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
+def open_runs(paths: list[str]) -> list[RunRef]:
+    """Run directories by short name, each checked before any model loads: it exists, its
+    run.json reads, and its trained and backbone weights are whole safetensors files."""
+    refs = []
+    for name, path in short_names(paths):
+        if not path.is_dir():
+            raise UserError(f"{path}: no such run directory")
+        info = read_run_json(path)  # checks the fields' types
+        if not (path / WEIGHTS).is_file():
+            raise UserError(f"{path}: no {WEIGHTS} (training has not finished an epoch yet)")
+        check_safetensors(path / WEIGHTS)
+        for f in sorted(Path(resolve_backbone(path, info, verify=False)).glob("*.safetensors")):
+            check_safetensors(f)
+        refs.append(RunRef(name, path, info))
+    return refs
+
+
 def disk_size(ref: RunRef) -> dict[str, int]:
     """Bytes of the weight files on disk: the backbone's, the trained ones, their total."""
     model_dir = resolve_backbone(ref.path, ref.info, verify=False)

@@ -3,6 +3,7 @@ run trained on every task of the fixture data and its 4-bit quantization."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -85,9 +86,14 @@ def val_records(data: Path, task: str) -> list[dict]:
     return [obj for _, obj in values]
 
 
+@functools.cache
+def loaded(run: Path):
+    return mlx_rsg.load(run)
+
+
 def expected(run: Path, task: str, objs: list[dict]) -> list[dict]:
     """What `mlx_rsg.load(run)` predicts in this process, spelled as the submission."""
-    predictor = mlx_rsg.load(run)
+    predictor = loaded(run)
     records = [tasks.parse_record(task, o) for o in objs]
     preds, _, _ = predictor.predictions(task, records)
     spec = tasks.get(task)

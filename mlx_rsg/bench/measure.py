@@ -58,19 +58,11 @@ from mlx_rsg.bench.report import write_chart, write_markdown
 from mlx_rsg.data import available_splits
 from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import atomic_dir, check_replaceable, check_safetensors, read_json_object
+from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object
 from mlx_rsg.metrics import class_report
 from mlx_rsg.predict import data_records, load, per_record, score_units
 from mlx_rsg.progress import Progress
-from mlx_rsg.run import (
-    WEIGHTS,
-    RunRef,
-    disk_size,
-    quantization,
-    read_run_json,
-    resolve_backbone,
-    short_names,
-)
+from mlx_rsg.run import RunRef, disk_size, open_runs, quantization, resolve_backbone
 from mlx_rsg.submission import read_submission, write_submission
 from mlx_rsg.tasks import REGISTRY, TASKS, decode, make_units, score_task, total_score
 from mlx_rsg.version import __version__
@@ -84,18 +76,7 @@ BENCH_VERSION = 1
 
 def check_runs(baseline: str, variants: list[str]) -> list[RunRef]:
     """Read every run.json before any model is loaded; refuse runs that cannot be compared."""
-    refs = []
-    for name, path in short_names([baseline, *variants]):
-        if not path.is_dir():
-            raise UserError(f"{path}: no such run directory")
-        info = read_run_json(path)  # checks the fields' types
-        if not (path / WEIGHTS).is_file():
-            raise UserError(f"{path}: no {WEIGHTS}")
-        ref = RunRef(name, path, info)
-        check_safetensors(path / WEIGHTS)
-        for f in sorted(Path(resolve_backbone(path, info, verify=False)).glob("*.safetensors")):
-            check_safetensors(f)
-        refs.append(ref)
+    refs = open_runs([baseline, *variants])
     base = refs[0]
     for ref in refs[1:]:
         ours, theirs = _architecture(ref), _architecture(base)

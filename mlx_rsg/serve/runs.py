@@ -11,9 +11,8 @@ from typing import Any
 
 from mlx_rsg.bench.measure import load_run
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import check_safetensors
 from mlx_rsg.predict import Predictor
-from mlx_rsg.run import WEIGHTS, RunRef, disk_size, quantization, read_run_json, short_names
+from mlx_rsg.run import RunRef, disk_size, open_runs, quantization
 
 
 @dataclass
@@ -28,15 +27,7 @@ def load_runs(paths: list[str], log=print) -> dict[str, ServedRun]:
     run.json is checked before the first model loads."""
     if not paths:
         raise UserError("serve: give at least one RUN_DIR")
-    refs = []
-    for name, path in short_names(paths):
-        if not path.is_dir():
-            raise UserError(f"{path}: no such run directory")
-        info = read_run_json(path)
-        if not (path / WEIGHTS).is_file():
-            raise UserError(f"{path}: no {WEIGHTS} (training has not finished an epoch yet)")
-        check_safetensors(path / WEIGHTS)
-        refs.append(RunRef(name, path, info))
+    refs = open_runs(paths)
     runs = {}
     for ref in refs:
         log(f"loading {ref.name} ({ref.path})")
