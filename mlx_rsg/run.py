@@ -92,7 +92,10 @@ def _finite(obj: Any) -> Any:
 
 def mark_merged(info: dict[str, Any], num_layers: int, method: str, lora_fused: int) -> None:
     """run.json `info` of a run whose trained layers are now part of its own backbone copy
-    (train --fuse, quantize of a run): every backbone layer frozen, the method it came from."""
+    (train --fuse, quantize of a run): every backbone layer frozen, the method it came from.
+    A `heads` run trained no layer: it stays as it is (with its --feature-layer, if any)."""
+    if method == "heads":
+        return
     info["classifier"]["method"] = "freeze"
     info["classifier"]["freeze_layers"] = num_layers
     if lora_fused:

@@ -101,6 +101,33 @@ def test_run_dir_round_trip(lora_run, tmp_path):
         np.testing.assert_allclose(got[task], want[task], rtol=1e-5, atol=1e-5, err_msg=task)
 
 
+def test_a_heads_run_on_an_inner_block_quantizes_as_it_was(tiny_model_dir, tmp_path):  # noqa: F811
+    """`heads --feature-layer 1` (what the quickstart trains) stays a heads run reading block 1
+    once quantized (no block was trained, nothing is merged), with the fp32 run's logits on a
+    q8 backbone."""
+    import numpy as np
+    from tiny_model import tiny_train_config, write_tiny_rsg
+
+    from mlx_rsg import predict
+    from mlx_rsg import train as T
+    from mlx_rsg.quant.recipe import resolve_recipe
+    from mlx_rsg.quant.rtn import quantize_backbone
+
+    data = write_tiny_rsg(tmp_path / "rsg", n_train=16, n_val=8)
+    cfg = tiny_train_config(tasks=("TERRa", "PARus"), method="heads", feature_layer=1, epochs=1)
+    T.train(tiny_model_dir, data, tmp_path / "run", cfg, log=lambda m: None)
+    out = quantize(tmp_path / "run", tmp_path / "q8", bits=8, group_size=G)
+    classifier = json.loads((out / "run.json").read_text())["classifier"]
+    assert (classifier["method"], classifier["feature_layer"]) == ("heads", 1)
+    ref = predict.load(tmp_path / "run")
+    quantize_backbone(ref.model.lm, ref.model.backbone.config, resolve_recipe(8, G))
+    got = predict.load(out)
+    assert got.model.n_blocks == 1
+    want, got = _val_logits(ref, data), _val_logits(got, data)
+    for task in want:
+        np.testing.assert_allclose(got[task], want[task], rtol=1e-5, atol=1e-5, err_msg=task)
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_linear_within_affine_error(tiny_model_dir, tmp_path, bits):  # noqa: F811
     """Each loaded QuantizedLinear reproduces its fp32 Linear within the affine rounding bound:
