@@ -8,7 +8,7 @@ import json
 import pytest
 from tiny_model import build_tiny_model
 
-from mlx_rsg.quickstart import QuickstartConfig, quickstart
+from mlx_rsg.quickstart import QuickstartConfig, feature_layer, quickstart
 
 
 def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, capsys):
@@ -44,7 +44,12 @@ def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, cap
     assert total == pytest.approx(final["total"], abs=1e-12)  # summation order only
     assert f"with LiDiRus, as bench counts, {final['total']:.3f}" in out.out
     # It says it was a demonstration, and how to run the full recipe on the same model and data.
-    assert "This was a demonstration of the pipeline: `heads` on ~24 training examples" in out.out
+    assert ("This was a demonstration of the pipeline: `heads` on an inner block's features, "
+            "~24 training examples per task") in out.out
+    # The heads read block 1 of the tiny model's 2 (10/18 of the depth), and so does bench.
+    run = json.loads((work / "runs" / "fp32" / "run.json").read_text())
+    assert run["classifier"]["feature_layer"] == 1
+    assert "[2/4] train heads on block 1 of 2 for " in out.err
     assert f"mlx-rsg train {work / 'model'} --data {tiny_rsg_dir} -o runs/g270m" in out.out
     runs = work / "runs"
     assert f"mlx-rsg serve {runs / 'fp32'} {runs / 'q8'} {runs / 'q4'}" in out.out
@@ -76,3 +81,8 @@ def test_force_deletes_only_a_quickstart_directory(tiny_rsg_dir, tmp_path):
     with pytest.raises(UserError, match="holds the data"):
         quickstart(tiny_rsg_dir, tiny_rsg_dir.parent, QuickstartConfig(), force=True)
     assert tiny_rsg_dir.is_dir()
+
+
+@pytest.mark.parametrize("depth, block", [(18, 10), (2, 1), (1, 1), (30, 17), (9, 5)])
+def test_the_heads_read_block_ten_of_eighteen_at_any_depth(depth, block):
+    assert feature_layer(QuickstartConfig(), depth) == block

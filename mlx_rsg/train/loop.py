@@ -159,7 +159,7 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
         _same_config(dataclass_from_dict(TrainConfig, info["train"]), cfg)
         if backbone_ref(model_dir)["sha256"] != info["backbone"]["sha256"]:
             raise UserError(f"{model_dir}: not the backbone this run was started with")
-    classifier_config(cfg, _num_layers(model_dir))  # bad --freeze-layers fails before any work
+    classifier_config(cfg, num_layers(model_dir))  # bad --freeze-layers fails before any work
     if not resume and world.is_main and run_dir.exists():
         if not force:
             raise UserError(
@@ -361,7 +361,8 @@ class _Loop:
             write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
 
 
-def _num_layers(model_dir: Path) -> int:
+def num_layers(model_dir: Path) -> int:
+    """The converted model's number of decoder blocks (its config.json)."""
     path = model_dir / "config.json"
     config = read_json_object(path, f"{model_dir}: no config.json (not a converted model)")
     config = config.get("text_config", config)
