@@ -369,7 +369,7 @@ def bench_command(baseline, variants, data_dir, out_dir, **options) -> None:
 @config_options(QuickstartConfig, only=("source",))
 @click.option("--force", is_flag=True, help="Start over instead of reusing finished steps.")
 def quickstart_command(data_dir, work_dir, force, **options) -> None:
-    """convert -> train heads on every task -> quantize 8/4-bit -> bench, CPU-sized (~13 min)."""
+    """convert -> train heads on every task -> quantize 8/4-bit -> bench, CPU-sized (~11 min)."""
     from mlx_rsg.quickstart import quickstart
 
     quickstart(data_dir, work_dir, config_from_options(QuickstartConfig, options), force)

@@ -47,13 +47,13 @@ class QuickstartConfig:
 # step starts so a newcomer can tell how far along it is. The run's total depends on the CPU.
 STEP_SHARES = {
     "convert": 0.04,
-    "train": 0.32,
+    "train": 0.24,
     "quantize q8": 0.02,
-    "quantize q4": 0.01,
-    "quantize q4-gptq": 0.16,  # calibration: Hessians over 128 examples, then GPTQ per Linear
-    "bench": 0.45,  # four runs, each: 24 batch-1 latency samples and a pass over ~640 examples
+    "quantize q4": 0.02,
+    "quantize q4-gptq": 0.23,  # calibration: Hessians over 128 examples, then GPTQ per Linear
+    "bench": 0.47,  # four runs, each: 24 batch-1 latency samples and a pass over ~640 examples
 }
-MEASURED_MINUTES = 13  # the whole quickstart on 2 cores (README), for the first line
+MEASURED_MINUTES = 11  # the whole quickstart on 2 cores (README), for the first line
 
 # The recipe of the README's real run (`mlx-rsg train`, "A real run"), which the quickstart's
 # closing lines point to.
