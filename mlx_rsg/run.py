@@ -60,9 +60,11 @@ def weight_hashes(model_dir: Path) -> dict[str, str]:
     return {f.name: sha256_file(f) for f in files}
 
 
-def backbone_ref(model_dir: str | Path) -> dict[str, Any]:
+def backbone_ref(model_dir: str | Path, sha256: dict[str, str] | None = None) -> dict[str, Any]:
+    """run.json's "backbone": the model directory and its weight_hashes (given, or computed)."""
     model_dir = Path(model_dir).resolve()
-    return {"path": str(model_dir), "sha256": weight_hashes(model_dir), "copied": False}
+    sha256 = weight_hashes(model_dir) if sha256 is None else sha256
+    return {"path": str(model_dir), "sha256": sha256, "copied": False}
 
 
 def copy_model_dir(src: Path, dst: Path) -> None:

@@ -45,6 +45,7 @@ import random
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -412,20 +413,19 @@ def bench(
     result = _result_head(refs[0].name, records, skipped, fixtures, data_dir, cfg)
     if world.size > 1:
         result["config"]["ranks"] = world.size
-    if not world.is_main:
-        base_preds = None
-        for ref in refs:
-            row, preds = bench_run(ref, records, sample, base_preds, cfg, None, fixtures, world)
-            base_preds = base_preds if base_preds is not None else preds
-        return result
-    with atomic_dir(out_dir, cfg.force, "bench.json", inputs) as tmp:
-        (tmp / "submissions").mkdir()
+    # Rank 0 writes OUT_DIR; the other ranks score their shares and write nothing.
+    out = atomic_dir(out_dir, cfg.force, "bench.json", inputs) if world.is_main else nullcontext()
+    with out as tmp:
+        if tmp is not None:
+            (tmp / "submissions").mkdir()
         base_preds = None
         for ref in refs:
             row, preds = bench_run(ref, records, sample, base_preds, cfg, tmp, fixtures, world)
             base_preds = base_preds if base_preds is not None else preds
             result["variants"].append(row)
             log(f"{ref.name}: total {_fmt(row['total'])}, flip rate {row['flip_rate']:.3f}")
+        if tmp is None:
+            return result
         _add_deltas(result["variants"])
         with open(tmp / "bench.json", "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, ensure_ascii=False)

@@ -194,8 +194,12 @@ class _Loop:
     def build(cls, model_dir, data_dir, run_dir, cfg: TrainConfig, resume: bool, log,
               world: World = SINGLE) -> _Loop:  # fmt: skip
         data = load_task_data(data_dir, cfg, log)
+        # Hashed once (~1 GB for Gemma-3-270M): every rank's fingerprint, and run.json's.
+        hashes = None
+        if world.size > 1 or (world.is_main and not resume):
+            hashes = weight_hashes(model_dir)
         if world.size > 1:
-            fingerprint = _fingerprint(model_dir, cfg, resume, data)
+            fingerprint = _fingerprint(hashes, cfg, resume, data)
             world.check_same("flags, model files or data", fingerprint)
         bb = load_backbone(model_dir)
         tokenizer = load_tokenizer(model_dir)
@@ -222,7 +226,7 @@ class _Loop:
             run_dir.mkdir(parents=True)
             write_json(run_dir / "run.json", {
                 "format": RUN_FORMAT, "version": RUN_VERSION, "status": "training",
-                "backbone": backbone_ref(model_dir), "classifier": config_dict(model.cfg),
+                "backbone": backbone_ref(model_dir, hashes), "classifier": config_dict(model.cfg),
                 "train": config_dict(cfg), "heads": heads, "tasks": task_info(list(data)),
             })  # fmt: skip
         losses = run_dir / "losses.jsonl" if world.is_main else None  # others: in memory
@@ -468,14 +472,15 @@ def _score_val_once(loop: _Loop) -> dict[str, Any]:
     }
 
 
-def _fingerprint(model_dir: Path, cfg: TrainConfig, resume: bool, data: dict) -> str:
-    """What every rank of a distributed run must agree on: versions, flags, weights, records."""
+def _fingerprint(weights: dict[str, str], cfg: TrainConfig, resume: bool, data: dict) -> str:
+    """What every rank of a distributed run must agree on: versions, flags, weights (their
+    weight_hashes), records."""
     records = hashlib.sha256()
     for name, d in sorted(data.items()):
         records.update(repr((name, d.train, d.dev, d.val)).encode())
     return json.dumps({
         "versions": [__version__, mx.__version__], "train": config_dict(cfg), "resume": resume,
-        "weights": weight_hashes(model_dir), "records": records.hexdigest(),
+        "weights": weights, "records": records.hexdigest(),
     }, sort_keys=True)  # fmt: skip
 
 
