@@ -90,6 +90,8 @@ def run_one(name: str, flags: list[str], args) -> dict:
         "seconds": metrics["train_seconds"],  # training + each epoch's dev evaluation
         "best_epoch": metrics["best"]["epoch"],
         "dev": {"score": best["score"], "tasks": {t: v["score"] for t, v in best["tasks"].items()}},
+        # what the epoch was chosen on (runs since the calibrated selection)
+        "dev_calibrated": best.get("calibrated"),
         "val": {"total": final["total"],
                 "tasks": {t: v["score"] for t, v in final["tasks"].items()}},
         "calibration": final.get("calibration"),

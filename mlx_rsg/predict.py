@@ -102,10 +102,12 @@ def evaluate(
     desc: str | None = None,
     predictions: dict | None = None,
     world: World = SINGLE,
+    logits: dict | None = None,
 ) -> dict[str, Any]:
     """Official val metrics per task, each with a single `score` (two-metric tasks averaged),
     and `score`: their unweighted mean. `cache`: a PrefixCache of the frozen prefix.
     `predictions`: filled with (records, predictions) per task, as write_submission takes them.
+    `logits`: filled with (records, unit keys, logits) per task.
     `desc`: show a progress bar over the units (this rank's share), so named."""
     model.eval()
     bar = None
@@ -116,12 +118,15 @@ def evaluate(
     tick = None if bar is None else (lambda rows: bar.update(rows, rows))
     tasks: dict[str, dict[str, float]] = {}
     for task, records in records_by_task.items():
-        units, logits = score_units(
+        units, task_logits = score_units(
             model, tokenizer, task, records, batch_size, cache, on_batch=tick, world=world
         )
-        preds = decode(task, records, [u.key for u in units], logits)
+        keys = [u.key for u in units]
+        preds = decode(task, records, keys, task_logits)
         if predictions is not None:
             predictions[task] = (records, preds)
+        if logits is not None:
+            logits[task] = (records, keys, task_logits)
         metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
         metrics["score"] = float(np.mean(list(metrics.values())))
         tasks[task] = metrics

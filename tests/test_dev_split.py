@@ -18,7 +18,12 @@ from mlx_rsg.model.backbone import load_tokenizer
 from mlx_rsg.predict import load, score_units
 from mlx_rsg.submission import read_submission
 from mlx_rsg.tasks import decode, parse_record, score_task, task_score
-from mlx_rsg.train.calibrate import best_threshold, binary_tasks, calibrate_heads
+from mlx_rsg.train.calibrate import (
+    best_threshold,
+    binary_tasks,
+    calibrate_heads,
+    calibrated_scores,
+)
 from mlx_rsg.train.plan import split_dev
 
 
@@ -55,6 +60,16 @@ def test_best_threshold_maximises_the_official_score():
                                                                            "RUSSE"]  # fmt: skip
 
 
+def test_calibrated_scores_move_only_binary_heads():
+    terra = [parse_record("TERRa", {"premise": "a", "hypothesis": "b", "label": g, "idx": i})
+             for i, g in enumerate(["not_entailment", "entailment"])]  # fmt: skip
+    # Both margins > 0: accuracy 1/2 at threshold 0, 1 between them.
+    logits = {"TERRa": (terra, [(0,), (1,)], np.array([[0.0, 3.0], [0.0, 1.0]]))}
+    tasks = {"TERRa": {"score": 0.5}, "RCB": {"score": 0.25}}
+    assert calibrated_scores(tasks, logits) == {"TERRa": 1.0, "RCB": 0.25}
+    assert calibrated_scores(tasks, {}) == {"TERRa": 0.5, "RCB": 0.25}  # no logits: as scored
+
+
 @pytest.fixture(scope="module")
 def dev_run(tiny_model_dir, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
     run = tmp_path_factory.mktemp("runs") / "dev"
@@ -67,9 +82,19 @@ def dev_run(tiny_model_dir, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
 def test_epochs_are_chosen_on_dev_and_val_is_scored_once(dev_run, tiny_rsg_dir):  # noqa: F811
     run, metrics, logs = dev_run
     assert metrics["selection"].startswith("best epoch by the mean official dev")
+    assert metrics["selection"].endswith("binary heads at their calibrated thresholds")
     assert any(m.startswith("TERRa: 36/36 train, 12 dev, 24 val records") for m in logs), logs
-    assert all(set(h["tasks"]) == {"TERRa", "RCB", "PARus"} for h in metrics["history"])
-    assert metrics["best"]["score"] == max(h["score"] for h in metrics["history"])
+    history = metrics["history"]
+    assert all(set(h["tasks"]) == {"TERRa", "RCB", "PARus"} for h in history)
+    # Epochs are compared as the calibrated run decides: TERRa (binary) at its best dev
+    # threshold, RCB and PARus as scored.
+    for h in history:
+        calibrated = h["calibrated"]["tasks"]
+        assert calibrated["TERRa"] >= h["tasks"]["TERRa"]["score"]
+        assert calibrated["RCB"] == h["tasks"]["RCB"]["score"]
+        assert h["calibrated"]["score"] == pytest.approx(sum(calibrated.values()) / 3)
+    best = max(history, key=lambda h: h["calibrated"]["score"])
+    assert metrics["best"] == {"epoch": best["epoch"], "score": best["calibrated"]["score"]}
     final = metrics["final"]
     assert final["split"] == "val" and set(final["tasks"]) == {"TERRa", "RCB", "PARus", "LiDiRus"}
     assert set(final["calibration"]) == {"TERRa"}  # the binary label task of the three

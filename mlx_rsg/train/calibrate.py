@@ -55,6 +55,18 @@ def best_threshold(task: str, records: list, keys: list, logits: np.ndarray) -> 
     return best[1], best[0]
 
 
+def calibrated_scores(tasks: dict[str, dict], logits: dict[str, tuple]) -> dict[str, float]:
+    """Each task's dev score as the run will decide if this epoch is chosen: binary label tasks
+    at their best threshold (`logits`: evaluate's (records, keys, logits) per task), the others
+    as scored. Epochs are compared on it: a head whose raw dev score swings with its bias (RWSD,
+    README) must not choose the epoch when calibration moves that bias anyway."""
+    out = {t: s["score"] for t, s in tasks.items()}
+    for task in binary_tasks(tasks):
+        if task in logits:
+            out[task] = best_threshold(task, *logits[task])[1]
+    return out
+
+
 def calibrate_heads(model, tokenizer, dev: dict[str, list], batch_size: int,
                     log: Callable[[str], None],
                     world: World = SINGLE) -> dict[str, dict[str, float]]:  # fmt: skip
