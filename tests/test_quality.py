@@ -50,13 +50,21 @@ def test_majority_scores_of_the_real_val_splits(real_rsg_root):
     assert round(sum(got.values()) / 8, 3) == 0.428
 
 
-def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root):
-    """benchmarks/results/quality.json (the README's real run) is what its zip scores."""
+RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
+# (scores, predictions): the README's real run, and the runs on more data beside it
+COMMITTED = [(RESULTS / "quality.json", RESULTS / "quality" / "val_predictions.zip")] + [
+    (p, p.with_suffix(".zip")) for p in sorted((RESULTS / "quality" / "more-data").glob("*.json"))
+]
+
+
+@pytest.mark.parametrize("scores, zip_path", COMMITTED, ids=[p.stem for p, _ in COMMITTED])
+def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root, scores,
+                                                                   zip_path):  # fmt: skip
+    """Each committed quality JSON is what its zip of val predictions scores."""
     import json
 
-    results = Path(__file__).parents[1] / "benchmarks" / "results"
-    want = json.loads((results / "quality.json").read_text())
-    got = rescore(results / "quality" / "val_predictions.zip", real_rsg_root)
+    want = json.loads(scores.read_text())
+    got = rescore(zip_path, real_rsg_root)
     assert got["total"] == pytest.approx(want["total"], abs=1e-12)
     for task, v in want["tasks"].items():
         assert got["tasks"][task]["score"] == pytest.approx(v["score"], abs=1e-12), task
