@@ -133,8 +133,8 @@ def train(
         log = lambda msg: None  # noqa: E731
     model_dir, data_dir, run_dir = Path(model_dir), Path(data_dir), Path(run_dir)
     with run_lock(run_dir) if world.is_main else nullcontext():  # one writer per run directory
-        _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world)
-        loop = _Loop.build(model_dir, data_dir, run_dir, cfg, resume, log, world)
+        hashes = _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world)
+        loop = _Loop.build(model_dir, data_dir, run_dir, cfg, resume, log, world, hashes)
         for epoch in range(loop.position.epoch, cfg.epochs):
             if not loop.run_epoch(epoch, stop_after_batches):
                 loop.losses.close()
@@ -144,9 +144,10 @@ def train(
         return _finish(loop, model_dir, fuse, copy_backbone)
 
 
-def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) -> None:
+def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) -> dict | None:
     """Every check that can fail before any work; then a --force'd old run is removed (only a
-    run directory of ours that holds none of the inputs). The run directory is rank 0's."""
+    run directory of ours that holds none of the inputs). The run directory is rank 0's.
+    Returns the backbone's weight hashes if it computed them (--resume on rank 0), else None."""
     cfg.validate()
     if fuse and not methods.get(cfg.method).mergeable:
         raise UserError("--fuse: MLP adapters are not linear and cannot be merged; omit --fuse")
@@ -154,10 +155,12 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
         raise UserError(f"{model_dir}: model directory not found")
     if not data_dir.exists():
         raise UserError(f"{data_dir}: data not found")
+    hashes = None
     if resume and world.is_main:
         info = read_run_json(run_dir)
         _same_config(dataclass_from_dict(TrainConfig, info["train"]), cfg)
-        if backbone_ref(model_dir)["sha256"] != info["backbone"]["sha256"]:
+        hashes = weight_hashes(model_dir)
+        if hashes != info["backbone"]["sha256"]:
             raise UserError(f"{model_dir}: not the backbone this run was started with")
     classifier_config(cfg, num_layers(model_dir))  # bad --freeze-layers fails before any work
     if not resume and world.is_main and run_dir.exists():
@@ -167,6 +170,7 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
             )
         check_replaceable_run(run_dir, model_dir, data_dir)
         shutil.rmtree(run_dir)
+    return hashes
 
 
 @dataclass
@@ -192,11 +196,11 @@ class _Loop:
 
     @classmethod
     def build(cls, model_dir, data_dir, run_dir, cfg: TrainConfig, resume: bool, log,
-              world: World = SINGLE) -> _Loop:  # fmt: skip
+              world: World = SINGLE, hashes: dict | None = None) -> _Loop:  # fmt: skip
+        """`hashes`: the backbone's weight hashes if the caller computed them already."""
         data = load_task_data(data_dir, cfg, log)
         # Hashed once (~1 GB for Gemma-3-270M): every rank's fingerprint, and run.json's.
-        hashes = None
-        if world.size > 1 or (world.is_main and not resume):
+        if hashes is None and (world.size > 1 or (world.is_main and not resume)):
             hashes = weight_hashes(model_dir)
         if world.size > 1:
             fingerprint = _fingerprint(hashes, cfg, resume, data)
