@@ -58,8 +58,8 @@ MEASURED_MINUTES = 11  # the whole quickstart on 2 cores (README), for the first
 # The recipe of the README's real run (`mlx-rsg train`, "A real run"), which the quickstart's
 # closing lines point to.
 FULL_RECIPE = (
-    "mlx-rsg train {model} --data {data} -o runs/g270m --method freeze --freeze-layers 14 "
-    "--max-train-per-task 640 --dev-per-task 160 --epochs 3 --lr 5e-5 --head-lr 1e-3 "
+    "mlx-rsg train {model} --data {data} -o runs/g270m-1000 --method freeze --freeze-layers 14 "
+    "--max-train-per-task 1000 --dev-per-task 160 --epochs 3 --lr 5e-5 --head-lr 1e-3 "
     "--warmup 30 --max-len 384 --task-max-len auto"
 )
 
@@ -183,7 +183,7 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
         f"features, ~{cfg.max_train_per_task} training examples per task, scored on "
         f"~{cfg.max_eval_per_task} val examples per task. "
         "The README's full recipe trains the top blocks, chooses its epoch and thresholds on a "
-        "dev split carved out of train and scores all of val once (~1 h on 2 cores):\n  "
+        "dev split carved out of train and scores all of val once (~80 min on 2 cores):\n  "
         + FULL_RECIPE.format(model=model_dir, data=data_dir)
     )
     serve = f"mlx-rsg serve {runs / 'fp32'} {' '.join(variants)} --data {data_dir}"

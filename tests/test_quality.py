@@ -51,9 +51,10 @@ def test_majority_scores_of_the_real_val_splits(real_rsg_root):
 
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
-# (scores, predictions): the README's real run, and the runs on more data beside it
+EARLIER = RESULTS / "quality" / "earlier"
+# (scores, predictions): the README's real run, and the earlier runs of its recipe
 COMMITTED = [(RESULTS / "quality.json", RESULTS / "quality" / "val_predictions.zip")] + [
-    (p, p.with_suffix(".zip")) for p in sorted((RESULTS / "quality" / "more-data").glob("*.json"))
+    (p, p.with_suffix(".zip")) for p in sorted(EARLIER.glob("*.json"))
 ]
 
 
@@ -71,22 +72,28 @@ def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root
         assert got["tasks"][task]["records"] == v["records"]
 
 
-def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_root):
-    """benchmarks/results/quality/quantize/ (the README's quantization table on the real run):
-    every variant's zip scores what bench.json says, and the fp32 zip holds the same predictions
-    as the real run's own committed zip (the run, trained again with its command, reproduced)."""
+# (bench directory, the fp32 run's own committed predictions): the README's quantization table on
+# the real run, and the same table on the earlier 640-example run
+QUANTIZED = [(RESULTS / "quality" / "quantize", RESULTS / "quality" / "val_predictions.zip"),
+             (EARLIER / "quantize-640", EARLIER / "640.zip")]  # fmt: skip
+
+
+@pytest.mark.parametrize("bench_dir, run_zip", QUANTIZED, ids=[d.name for d, _ in QUANTIZED])
+def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_root, bench_dir,
+                                                                    run_zip):  # fmt: skip
+    """Every variant's zip scores what bench.json says, and the fp32 zip holds the same
+    predictions as the run's own committed zip (bench scored the run that was committed)."""
     import json
 
     from mlx_rsg.submission import read_submission
 
-    results = Path(__file__).parents[1] / "benchmarks" / "results" / "quality"
-    bench = json.loads((results / "quantize" / "bench.json").read_text())
+    bench = json.loads((bench_dir / "bench.json").read_text())
     names = [v["name"] for v in bench["variants"]]
     assert len(names) == 4  # fp32, q8, q4, q4-gptq
     for v in bench["variants"]:
-        got = rescore(results / "quantize" / v["submission"], real_rsg_root)
+        got = rescore(bench_dir / v["submission"], real_rsg_root)
         assert got["total"] == pytest.approx(v["total"], abs=1e-12), v["name"]
         for task, s in v["scores"].items():
             assert got["tasks"][task]["score"] == pytest.approx(s["score"], abs=1e-12)
-    fp32 = read_submission(results / "quantize" / bench["variants"][0]["submission"])
-    assert fp32 == read_submission(results / "val_predictions.zip")
+    fp32 = read_submission(bench_dir / bench["variants"][0]["submission"])
+    assert fp32 == read_submission(run_zip)
