@@ -99,7 +99,9 @@ def test_rank_shares_of_a_batch_sum_to_its_loss_and_gradient(tiny_model_dir):
     for head in model.heads.values():  # non-zero heads, so every gradient is non-zero
         head.weight = mx.random.normal(head.weight.shape) * 0.1
     model.train()
-    spans = [[[1, 4], [6, 9]], [[2, 3], [7, 8]], [[1, 2], [5, 6]], [[3, 7], [8, 11]]]
+    # RUSSE pools 3 spans: the two words and the question's last token
+    spans = [[[1, 4], [6, 9], [11, 12]], [[2, 3], [7, 8], [9, 10]], [[1, 2], [5, 6], [8, 9]],
+             [[3, 7], [8, 11], [11, 12]]]  # fmt: skip
     batch = Batch(tokens=mx.array(np.random.default_rng(0).integers(4, 300, (4, 12)), mx.int32),
                   lengths=mx.array([12, 10, 9, 12]), head="RUSSE", task="RUSSE",
                   labels=mx.array([0, 1, 1, 0]), keys=[(i,) for i in range(4)],

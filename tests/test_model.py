@@ -30,7 +30,8 @@ def nli_unit(i: int, premise: str, hypothesis: str, label=0) -> Unit:
 
 
 def russe_unit(i: int, s1: str, w1: str, s2: str, w2: str, label=1) -> Unit:
-    pieces = ((s1, False), (" " + w1, True), (". " + s2, False), (" " + w2, True), (".", False))
+    pieces = ((s1, False), (" " + w1, True), (". " + s2, False), (" " + w2, True), (".", False),
+              ("\nОдно значение", False), ("?", True))  # fmt: skip
     return Unit("RUSSE", (i,), None, pieces, label)
 
 
@@ -73,9 +74,9 @@ def test_span_pooling_is_the_mean_over_each_marked_word(tiny_model_dir, tok):
     ]
     enc = encode_units(units, tok, 64)
     batch = collate(enc)
-    assert batch.spans.shape == (2, 2, 2)
+    assert batch.spans.shape == (2, 3, 2)
     feats = np.array(model.features(batch))
-    assert feats.shape == (2, 2, model.backbone.hidden_size)
+    assert feats.shape == (2, 3, model.backbone.hidden_size)
     for j, e in enumerate(enc):
         h = np.array(hidden_states(model.backbone, mx.array([e.ids])))[0]
         want = np.stack([h[s:t].mean(axis=0) for s, t in e.spans])
@@ -84,7 +85,28 @@ def test_span_pooling_is_the_mean_over_each_marked_word(tiny_model_dir, tok):
         for (s, t), piece in zip(e.spans, [u for u in units[j].pieces if u[1]], strict=True):
             assert tok.decode(e.ids[s:t]).strip() == piece[0].strip()
     logits = model(batch)
-    assert logits.shape == (2, 2)  # the RUSSE head reads 2 x hidden features
+    assert logits.shape == (2, 2)  # the RUSSE head reads 3 x hidden features
+
+
+def test_span_tasks_see_what_follows_the_spans(tiny_model_dir, tok):
+    """A Winograd schema's two texts differ only after the pronoun: the two marked spans pool
+    the same vectors for both (a causal decoder's tokens see only what precedes them); the
+    question's last token, pooled third, tells them apart, and so do the logits."""
+    from mlx_rsg.tasks import make_units, parse_record
+
+    model = model_for(tiny_model_dir, method="freeze", freeze_layers=1)
+    model.heads["RWSD"] = nn.Linear(3 * model.backbone.hidden_size, 2)
+    records = [parse_record("RWSD", {"idx": i, "text": f"Кот догнал пса, потому что он был {w}.",
+                                     "target": {"span1_text": "Кот", "span1_index": 0,
+                                                "span2_text": "он", "span2_index": 4},
+                                     "label": i == 0})
+               for i, w in enumerate(["быстрее", "медленнее"])]  # fmt: skip
+    batch = collate(encode_units(make_units("RWSD", records), tok, 64))
+    feats = np.array(model.features(batch))
+    np.testing.assert_allclose(feats[0, :2], feats[1, :2], atol=1e-5)
+    assert np.abs(feats[0, 2] - feats[1, 2]).max() > 1e-3
+    logits = np.array(model(batch))
+    assert np.abs(logits[0] - logits[1]).max() > 1e-4
 
 
 def test_choice_loss_is_a_softmax_within_each_group(tiny_model_dir, tok):

@@ -73,7 +73,8 @@ def test_specs_cover_the_nine_tasks_consistently():
         assert T.REGISTRY[spec.head].labels == spec.labels
     assert T.REGISTRY["LiDiRus"].head == "TERRa" and not T.REGISTRY["LiDiRus"].has_train
     assert {t for t, s in T.REGISTRY.items() if s.choice} == {"PARus", "RuCoS"}
-    assert {t for t, s in T.REGISTRY.items() if s.spans == 2} == {"RUSSE", "RWSD"}
+    # the two words, and the last token of a question after the text
+    assert {t for t, s in T.REGISTRY.items() if s.spans == 3} == {"RUSSE", "RWSD"}
     assert T.REGISTRY["RCB"].metrics == ("f1", "accuracy")
     assert T.REGISTRY["MuSeRC"].metrics == ("f1a", "em")
 
@@ -122,14 +123,52 @@ def test_russe_marks_the_target_word_in_both_sentences():
     # The official offsets (this is the shape of RUSSE val idx 0) take one character too many.
     r = RUSSERecord(0, "здоровье", "На здоровье не жалуюсь", "Как здоровье?", 3, 12, 4, 13, True)
     (u,) = T.make_units("RUSSE", [r])
-    assert marked_of(u) == [" здоровье", " здоровье"]
-    assert text_of(u) == "Слово: здоровье\n1: На здоровье не жалуюсь\n2: Как здоровье?"
+    assert marked_of(u) == [" здоровье", " здоровье", "?"]
+    assert text_of(u) == ("Слово: здоровье\n1: На здоровье не жалуюсь\n2: Как здоровье?"
+                          "\nВопрос: слово «здоровье» в 1 и 2 значит одно и то же?")  # fmt: skip
     tok = WordTokenizer()
     ids, spans = T.encode_unit(u, tok.encode, 64, bos=2)
-    assert ids[0] == 2 and len(spans) == 2
-    assert [tok.decode(ids[s:e]) for s, e in spans] == [" здоровье", " здоровье"]
+    assert ids[0] == 2 and len(spans) == 3
+    assert [tok.decode(ids[s:e]) for s, e in spans] == [" здоровье", " здоровье", "?"]
+    assert spans[2] == (len(ids) - 1, len(ids))  # the last token: it sees the whole text
     ids, spans = T.encode_unit(u, chars, 200, bos=None)
-    assert [unchars(ids[s:e]) for s, e in spans] == [" здоровье", " здоровье"]
+    assert [unchars(ids[s:e]) for s, e in spans] == [" здоровье", " здоровье", "?"]
+
+
+def test_russe_spans_are_snapped_to_whole_words():
+    """Train/val ends run one character past the word, test ends one character short of it
+    ("доск" for "доска"): both mark the whole word."""
+    from mlx_rsg.tasks.russe import word_span
+
+    text = " На доске мелом, доска стоит."
+    assert text[slice(*word_span(text, 4, 8))] == "доске"  # one short
+    assert text[slice(*word_span(text, 4, 10))] == "доске"  # one past: the space dropped
+    assert text[slice(*word_span(text, 17, 23))] == "доска"  # one past: the space dropped
+    assert text[slice(*word_span(text, 17, 21))] == "доска"
+    r = RUSSERecord(0, "доска", "На доске мелом", "Доска стоит", 3, 7, 0, 4, None)
+    (u,) = T.make_units("RUSSE", [r])
+    assert marked_of(u)[:2] == [" доске", " Доска"]
+
+
+def test_russe_real_test_spans_mark_whole_words(real_rsg_root):
+    """Every span of the real RUSSE test file, snapped, is a whole word holding the official
+    span's letters; for almost all of them the official span was one letter short."""
+    from mlx_rsg.data import load_split
+    from mlx_rsg.tasks.russe import word_span
+
+    short = total = 0
+    for r in load_split(real_rsg_root, "RUSSE", "test"):
+        for text, start, end in ((r.sentence1, r.start1, r.end1), (r.sentence2, r.start2, r.end2)):
+            s, e = word_span(text, start, end)
+            word = text[s:e]
+            assert word.isalnum() or "-" in word, (r.idx, word)
+            assert s == 0 or not text[s - 1].isalnum()
+            assert e == len(text) or not text[e].isalnum()
+            official = text[start:end].rstrip(" ,.;:!?»\")")
+            assert official and word.startswith(official.lstrip()), (r.idx, official, word)
+            short += e == end + 1
+            total += 1
+    assert total == 37_784 and short >= 37_000
 
 
 def test_rwsd_spans_found_by_text_even_with_wrong_word_index():
@@ -137,20 +176,21 @@ def test_rwsd_spans_found_by_text_even_with_wrong_word_index():
     # span2's official index points at the first "на" (word 3); the text is at word 6
     r = RWSDRecord(1, text, 4, "стол", 3, "на нем", False)
     (u,) = T.make_units("RWSD", [r])
-    assert marked_of(u) == [" стол", " на нем"]  # punctuation after "стол" moved out
-    assert u.span_order == (0, 1)
+    assert marked_of(u) == [" стол", " на нем", "?"]  # punctuation after "стол" moved out
+    assert u.span_order == (0, 1, 2)
+    assert text_of(u).endswith("осталась пыль.\nВопрос: «на нем» — это «стол»?")
     tok = WordTokenizer()
     ids, spans = T.encode_unit(u, tok.encode, 64, bos=2)
-    assert [tok.decode(ids[s:e]) for s, e in spans] == [" стол", " на нем"]
+    assert [tok.decode(ids[s:e]) for s, e in spans] == [" стол", " на нем", "?"]
 
 
 def test_rwsd_spans_reported_span1_first_when_span2_comes_first():
     text = "Когда он вошёл, Иван снял шляпу."
     r = RWSDRecord(2, text, 3, "Иван", 1, "он", True)
     (u,) = T.make_units("RWSD", [r])
-    assert marked_of(u) == [" он", " Иван"]  # text order
+    assert marked_of(u) == [" он", " Иван", "?"]  # text order
     ids, spans = T.encode_unit(u, chars, 100, bos=None)
-    assert [unchars(ids[s:e]) for s, e in spans] == [" Иван", " он"]  # span1, span2
+    assert [unchars(ids[s:e]) for s, e in spans] == [" Иван", " он", "?"]  # span1, span2
     assert u.label == 1
 
 
@@ -229,13 +269,24 @@ def test_truncation_never_cuts_a_marked_span():
         ids, spans = T.encode_unit(u, tok.encode, max_len, bos=2)
         assert len(ids) <= max_len
         # the word at the start of sentence 2 is tokenised with its space, like mid-sentence
-        assert [tok.decode(ids[s:e]) for s, e in spans] == [" цель", " цель"]
+        assert [tok.decode(ids[s:e]) for s, e in spans] == [" цель", " цель", "?"]
     # the words right before the span are the ones kept
     ids, spans = T.encode_unit(u, tok.encode, 20, bos=2)
     before = tok.decode(ids[1 : spans[0][0]])
     assert before.endswith(" слово29") and "слово0 " not in before
     with pytest.raises(ValueError, match="marked spans alone"):
         T.encode_unit(u, tok.encode, 2, bos=2)
+
+
+def test_a_long_premise_loses_its_start():
+    """The hypothesis restates the premise's last sentence (RCB: 171 of 220 val records): a
+    premise too long for max_len keeps its end."""
+    premise = " ".join(f"п{i}." for i in range(60))
+    (u,) = T.make_units("RCB", [NLIRecord(0, premise, "Гипотеза тут.", "neutral")])
+    ids, _ = T.encode_unit(u, chars, 80, bos=None)
+    text = unchars(ids)
+    assert len(ids) == 80 and text.startswith("Посылка:") and "п59." in text and "п0." not in text
+    assert text.endswith("\nГипотеза: Гипотеза тут.")
 
 
 def test_encode_without_truncation_is_the_concatenation():
@@ -265,6 +316,11 @@ def test_decode_each_kind_of_task():
     keys = [u.key for u in T.make_units("MuSeRC", [m])]
     got = T.decode("MuSeRC", [m], keys, np.array([[0, 1], [1, 0], [1, 0], [0, 1.0]]))
     assert got == [{0: 1, 1: 0, 2: 0, 3: 1}]
+    # every question has a correct answer: one with none said gets its largest margin
+    got = T.decode("MuSeRC", [m], keys, np.array([[0, 1], [1, 0], [1, -2], [3, 1.0]]))
+    assert got == [{0: 1, 1: 0, 2: 0, 3: 1}]  # question 1: margins -3 and -2
+    got = T.decode("MuSeRC", [m], keys, np.array([[2, 1], [5, 0], [1, 0], [0, 1.0]]))
+    assert got == [{0: 1, 1: 0, 2: 0, 3: 1}]  # question 0: margins -1 and -5
 
     rc = rucos_record()
     keys = [(0, 2), (0, 0), (0, 1)]  # any unit order

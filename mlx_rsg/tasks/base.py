@@ -7,6 +7,7 @@ record, scored by accuracy). The methods, in the order data flows through them:
   parse(obj, where) -> [record]          one JSON object of the official file (fields.py checks)
   unlabelled_field(record)               the field that lacks a gold label, None if labelled
   texts(record), label_values(record)    what `mlx-rsg data info` reports
+  group_keys(record)                     texts records share: they go to one side of a dev split
   units(record, train, rng, max_negatives) -> [Unit]    what the model classifies
   decode(record, by_key) -> prediction   unit scores back to a prediction (the "decode form")
   candidates(record)                     choice tasks: what each unit proposes
@@ -42,6 +43,9 @@ class Task:
     has_train: bool = True
     spans: int = 0  # marked pieces pooled and concatenated (RUSSE, RWSD: 2)
     spelling: tuple = ()  # the submission's spelling of each label ((): the label itself)
+    # class 1's share in the splits scored, where it is known to differ from train's (the
+    # calibration moves the decision by the log-odds difference); None: as in train
+    scored_prior: float | None = None
 
     def __post_init__(self) -> None:
         if not self.head:
@@ -60,6 +64,12 @@ class Task:
 
     def label_values(self, record) -> list:
         return [record.label]
+
+    def group_keys(self, record) -> tuple:
+        """What makes records near-copies of each other: records sharing any key are one group,
+        and a dev split takes or leaves whole groups (a twin on the other side of the split
+        leaks its label). Default: the record alone."""
+        return (("idx", record.idx),)
 
     def describe_labels(self, counts: Counter) -> str:
         total = sum(counts.values())

@@ -86,6 +86,9 @@ class MuSeRC(Task):
             s for q in record.questions for s in [q.question, *(a.text for a in q.answers)]
         ]
 
+    def group_keys(self, record: MuSeRCRecord) -> tuple:
+        return (("passage", record.text),)
+
     def label_values(self, record: MuSeRCRecord) -> list:
         return [a.label for a in _answers(record)]
 
@@ -109,11 +112,17 @@ class MuSeRC(Task):
         return out
 
     def decode(self, record: MuSeRCRecord, by_key: dict[tuple, np.ndarray]) -> dict[int, int]:
-        return {
-            a.idx: self.labels[int(np.argmax(by_key[(record.idx, q.idx, a.idx)]))]
-            for q in record.questions
-            for a in q.answers
-        }
+        """Each answer by its own logits, then per question: every question of the data has at
+        least one correct answer (all 2,897 in train, all 529 in val), so a question with none
+        predicted gets its most likely one (the largest margin logit 1 - logit 0)."""
+        out = {}
+        for q in record.questions:
+            rows = [by_key[(record.idx, q.idx, a.idx)] for a in q.answers]
+            picked = [self.labels[int(np.argmax(row))] for row in rows]
+            if rows and not any(picked):
+                picked[int(np.argmax([row[1] - row[0] for row in rows]))] = self.labels[1]
+            out.update({a.idx: p for a, p in zip(q.answers, picked, strict=True)})
+        return out
 
     def gold(self, record: MuSeRCRecord) -> dict[int, int]:
         return {a.idx: a.label for a in _answers(record)}

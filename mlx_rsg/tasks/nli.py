@@ -39,6 +39,9 @@ class NLITask(Task):
     def texts(self, record: NLIRecord) -> list[str]:
         return [record.premise, record.hypothesis]
 
+    def group_keys(self, record: NLIRecord) -> tuple:
+        return (("premise", record.premise),)  # TERRa: 2,616 train records, 1,617 premises
+
     def units(self, record: NLIRecord, train=False, rng=None, max_negatives=None) -> list[Unit]:
         pieces = (
             ("Посылка:", False),
@@ -47,4 +50,6 @@ class NLITask(Task):
             (" " + record.hypothesis, False),
         )
         label = self.label_index(record.label)
-        return [Unit(self.name, (record.idx,), None, pieces, label, trim=(1, 3))]
+        # A long premise loses its start: the hypothesis restates the premise's last sentence
+        # in 171 of RCB's 220 val records.
+        return [Unit(self.name, (record.idx,), None, pieces, label, trim=(1, 3), keep_end=(1,))]

@@ -46,6 +46,9 @@ class PARus(Task):
     def texts(self, record: PARusRecord) -> list[str]:
         return [record.premise, record.choice1, record.choice2]
 
+    def group_keys(self, record: PARusRecord) -> tuple:
+        return (("premise", record.premise),)
+
     def units(self, record: PARusRecord, train=False, rng=None, max_negatives=None) -> list[Unit]:
         out = []
         for c, choice in enumerate((record.choice1, record.choice2)):

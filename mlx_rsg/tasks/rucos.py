@@ -97,6 +97,9 @@ class RuCoS(Task):
     def texts(self, record: RuCoSRecord) -> list[str]:
         return [record.text, record.query]
 
+    def group_keys(self, record: RuCoSRecord) -> tuple:
+        return (("passage", record.text),)  # the queries of one passage
+
     def label_values(self, record: RuCoSRecord) -> list:
         return [None if record.answers is None else len(record.answers)]
 

@@ -1,5 +1,7 @@
 """RWSD, the Russian Winograd schema: does the pronoun (span2) refer to span1 (accuracy)? The
-model pools both spans (span pooling)."""
+model pools both spans and the last token of a question restating them after the text (span
+pooling): in a causal decoder the spans' tokens see only what precedes them, and a schema's two
+texts differ after the pronoun ("... because he was faster / slower")."""
 
 from __future__ import annotations
 
@@ -86,14 +88,22 @@ class RWSD(Task):
     def texts(self, record: RWSDRecord) -> list[str]:
         return [record.text]
 
+    def group_keys(self, record: RWSDRecord) -> tuple:
+        """A Winograd schema is two texts that differ after the pronoun ("... he moved faster /
+        slower"), each asked about both candidates: 606 train records, 178 schemas. The text
+        before the pronoun ties a text to its twin."""
+        before = record.text[: rwsd_spans(record)[1][0]].strip()
+        return (("text", record.text), ("before the pronoun", before))
+
     def units(self, record: RWSDRecord, train=False, rng=None, max_negatives=None) -> list[Unit]:
         sp1, sp2 = rwsd_spans(record)
         text = " " + record.text  # as RUSSE: a span at the start is tokenised like one mid-text
         marked = [(sp1[0] + 1, sp1[1] + 1), (sp2[0] + 1, sp2[1] + 1)]
-        pieces = (("Текст:", False), *split_marked(text, marked))
-        order = (0, 1) if sp1[0] <= sp2[0] else (1, 0)
+        question = f"\nВопрос: «{record.span2_text.strip()}» — это «{record.span1_text.strip()}»"
+        pieces = (("Текст:", False), *split_marked(text, marked), (question, False), ("?", True))
+        order = (0, 1, 2) if sp1[0] <= sp2[0] else (1, 0, 2)
         label = self.label_index(record.label)
         return [Unit(self.name, (record.idx,), None, pieces, label, span_order=order)]
 
 
-TASK = RWSD("RWSD", (False, True), pooling="span", spans=2, spelling=("False", "True"))
+TASK = RWSD("RWSD", (False, True), pooling="span", spans=3, spelling=("False", "True"))

@@ -21,6 +21,7 @@ class Unit:
     pieces: tuple[tuple[str, bool], ...]  # (text, marked) in order
     label: int | None  # index into the task's labels; choice tasks: 1 = the right candidate
     trim: tuple[int, ...] = ()  # pieces truncation may shorten first (the long context)
+    keep_end: tuple[int, ...] = ()  # pieces truncation cuts from their start, keeping the end
     span_order: tuple[int, ...] = ()  # order to report the marked spans in (default: text order)
 
 
@@ -69,8 +70,9 @@ def _water_fill(lengths: list[int], excess: int) -> tuple[list[int], int]:
 
 def _truncate(unit: Unit, toks: list[list[int]], excess: int, max_len: int) -> None:
     """Remove `excess` tokens in place: from the longest `unit.trim` piece first, then from the
-    longest other unmarked piece; a piece right before a marked one loses its start (the words
-    next to the span stay), any other piece its end. Marked pieces are never cut."""
+    longest other unmarked piece; a piece right before a marked one or in `unit.keep_end` loses
+    its start (the words next to the span stay), any other piece its end. Marked pieces are
+    never cut."""
     marked = [m for _, m in unit.pieces]
     first = [i for i in unit.trim if not marked[i]]
     rest = [i for i in range(len(toks)) if not marked[i] and i not in first]
@@ -79,8 +81,8 @@ def _truncate(unit: Unit, toks: list[list[int]], excess: int, max_len: int) -> N
             break
         new, excess = _water_fill([len(toks[i]) for i in group], excess)
         for i, n in zip(group, new, strict=True):
-            before_span = i + 1 < len(marked) and marked[i + 1]
-            toks[i] = toks[i][len(toks[i]) - n :] if before_span else toks[i][:n]
+            keep_end = (i + 1 < len(marked) and marked[i + 1]) or i in unit.keep_end
+            toks[i] = toks[i][len(toks[i]) - n :] if keep_end else toks[i][:n]
     if excess > 0:
         raise ValueError(
             f"{unit.task} {unit.key}: the marked spans alone need more than max_len={max_len} "
