@@ -29,6 +29,7 @@ from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokeniz
 from mlx_rsg.model.batching import encode_units, make_batches
 from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.config import ClassifierConfig
+from mlx_rsg.model.offsets import apply_calibration
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import (
     WEIGHTS,
@@ -241,8 +242,9 @@ def as_record(task: str, obj, line: int | None = None):
     return parse_record(task, obj, path="<input>", line=line)
 
 
-def load(run_dir: str | Path, verify: bool = True) -> Predictor:
-    """Load a run directory: backbone (checked against its sha256), heads and trained weights."""
+def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True) -> Predictor:
+    """Load a run directory: backbone (checked against its sha256), heads and trained weights,
+    with run.json's calibration added to the heads' biases (`calibrated=False`: as trained)."""
     run_dir = Path(run_dir)
     info = read_run_json(run_dir)
     if not (run_dir / WEIGHTS).is_file():
@@ -254,6 +256,8 @@ def load(run_dir: str | Path, verify: bool = True) -> Predictor:
     ccfg = dataclass_from_dict(ClassifierConfig, info["classifier"])
     model = RSGClassifier(bb, ccfg, info["heads"])
     load_trainable(model, run_dir / WEIGHTS)
+    if calibrated:
+        apply_calibration(model, info.get("calibration", {}))
     mx.eval(model.parameters())
     model.eval()
     if "TERRa" in info["tasks"] and "LiDiRus" not in info["tasks"]:

@@ -38,7 +38,9 @@ from mlx_rsg.io import atomic_file, check_replaceable, check_safetensors, read_j
 from mlx_rsg.tasks import REGISTRY, TASKS, TRAIN_TASKS, official_name
 
 RUN_FORMAT = "mlx-rsg-run"
-RUN_VERSION = 1
+# 2: RUSSE/RWSD heads pool a third span (a question after the text), NLI premises are cut from
+# their start, a LiDiRus head may sit beside TERRa's. A version-1 run's units are not these.
+RUN_VERSION = 2
 WEIGHTS = "trainable.safetensors"
 # Files of a model directory that a standalone copy needs (weights, config, tokenizer).
 _MODEL_FILE_GLOBS = ("*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja")
@@ -119,6 +121,9 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     version = info.get("version", 0)
     if not isinstance(version, int) or version > RUN_VERSION:
         raise UserError(f"{path}: field 'version': {version!r} is not one this mlx-rsg reads")
+    if version < RUN_VERSION:
+        raise UserError(f"{path}: field 'version': {version} is a run of an older mlx-rsg whose "
+                        "task inputs differ from this one's; train it again")  # fmt: skip
     for key in ("backbone", "classifier", "heads", "tasks"):
         if not isinstance(info.get(key), dict):
             got = "missing" if key not in info else f"expected an object, got {info[key]!r:.40}"
@@ -129,7 +134,30 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     ref = info["backbone"]
     if not ref.get("copied") and not isinstance(ref.get("path"), str):
         raise UserError(located(path, None, "backbone.path", "expected a path"))
+    _check_calibration(path, info)
     return info
+
+
+def _check_calibration(path: Path, info: dict) -> None:
+    """run.json's `calibration` (optional): per task, offsets for each output of its head."""
+    calibration = info.get("calibration", {})
+    if not isinstance(calibration, dict):
+        raise UserError(located(path, None, "calibration", "expected an object"))
+    for task, entry in calibration.items():
+        where = f"calibration.{task}"
+        head = REGISTRY[task].head if task in REGISTRY else None
+        if head not in info["heads"]:
+            raise UserError(located(path, None, where, "not a task of this run's heads"))
+        offsets = entry.get("offsets") if isinstance(entry, dict) else None
+        shift = entry.get("prior_shift", 0.0) if isinstance(entry, dict) else None
+        numbers = isinstance(offsets, list) and all(_is_number(x) for x in offsets)
+        if not numbers or len(offsets) != info["heads"][head] or not _is_number(shift):
+            msg = f"expected offsets: {info['heads'][head]} numbers, prior_shift: a number"
+            raise UserError(located(path, None, where, msg))
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def check_replaceable_run(run_dir: Path, *inputs: Path) -> None:

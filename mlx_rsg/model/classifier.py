@@ -103,7 +103,12 @@ class RSGClassifier(nn.Module):
         return pool(final_norm(bb, h), weights)
 
     def __call__(self, batch, h0: mx.array | None = None) -> mx.array:
-        return self.head_logits(self.features(batch, h0), batch.head)
+        return self.head_logits(self.features(batch, h0), self.head_for(batch))
+
+    def head_for(self, batch) -> str:
+        """The head that scores the batch: the task's own if the run has one (a calibrated
+        LiDiRus head beside TERRa's), else the task's `head` (LiDiRus: TERRa's)."""
+        return batch.task if batch.task in self.heads else batch.head
 
     def head_logits(self, features: mx.array, head: str) -> mx.array:
         """Logits of `head` on pooled features (B, S, hidden): RMS-normalised, dropout, linear."""

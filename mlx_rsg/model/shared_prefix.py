@@ -157,7 +157,7 @@ def shared_logits(model, state: PrefixState, batch) -> mx.array:
     def run(part) -> mx.array:
         suffix = suffix_batch(part, state.length)
         h = final_norm(model.backbone, state.suffix_hidden(suffix.tokens))
-        return model.head_logits(pool(h, pooling_weights(suffix, "last")), part.head)
+        return model.head_logits(pool(h, pooling_weights(suffix, "last")), model.head_for(part))
 
     return batch_rows(run, batch)
 

@@ -158,7 +158,9 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
         raise UserError(f"{run_dir}/run.json: field 'quantized': the run is already quantized")
     src_backbone = resolve_backbone(run_dir, info, verify=True)
     config = _read_config(src_backbone)
-    model = predict.load(run_dir, verify=False).model  # resolve_backbone verified it above
+    # resolve_backbone verified it above; the heads as trained (run.json's calibration, copied
+    # into dst's, is added when dst is loaded)
+    model = predict.load(run_dir, verify=False, calibrated=False).model
     method = info["classifier"].get("method")
     n_fused = fuse_lora(model)
     qconfig, counts = _quantize_with(model.lm, config, recipe, src_backbone, calib_data, log,

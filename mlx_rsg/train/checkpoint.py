@@ -29,6 +29,10 @@ class Position:
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished epoch
     best: dict[str, Any] | None = None  # {"epoch", "score"} of the best epoch so far
     train_seconds: float = 0.0
+    # "select": the epochs scored on dev; "refit" (--refit): training again on train + dev for
+    # refit["epochs"] epochs, with the calibration chosen on dev at its start
+    phase: str = "select"
+    refit: dict[str, Any] | None = None
 
 
 def _rng_state() -> dict[str, Any]:
@@ -76,6 +80,16 @@ def _last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
+def peek_position(run_dir: Path) -> Position:
+    """The last checkpoint's position, without loading anything else (Position() if none)."""
+    path = _last_checkpoint(run_dir)
+    if path is None:
+        return Position()
+    position = json.loads((path / "position.json").read_text())
+    position.pop("rng", None)
+    return Position(**position)
+
+
 def read_checkpoint(run_dir: Path, model, optimizer) -> Position:
     path = _last_checkpoint(run_dir)
     if path is None:
@@ -109,7 +123,8 @@ class LossLog:
 
     def __init__(self, path: Path | None, keep_below: int | None):
         self.path = path  # None: kept in memory only (the ranks of a distributed run but 0)
-        self.by_epoch: dict[int, list[float]] = {}  # every loss of the run, resumed ones too
+        # every loss of the run, resumed ones too, by (phase, epoch)
+        self.by_epoch: dict[tuple[str, int], list[float]] = {}
         self.f = None
         if path is None:
             return
@@ -121,7 +136,7 @@ class LossLog:
             with open(path, "w") as f:
                 f.write("".join(ln + "\n" for ln in kept))
             for row in map(json.loads, kept):
-                self.by_epoch.setdefault(row["epoch"], []).append(row["loss"])
+                self._keep(row)
         elif keep_below is None:
             path.write_text("")
         self.f = open(path, "a")
@@ -130,11 +145,14 @@ class LossLog:
         if self.f is not None:
             self.f.write(json.dumps(row) + "\n")
             self.f.flush()
-        self.by_epoch.setdefault(row["epoch"], []).append(row["loss"])
+        self._keep(row)
 
-    def mean_loss(self, epoch: int) -> float:
+    def _keep(self, row: dict) -> None:
+        self.by_epoch.setdefault((row.get("phase", "select"), row["epoch"]), []).append(row["loss"])
+
+    def mean_loss(self, epoch: int, phase: str = "select") -> float:
         """The epoch's mean training loss, over every batch (before a resume too)."""
-        losses = self.by_epoch.get(epoch, [])
+        losses = self.by_epoch.get((phase, epoch), [])
         return sum(losses) / max(len(losses), 1)
 
     def close(self) -> None:

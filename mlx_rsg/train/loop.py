@@ -54,6 +54,7 @@ from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.dropout import batch_rows
 from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.model.methods.lora import fuse_lora
+from mlx_rsg.model.offsets import apply_calibration
 from mlx_rsg.predict import evaluate
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import (
@@ -77,11 +78,12 @@ from mlx_rsg.run import (
 )
 from mlx_rsg.submission import write_submission
 from mlx_rsg.tasks import total_score
-from mlx_rsg.train.calibrate import calibrate_heads, calibrated_scores
+from mlx_rsg.train.calibrate import calibrated_scores, choose_calibration
 from mlx_rsg.train.checkpoint import (
     LossLog,
     Position,
     broadcast_state,
+    peek_position,
     read_checkpoint,
     write_checkpoint,
 )
@@ -94,6 +96,7 @@ from mlx_rsg.train.plan import (
     epoch_units,
     load_task_data,
     max_lens,
+    with_dev_trained,
 )
 from mlx_rsg.version import __version__
 
@@ -135,11 +138,15 @@ def train(
     with run_lock(run_dir) if world.is_main else nullcontext():  # one writer per run directory
         hashes = _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world)
         loop = _Loop.build(model_dir, data_dir, run_dir, cfg, resume, log, world, hashes)
-        for epoch in range(loop.position.epoch, cfg.epochs):
-            if not loop.run_epoch(epoch, stop_after_batches):
-                loop.losses.close()
-                return {"stopped_at_batch": loop.position.batch}
-            loop.end_epoch(epoch)
+        while True:
+            for epoch in range(loop.position.epoch, loop.epochs):
+                if not loop.run_epoch(epoch, stop_after_batches):
+                    loop.losses.close()
+                    return {"stopped_at_batch": loop.position.batch}
+                loop.end_epoch(epoch)
+            if not cfg.refit or loop.position.phase == "refit":
+                break
+            loop.start_refit(model_dir)
         loop.losses.close()
         return _finish(loop, model_dir, fuse, copy_backbone)
 
@@ -197,8 +204,10 @@ class _Loop:
     @classmethod
     def build(cls, model_dir, data_dir, run_dir, cfg: TrainConfig, resume: bool, log,
               world: World = SINGLE, hashes: dict | None = None) -> _Loop:  # fmt: skip
-        """`hashes`: the backbone's weight hashes if the caller computed them already."""
+        """`hashes`: the backbone's weight hashes if the caller computed them already. A resumed
+        run continues the phase its checkpoint is in (--refit: train + dev are trained on)."""
         data = load_task_data(data_dir, cfg, log)
+        phase = _resumed_phase(run_dir, resume, world)
         # Hashed once (~1 GB for Gemma-3-270M): every rank's fingerprint, and run.json's.
         if hashes is None and (world.size > 1 or (world.is_main and not resume)):
             hashes = weight_hashes(model_dir)
@@ -210,16 +219,15 @@ class _Loop:
         check_vocabulary(bb, tokenizer, model_dir)
         heads = heads_for(cfg.tasks)
         ccfg = classifier_config(cfg, bb.num_layers)
+        # lengths from the splits as they are (a refit trains on dev too, at the same lengths)
         ccfg.task_max_len = tuple(f"{t}={n}" for t, n in max_lens(cfg, data, tokenizer).items())
-        mx.random.seed(cfg.seed)
-        model = RSGClassifier(bb, ccfg, heads)
-        mx.eval(model.parameters())
-        loop = cls(cfg, run_dir, data, model, tokenizer, None, Position(), None, log, world=world)
-        batches_per_epoch = len(loop.plan(0))
-        if batches_per_epoch == 0:
+        if phase.phase == "refit":
+            data = with_dev_trained(data)
+        model = _new_model(bb, ccfg, cfg)
+        loop = cls(cfg, run_dir, data, model, tokenizer, None, phase, None, log, world=world)
+        if not loop.plan(0):
             raise UserError(f"{data_dir}: no training examples for {', '.join(cfg.tasks)}")
-        total_steps = math.ceil(batches_per_epoch / cfg.grad_accum) * cfg.epochs
-        loop.optimizer = make_optimizer(cfg, total_steps)
+        loop.optimizer = make_optimizer(cfg, loop.total_steps())
         if resume and world.is_main:
             loop.position = read_checkpoint(run_dir, model, loop.optimizer)
             log(f"resuming at epoch {loop.position.epoch + 1}, "
@@ -246,6 +254,16 @@ class _Loop:
         loop.t_start = time.perf_counter() - loop.position.train_seconds
         return loop
 
+    @property
+    def epochs(self) -> int:
+        """The epochs of the current phase: --epochs, or a refit's chosen number."""
+        refit = self.position.refit
+        return refit["epochs"] if self.position.phase == "refit" and refit else self.cfg.epochs
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the current phase (its learning-rate schedule's length)."""
+        return math.ceil(len(self.plan(0)) / self.cfg.grad_accum) * self.epochs
+
     def plan(self, epoch: int) -> list:
         """The epoch's batches (only the latest epoch's are kept)."""
         return self._epoch(epoch)[1]
@@ -270,7 +288,8 @@ class _Loop:
                 mine = {i for b in batches for i in b.ids[slice(*self._rows(b))]}
                 units = [e for e in units if (e.unit.task, e.unit.key) in mine]
             self.cache.fill(units, cfg.batch_size, desc="shared passages")
-        bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", done=pos.batch_in_epoch)
+        name = "refit epoch" if pos.phase == "refit" else "epoch"
+        bar = Progress(len(batches), f"{name} {epoch + 1}/{self.epochs}", done=pos.batch_in_epoch)
         self.model.train()
         accum, n_accum = None, 0
         for i in range(pos.batch_in_epoch, len(batches)):
@@ -291,7 +310,8 @@ class _Loop:
                     f"(epoch {epoch + 1}, {batch.task}); lower --lr / --head-lr"
                 )
             self.losses.write({"batch": pos.batch, "step": pos.step, "epoch": epoch,
-                               "task": batch.task, "loss": loss_value})  # fmt: skip
+                               "phase": pos.phase, "task": batch.task,
+                               "loss": loss_value})  # fmt: skip
             pos.batch += 1
             pos.batch_in_epoch = i + 1
             bar.update(1, int(n), loss_value)
@@ -335,6 +355,9 @@ class _Loop:
         checkpoint."""
 
         cfg, pos = self.cfg, self.position
+        if pos.phase == "refit":
+            self._end_refit_epoch(epoch)
+            return
         split = "dev" if cfg.dev_per_task else "val"
         logits = {} if cfg.dev_per_task and cfg.calibrate else None
         scores = evaluate(
@@ -373,6 +396,83 @@ class _Loop:
             _write_metrics(self.run_dir, cfg, pos, final=None)
             write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
 
+    def start_refit(self, model_dir: Path) -> None:
+        """--refit: choose the calibration on dev with the best epoch's weights, then start
+        again from the backbone as it was, to train on train + dev for the best epoch's number
+        of epochs. The frozen-prefix cache carries over (the frozen blocks are the same)."""
+        cfg, pos, world = self.cfg, self.position, self.world
+        _load_best(self)
+        calibration = {}
+        if cfg.calibrate:
+            calibration = choose_calibration(
+                self.model, self.tokenizer, {t: self.data[t].dev for t in cfg.tasks},
+                cfg.batch_size, self.log, world, train={t: self.data[t].train for t in cfg.tasks},
+            )  # fmt: skip
+        epochs = pos.best["epoch"]
+        self.log(f"refit: epoch {epochs} chosen on dev; training again on train + dev for "
+                 f"{epochs} epoch(s)")  # fmt: skip
+        pos.phase, pos.refit = "refit", {"epochs": epochs, "calibration": calibration}
+        pos.epoch = pos.batch_in_epoch = 0
+        self.data = with_dev_trained(self.data)
+        self.plans.clear()
+        self.model = _new_model(load_backbone(model_dir), self.model.cfg, cfg)
+        self.optimizer = make_optimizer(cfg, self.total_steps())
+        if self.cache is not None:
+            self.cache.model = self.model
+        self.eval_cache = None
+        self.value_and_grad = nn.value_and_grad(self.model, lambda m, b, h0: loss_fn(m, b, h0))
+        self.update = compiled_update(self.model, self.optimizer)
+        if world.is_main:
+            _write_metrics(self.run_dir, cfg, pos, final=None)
+            write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
+
+    def _end_refit_epoch(self, epoch: int) -> None:
+        """A refit epoch: nothing is scored (dev is trained on); the last one's weights are the
+        run's."""
+        pos, main = self.position, self.world.is_main
+        pos.train_seconds = time.perf_counter() - self.t_start
+        entry = {"phase": "refit", "epoch": epoch + 1, "step": pos.step,
+                 "train_loss": self.losses.mean_loss(epoch, "refit"),
+                 "seconds": round(pos.train_seconds, 1)}  # fmt: skip
+        pos.history.append(entry)
+        self.log(f"refit epoch {epoch + 1}/{self.epochs}: train loss {entry['train_loss']:.4f}")
+        if epoch + 1 == self.epochs and main:
+            save_weights(self.run_dir / WEIGHTS, trainable_weights(self.model))
+        pos.epoch, pos.batch_in_epoch = epoch + 1, 0
+        if main:
+            _write_metrics(self.run_dir, self.cfg, pos, final=None)
+            write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
+
+
+def _new_model(bb, ccfg, cfg: TrainConfig) -> RSGClassifier:
+    """A classifier as training starts it: heads at zero, LoRA / adapters seeded from --seed."""
+    mx.random.seed(cfg.seed)
+    model = RSGClassifier(bb, ccfg, heads_for(cfg.tasks))
+    mx.eval(model.parameters())
+    return model
+
+
+def _resumed_phase(run_dir: Path, resume: bool, world: World) -> Position:
+    """A new run's Position; with --resume, the phase and refit plan of the last checkpoint
+    (rank 0 reads it, every rank gets it), which decide what the run trains on."""
+    if not resume:
+        return Position()
+    text = None
+    if world.is_main:
+        peek = peek_position(run_dir)
+        text = json.dumps({"phase": peek.phase, "refit": peek.refit})
+    if world.size > 1:
+        text = world.broadcast_bytes(text.encode() if text else None).decode()
+    return Position(**json.loads(text))
+
+
+def _load_best(loop: _Loop) -> None:
+    """The weights the run keeps (the best epoch's, or the refit's), on every rank."""
+    world = loop.world
+    best = dict(mx.load(str(loop.run_dir / WEIGHTS))) if world.is_main else None
+    loop.model.load_weights(list(world.broadcast_arrays(best).items()), strict=False)
+    loop.model.eval()
+
 
 def num_layers(model_dir: Path) -> int:
     """The converted model's number of decoder blocks (its config.json)."""
@@ -398,7 +498,9 @@ def _metrics(cfg: TrainConfig, position: Position, final: dict | None) -> dict:
     split = "dev (carved from train)" if cfg.dev_per_task else "val"
     how = f"best epoch by the mean official {split} score of the trained tasks"
     if cfg.dev_per_task and cfg.calibrate:
-        how += ", binary heads at their calibrated thresholds"
+        how += ", label heads at their calibrated offsets"
+    if cfg.refit:
+        how += "; then trained again on train + dev for that many epochs (--refit)"
     metrics = {
         "selection": how,
         "history": position.history,
@@ -412,10 +514,9 @@ def _metrics(cfg: TrainConfig, position: Position, final: dict | None) -> dict:
 
 def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> dict[str, Any]:
     """Reload the best weights, score LiDiRus with the TERRa head, write the final run.json."""
-    cfg, run_dir, model, log, world = loop.cfg, loop.run_dir, loop.model, loop.log, loop.world
-    best = dict(mx.load(str(run_dir / WEIGHTS))) if world.is_main else None
-    model.load_weights(list(world.broadcast_arrays(best).items()), strict=False)
-    model.eval()
+    cfg, run_dir, log, world = loop.cfg, loop.run_dir, loop.log, loop.world
+    _load_best(loop)
+    model = loop.model
     final = None
     if cfg.dev_per_task:
         final = _score_val_once(loop)
@@ -436,6 +537,9 @@ def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> di
     info = read_run_json(run_dir)
     info["status"] = "done"
     info["best_epoch"] = loop.position.best["epoch"]
+    if final is not None and final.get("calibration"):
+        info["calibration"] = {t: {"offsets": c["offsets"], "prior_shift": c["prior_shift"]}
+                               for t, c in final["calibration"].items()}  # fmt: skip
     info["tasks"] = task_info(list(loop.data))
     if fuse or copy_backbone:
         tmp = run_dir / ".backbone.tmp"
@@ -456,16 +560,22 @@ def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> di
 
 
 def _score_val_once(loop: _Loop) -> dict[str, Any]:
-    """With a dev split: calibrate the binary heads on dev (saved into the run's weights), then
-    score every task's val split once, LiDiRus with the TERRa head, and write those predictions
-    in the official submission format to RUN_DIR/val_predictions.zip."""
+    """With a dev split: the calibration chosen on dev (at a refit's start, or now) goes into
+    the heads (and into run.json; the weights file keeps them as trained), then every task's val
+    split is scored once, LiDiRus with its calibrated copy of the TERRa head, and those
+    predictions are written in the official submission format to RUN_DIR/val_predictions.zip."""
     cfg, model, tokenizer, data, world = loop.cfg, loop.model, loop.tokenizer, loop.data, loop.world
-    calibration = {}
-    if cfg.calibrate:
+    pos = loop.position
+    if pos.phase == "refit":
+        calibration = pos.refit["calibration"]
+    elif cfg.calibrate:
         dev = {t: data[t].dev for t in cfg.tasks}
-        calibration = calibrate_heads(model, tokenizer, dev, cfg.batch_size, loop.log, world)
-        if world.is_main:
-            save_weights(loop.run_dir / WEIGHTS, trainable_weights(model))
+        train = {t: data[t].train for t in cfg.tasks}
+        calibration = choose_calibration(model, tokenizer, dev, cfg.batch_size, loop.log, world,
+                                         train=train)  # fmt: skip
+    else:
+        calibration = {}
+    apply_calibration(model, calibration)
     val = {t: d.val for t, d in data.items() if d.val}
     predictions: dict[str, tuple] = {}
     scores = evaluate(model, tokenizer, val, cfg.batch_size, log=loop.log, desc="val (once)",
@@ -479,8 +589,9 @@ def _score_val_once(loop: _Loop) -> dict[str, Any]:
         "total": _total(scores["tasks"]),
         "calibration": calibration,
         "predictions": VAL_PREDICTIONS,
-        "note": "val scored once, with the epoch chosen and the thresholds calibrated on dev; "
-        "LiDiRus (diagnostic) with the TERRa head, included in the total",
+        "note": "val scored once, with the epoch chosen and the decisions calibrated on dev"
+        + ("; trained again on train + dev for the chosen epochs" if pos.phase == "refit" else "")
+        + "; LiDiRus (diagnostic) with its calibrated copy of the TERRa head, in the total",
     }
 
 
