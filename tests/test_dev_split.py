@@ -162,6 +162,35 @@ def test_the_prior_shift_is_the_log_odds_difference():
     assert prior_shift("TERRa", 0.3) == 0.0  # no known shift: as trained
 
 
+def test_dev_log_loss_is_training_s_loss_on_dev():
+    """By hand: label tasks average -log softmax at the gold class; choice tasks average the
+    softmax over each group's units at the gold unit."""
+    from mlx_rsg.train.select import log_loss
+
+    terra = _labelled("TERRa", ["entailment", "not_entailment"])
+    logits = np.array([[2.0, 0.0], [0.0, 1.0]])
+    want = (np.log(1 + np.exp(-2.0)) + np.log(1 + np.exp(-1.0))) / 2
+    assert log_loss("TERRa", terra, [(0,), (1,)], logits) == pytest.approx(want)
+    parus = [parse_record("PARus", {"premise": "п", "choice1": "а", "choice2": "б",
+                                    "question": "cause", "label": g, "idx": i})
+             for i, g in enumerate([0, 1])]  # fmt: skip
+    keys = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    scores = np.array([[1.0], [0.0], [0.0], [3.0]])
+    want = (np.log(1 + np.exp(-1.0)) + np.log(1 + np.exp(-3.0))) / 2
+    assert log_loss("PARus", parus, keys, scores) == pytest.approx(want)
+
+
+def test_select_score_keeps_the_best_calibrated_dev_mean(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    cfg = tiny_train_config(dev_per_task=12, epochs=2, select="score")
+    metrics = T.train(tiny_model_dir, tiny_rsg_dir, tmp_path / "s", cfg, log=lambda m: None)
+    assert metrics["selection"].endswith("label heads at their calibrated offsets")
+    best = max(metrics["history"], key=lambda h: h["calibrated"]["score"])
+    assert metrics["best"]["epoch"] == best["epoch"]
+    assert metrics["best"]["score"] == metrics["best"]["criterion"] == best["calibrated"]["score"]
+    with pytest.raises(UserError, match="--select: 'best' is not one of loss, score"):
+        T.train(tiny_model_dir, tiny_rsg_dir, tmp_path / "x", tiny_train_config(select="best"))
+
+
 def test_calibrated_scores_move_only_label_heads():
     terra = _labelled("TERRa", ["not_entailment", "entailment"] * 20)
     # Every margin > 0 and only the not_entailment ones above 2: accuracy 1/2 at 0, 1 at 2.
@@ -183,8 +212,7 @@ def dev_run(tiny_model_dir, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
 
 def test_epochs_are_chosen_on_dev_and_val_is_scored_once(dev_run, tiny_rsg_dir):  # noqa: F811
     run, metrics, logs = dev_run
-    assert metrics["selection"].startswith("best epoch by the mean official dev")
-    assert metrics["selection"].endswith("label heads at their calibrated offsets")
+    assert metrics["selection"].startswith("best epoch by the lowest mean dev log-loss")
     assert any(m.startswith("TERRa: 36/36 train, 12 dev, 24 val records") for m in logs), logs
     history = metrics["history"]
     assert all(set(h["tasks"]) == {"TERRa", "RCB", "PARus"} for h in history)
@@ -194,8 +222,13 @@ def test_epochs_are_chosen_on_dev_and_val_is_scored_once(dev_run, tiny_rsg_dir):
         calibrated = h["calibrated"]["tasks"]
         assert calibrated["PARus"] == h["tasks"]["PARus"]["score"]
         assert h["calibrated"]["score"] == pytest.approx(sum(calibrated.values()) / 3)
-    best = max(history, key=lambda h: h["calibrated"]["score"])
-    assert metrics["best"] == {"epoch": best["epoch"], "score": best["calibrated"]["score"]}
+    for h in history:  # the mean of the tasks' dev log-losses
+        assert set(h["dev_loss"]["tasks"]) == {"TERRa", "RCB", "PARus"}
+        losses = list(h["dev_loss"]["tasks"].values())
+        assert h["dev_loss"]["mean"] == pytest.approx(np.mean(losses))
+    best = min(history, key=lambda h: h["dev_loss"]["mean"])
+    assert metrics["best"] == {"epoch": best["epoch"], "score": best["calibrated"]["score"],
+                               "criterion": -best["dev_loss"]["mean"]}  # fmt: skip
     final = metrics["final"]
     assert final["split"] == "val" and set(final["tasks"]) == {"TERRa", "RCB", "PARus", "LiDiRus"}
     assert set(final["calibration"]) == {"TERRa", "RCB", "LiDiRus"}  # label tasks, MCC
@@ -324,3 +357,17 @@ def test_refit_trains_again_and_resumes_exactly(tiny_model_dir, tiny_rsg_dir, tm
 def test_refit_needs_a_dev_split(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
     with pytest.raises(UserError, match="--refit: needs --dev-per-task"):
         T.train(tiny_model_dir, tiny_rsg_dir, tmp_path / "r", tiny_train_config(refit=True))
+
+
+def test_a_fused_run_decides_as_it_scored_val(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    """--fuse saves the heads as trained (the offsets are run.json's): loaded, the fused run
+    gives the val zip's decisions, calibration applied once."""
+    cfg = tiny_train_config(dev_per_task=12, epochs=1, method="lora", freeze_layers=1)
+    run = tmp_path / "fused"
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, fuse=True, log=lambda m: None)
+    back = read_submission(run / "val_predictions.zip")
+    predictor = load(run)
+    for task in ("TERRa", "RCB", "LiDiRus"):
+        records = load_split(tiny_rsg_dir, task, "test" if task == "LiDiRus" else "val")
+        assert [back[task][r.idx] for r in records] == list(
+            predictor.predictions(task, records)[0]), task

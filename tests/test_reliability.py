@@ -222,7 +222,12 @@ def test_damaged_run_files_are_one_line(run_dir, tmp_path):
     assert res.stderr.strip().endswith("truncated safetensors file") or "truncated" in res.stderr
     # run.json with fields of the wrong type
     for key, value, field in [("heads", "TERRa", "heads"), ("heads", {"TERRa": "2"}, "heads.TERRa"),
-                              ("classifier", [], "classifier"), ("version", "1", "version")]:
+                              ("classifier", [], "classifier"), ("version", "1", "version"),
+                              ("version", 1, "version"), ("calibration", [], "calibration"),
+                              ("calibration", {"TERRa": {"offsets": [0.5]}}, "calibration.TERRa"),
+                              ("calibration", {"RWSD": {"offsets": [0, 1]}}, "calibration.RWSD"),
+                              ("calibration", {"LiDiRus": {"offsets": [0, "x"]}},
+                               "calibration.LiDiRus")]:  # fmt: skip
         bad = _copy_run(run_dir, tmp_path / f"types-{field}")
         info = json.loads((bad / "run.json").read_text())
         (bad / "run.json").write_text(json.dumps({**info, key: value}))

@@ -327,16 +327,52 @@ def test_task_max_len_auto_fits_each_task_and_predict_uses_it(tiny_model_dir, ti
     tok = load_tokenizer(tiny_model_dir)
     data = load_task_data(Path(tiny_rsg_dir), cfg, log=lambda m: None)
     want = {"TERRa": 16}
-    for task in ("RCB", "PARus"):  # by hand: the 95th percentile, up to a multiple of 32, <= 40
-        lengths = sorted(unit_lengths(task, data[task].train, tok))
-        p95 = lengths[-(-95 * len(lengths) // 100) - 1]
-        want[task] = min(40, 32 * -(-p95 // 32))
+    for task in ("RCB", "PARus"):  # by hand: each split's 95th percentile, up to a multiple of
+        fits = []  # 32; the longest of them, <= 40
+        for records in (data[task].train, data[task].val, data[task].test):
+            lengths = sorted(unit_lengths(task, records, tok))
+            p95 = lengths[-(-95 * len(lengths) // 100) - 1]
+            fits.append(32 * -(-p95 // 32))
+        want[task] = min(40, max(fits))
     assert got == want
     batches = epoch_plan(data, tok, cfg, 0, got)
     assert max(b.tokens.shape[1] for b in batches if b.task == "TERRa") == 16  # truncated
     clf = load(tmp_path / "run")
     assert clf.model.cfg.max_len_for("LiDiRus") == 16  # the TERRa head's length
     assert clf.model.cfg.max_len_for("RCB") == want["RCB"]
+
+
+def test_auto_lengths_fit_every_split_that_is_scored(tiny_model_dir):  # noqa: F811
+    """Fitted on train alone, RWSD's length cut half its (longer) val units: `auto` takes the
+    longest of the splits' 95 % fits, LiDiRus counting for TERRa's head."""
+    from mlx_rsg.model.backbone import load_tokenizer
+    from mlx_rsg.tasks import parse_record
+    from mlx_rsg.train.plan import TaskData, max_lens
+
+    tok = load_tokenizer(tiny_model_dir)
+
+    def terra(n_words, k=20):
+        premise = " ".join(["кошка"] * n_words)
+        return [parse_record("TERRa", {"premise": premise, "hypothesis": "да",
+                                       "label": "entailment", "idx": i})
+                for i in range(k)]  # fmt: skip
+
+    def lidirus(n_words):
+        return [parse_record("LiDiRus", {"sentence1": " ".join(["кошка"] * n_words),
+                                         "sentence2": "да", "label": "entailment", "idx": i})
+                for i in range(20)]  # fmt: skip
+
+    cfg = tiny_train_config(tasks=("TERRa",), max_len=512, task_max_len=("auto",))
+    short = {"TERRa": TaskData("TERRa", train=terra(10))}
+    base = max_lens(cfg, short, tok)["TERRa"]
+    for longer in ({"TERRa": TaskData("TERRa", train=terra(10), val=terra(100))},
+                   {"TERRa": TaskData("TERRa", train=terra(10), test=terra(100))},
+                   {"TERRa": TaskData("TERRa", train=terra(10), dev=terra(100))},
+                   {**short, "LiDiRus": TaskData("LiDiRus", val=lidirus(100))}):  # fmt: skip
+        assert max_lens(cfg, longer, tok)["TERRa"] >= base + 64
+    # 1 long val unit in 20 is within the 5 % a fit may cut
+    mixed = {"TERRa": TaskData("TERRa", train=terra(10), val=terra(10, 19) + terra(100, 1))}
+    assert max_lens(cfg, mixed, tok)["TERRa"] == base
 
 
 def test_a_non_finite_loss_stops_training_with_one_line(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811

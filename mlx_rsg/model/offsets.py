@@ -7,6 +7,9 @@ killed between the two is resumed from trained weights and calibrated again, nev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -32,3 +35,20 @@ def _copy_head(head: nn.Linear) -> nn.Linear:
     out.weight, out.bias = mx.array(head.weight), mx.array(head.bias)
     out.freeze()
     return out
+
+
+@contextmanager
+def calibrated(model, calibration: dict[str, dict]) -> Iterator[None]:
+    """The model with `calibration` applied inside, its heads as trained again after (the
+    biases restored exactly, the heads made for the calibration removed): training scores val
+    calibrated and still saves, fuses or copies the heads as trained."""
+    trained = {name: head.bias for name, head in model.heads.items()}
+    apply_calibration(model, calibration)
+    try:
+        yield
+    finally:
+        for name in list(model.heads):
+            if name in trained:
+                model.heads[name].bias = trained[name]
+            else:
+                del model.heads[name]

@@ -111,7 +111,8 @@ def choose_offsets(task: str, records: list, keys: list, logits: np.ndarray,
     bootstrap standard error of the best."""
     metric = metric or task
     raw = official_score(task, records, keys, logits, metric)
-    if REGISTRY[metric].metrics == ("accuracy",) and logits.shape[1] == 2:
+    one_unit_per_record = len(keys) == len(records)
+    if REGISTRY[metric].metrics == ("accuracy",) and logits.shape[1] == 2 and one_unit_per_record:
         labels = [REGISTRY[task].label_index(REGISTRY[task].gold(r)) for r in records]
         margins = logits[:, 1] - logits[:, 0]
         offsets = (0.0, -platt_threshold(margins, np.array(labels, float)))
@@ -134,7 +135,7 @@ def platt_threshold(margins: np.ndarray, labels: np.ndarray, l2: float = 1e-2) -
     X = np.stack([margins, np.ones_like(margins)], axis=1)
     w = np.zeros(2)
     for _ in range(100):
-        p = 1 / (1 + np.exp(-(X @ w)))
+        p = 0.5 * (1 + np.tanh(0.5 * (X @ w)))  # the logistic function, without overflow
         grad = X.T @ (p - labels) + l2 * w
         hess = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(2)
         step = np.linalg.solve(hess, grad)

@@ -77,6 +77,12 @@ class TrainConfig:
         True, "With --dev-per-task: offset each label head's decision for the metric its task "
         "is scored by (thresholds, RCB's class biases, LiDiRus's MCC; one-standard-error rule)."
     )
+    select: str = opt(
+        "loss", "With --dev-per-task: the epoch kept is the one with the lowest mean dev "
+        "log-loss of the heads (`loss`: every record's confidence counts, the least noisy on a "
+        "small dev split) or the highest mean official dev score, calibrated (`score`).",
+        choices=["loss", "score"],
+    )
     refit: bool = opt(
         False, "With --dev-per-task: once the epoch and the calibration are chosen on dev, train "
         "again from the start on train + dev for that many epochs and score val with that model "
@@ -117,6 +123,8 @@ class TrainConfig:
         if not 0 <= self.dropout < 1 or not 0 <= self.adapter_dropout < 1:
             raise UserError("--dropout: must be in [0, 1)")
         parse_task_max_len(self.task_max_len)  # a bad entry fails here, before any work
+        if self.select not in ("loss", "score"):
+            raise UserError(f"--select: {self.select!r} is not one of loss, score")
         if self.refit and not self.dev_per_task:
             raise UserError("--refit: needs --dev-per-task (the epochs to train are chosen on dev)")
         if self.feature_layer is not None and (self.method != "heads" or self.feature_layer < 1):

@@ -54,7 +54,7 @@ from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.dropout import batch_rows
 from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.model.methods.lora import fuse_lora
-from mlx_rsg.model.offsets import apply_calibration
+from mlx_rsg.model.offsets import calibrated
 from mlx_rsg.predict import evaluate
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import (
@@ -98,6 +98,7 @@ from mlx_rsg.train.plan import (
     max_lens,
     with_dev_trained,
 )
+from mlx_rsg.train.select import log_loss
 from mlx_rsg.version import __version__
 
 VAL_PREDICTIONS = "val_predictions.zip"  # written into RUN_DIR with --dev-per-task
@@ -359,7 +360,7 @@ class _Loop:
             self._end_refit_epoch(epoch)
             return
         split = "dev" if cfg.dev_per_task else "val"
-        logits = {} if cfg.dev_per_task and cfg.calibrate else None
+        logits = {} if cfg.dev_per_task else None
         scores = evaluate(
             self.model,
             self.tokenizer,
@@ -376,20 +377,28 @@ class _Loop:
             f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items()
         )
         chosen_on = scores["score"]
-        if logits is not None:  # compare epochs as the calibrated run will decide
+        if logits is not None and cfg.calibrate:  # as the calibrated run will decide
             calibrated = calibrated_scores(scores["tasks"], logits)
             chosen_on = sum(calibrated.values()) / len(calibrated)
             entry["calibrated"] = {"tasks": calibrated, "score": chosen_on}
             line += f"; calibrated {chosen_on:.4f}"
+        criterion = chosen_on  # higher is better
+        if logits is not None:
+            losses = {t: log_loss(t, *logits[t]) for t in logits}
+            mean = sum(losses.values()) / len(losses)
+            entry["dev_loss"] = {"tasks": losses, "mean": mean}
+            line += f"; dev loss {mean:.4f}"
+            if cfg.select == "loss":
+                criterion = -mean
         entry["train_loss"] = self.losses.mean_loss(epoch)
         entry["seconds"] = round(time.perf_counter() - self.t_start, 1)
         pos.history.append(entry)
         self.log(line)
         main = self.world.is_main
-        if pos.best is None or chosen_on > pos.best["score"]:
+        if pos.best is None or criterion > pos.best["criterion"]:
             if main:
                 save_weights(self.run_dir / WEIGHTS, trainable_weights(self.model))
-            pos.best = {"epoch": epoch + 1, "score": chosen_on}
+            pos.best = {"epoch": epoch + 1, "score": chosen_on, "criterion": criterion}
         pos.epoch, pos.batch_in_epoch = epoch + 1, 0
         pos.train_seconds = time.perf_counter() - self.t_start
         if main:
@@ -499,6 +508,8 @@ def _metrics(cfg: TrainConfig, position: Position, final: dict | None) -> dict:
     how = f"best epoch by the mean official {split} score of the trained tasks"
     if cfg.dev_per_task and cfg.calibrate:
         how += ", label heads at their calibrated offsets"
+    if cfg.dev_per_task and cfg.select == "loss":
+        how = "best epoch by the lowest mean dev log-loss of the trained tasks' heads"
     if cfg.refit:
         how += "; then trained again on train + dev for that many epochs (--refit)"
     metrics = {
@@ -561,9 +572,10 @@ def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> di
 
 def _score_val_once(loop: _Loop) -> dict[str, Any]:
     """With a dev split: the calibration chosen on dev (at a refit's start, or now) goes into
-    the heads (and into run.json; the weights file keeps them as trained), then every task's val
-    split is scored once, LiDiRus with its calibrated copy of the TERRa head, and those
-    predictions are written in the official submission format to RUN_DIR/val_predictions.zip."""
+    the heads while every task's val split is scored once, LiDiRus with its calibrated copy of
+    the TERRa head, and those predictions are written in the official submission format to
+    RUN_DIR/val_predictions.zip. The offsets go into run.json; the heads stay as trained for
+    the weights file, --fuse and --copy-backbone."""
     cfg, model, tokenizer, data, world = loop.cfg, loop.model, loop.tokenizer, loop.data, loop.world
     pos = loop.position
     if pos.phase == "refit":
@@ -575,11 +587,11 @@ def _score_val_once(loop: _Loop) -> dict[str, Any]:
                                          train=train)  # fmt: skip
     else:
         calibration = {}
-    apply_calibration(model, calibration)
     val = {t: d.val for t, d in data.items() if d.val}
     predictions: dict[str, tuple] = {}
-    scores = evaluate(model, tokenizer, val, cfg.batch_size, log=loop.log, desc="val (once)",
-                      predictions=predictions, world=world)  # fmt: skip
+    with calibrated(model, calibration):
+        scores = evaluate(model, tokenizer, val, cfg.batch_size, log=loop.log,
+                          desc="val (once)", predictions=predictions, world=world)  # fmt: skip
     if world.is_main:
         write_submission(loop.run_dir / VAL_PREDICTIONS, predictions)
     loop.log("val: " + " ".join(f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items()))
