@@ -221,14 +221,15 @@ def test_damaged_run_files_are_one_line(run_dir, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().endswith("truncated safetensors file") or "truncated" in res.stderr
     # run.json with fields of the wrong type
-    for key, value, field in [("heads", "TERRa", "heads"), ("heads", {"TERRa": "2"}, "heads.TERRa"),
-                              ("classifier", [], "classifier"), ("version", "1", "version"),
-                              ("version", 1, "version"), ("calibration", [], "calibration"),
-                              ("calibration", {"TERRa": {"offsets": [0.5]}}, "calibration.TERRa"),
-                              ("calibration", {"RWSD": {"offsets": [0, 1]}}, "calibration.RWSD"),
-                              ("calibration", {"LiDiRus": {"offsets": [0, "x"]}},
-                               "calibration.LiDiRus")]:  # fmt: skip
-        bad = _copy_run(run_dir, tmp_path / f"types-{field}")
+    cases = [("heads", "TERRa", "heads"), ("heads", {"TERRa": "2"}, "heads.TERRa"),
+             ("classifier", [], "classifier"), ("version", "1", "version"),
+             ("version", 1, "version"), ("calibration", [], "calibration"),
+             ("calibration", {"TERRa": {"offsets": [0.5]}}, "calibration.TERRa"),
+             ("calibration", {"RWSD": {"offsets": [0, 1]}}, "calibration.RWSD"),
+             ("calibration", {"LiDiRus": {"offsets": [0, "x"]}},
+              "calibration.LiDiRus")]  # fmt: skip
+    for i, (key, value, field) in enumerate(cases):
+        bad = _copy_run(run_dir, tmp_path / f"types-{i}")
         info = json.loads((bad / "run.json").read_text())
         (bad / "run.json").write_text(json.dumps({**info, key: value}))
         res = _cli("predict", bad, "--task", "terra", "--input", "-")

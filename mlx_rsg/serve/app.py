@@ -251,13 +251,31 @@ def _records(values: Any, task: str, max_records: int) -> list:
 
 class BodyLimit:
     """ASGI middleware: a body over `max_bytes` gets a 413, by its Content-Length before it is
-    read, or while it streams in."""
+    read, or while it streams in. The rest of a refused body is read and dropped first (up to
+    `drain_bytes`, for `drain_s`): a client still sending would otherwise find the connection
+    reset instead of the 413 (uvicorn closes it with the body unread, as it has no lingering
+    close)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, drain_bytes: int = 64 << 20, drain_s: float = 10.0):
         self.app, self.max_bytes = app, max_bytes
+        self.drain_bytes, self.drain_s = drain_bytes, drain_s
 
     def _message(self) -> str:
         return f"body: larger than {self.max_bytes // 1024} KiB (--max-body-kb)"
+
+    async def _drain(self, receive) -> None:
+        async def drop() -> None:
+            dropped = 0
+            while dropped <= self.drain_bytes:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                dropped += len(message.get("body", b""))
+
+        try:
+            await asyncio.wait_for(drop(), self.drain_s)
+        except asyncio.TimeoutError:  # a client that stops sending: answered all the same
+            pass
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -265,6 +283,7 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
+            await self._drain(receive)
             await JSONResponse({"error": self._message()}, 413)(scope, receive, send)
             return
         seen = 0
@@ -275,6 +294,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    if message.get("more_body", False):
+                        await self._drain(receive)
                     raise ApiError(413, self._message())
             return message
 
