@@ -177,11 +177,13 @@ def cross_fitted(task, records, keys, logits, rule, metric=None, seed=0) -> floa
     for h in range(HALVINGS):
         order = np.random.default_rng(seed * 100 + h).permutation(len(groups))
         halves = [[r for i in order[k::2] for r in groups[i]] for k in (0, 1)]
+        if not all(halves):  # one group: nothing to fit on
+            continue
         for fit, held in (halves, halves[::-1]):
             offsets = rule(task, *_subset(task, records, keys, logits, fit), metric)
             rec, k, lg = _subset(task, records, keys, logits, held)
             scores.append(official_score(task, rec, k, lg + np.array(offsets), metric))
-    return float(np.mean(scores))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def decisions(run: Path, data: Path, cfg) -> dict:
@@ -227,6 +229,8 @@ def _scored_with(task, records, keys, logits, rule, metric, seed) -> float:
     groups = record_groups(task, records)
     order = np.random.default_rng(seed).permutation(len(groups))
     halves = [[r for i in order[k::2] for r in groups[i]] for k in (0, 1)]
+    if not all(halves):
+        return float("nan")
     scores = []
     for fit, held in (halves, halves[::-1]):
         offsets = rule(task, *_subset(task, records, keys, logits, fit))
@@ -279,7 +283,7 @@ def words_only():
 
 def span_context(args) -> dict:
     out = {}
-    cfg = T.TrainConfig(tasks=("RUSSE", "RWSD"), method="freeze", freeze_layers=14,
+    cfg = T.TrainConfig(tasks=("RUSSE", "RWSD"), method="freeze", freeze_layers=args.freeze_layers,
                         max_train_per_task=args.span_train_per_task,
                         dev_per_task=args.dev_per_task, epochs=args.epochs, lr=5e-5,
                         head_lr=1e-3, warmup=20, max_len=args.max_len,
@@ -368,6 +372,7 @@ def main() -> None:
     ap.add_argument("--span-train-per-task", type=int, default=600)
     ap.add_argument("--dev-per-task", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--freeze-layers", type=int, default=14)
     ap.add_argument("--max-len", type=int, default=384)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "dev_fixes.json")
@@ -380,7 +385,7 @@ def main() -> None:
                                       args.seed)  # fmt: skip
     result["rcb_premises"] = rcb_premises(args.data, tokenizer, 128)
     result["russe"] = russe_partial_words(args.data)
-    cfg = T.TrainConfig(tasks=TASKS, method="freeze", freeze_layers=14,
+    cfg = T.TrainConfig(tasks=TASKS, method="freeze", freeze_layers=args.freeze_layers,
                         max_train_per_task=args.train_per_task, dev_per_task=args.dev_per_task,
                         epochs=args.epochs, lr=5e-5, head_lr=1e-3, warmup=20,
                         max_len=args.max_len, task_max_len=("auto",), seed=args.seed,
