@@ -2,6 +2,8 @@
 
     python benchmarks/quality.py --run RUN_DIR --data ../shared/rsg [--out results/quality.json]
     python benchmarks/quality.py --predictions val_predictions.zip --data ../shared/rsg
+    # and how far it is from another run's, with a paired bootstrap over val records:
+    python benchmarks/quality.py --predictions A.zip --against B.zip --data ../shared/rsg
     # the committed predictions of the README's real run:
     python benchmarks/quality.py --predictions benchmarks/results/quality/val_predictions.zip \
         --data ../shared/rsg --out /tmp/quality.json
@@ -10,7 +12,10 @@ Reads `RUN_DIR/val_predictions.zip` (written by `mlx-rsg train --dev-per-task N`
 the official format, and scores every task in it against the gold labels of the data's val split
 (LiDiRus: its diagnostic file), next to each task's majority-class score on the same records.
 With --run, the run's command line, wall time, peak memory and versions come along from its
-run.json / metrics.json. Writes JSON and prints a table; nothing here runs a model.
+run.json / metrics.json. With --against, the difference to another zip's scores per task and in
+total, with its standard error from a paired bootstrap (both zips scored on the same resampled
+records: a difference smaller than ~2 SE is one these val records cannot tell from noise).
+Writes JSON and prints a table; nothing here runs a model.
 """
 
 from __future__ import annotations
@@ -65,12 +70,51 @@ def rescore(predictions: Path, data: Path) -> dict[str, Any]:
     return {"tasks": tasks, "total": total, "majority_total": majority}
 
 
+def paired_difference(predictions: Path, other: Path, data: Path, reps: int = 1000,
+                      seed: int = 0) -> dict[str, Any]:
+    """Scores of `predictions` minus `other`'s on val, per task and in total, each with its
+    standard error over `reps` resamplings of every task's records (the same draw for both)."""
+    import numpy as np
+
+    from mlx_rsg.data import load_split
+    from mlx_rsg.run import diagnostic_records
+    from mlx_rsg.submission import read_submission
+    from mlx_rsg.tasks import score_task, task_score
+
+    mine, theirs = read_submission(predictions), read_submission(other)
+    rng = np.random.default_rng(seed)
+    tasks: dict[str, Any] = {}
+    draws = []
+    for task in mine:
+        if task not in theirs:
+            continue
+        records = diagnostic_records(data) if task == "LiDiRus" else load_split(data, task, "val")
+
+        def diff(rows, task=task, records=records) -> float:
+            sample = [records[i] for i in rows]
+            a = [mine[task][r.idx] for r in sample]
+            b = [theirs[task][r.idx] for r in sample]
+            return (task_score(task, score_task(task, sample, a))
+                    - task_score(task, score_task(task, sample, b)))  # fmt: skip
+
+        n = len(records)
+        boot = np.array([diff(rng.integers(0, n, n)) for _ in range(reps)])
+        tasks[task] = {"difference": diff(range(n)), "se": float(boot.std(ddof=1))}
+        draws.append(boot)
+    total = np.mean(draws, axis=0)
+    return {"against": str(other), "reps": reps, "tasks": tasks,
+            "total": float(np.mean([v["difference"] for v in tasks.values()])),
+            "total_se": float(total.std(ddof=1))}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, help="a run directory (its val_predictions.zip unless "
                     "--predictions; its config, epochs and timing are recorded)")  # fmt: skip
     ap.add_argument("--predictions", type=Path, help="a submission-format zip of val predictions")
     ap.add_argument("--data", type=Path, required=True, help="RSG data directory")
+    ap.add_argument("--against", type=Path, help="another zip of val predictions: the paired "
+                    "difference to it, with bootstrap standard errors")  # fmt: skip
     ap.add_argument("--out", type=Path, default=HERE / "results" / "quality.json")
     ap.add_argument("--command", help="the train command that made the run (recorded as given)")
     ap.add_argument("--peak-rss-gb", type=float, help="the run's peak memory (recorded as given)")
@@ -105,10 +149,19 @@ def main() -> None:
             "blas": blas.describe(),
             "calibration": metrics.get("final", {}).get("calibration"),
         }
-    lines = ["| task | records | score | majority class |", "|---|---|---|---|"]
+    if args.against:
+        result["difference"] = paired_difference(predictions, args.against, args.data)
+    versus = result.get("difference", {"tasks": {}})
+    extra = (" minus --against (SE) |", "---|") if args.against else ("", "")
+    lines = ["| task | records | score | majority class |" + extra[0],
+             "|---|---|---|---|" + extra[1]]
     for task, v in result["tasks"].items():
-        lines.append(f"| {task} | {v['records']} | {v['score']:.3f} | {v['majority']:.3f} |")
-    lines.append(f"| **total** | | **{result['total']:.3f}** | {result['majority_total']:.3f} |")
+        d = versus["tasks"].get(task)
+        lines.append(f"| {task} | {v['records']} | {v['score']:.3f} | {v['majority']:.3f} |"
+                     + (f" {d['difference']:+.3f} ({d['se']:.3f}) |" if d else ""))  # fmt: skip
+    lines.append(f"| **total** | | **{result['total']:.3f}** | {result['majority_total']:.3f} |"
+                 + (f" {versus['total']:+.3f} ({versus['total_se']:.3f}) |" if args.against
+                    else ""))  # fmt: skip
     from results_io import save  # benchmarks/results_io.py, beside this script
 
     save(args.out, result, "\n".join(lines))

@@ -15,7 +15,7 @@ from mlx_rsg.tasks import gold_predictions
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
-from quality import majority_score, rescore  # noqa: E402
+from quality import majority_score, paired_difference, rescore  # noqa: E402
 
 
 def test_gold_predictions_rescore_perfectly(fixture_root, tmp_path):
@@ -38,6 +38,27 @@ def test_a_missing_prediction_is_refused(fixture_root, tmp_path):
                                 {"TERRa": (records[1:], gold_predictions("TERRa", records[1:]))})
     with pytest.raises(SystemExit, match=f"TERRa has no prediction for idx {records[0].idx}"):
         rescore(zip_path, fixture_root)
+
+
+def test_the_paired_difference_is_the_score_difference_with_its_error(fixture_root, tmp_path):
+    by_task, flipped = {}, {}
+    for task in ("TERRa", "RCB"):
+        records = load_split(fixture_root, task, "val")
+        gold = gold_predictions(task, records)
+        by_task[task] = (records, gold)
+        flipped[task] = (records, gold)
+    records, gold = by_task["TERRa"]
+    other = "entailment" if gold[0] == "not_entailment" else "not_entailment"
+    flipped["TERRa"] = (records, [other, *gold[1:]])
+    right = write_submission(tmp_path / "right.zip", by_task)
+    wrong = write_submission(tmp_path / "wrong.zip", flipped)
+    d = paired_difference(right, wrong, fixture_root, reps=200)
+    assert d["tasks"]["TERRa"]["difference"] == pytest.approx(1 / len(records))
+    assert d["tasks"]["TERRa"]["se"] > 0
+    assert d["tasks"]["RCB"] == {"difference": 0.0, "se": 0.0}
+    assert d["total"] == pytest.approx(1 / len(records) / 2)
+    same = paired_difference(right, right, fixture_root, reps=20)
+    assert same["total"] == 0.0 and same["total_se"] == 0.0
 
 
 def test_majority_scores_of_the_real_val_splits(real_rsg_root):
@@ -72,9 +93,9 @@ def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root
         assert got["tasks"][task]["records"] == v["records"]
 
 
-# (bench directory, the fp32 run's own committed predictions): the README's quantization table on
-# the real run, and the same table on the earlier 640-example run
-QUANTIZED = [(RESULTS / "quality" / "quantize", RESULTS / "quality" / "val_predictions.zip"),
+# (bench directory, the fp32 run's own committed predictions): the README's quantization tables,
+# on the 1,000-example run and on the earlier 640-example run
+QUANTIZED = [(EARLIER / "quantize-1000", EARLIER / "1000.zip"),
              (EARLIER / "quantize-640", EARLIER / "640.zip")]  # fmt: skip
 
 
