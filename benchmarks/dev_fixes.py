@@ -10,7 +10,9 @@
    of a word, as the official offsets say vs snapped.
 2. Decisions, on one trained model's dev logits (all seven trained tasks, freeze top 4): each
    task's dev score as trained, with the old rule (the best of ~200 thresholds, binary tasks
-   only; LiDiRus shared TERRa's accuracy threshold) and with the new one (`train/calibrate.py`).
+   only; LiDiRus shared TERRa's accuracy threshold), with Platt's threshold (accuracy tasks: the
+   rule the real run used, since replaced) and with the new one (`train/calibrate.py`: the
+   offsets nearest 0 within one bootstrap SE of the best, for every metric).
    A rule chosen on the same records it is scored on looks better than it is, so both are
    cross-fitted: chosen on one half of dev (whole groups), scored on the other, both ways, over
    5 random halvings. Also MuSeRC decoded answer by answer vs per question, and DaNetQA with
@@ -19,7 +21,8 @@
    (the two marked words only) and the new ones (plus the last token of a question after the
    text); dev accuracy as trained and Platt-calibrated (cross-fitted).
 
-Writes benchmarks/results/dev_fixes.json and prints the tables.
+Writes benchmarks/results/dev_fixes.json and prints the tables. `--decisions-only` scores part 2
+again on the base run already trained (RUNS/base) and keeps the rest of the JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -163,6 +167,32 @@ def new_rule(task: str, records, keys, logits, metric=None) -> tuple[float, ...]
     return choose_offsets(task, records, keys, logits, metric).offsets
 
 
+def platt_rule(task: str, records, keys, logits, metric=None) -> tuple[float, ...]:
+    """Platt scaling (accuracy tasks): the margin where a logistic regression of the labels on
+    the margin logit 1 - logit 0 says 1/2 (the rule the real run used; replaced by `new_rule`
+    after this benchmark measured both)."""
+    labels = np.array([REGISTRY[task].label_index(REGISTRY[task].gold(r)) for r in records], float)
+    return (0.0, -platt_threshold(logits[:, 1] - logits[:, 0], labels))
+
+
+def platt_threshold(margins: np.ndarray, labels: np.ndarray, l2: float = 1e-2) -> float:
+    """Logistic regression (slope, intercept, small L2, Newton) of `labels` on `margins`; where
+    it says 1/2, clipped to one past the margins' range (slope <= 0: the dev majority)."""
+    X = np.stack([margins, np.ones_like(margins)], axis=1)
+    w = np.zeros(2)
+    for _ in range(100):
+        p = 0.5 * (1 + np.tanh(0.5 * (X @ w)))
+        step = np.linalg.solve((X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(2),
+                               X.T @ (p - labels) + l2 * w)  # fmt: skip
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    low, high = float(margins.min()) - 1, float(margins.max()) + 1
+    if w[0] <= 1e-9:
+        return low if labels.mean() > 0.5 else high
+    return float(np.clip(-w[1] / w[0], low, high))
+
+
 def _subset(task, records, keys, logits, chosen):
     ids = {r.idx for r in chosen}
     rows = [i for i, k in enumerate(keys) if k[0] in ids]
@@ -208,6 +238,8 @@ def decisions(run: Path, data: Path, cfg) -> dict:
                     for h in range(HALVINGS)])  # fmt: skip
             else:
                 row["old_rule"] = cross_fitted(task, dev, keys, logits, old_rule, metric)
+            if REGISTRY[metric].metrics == ("accuracy",) and logits.shape[1] == 2:
+                row["platt"] = cross_fitted(task, dev, keys, logits, platt_rule, metric)
             row["new_rule"] = cross_fitted(task, dev, keys, logits, new_rule, metric)
             if task == "MuSeRC":
                 row["as_trained_answer_by_answer"] = _answer_by_answer(dev, keys, logits)
@@ -303,7 +335,7 @@ def span_context(args) -> dict:
                 row[task] = {"dev_records": len(dev),
                              "as_trained": official_score(task, dev, keys, logits),
                              "platt_cross_fitted": cross_fitted(task, dev, keys, logits,
-                                                                new_rule)}  # fmt: skip
+                                                                platt_rule)}  # fmt: skip
         out[name] = row
     return out
 
@@ -341,11 +373,12 @@ def table(result: dict) -> str:
               f"{result['russe']['spans']} as the official offsets say, "
               f"{result['russe']['partial_snapped']} snapped."]  # fmt: skip
     lines += ["", "## Decisions on dev (cross-fitted: chosen on one half, scored on the other)",
-              "", "| task | as trained | old rule | new rule |", "|---|---|---|---|"]  # fmt: skip
+              "", "| task | as trained | old rule (best threshold) | Platt | new rule (one-SE "
+              "search) |", "|---|---|---|---|---|"]  # fmt: skip
     for t, r in result["decisions"].items():
-        old = f"{r['old_rule']:.3f}" if "old_rule" in r else "-"
-        new = f"{r['new_rule']:.3f}" if "new_rule" in r else "-"
-        lines.append(f"| {t} | {r['as_trained']:.3f} | {old} | {new} |")
+        cells = [f"{r[k]:.3f}" if r.get(k) is not None else "-"
+                 for k in ("old_rule", "platt", "new_rule")]  # fmt: skip
+        lines.append(f"| {t} | {r['as_trained']:.3f} | " + " | ".join(cells) + " |")
     m, d = result["decisions"]["MuSeRC"], result["decisions"]["DaNetQA"]
     lines += ["", "MuSeRC as trained, decoded answer by answer "
               f"{m['as_trained_answer_by_answer']:.3f}, "
@@ -376,8 +409,18 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=384)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "dev_fixes.json")
+    ap.add_argument("--decisions-only", action="store_true",
+                    help="score part 2 again on RUNS/base; keep the rest of --out")  # fmt: skip
     args = ap.parse_args()
     t0 = time.perf_counter()
+    if args.decisions_only:
+        result = json.loads(args.out.read_text())
+        cfg = T.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in result["base_run"]["flags"].items()})  # fmt: skip
+        result["decisions"] = decisions(args.runs / "base", args.data, cfg)
+        result["decisions_command"] = " ".join(sys.argv)
+        save(args.out, _jsonable(result), table(result))
+        return
     tokenizer = load_tokenizer(args.model)
     result = {"command": " ".join(sys.argv), "tasks": list(TASKS)}
     result["leakage"] = leakage(args.data, args.dev_per_task, args.seed)

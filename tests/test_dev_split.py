@@ -89,25 +89,22 @@ def _labelled(task, golds):
             for i, g in enumerate(golds)]  # fmt: skip
 
 
-def test_an_accuracy_threshold_is_where_platt_says_one_half():
-    """160 records whose labels switch (noisily) where the margin is 2: the Platt threshold
-    lands near 2, near 0 for margins centred on the switch; a head whose margins fall with the
-    label says the dev majority."""
+def test_an_accuracy_threshold_moves_where_dev_says_clearly():
+    """160 records whose labels switch (noisily) where the margin is 2: the threshold lands near
+    2 and gains well over one standard error; for margins centred on the switch it stays near
+    0."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=160) * 2
     golds = ["not_entailment" if v + rng.normal() > 0 else "entailment" for v in x]
     records, keys = _labelled("TERRa", golds), [(i,) for i in range(160)]
     logits = np.stack([np.zeros(160), x + 2.0], axis=1)
     choice = choose_offsets("TERRa", records, keys, logits)
-    assert choice.rule == "platt" and choice.offsets[0] == 0.0
-    assert 1.5 < -choice.offsets[1] < 2.5 and choice.score > choice.raw + 0.1
+    assert choice.offsets[0] == 0.0
+    assert 1.0 < -choice.offsets[1] < 3.0 and choice.score > choice.raw + 0.1
     shifted = logits + np.array(choice.offsets)
     assert official_score("TERRa", records, keys, shifted) == choice.score
     centred = choose_offsets("TERRa", records, keys, np.stack([np.zeros(160), x], axis=1))
     assert abs(centred.offsets[1]) < 0.5
-    flipped = np.stack([np.zeros(160), -x], axis=1)  # anti-correlated: the majority, always
-    majority = max(golds.count("entailment"), golds.count("not_entailment")) / 160
-    assert choose_offsets("TERRa", records, keys, flipped).score == majority
     assert binary_tasks(["TERRa", "RCB", "PARus", "MuSeRC", "RUSSE"]) == ["TERRa", "MuSeRC",
                                                                            "RUSSE"]  # fmt: skip
     assert calibrated_tasks(["TERRa", "RCB", "PARus", "LiDiRus"]) == ["TERRa", "RCB"]
@@ -127,7 +124,6 @@ def test_a_searched_offset_is_the_nearest_to_zero_within_one_standard_error():
         records, keys = _labelled("TERRa", golds), [(i,) for i in range(160)]
         logits = np.stack([np.zeros(160), rng.normal(size=160)], axis=1)
         choice = choose_offsets("TERRa", records, keys, logits, metric="LiDiRus")
-        assert choice.rule == "search"
         cands = candidates("TERRa", logits)
         scores = [official_score("TERRa", records, keys, logits + c, "LiDiRus") for c in cands]
         floor = max(scores) - choice.se - 1e-12
@@ -232,10 +228,8 @@ def test_epochs_are_chosen_on_dev_and_val_is_scored_once(dev_run, tiny_rsg_dir):
     final = metrics["final"]
     assert final["split"] == "val" and set(final["tasks"]) == {"TERRa", "RCB", "PARus", "LiDiRus"}
     assert set(final["calibration"]) == {"TERRa", "RCB", "LiDiRus"}  # label tasks, MCC
-    assert final["calibration"]["TERRa"]["rule"] == "platt"
-    for task in ("RCB", "LiDiRus"):
+    for task in ("TERRa", "RCB", "LiDiRus"):
         c = final["calibration"][task]
-        assert c["rule"] == "search"
         assert c["dev_best"] >= c["dev_after"] >= c["dev_best"] - c["dev_se"] - 1e-12
     assert final["calibration"]["LiDiRus"]["metric"] == "MCC of TERRa's dev records"
     info = json.loads((run / "run.json").read_text())
