@@ -13,6 +13,7 @@ A field becomes `--field-name`: a bool defaulting to False a flag, one defaultin
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +42,7 @@ def _option(f: dataclasses.Field, hint: Any) -> Callable:
     if typing.get_origin(hint) is tuple:
         return click.option(name, f.name, default=",".join(f.default), help=help_text + " (comma "
                             "list)", show_default=bool(f.default))  # fmt: skip
-    kind: Any = base
+    kind: Any = _finite_float() if base is float else base
     if "choices" in meta:  # click compares choices as text: numbers come back converted
         kind = click.Choice([str(c) for c in meta["choices"]])
     if meta.get("path"):
@@ -50,6 +51,26 @@ def _option(f: dataclasses.Field, hint: Any) -> Callable:
         lambda ctx, param, v: v if v is None else base(v))  # fmt: skip
     return click.option(name, f.name, type=kind, default=f.default, callback=convert,
                         show_default=f.default is not None, help=help_text)  # fmt: skip
+
+
+def _finite_float() -> Any:
+    """click's float, but inf and nan are refused: no setting means them (`--batch-window-ms
+    inf` crashed the server at its first request, `nan` hung it)."""
+    import click
+
+    class FiniteFloat(click.ParamType):
+        name = "float"
+
+        def convert(self, value: Any, param: Any, ctx: Any) -> float:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"{value!r} is not a finite number", param, ctx)
+            return number
+
+    return FiniteFloat()
 
 
 def config_options(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Callable:

@@ -506,3 +506,31 @@ def test_data_download_force_replaces_only_data(tmp_path, monkeypatch, fixture_r
     assert CliRunner().invoke(main, ["data", "download", str(out)]).exit_code == 0
     assert CliRunner().invoke(main, ["data", "download", str(out), "--force"]).exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == ["TERRa"]
+
+
+def _float_options():
+    """(command, option) for every float option of every command."""
+    import click
+
+    from mlx_rsg.cli import main
+
+    return [(name, p.opts[0]) for name, cmd in sorted(main.commands.items())
+            for p in cmd.params
+            if isinstance(p, click.Option) and p.type.name == "float"]  # fmt: skip
+
+
+def test_every_float_option_refuses_inf_and_nan():
+    from click.testing import CliRunner
+
+    from mlx_rsg.cli import main
+
+    cases = _float_options()
+    assert ("serve", "--batch-window-ms") in cases and ("train", "--lr") in cases
+    for command, option in cases:
+        for value in ("inf", "-inf", "nan", "1e999"):
+            res = CliRunner().invoke(main, [command, option, value])
+            assert res.exit_code == 2, (command, option, value, res.output)
+            assert f"'{value}' is not a finite number" in res.output, res.output
+            assert "Traceback" not in res.output
+        res = CliRunner().invoke(main, [command, option, "x"])
+        assert res.exit_code == 2 and "'x' is not a number" in res.output
