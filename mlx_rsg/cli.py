@@ -25,11 +25,17 @@ from mlx_rsg.version import __version__
 
 
 class _Group(click.Group):
-    """Turn UserError into one line on stderr and exit code 2, never a traceback."""
+    """Turn UserError and a bad flag or argument into one line on stderr and exit code 2, never
+    a traceback or click's usage block."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:  # raised while the subcommand parses its command line
+            see = f" (see {_command_path(e.ctx)} --help)" if e.ctx else ""
+            _fail(e.format_message().rstrip(".") + see)
         except UserError as e:
             _fail(str(e))
         except OSError as e:  # a full or read-only disk, a missing permission: what and where
@@ -42,6 +48,15 @@ class _Group(click.Group):
                 raise
             _fail("lost the connection to another rank: it stopped (its error is above) or its "
                   "machine went away")  # fmt: skip
+
+
+def _command_path(ctx: click.Context) -> str:
+    """`mlx-rsg SUBCOMMAND ...`, whatever name the program was started by (`python -m`, tests)."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["mlx-rsg", *reversed(names)])
 
 
 def _fail(message: str) -> None:
