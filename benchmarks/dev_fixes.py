@@ -199,9 +199,10 @@ def _subset(task, records, keys, logits, chosen):
     return chosen, [keys[i] for i in rows], logits[rows]
 
 
-def cross_fitted(task, records, keys, logits, rule, metric=None, seed=0) -> float:
-    """Mean over HALVINGS random halvings (whole groups) of: offsets chosen on one half, scored
-    on the other, both ways."""
+def cross_fitted(task, records, keys, logits, rule, metric=None, seed=0, fit_on="metric") -> float:
+    """Mean over HALVINGS random halvings (whole groups) of: offsets chosen on one half (for
+    `fit_on`, by default the metric scored), scored by `metric` on the other, both ways."""
+    fit_metric = metric if fit_on == "metric" else fit_on
     groups = record_groups(task, records)
     scores = []
     for h in range(HALVINGS):
@@ -210,7 +211,7 @@ def cross_fitted(task, records, keys, logits, rule, metric=None, seed=0) -> floa
         if not all(halves):  # one group: nothing to fit on
             continue
         for fit, held in (halves, halves[::-1]):
-            offsets = rule(task, *_subset(task, records, keys, logits, fit), metric)
+            offsets = rule(task, *_subset(task, records, keys, logits, fit), fit_metric)
             rec, k, lg = _subset(task, records, keys, logits, held)
             scores.append(official_score(task, rec, k, lg + np.array(offsets), metric))
     return float(np.mean(scores)) if scores else float("nan")
@@ -232,12 +233,10 @@ def decisions(run: Path, data: Path, cfg) -> dict:
             if REGISTRY[task].choice:
                 out[name] = row
                 continue
-            if metric == "LiDiRus":  # the old run shared TERRa's accuracy threshold
-                row["old_rule"] = np.mean([
-                    _scored_with(task, dev, keys, logits, old_rule, "LiDiRus", h)
-                    for h in range(HALVINGS)])  # fmt: skip
-            else:
-                row["old_rule"] = cross_fitted(task, dev, keys, logits, old_rule, metric)
+            # the old run shared TERRa's accuracy threshold with LiDiRus
+            fit_on = task if metric == "LiDiRus" else "metric"
+            row["old_rule"] = cross_fitted(task, dev, keys, logits, old_rule, metric,
+                                           fit_on=fit_on)  # fmt: skip
             if REGISTRY[metric].metrics == ("accuracy",) and logits.shape[1] == 2:
                 row["platt"] = cross_fitted(task, dev, keys, logits, platt_rule, metric)
             row["new_rule"] = cross_fitted(task, dev, keys, logits, new_rule, metric)
@@ -253,22 +252,6 @@ def decisions(run: Path, data: Path, cfg) -> dict:
                     task, dev, keys, logits + offsets)
             out[name] = row
     return out
-
-
-def _scored_with(task, records, keys, logits, rule, metric, seed) -> float:
-    """LiDiRus's old decision: TERRa's accuracy threshold (chosen on one half), scored by MCC
-    on the other half, both ways."""
-    groups = record_groups(task, records)
-    order = np.random.default_rng(seed).permutation(len(groups))
-    halves = [[r for i in order[k::2] for r in groups[i]] for k in (0, 1)]
-    if not all(halves):
-        return float("nan")
-    scores = []
-    for fit, held in (halves, halves[::-1]):
-        offsets = rule(task, *_subset(task, records, keys, logits, fit))
-        rec, k, lg = _subset(task, records, keys, logits, held)
-        scores.append(official_score(task, rec, k, lg + np.array(offsets), metric))
-    return float(np.mean(scores))
 
 
 def _answer_by_answer(records, keys, logits) -> float:

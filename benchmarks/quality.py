@@ -44,16 +44,22 @@ def majority_score(task: str, records: list) -> float:
     return max(constant(v) for v in sorted(values, key=str))
 
 
-def rescore(predictions: Path, data: Path) -> dict[str, Any]:
+def val_records(data: Path, task: str) -> list:
+    """The records a val submission of `task` is scored on (LiDiRus: its diagnostic file)."""
     from mlx_rsg.data import load_split
     from mlx_rsg.run import diagnostic_records
+
+    return diagnostic_records(data) if task == "LiDiRus" else load_split(data, task, "val")
+
+
+def rescore(predictions: Path, data: Path) -> dict[str, Any]:
     from mlx_rsg.submission import read_submission
     from mlx_rsg.tasks import score_task, task_score, total_score
 
     back = read_submission(predictions)
     tasks: dict[str, Any] = {}
     for task, preds in back.items():
-        records = diagnostic_records(data) if task == "LiDiRus" else load_split(data, task, "val")
+        records = val_records(data, task)
         missing = [r.idx for r in records if r.idx not in preds]
         if missing:
             raise SystemExit(f"{predictions}: {task} has no prediction for idx {missing[0]} "
@@ -76,8 +82,6 @@ def paired_difference(predictions: Path, other: Path, data: Path, reps: int = 10
     standard error over `reps` resamplings of every task's records (the same draw for both)."""
     import numpy as np
 
-    from mlx_rsg.data import load_split
-    from mlx_rsg.run import diagnostic_records
     from mlx_rsg.submission import read_submission
     from mlx_rsg.tasks import score_task, task_score
 
@@ -88,7 +92,7 @@ def paired_difference(predictions: Path, other: Path, data: Path, reps: int = 10
     for task in mine:
         if task not in theirs:
             continue
-        records = diagnostic_records(data) if task == "LiDiRus" else load_split(data, task, "val")
+        records = val_records(data, task)
 
         def diff(rows, task=task, records=records) -> float:
             sample = [records[i] for i in rows]
