@@ -172,4 +172,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mlx_rsg.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # an unreadable zip or data file: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

@@ -61,6 +61,22 @@ def test_the_paired_difference_is_the_score_difference_with_its_error(fixture_ro
     assert same["total"] == 0.0 and same["total_se"] == 0.0
 
 
+def test_an_unreadable_zip_is_one_line(fixture_root, tmp_path):
+    import subprocess
+
+    script = Path(__file__).parents[1] / "benchmarks" / "quality.py"
+    for flags in (["--predictions", tmp_path / "nope.zip"],
+                  ["--predictions", tmp_path / "nope.zip", "--against", tmp_path / "x.zip"]):
+        res = subprocess.run([sys.executable, script, *map(str, flags), "--data",
+                              str(fixture_root), "--out", str(tmp_path / "q.json")],
+                             capture_output=True, text=True)  # fmt: skip
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.strip().splitlines() == [
+            f"error: {tmp_path / 'nope.zip'}: not a readable zip ([Errno 2] No such file or "
+            f"directory: '{tmp_path / 'nope.zip'}')"]  # fmt: skip
+        assert not (tmp_path / "q.json").exists()
+
+
 def test_majority_scores_of_the_real_val_splits(real_rsg_root):
     """The baselines the issue computed by hand: 0.428 over the 8 real tasks."""
     want = {"RCB": 0.379, "PARus": 0.550, "MuSeRC": 0.309, "TERRa": 0.502, "RUSSE": 0.631,
