@@ -163,7 +163,9 @@ def data_info_command(path: str, model_dir: str | None, max_len: int) -> None:
     """Examples, label distribution and mean length (characters) per task and split in PATH
     (a directory in the official layout, the official zip, or .jsonl.gz files); with --model,
     the units' token lengths (median / 95th percentile / longest), the share --max-len
-    truncates, and the shortest multiple of 32 that 95 % of them fit in."""
+    truncates, the shortest multiple of 32 that 95 % of them fit in, and what one pass costs:
+    every unit's tokens at --max-len, and with each record's shared passage counted once (what
+    train --task-max-train budgets spend)."""
     from mlx_rsg.data.info import format_table, summary
 
     tokenizer = None

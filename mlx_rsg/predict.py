@@ -59,8 +59,9 @@ def score_units(
     """Run the classifier over every unit of `records` (truncated to the model's max length for
     the task); return (units, logits) in unit order, logits a numpy array (n_units, n_out).
     `cache`: a features.PrefixCache of the frozen prefix (training's val), filled as needed.
-    Without one, units of a record that share a long token prefix (a MuSeRC passage, a RuCoS
-    query) run it once (`model.shared_prefix`). `on_batch(rows)` is called after each batch.
+    Without one, units that share a long token prefix (a MuSeRC passage, a RuCoS query, a
+    repeated RUSSE or DaNetQA text) run it once (`model.shared_prefix`). `on_batch(rows)` is
+    called after each batch.
     `world`: each rank scores its share of the records; every rank gets all the logits."""
     if world.size > 1:
         units = make_units(task, records, train=False)
@@ -81,7 +82,7 @@ def score_units(
     groups, rest = [], encoded
     if cache is not None:
         cache.fill(encoded, batch_size)
-    elif shared_prefix.pools_last_token(model, task):
+    else:
         groups, rest = shared_prefix.group_shared(encoded)
     for batch in make_batches(rest, batch_size, rng=None):
         h0 = cache.prefix(batch) if cache is not None else None

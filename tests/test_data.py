@@ -605,3 +605,25 @@ def test_cli_data_info_token_lengths(fixture_root, tiny_model_dir):
     p50, p95, top = want[(len(want) - 1) // 2], want[-1], want[-1]
     over = sum(n > 40 for n in want) / len(want)
     assert row[4:7] == [f"{p50}/{p95}/{top}", f"{over:.0%}", str(32 * -(-p95 // 32))]
+    # one pass at --max-len 40: every unit cut to 40; a TERRa unit shares nothing
+    cost = f"{sum(min(n, 40) for n in want):,}"
+    assert row[7:9] == [cost, cost]
+
+
+def test_token_cost_counts_a_records_shared_passage_once(tiny_model_dir):
+    """data info's cost: a MuSeRC passage's answers run it once (what predict does)."""
+    from test_shared_prefix import record
+
+    from mlx_rsg.data.info import token_cost
+    from mlx_rsg.model import shared_prefix
+    from mlx_rsg.model.backbone import load_tokenizer
+    from mlx_rsg.model.batching import encode_units
+
+    tok = load_tokenizer(tiny_model_dir)
+    records = [record(0), record(1, "Коротко.")]
+    encoded = encode_units(tasks.make_units("MuSeRC", records), tok, 200)
+    lengths = [len(e.ids) for e in encoded]
+    prefix = shared_prefix.common_prefix_len([e.ids for e in encoded[:3]])  # record 0's passage
+    assert prefix > shared_prefix.MIN_SHARED
+    cost = token_cost("MuSeRC", records, tok, 200)
+    assert cost == {"tokens": sum(lengths), "once": sum(lengths) - 2 * prefix}

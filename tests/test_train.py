@@ -312,6 +312,29 @@ def test_task_max_len_parsing():
             T.TrainConfig(tasks=("TERRa",), task_max_len=(bad,)).validate()
 
 
+def test_task_budgets_parse_and_draw_each_tasks_records(tiny_rsg_dir):  # noqa: F811
+    """--task-max-train: per-task budgets beside the global --max-train-per-task (item 3 of
+    "Twice the model per minute"); all = every record; one-line errors."""
+    from mlx_rsg.train.config import parse_task_budgets
+    from mlx_rsg.train.plan import load_task_data
+
+    assert parse_task_budgets(("terra=all,rcb=3", "PARus=5")) == {
+        "TERRa": None, "RCB": 3, "PARus": 5}  # fmt: skip
+    for bad in ("terra", "terra=0", "nosuch=4", "terra=x", "lidirus=4", "terra=-1"):
+        with pytest.raises(UserError, match="--task-max-train: .* is not TASK=N .* or TASK=all"):
+            T.TrainConfig(tasks=("TERRa",), task_max_train=(bad,)).validate()
+    cfg = tiny_train_config(max_train_per_task=4, task_max_train=("TERRa=all", "RCB=2"))
+    assert [cfg.train_budget(t) for t in ("TERRa", "RCB", "PARus")] == [None, 2, 4]
+    assert T.TrainConfig(max_train_per_task=0).train_budget("RCB") is None  # 0: no cap
+    data = load_task_data(Path(tiny_rsg_dir), cfg, log=lambda m: None)
+    everything = load_task_data(Path(tiny_rsg_dir), tiny_train_config(max_train_per_task=None),
+                                log=lambda m: None)  # fmt: skip
+    assert data["TERRa"].train == everything["TERRa"].train and len(data["TERRa"].train) > 4
+    assert len(data["RCB"].train) == 2  # examples: one per RCB record, two per PARus record
+    assert len(data["PARus"].train) == 2
+    assert all(r in everything["RCB"].train for r in data["RCB"].train)
+
+
 def test_task_max_len_auto_fits_each_task_and_predict_uses_it(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811, E501
     from mlx_rsg.data.info import unit_lengths
     from mlx_rsg.model.backbone import load_tokenizer

@@ -110,7 +110,10 @@ def batch_rows(fn: Callable[[Any], mx.array], batch, parts: int | None = None) -
 def _cut_batch(batch, rows: int, lo: int, hi: int):
     import numpy as np
 
-    def cut(v):
+    def cut(name: str, v):
+        if name == "segments":  # (start, end, n) runs of rows: those within the cut
+            return tuple((max(s, lo) - lo, min(e, hi) - lo, n) for s, e, n in v
+                         if s < hi and e > lo)  # fmt: skip
         if isinstance(v, (mx.array, np.ndarray)) and v.ndim and v.shape[0] == rows:
             return v[lo:hi]
         if isinstance(v, (list, tuple)) and len(v) == rows:
@@ -118,7 +121,7 @@ def _cut_batch(batch, rows: int, lo: int, hi: int):
         return v
 
     return dataclasses.replace(
-        batch, **{f.name: cut(getattr(batch, f.name)) for f in dataclasses.fields(batch)}
+        batch, **{f.name: cut(f.name, getattr(batch, f.name)) for f in dataclasses.fields(batch)}
     )
 
 

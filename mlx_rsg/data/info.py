@@ -36,6 +36,20 @@ def unit_lengths(task: str, records: list, tokenizer) -> list[int]:
     return [len(e.ids) for e in encoded]
 
 
+def token_cost(task: str, records: list, tokenizer, max_len: int) -> dict:
+    """What one pass over the records costs: `tokens`, every unit's tokens at `max_len`, and
+    `once`, with each record's shared prefix (a MuSeRC passage for its answers, a RuCoS passage
+    for its candidates) counted once, as `predict` runs it (`model/shared_prefix.py`; training
+    runs it once per batch of the record's units)."""
+    from mlx_rsg.model.shared_prefix import group_shared
+
+    encoded = encode_units(tasks.make_units(task, records), tokenizer, max_len)
+    tokens = sum(len(e.ids) for e in encoded)
+    groups, _ = group_shared(encoded)
+    return {"tokens": tokens,
+            "once": tokens - sum((len(g.members) - 1) * len(g.prefix) for g in groups)}  # fmt: skip
+
+
 def fitting_max_len(lengths: list[int], coverage: float = 0.95, step: int = 32) -> int:
     """The smallest multiple of `step` that at least `coverage` of `lengths` fit in."""
     if not lengths:
@@ -70,6 +84,7 @@ def summary(root: str | os.PathLike, tokenizer=None, max_len: int = 256) -> list
                              mean_chars=sum(chars) / len(chars) if chars else None))  # fmt: skip
             if tokenizer is not None:
                 rows[-1]["tokens"] = length_report(unit_lengths(task, recs, tokenizer), max_len)
+                rows[-1]["tokens"].update(token_cost(task, recs, tokenizer, max_len))
     return rows
 
 
@@ -82,9 +97,10 @@ def format_table(rows: list[dict]) -> str:
     reports = [r.get("tokens") for r in rows]
     if any(reports):
         max_len = next(t["max_len"] for t in reports if t and t.get("units"))
-        head = head[:4] + ("tokens p50/p95/max", f"over {max_len}", "95% fit") + head[4:]
+        head = head[:4] + ("tokens p50/p95/max", f"over {max_len}", "95% fit",
+                           f"tokens at {max_len}", "shared once") + head[4:]  # fmt: skip
         body = [b[:4] + _token_cells(t) + b[4:] for b, t in zip(body, reports, strict=True)]
-        right = right[:4] + (True, True, True) + right[4:]
+        right = right[:4] + (True,) * 5 + right[4:]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
 
     def line(cells) -> str:
@@ -96,10 +112,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def _token_cells(t: dict | None) -> tuple[str, str, str]:
+def _token_cells(t: dict | None) -> tuple[str, ...]:
     if not t or not t.get("units"):
-        return ("-", "-", "-")
-    return (f"{t['p50']}/{t['p95']}/{t['max']}", f"{t['truncated']:.0%}", str(t["fits_95"]))
+        return ("-",) * 5
+    return (f"{t['p50']}/{t['p95']}/{t['max']}", f"{t['truncated']:.0%}", str(t["fits_95"]),
+            f"{t['tokens']:,}", f"{t['once']:,}")  # fmt: skip
 
 
 def _offline() -> bool:

@@ -3,6 +3,11 @@
 Each batch holds units of one task. Units scored against each other (a PARus pair, a RuCoS
 query's candidates) always share a batch. Batches are filled with units of similar length, so
 padding stays small without padding everything to a global maximum.
+
+With `min_shared`, the units of one record (a MuSeRC passage's answers) are also kept together,
+in balanced chunks of at most a batch, and each batch names its runs of rows that share a token
+prefix of at least `min_shared` tokens (`Batch.segments`): the classifier runs such a prefix once
+for its run (`model/shared_prefix.py`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class Batch:
     groups: mx.array | None = None  # (B,) group number within the batch (choice tasks)
     spans: mx.array | None = None  # (B, S, 2) token spans pooled (span tasks)
     pool_width: int = 1  # at least this many pooled positions per row (take_rows: the batch's)
+    # (start, end, n): rows [start, end) all begin with the same n tokens and each has more
+    segments: tuple[tuple[int, int, int], ...] = ()
 
 
 def bos_id(tokenizer) -> int | None:
@@ -72,6 +79,18 @@ def encode_units(units: Sequence[Unit], tokenizer, max_len: int) -> list[Encoded
     return out
 
 
+def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading token ids every row has in common."""
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
 def _blocks(encoded: Sequence[EncodedUnit]) -> list[list[EncodedUnit]]:
     """Units that must share a batch: a choice group, or a single unit."""
     blocks: list[list[EncodedUnit]] = []
@@ -83,6 +102,47 @@ def _blocks(encoded: Sequence[EncodedUnit]) -> list[list[EncodedUnit]]:
             blocks.append([e])
         last_group = e.unit.group
     return blocks
+
+
+def _record_blocks(encoded: Sequence[EncodedUnit], batch_size: int) -> list[list[EncodedUnit]]:
+    """Units kept together because they share their record's text: a record's units (a choice
+    group is never split), in as few balanced chunks of at most batch_size rows as fit."""
+    records: dict[tuple, list[list[EncodedUnit]]] = {}
+    for block in _blocks(encoded):
+        records.setdefault((block[0].unit.task, block[0].unit.key[0]), []).append(block)
+    out = []
+    for blocks in records.values():
+        rows = sum(len(b) for b in blocks)
+        target = rows / max(1, -(-rows // batch_size))  # balanced chunk size
+        chunk: list[EncodedUnit] = []
+        for block in blocks:
+            if chunk and (len(chunk) + len(block) > batch_size or len(chunk) >= target):
+                out.append(chunk)
+                chunk = []
+            chunk = chunk + block
+        out.append(chunk)
+    return out
+
+
+def shared_segments(rows: Sequence[EncodedUnit], min_shared: int) -> tuple:
+    """Batch.segments of `rows`: each run of consecutive rows of one record whose ids share at
+    least `min_shared` leading tokens, every row keeping at least one token of its own (the one
+    pooled)."""
+    out, start = [], 0
+    for end in range(1, len(rows) + 1):
+        if end < len(rows) and _record(rows[end]) == _record(rows[start]):
+            continue
+        if end - start > 1:
+            ids = [e.ids for e in rows[start:end]]
+            n = min(common_prefix_len(ids), min(len(r) for r in ids) - 1)
+            if n >= min_shared:
+                out.append((start, end, n))
+        start = end
+    return tuple(out)
+
+
+def _record(e: EncodedUnit) -> tuple:
+    return e.unit.task, e.unit.key[0]
 
 
 def _pack(blocks: list[list[EncodedUnit]], batch_size: int) -> list[list[EncodedUnit]]:
@@ -100,14 +160,18 @@ def _pack(blocks: list[list[EncodedUnit]], batch_size: int) -> list[list[Encoded
 
 
 def make_batches(
-    encoded: Sequence[EncodedUnit], batch_size: int, rng: random.Random | None = None
+    encoded: Sequence[EncodedUnit],
+    batch_size: int,
+    rng: random.Random | None = None,
+    min_shared: int | None = None,
 ) -> list[Batch]:
     """Length-bucketed batches of one task's units. rng=None: deterministic, sorted by length
     (inference). With an rng: blocks are shuffled, sorted by length within pools of
-    BUCKET_POOL batches, packed, and the batches shuffled (training)."""
+    BUCKET_POOL batches, packed, and the batches shuffled (training). `min_shared`: keep each
+    record's units together and mark the rows that share a prefix (module docstring)."""
     if not encoded:
         return []
-    blocks = _blocks(encoded)
+    blocks = _blocks(encoded) if min_shared is None else _record_blocks(encoded, batch_size)
 
     def length(block):
         return max(len(e.ids) for e in block)
@@ -121,10 +185,10 @@ def make_batches(
         for i in range(0, len(blocks), pool):
             groups += _pack(sorted(blocks[i : i + pool], key=length), batch_size)
         rng.shuffle(groups)
-    return [collate(rows) for rows in groups]
+    return [collate(rows, min_shared) for rows in groups]
 
 
-def collate(rows: Sequence[EncodedUnit]) -> Batch:
+def collate(rows: Sequence[EncodedUnit], min_shared: int | None = None) -> Batch:
     task = rows[0].unit.task
     spec = REGISTRY[task]
     L = max(len(e.ids) for e in rows)
@@ -149,6 +213,7 @@ def collate(rows: Sequence[EncodedUnit]) -> Batch:
         ids=[(task, e.unit.key) for e in rows],
         groups=groups,
         spans=spans,
+        segments=() if min_shared is None else shared_segments(rows, min_shared),
     )
 
 
@@ -210,4 +275,6 @@ def take_rows(batch: Batch, start: int, end: int) -> Batch:
         groups=groups,
         spans=None if batch.spans is None else batch.spans[start:end],
         pool_width=width,
+        segments=tuple((max(s, start) - start, min(e, end) - start, n)
+                       for s, e, n in batch.segments if s < end and e > start),  # fmt: skip
     )

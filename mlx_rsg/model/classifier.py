@@ -26,11 +26,12 @@ import numpy as np
 
 from mlx_rsg.arch import top_block
 from mlx_rsg.errors import UserError
-from mlx_rsg.model import methods
+from mlx_rsg.model import methods, shared_prefix
 from mlx_rsg.model.backbone import Backbone, embed, final_norm, layer_window, run_layers
 from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.model.dropout import Dropout
 from mlx_rsg.model.methods.mlp_adapter import block_hooks
+from mlx_rsg.model.pooling import pool, pooling_weights
 from mlx_rsg.tasks import REGISTRY
 
 
@@ -77,7 +78,10 @@ class RSGClassifier(nn.Module):
 
     def features(self, batch, h0: mx.array | None = None) -> mx.array:
         """Pooled final hidden states (B, S, hidden): S = 1, or the marked spans. h0: the input
-        of block K (`prefix`), or None to run the whole backbone."""
+        of block K (`prefix`), or None to run the whole backbone. A batch's `segments` (rows
+        that share a prefix) run it once (`shared_prefix.segment_features`)."""
+        if batch.segments:
+            return shared_prefix.segment_features(self, batch, h0)
         bb, n = self.backbone, self.n_blocks
         first = 0 if h0 is None else self.k  # the first block this call runs
         at = None  # the top block runs only at the positions pooling reads (same values)
@@ -114,24 +118,3 @@ class RSGClassifier(nn.Module):
         """Logits of `head` on pooled features (B, S, hidden): RMS-normalised, dropout, linear."""
         x = mx.fast.rms_norm(features, None, 1e-6)
         return self.heads[head](self.dropout(x.reshape(x.shape[0], -1)))
-
-
-def pooling_weights(batch, pooling: str) -> mx.array:
-    """(B, S, L) weights over token positions: S = 1 for last/mean, the marked spans otherwise."""
-    L = batch.tokens.shape[1]
-    pos = mx.arange(L)[None, None, :]
-    if batch.spans is not None:
-        start, end = batch.spans[..., :1], batch.spans[..., 1:]  # (B, S, 1)
-        w = ((pos >= start) & (pos < end)).astype(mx.float32)
-    elif pooling == "mean":
-        w = (pos < batch.lengths[:, None, None]).astype(mx.float32)
-    elif pooling == "last":
-        w = (pos == batch.lengths[:, None, None] - 1).astype(mx.float32)
-    else:
-        raise UserError(f"--pooling: {pooling!r} is not one of last, mean")
-    return w / mx.maximum(w.sum(axis=-1, keepdims=True), 1.0)
-
-
-def pool(h: mx.array, weights: mx.array) -> mx.array:
-    """Weighted sums of h (B, L, D) per row of weights (B, S, L): (B, S, D)."""
-    return weights.astype(h.dtype) @ h

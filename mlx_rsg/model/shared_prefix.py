@@ -15,6 +15,12 @@ passage at different points for different answers; the common prefix then ends a
 The classifier's mlx-lm blocks are called as usual, with a cache object that prepends the shared
 keys and values (`update_and_fetch`) and gives the RoPE offset; masks are built for the offset
 (and the sliding window of a Gemma 3 layer).
+
+Training shares too (`segment_features`, what the classifier runs for a batch with
+`Batch.segments`): the prefix and the suffixes run in one differentiable function, so autodiff
+sums every suffix's gradient into the prefix's keys and values, and the loss and gradients are
+those of the unshared batch (tested). Inference keeps one `PrefixState` per record for all its
+batches instead.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from mlx_lm.models.base import create_causal_mask
 
 from mlx_rsg.accel.cpu_parallel import batch_rows
 from mlx_rsg.model.backbone import embed, final_norm, layer_window
-from mlx_rsg.model.classifier import pool, pooling_weights
+from mlx_rsg.model.batching import common_prefix_len, take_rows
 from mlx_rsg.model.methods.mlp_adapter import block_hooks
-from mlx_rsg.tasks import REGISTRY
+from mlx_rsg.model.pooling import pool, pooling_weights
+
+__all__ = ["MIN_SHARED", "PrefixState", "common_prefix_len", "group_shared", "segment_features"]
 
 # Below this many shared tokens a separate batch-1 pass over them costs more than it saves.
 MIN_SHARED = 64
@@ -38,48 +46,50 @@ MIN_SHARED = 64
 
 @dataclass
 class SharedGroup:
-    """Units of one record whose token ids all start with `prefix`."""
+    """Units of one task whose token ids all start with `prefix`."""
 
     prefix: list[int]
     members: list  # EncodedUnit, each with len(ids) > len(prefix)
-
-
-def pools_last_token(model, task: str) -> bool:
-    """Whether the classifier reads `task` at the last token only (the suffix pass sees nothing
-    of the prefix's hidden states, so mean and span pooling run unshared)."""
-    return model.cfg.pooling == "last" and REGISTRY[task].pooling != "span"
-
-
-def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
-    first = rows[0]
-    n = min(len(r) for r in rows)
-    for r in rows[1:]:
-        i = 0
-        while i < n and r[i] == first[i]:
-            i += 1
-        n = i
-    return n
 
 
 def group_shared(
     encoded: Sequence, min_shared: int | None = None
 ) -> tuple[list[SharedGroup], list]:
     """Split units into groups that share a prefix of >= `min_shared` tokens (default
-    MIN_SHARED; units of one record, two or more) and the rest. Every member keeps at least one
-    token of its own: the pooled last token is computed in the suffix pass."""
+    MIN_SHARED; two or more units of one task) and the rest. Found on the token ids, sorted: a
+    MuSeRC passage's answers, a RuCoS query's candidates, and as well the records that repeat a
+    text (DaNetQA questions on one passage, RUSSE pairs on one word-in-sentence, LiDiRus pairs
+    on one sentence). Every member keeps at least one token of its own (the suffix pass needs
+    one). Greedy over the sorted ids: a run grows while its common prefix stays >= min_shared
+    and at least half of what it was (a MuSeRC passage's questions share the passage; a
+    passage that merely starts like another does not join it)."""
     min_shared = MIN_SHARED if min_shared is None else min_shared
-    by_record: dict = {}
-    for e in encoded:  # record idx repeat across tasks (training fills all tasks at once)
-        by_record.setdefault((e.unit.task, e.unit.key[0]), []).append(e)
+    by_task: dict = {}
+    for e in encoded:  # training fills all tasks at once
+        by_task.setdefault(e.unit.task, []).append(e)
     groups, rest = [], []
-    for members in by_record.values():
-        n = common_prefix_len([e.ids for e in members]) if len(members) > 1 else 0
-        n = min(n, min(len(e.ids) for e in members) - 1)
-        if n >= min_shared:
-            groups.append(SharedGroup(list(members[0].ids[:n]), members))
-        else:
-            rest.extend(members)
+    for units in by_task.values():
+        run: list = []
+        shared = 0
+        for e in sorted(units, key=lambda e: e.ids):
+            if run:
+                n = min(shared, common_prefix_len([run[0].ids, e.ids]), len(e.ids) - 1)
+                # a newcomer that would cut the run's prefix below half starts its own run
+                if n >= min_shared and (len(run) == 1 or 2 * n >= shared):
+                    run.append(e)
+                    shared = n
+                    continue
+                _close(run, shared, groups, rest)
+            run, shared = [e], len(e.ids) - 1
+        _close(run, shared, groups, rest)
     return groups, rest
+
+
+def _close(run: list, shared: int, groups: list, rest: list) -> None:
+    if len(run) > 1:
+        groups.append(SharedGroup(list(run[0].ids[:shared]), run))
+    else:
+        rest.extend(run)
 
 
 class _Recorder:
@@ -108,13 +118,13 @@ class _SharedKV:
         return join(self.keys, keys), join(self.values, values)
 
 
-def _run(model, h: mx.array, end: int, caches: list, offset: int) -> mx.array:
-    """Blocks [0, end) of the classifier's backbone (with its adapters) on h, each with its
-    cache; masks causal from `offset` on, within the layer's sliding window."""
+def _run(model, h: mx.array, start: int, end: int, caches: dict, offset: int) -> mx.array:
+    """Blocks [start, end) of the classifier's backbone (with its adapters) on h, block i with
+    caches[i]; masks causal from `offset` on, within the layer's sliding window."""
     bb = model.backbone
     hooks = block_hooks(model.adapters)
     masks: dict = {}
-    for i in range(end):
+    for i in range(start, end):
         window = layer_window(bb, i)
         if window not in masks:
             masks[window] = create_causal_mask(h.shape[1], offset, window_size=window)
@@ -130,16 +140,16 @@ class PrefixState:
 
     def __init__(self, model, prefix: Sequence[int], end: int):
         self.model, self.end, self.length = model, end, len(prefix)
-        recorders = [_Recorder() for _ in range(end)]
-        self.hidden = _run(model, embed(model.backbone, mx.array([list(prefix)])), end,
+        recorders = {i: _Recorder() for i in range(end)}
+        self.hidden = _run(model, embed(model.backbone, mx.array([list(prefix)])), 0, end,
                            recorders, 0)  # fmt: skip
-        self.caches = [_SharedKV(r) for r in recorders]
-        mx.eval(self.hidden, [(c.keys, c.values) for c in self.caches])
+        self.caches = {i: _SharedKV(r) for i, r in recorders.items()}
+        mx.eval(self.hidden, [(c.keys, c.values) for c in self.caches.values()])
 
     def suffix_hidden(self, tokens: mx.array) -> mx.array:
         """Hidden states (B, S, D) after block `end` of right-padded suffix tokens (B, S)."""
         h = embed(self.model.backbone, tokens)
-        return _run(self.model, h, self.end, self.caches, self.length)
+        return _run(self.model, h, 0, self.end, self.caches, self.length)
 
 
 def suffix_batch(batch, prefix_len: int):
@@ -151,15 +161,27 @@ def suffix_batch(batch, prefix_len: int):
 
 def shared_logits(model, state: PrefixState, batch) -> mx.array:
     """The classifier's logits (evaluated) for a batch of whole units that all start with the
-    state's prefix (last-token pooling): the suffixes run against the shared keys and values,
-    one row chunk per CPU core."""
+    state's prefix: the suffixes run against the shared keys and values, one row chunk per CPU
+    core."""
 
     def run(part) -> mx.array:
-        suffix = suffix_batch(part, state.length)
-        h = final_norm(model.backbone, state.suffix_hidden(suffix.tokens))
-        return model.head_logits(pool(h, pooling_weights(suffix, "last")), model.head_for(part))
+        own = state.suffix_hidden(suffix_batch(part, state.length).tokens)
+        features = _pooled(model, part, state.hidden, own, state.length)
+        return model.head_logits(features, model.head_for(part))
 
     return batch_rows(run, batch)
+
+
+def _pooled(model, batch, prefix: mx.array, own: mx.array, n: int) -> mx.array:
+    """Pooled features (B, S, D) of `batch`'s rows, which all begin with the same n tokens, from
+    the last block's output on those n tokens (1, n, D) and on each row's own tokens (B, W, D):
+    the last token is among a row's own; mean and span pooling read the rows whole."""
+    bb = model.backbone
+    if batch.spans is None and model.cfg.pooling == "last":
+        return mx.take_along_axis(final_norm(bb, own), (batch.lengths - n - 1)[:, None, None],
+                                  axis=1)  # fmt: skip
+    whole = mx.concatenate([mx.broadcast_to(prefix, (own.shape[0], *prefix.shape[1:])), own], 1)
+    return pool(final_norm(bb, whole), pooling_weights(batch, model.cfg.pooling))
 
 
 def shared_rows(state: PrefixState, batch) -> list[np.ndarray]:
@@ -173,3 +195,53 @@ def shared_rows(state: PrefixState, batch) -> list[np.ndarray]:
         np.concatenate([head, tail[:n]]) for tail, n in zip(tails, suffix.lengths.tolist(),
                                                              strict=True)
     ]  # fmt: skip
+
+
+def segment_features(model, batch, h0: mx.array | None = None) -> mx.array:
+    """What `model.features(batch, h0)` returns, with each of the batch's `segments` (rows that
+    share a prefix) running its prefix once: the prefix as a batch of one through the blocks the
+    call runs (recording their keys and values), then the rows' own tokens after it. Rows
+    outside the segments run whole. Differentiable: one graph, so the prefix's gradient is the
+    sum of its rows'. `h0`: block K's input, as for `features`.
+
+    With last-token pooling the last block's work on the prefix past its keys and values feeds
+    nothing and is never evaluated (MLX computes only what the output needs). Without
+    --grad-checkpoint's recomputation: the shared graph keeps P + B x S positions' activations,
+    not B x (P + S)."""
+    parts, row = [], 0
+    for start, end, n in batch.segments:
+        if row < start:
+            parts.append(_whole(model, batch, h0, row, start))
+        parts.append(_shared(model, batch, h0, start, end, n))
+        row = end
+    if row < len(batch.keys):
+        parts.append(_whole(model, batch, h0, row, len(batch.keys)))
+    return mx.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _rows(batch, start: int, end: int):
+    """Rows [start, end) of the batch, cut to their own longest length, without segments."""
+    width = max(batch.lengths[start:end].tolist())
+    part = take_rows(batch, start, end)
+    return replace(part, tokens=part.tokens[:, :width], segments=()), width
+
+
+def _whole(model, batch, h0, start: int, end: int) -> mx.array:
+    part, width = _rows(batch, start, end)
+    return model.features(part, None if h0 is None else h0[start:end, :width])
+
+
+def _shared(model, batch, h0, start: int, end: int, n: int) -> mx.array:
+    """Features of rows [start, end), which all begin with the same n tokens."""
+    bb = model.backbone
+    first = 0 if h0 is None else model.k
+    part, width = _rows(batch, start, end)
+    if h0 is None:
+        prefix, own = embed(bb, part.tokens[:1, :n]), embed(bb, part.tokens[:, n:])
+    else:
+        prefix, own = h0[start : start + 1, :n], h0[start:end, n:width]
+    recorders = {i: _Recorder() for i in range(first, model.n_blocks)}
+    prefix = _run(model, prefix, first, model.n_blocks, recorders, 0)
+    shared = {i: _SharedKV(r) for i, r in recorders.items()}
+    own = _run(model, own, first, model.n_blocks, shared, n)
+    return _pooled(model, part, prefix, own, n)

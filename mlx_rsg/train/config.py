@@ -12,7 +12,7 @@ from mlx_rsg.model.config import ClassifierConfig, parse_task_max_len
 from mlx_rsg.model.methods import METHODS
 from mlx_rsg.options import opt
 from mlx_rsg.run import TRAIN_TASKS
-from mlx_rsg.tasks import REGISTRY
+from mlx_rsg.tasks import REGISTRY, official_name
 
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 
@@ -64,6 +64,11 @@ class TrainConfig:
         5000, "At most ~N training examples per task, drawn as whole records (examples = units: "
         "one per MuSeRC answer, gold + negatives per RuCoS query; 0: no cap)."
     )  # fmt: skip
+    task_max_train: tuple[str, ...] = opt(
+        (), "Per-task training budgets: TASK=N (~N examples, drawn as --max-train-per-task "
+        "draws) or TASK=all (every training record); the other tasks keep "
+        "--max-train-per-task. `mlx-rsg data info --model M` shows what each task costs."
+    )  # fmt: skip
     max_eval_per_task: int | None = opt(
         None, "At most ~N val examples per task, drawn as whole records."
     )
@@ -96,6 +101,11 @@ class TrainConfig:
     prefix_cache: bool = opt(
         True, "Compute the frozen layers once per example and reuse them every epoch."
     )
+    share_prefix: bool = opt(
+        True, "Train a record's units that share a long token prefix (a MuSeRC passage's "
+        "answers) in the same batches and run that prefix once through the trained blocks, "
+        "forward and backward (the same loss and gradients as running each unit whole)."
+    )  # fmt: skip
     feature_layer: int | None = opt(
         None, "heads: pool the output of block N (1..layers) instead of the last block's; the "
         "blocks above it never run.", default_help="the last block"
@@ -123,12 +133,35 @@ class TrainConfig:
         if not 0 <= self.dropout < 1 or not 0 <= self.adapter_dropout < 1:
             raise UserError("--dropout: must be in [0, 1)")
         parse_task_max_len(self.task_max_len)  # a bad entry fails here, before any work
+        parse_task_budgets(self.task_max_train)
         if self.select not in ("loss", "score"):
             raise UserError(f"--select: {self.select!r} is not one of loss, score")
         if self.refit and not self.dev_per_task:
             raise UserError("--refit: needs --dev-per-task (the epochs to train are chosen on dev)")
         if self.feature_layer is not None and (self.method != "heads" or self.feature_layer < 1):
             raise UserError("--feature-layer: needs --method heads and a block number >= 1")
+
+
+    def train_budget(self, task: str) -> int | None:
+        """~How many training examples `task` gets: its --task-max-train entry, else
+        --max-train-per-task (None or 0: every record)."""
+        budget = parse_task_budgets(self.task_max_train).get(task, self.max_train_per_task)
+        return budget or None
+
+
+def parse_task_budgets(spec: tuple[str, ...]) -> dict[str, int | None]:
+    """{task: N, or None for all} from --task-max-train's entries; one-line errors."""
+    out: dict[str, int | None] = {}
+    for entry in spec:
+        for part in entry.split(","):  # TERRa=all,RUSSE=4000 as one argument too
+            name, eq, value = part.strip().partition("=")
+            task, value = official_name(name), value.strip().lower()
+            number = value == "all" or value.isdigit() and int(value) > 0
+            if not eq or task not in TRAIN_TASKS or not number:
+                raise UserError(f"--task-max-train: {part.strip()!r} is not TASK=N (N >= 1) "
+                                "or TASK=all")  # fmt: skip
+            out[task] = None if value == "all" else int(value)
+    return out
 
 
 # (flags, check, what the error says), in the order TrainConfig.validate applies them

@@ -166,7 +166,9 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
     hashes = None
     if resume and world.is_main:
         info = read_run_json(run_dir)
-        _same_config(dataclass_from_dict(TrainConfig, info["train"]), cfg)
+        # a run from before --share-prefix existed batched every unit apart
+        _same_config(dataclass_from_dict(TrainConfig, {"share_prefix": False, **info["train"]}),
+                     cfg)  # fmt: skip
         hashes = weight_hashes(model_dir)
         if hashes != info["backbone"]["sha256"]:
             raise UserError(f"{model_dir}: not the backbone this run was started with")

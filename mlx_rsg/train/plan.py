@@ -13,6 +13,7 @@ import numpy as np
 from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.data.info import fitting_max_len, unit_lengths
 from mlx_rsg.errors import UserError
+from mlx_rsg.model import shared_prefix
 from mlx_rsg.model.batching import encode_units, make_batches
 from mlx_rsg.model.config import parse_task_max_len
 from mlx_rsg.run import diagnostic_records, examples_in, sample_examples, sample_records
@@ -80,7 +81,7 @@ def load_task_data(data_dir: Path, cfg: TrainConfig, log) -> dict[str, TaskData]
             task,
             sample_records(
                 train,
-                cfg.max_train_per_task,
+                cfg.train_budget(task),
                 cfg.seed,
                 f"{task}:train",
                 lambda r, t=task: examples_in(t, r, cfg.max_negatives),
@@ -140,9 +141,10 @@ def epoch_units(data: dict[str, TaskData], tokenizer, cfg: TrainConfig, epoch: i
 def epoch_batches(encoded: dict[str, list], cfg: TrainConfig, epoch: int) -> list:
     """All tasks' batches of one epoch, shuffled together (examples-proportional mixing)."""
     batches = []
+    min_shared = shared_prefix.MIN_SHARED if cfg.share_prefix else None
     for task, units in encoded.items():
         rng = random.Random(f"{cfg.seed}:{task}:{epoch}")
-        batches += make_batches(units, cfg.batch_size, rng=rng)
+        batches += make_batches(units, cfg.batch_size, rng=rng, min_shared=min_shared)
     random.Random(f"{cfg.seed}:order:{epoch}").shuffle(batches)
     return batches
 
