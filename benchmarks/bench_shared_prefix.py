@@ -1,14 +1,18 @@
-"""Shared passages vs every unit run whole: MuSeRC val prediction on the real model.
+"""Shared prefixes vs every unit run whole: val prediction of one task on the real model.
 
     python benchmarks/bench_shared_prefix.py --model MODEL_DIR --data ../shared/rsg
+    python benchmarks/bench_shared_prefix.py --model MODEL_DIR --data ../shared/rsg \
+        --task RUSSE --records 400 --max-len 160
 
-A MuSeRC passage is asked ~24 answers about; `predict` runs the passage once per record and each
-answer's own tokens against its keys and values (`mlx_rsg.model.shared_prefix`). This scores the
-first --records val paragraphs both ways with the same classifier (random heads on the whole
-backbone: the forward is what is timed), at --max-len tokens, alternately, best of --repeats, and
-reports units/s, the ratio, the largest logit difference and whether every decision agrees.
+A MuSeRC passage is asked ~24 answers about, a RUSSE word-in-sentence is paired with several
+second sentences; `predict` runs such a shared prefix once and each unit's own tokens against its
+keys and values (`mlx_rsg.model.shared_prefix`). This scores the first --records val records of
+--task both ways with the same classifier (random heads on the whole backbone: the forward is
+what is timed), at --max-len tokens, alternately, best of --repeats, and reports units/s, the
+ratio, the largest logit difference and whether every decision agrees.
 
-Writes benchmarks/results/shared_prefix.json and prints a table.
+Writes benchmarks/results/shared_prefix.json (MuSeRC) or shared_prefix_TASK.json and prints a
+table.
 """
 
 from __future__ import annotations
@@ -25,12 +29,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="a converted model directory")
     ap.add_argument("--data", type=Path, required=True, help="RSG data directory")
-    ap.add_argument("--records", type=int, default=8, help="MuSeRC val paragraphs")
+    ap.add_argument("--task", default="MuSeRC")
+    ap.add_argument("--records", type=int, default=8, help="val records (MuSeRC: paragraphs)")
     ap.add_argument("--max-len", type=int, default=640)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "shared_prefix.json")
+    ap.add_argument("--min-shared", type=int, default=None,
+                    help="shared tokens a group needs (default: MIN_SHARED, 64)")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    suffix = "" if args.task == "MuSeRC" else f"_{args.task.lower()}"
+    args.out = args.out or HERE / "results" / f"shared_prefix{suffix}.json"
 
     import mlx_rsg  # noqa: F401, I001  (first: loads the fast BLAS before mlx)
     import mlx.core as mx
@@ -39,6 +48,7 @@ def main() -> None:
 
     from mlx_rsg.accel import blas
     from mlx_rsg.data import load_split
+    from mlx_rsg.data.info import token_cost
     from mlx_rsg.model import shared_prefix
     from mlx_rsg.model.backbone import load_backbone, load_tokenizer
     from mlx_rsg.model.classifier import RSGClassifier
@@ -46,21 +56,25 @@ def main() -> None:
     from mlx_rsg.predict import score_units
     from mlx_rsg.version import __version__
 
-    records = load_split(args.data, "MuSeRC", "val")[: args.records]
+    from mlx_rsg.tasks import REGISTRY
+
+    spec = REGISTRY[args.task]
+    records = load_split(args.data, args.task, "val")[: args.records]
     tok = load_tokenizer(args.model)
     mx.random.seed(0)
     cfg = ClassifierConfig(method="heads", max_len=args.max_len, dropout=0.0)
-    model = RSGClassifier(load_backbone(args.model), cfg, {"MuSeRC": 2})
+    heads = {spec.head: 1 if spec.choice else len(spec.labels)}
+    model = RSGClassifier(load_backbone(args.model), cfg, heads)
     model.update(tree_map(lambda v: mx.random.normal(v.shape), model.trainable_parameters()))
     model.eval()
 
     def run(min_shared: int):
         shared_prefix.MIN_SHARED = min_shared
         t0 = time.perf_counter()
-        units, logits = score_units(model, tok, "MuSeRC", records, args.batch_size)
+        units, logits = score_units(model, tok, args.task, records, args.batch_size)
         return time.perf_counter() - t0, units, logits
 
-    modes = {"shared": shared_prefix.MIN_SHARED, "whole": 10**9}
+    modes = {"shared": args.min_shared or shared_prefix.MIN_SHARED, "whole": 10**9}
     best: dict[str, float] = {}
     out: dict[str, np.ndarray] = {}
     for _ in range(args.repeats):
@@ -69,16 +83,21 @@ def main() -> None:
             best[name] = min(best.get(name, seconds), seconds)
             out[name] = logits
     n = len(units)
+    shared_prefix.MIN_SHARED = modes["shared"]
+    cost = token_cost(args.task, records, tok, model.cfg.max_len_for(args.task))
     diff = float(np.abs(out["shared"] - out["whole"]).max())
     agree = bool((out["shared"].argmax(1) == out["whole"].argmax(1)).all())
     result = {
         "benchmark": "shared_prefix",
         "model": str(args.model),
-        "task": "MuSeRC val",
+        "task": f"{args.task} val",
         "records": len(records),
         "units": n,
+        "tokens": cost["tokens"],
+        "tokens_shared_once": cost["once"],
         "max_len": args.max_len,
         "batch_size": args.batch_size,
+        "min_shared": modes["shared"],
         "seconds": {k: round(v, 2) for k, v in best.items()},
         "units_per_s": {k: round(n / v, 2) for k, v in best.items()},
         "speedup": round(best["whole"] / best["shared"], 2),
@@ -90,11 +109,12 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.system()}",
     }
     table = "\n".join([
-        f"MuSeRC val, {len(records)} paragraphs = {n} answers, max_len {args.max_len} "
+        f"{args.task} val, {len(records)} records = {n} units, max_len {args.max_len} "
         f"({result['blas']})",
         "| mode | seconds | units/s |",
         "|---|---|---|",
         *(f"| {k} | {best[k]:.1f} | {n / best[k]:.2f} |" for k in modes),
+        f"tokens {cost['tokens']:,}, with shared prefixes once {cost['once']:,}; "
         f"shared / whole: {result['speedup']}x; max |logit difference| {diff:.1e} "
         f"(largest logit {result['max_abs_logit']:.1f}); decisions agree: {agree}",
     ])  # fmt: skip

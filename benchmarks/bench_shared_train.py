@@ -27,6 +27,7 @@ Writes benchmarks/results/shared_train.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from dataclasses import replace
@@ -51,6 +52,7 @@ def main() -> None:
     from mlx.utils import tree_map
 
     from mlx_rsg.accel import blas
+    from mlx_rsg.accel.fastpaths import cpu_model
     from mlx_rsg.model.backbone import load_backbone, load_tokenizer
     from mlx_rsg.model.batching import loss_fn
     from mlx_rsg.model.classifier import RSGClassifier
@@ -145,7 +147,8 @@ def main() -> None:
         "modes": modes,
         "blas": blas.describe(),
         "versions": {"mlx_rsg": __version__, "mlx": mx.__version__},
-        "machine": f"{platform.machine()} {platform.system()}, {platform.processor() or ''}",
+        "machine": f"{platform.machine()} {platform.system()}, {cpu_model()}, "
+        f"{os.cpu_count()} cores",
     }
     table = "\n".join([
         f"One training epoch of the real recipe's MuSeRC units ({result['blas']})",

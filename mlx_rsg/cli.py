@@ -5,6 +5,7 @@ its config dataclass where it has one (`options.config_options`); the modules th
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -39,8 +40,7 @@ class _Group(click.Group):
         except UserError as e:
             _fail(str(e))
         except OSError as e:  # a full or read-only disk, a missing permission: what and where
-            where = f"{e.filename}: " if e.filename else ""
-            _fail(f"{where}{e.strerror or e}")
+            _fail(os_error_line(e))
         except RuntimeError as e:
             from mlx_rsg.distributed import lost_peer
 
@@ -48,6 +48,20 @@ class _Group(click.Group):
                 raise
             _fail("lost the connection to another rank: it stopped (its error is above) or its "
                   "machine went away")  # fmt: skip
+
+
+# errors of writing: a copy that fails names its destination (shutil sets filename to the source)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def os_error_line(e: OSError) -> str:
+    """What could not be done to which path: a copy's destination when writing it failed."""
+    if e.filename2 is not None:
+        if e.errno in _WRITE_ERRNOS:
+            return f"{e.filename2}: {e.strerror or e}"
+        return f"{e.filename} -> {e.filename2}: {e.strerror or e}"
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}"
 
 
 def _command_path(ctx: click.Context) -> str:

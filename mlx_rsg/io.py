@@ -203,7 +203,9 @@ def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a write on the open file: name it
+            e.filename = str(out)
         raise

@@ -11,6 +11,7 @@ for its per-epoch validation, so a run directory predicts exactly what the in-me
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -152,6 +153,9 @@ class Predictor:
 
     def task_name(self, task: str) -> str:
         by_lower = {t.lower(): t for t in self.tasks}
+        if not isinstance(task, str):
+            raise UserError(f"task: expected a task name such as {self.tasks[0]!r}, got "
+                            f"{type(task).__name__}")  # fmt: skip
         if task.lower() not in by_lower:
             raise UserError(
                 f"--task: {task!r} is not one of this run's tasks ({', '.join(self.tasks)})"
@@ -161,7 +165,7 @@ class Predictor:
     def predictions(self, task: str, records: list) -> tuple[list, list, np.ndarray]:
         """(predictions as tasks.decode returns them, units, logits)."""
         task = self.task_name(task)
-        records = [as_record(task, r, i) for i, r in enumerate(records)]
+        records = [as_record(task, r, i) for i, r in enumerate(_record_list(records))]
         seen: dict[Any, int] = {}
         for i, r in enumerate(records):  # predictions are matched to records by idx
             if seen.setdefault(r.idx, i) != i:
@@ -173,7 +177,7 @@ class Predictor:
     def predict(self, task: str, records: list) -> list[dict[str, Any]]:
         """One dict per record: idx, label (the task's official answer format) and probs."""
         task = self.task_name(task)
-        records = [as_record(task, r, i) for i, r in enumerate(records)]
+        records = [as_record(task, r, i) for i, r in enumerate(_record_list(records))]
         preds, units, logits = self.predictions(task, records)
         probs = unit_probabilities(self.info["tasks"][task], units, logits)
         out = []
@@ -233,10 +237,22 @@ def _record_idx(unit) -> Any:
     return key[0] if isinstance(key, tuple) else key
 
 
+def _record_list(records) -> list:
+    """The Python API's records argument, checked: a list (or tuple) of records."""
+    if not isinstance(records, (list, tuple)):
+        hint = " (one record: wrap it in a list)" if isinstance(records, dict) else ""
+        raise UserError(f"records: expected a list of records, got {type(records).__name__}"
+                        + hint)  # fmt: skip
+    return list(records)
+
+
 def as_record(task: str, obj, line: int | None = None):
     """A record dataclass from a dict in the official JSON format (or a record unchanged)."""
     if not isinstance(obj, dict):
-        return obj
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and hasattr(obj, "idx"):
+            return obj  # a record object, as data.load_split returns them
+        raise UserError(f"record {line}: expected a dict in the official JSON format (or a "
+                        f"record object), got {type(obj).__name__}")  # fmt: skip
 
     if "idx" not in obj:  # records typed by hand: number them by position
         obj = {**obj, "idx": line}
@@ -254,7 +270,8 @@ def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True) -> P
     bb = load_backbone(model_dir)
     tokenizer = load_tokenizer(model_dir)
     check_vocabulary(bb, tokenizer, model_dir)
-    ccfg = dataclass_from_dict(ClassifierConfig, info["classifier"])
+    ccfg = dataclass_from_dict(ClassifierConfig, info["classifier"], run_dir / "run.json",
+                               "classifier.")  # fmt: skip
     model = RSGClassifier(bb, ccfg, info["heads"])
     load_trainable(model, run_dir / WEIGHTS)
     if calibrated:

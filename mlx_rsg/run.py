@@ -24,8 +24,10 @@ import math
 import os
 import random
 import shutil
+import types
+import typing
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,18 +174,61 @@ def check_replaceable_run(run_dir: Path, *inputs: Path) -> None:
                             "refusing to delete it with --force") from None
 
 
-def dataclass_from_dict(cls, d: dict[str, Any]):
+def dataclass_from_dict(cls, d: dict[str, Any], where: Path | str | None = None,
+                        prefix: str = ""):  # fmt: skip
     """Rebuild a config dataclass from JSON, tolerating fields added later (defaults) and
-    turning JSON lists back into tuples where the default is a tuple."""
-    names = {f.name: f for f in fields(cls)}
+    turning JSON lists back into tuples where the default is a tuple. A value of the wrong type
+    is a one-line UserError naming `where` (the file) and the field (`prefix` + name)."""
+    if not isinstance(d, dict):
+        raise UserError(located(where, None, prefix.rstrip(".") or None,
+                                f"expected an object, got {type(d).__name__}"))  # fmt: skip
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for k, v in d.items():
-        if k not in names:
+        if k not in hints:
             continue
+        if not _has_type(v, hints[k]):
+            raise UserError(located(where, None, prefix + k, f"expected {_type_words(hints[k])}, "
+                                    f"got {json.dumps(v, ensure_ascii=False)[:40]}"))  # fmt: skip
         if isinstance(v, list):
             v = tuple(v)
         kwargs[k] = v
     return cls(**kwargs)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a config field's annotation (int, float, str, bool, None,
+    tuple[X, ...] and unions of them; anything else is not checked)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in typing.get_args(hint))
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_words(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        plural = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+        return f"a list of {plural.get(item, 'values')}"
+    names = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number",
+             str: "a string"}  # fmt: skip
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def config_dict(cfg) -> dict[str, Any]:

@@ -245,8 +245,8 @@ def test_cli_quantizes_and_refuses_existing_out(tiny_model_dir, tmp_path):  # no
     [
         ("no-config", ["config.json"]),
         ("bad-json", ["config.json:", "invalid JSON"]),
-        ("wrong-hidden", ["weights do not match config.json"]),
-        ("truncated", ["cannot load the weights"]),
+        ("wrong-hidden", ["cannot load the model"]),
+        ("truncated", ["truncated or corrupt safetensors file"]),
         ("no-weights", ["no *.safetensors"]),
         ("quantized", ["field 'quantization'", "already quantized"]),
     ],

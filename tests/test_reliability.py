@@ -449,12 +449,56 @@ CATALOGUE = [
     ("quantize {run} --bits 8 -o {run}", "OUT must differ from the source"),
     ("quantize {run} --recipe q4-gptq -o {tmp}/q", "give --calib-data"),
     ("convert {tmp}/nowhere -o {tmp}/c", "nowhere"),
+    # issue 27, item 2: a lone surrogate escaped in JSON is no text a tokenizer can encode
+    ("predict {run} --task terra --input {tmp}/surrogate.jsonl",
+     "surrogate.jsonl:1: field 'premise': a lone surrogate U+D800 at character 1 is not text"),
+    # item 3: spans that need more than --max-len tokens
+    ("train {model} --data {fixtures} -o {tmp}/r --tasks russe,rwsd --max-len 4",
+     "record idx 0: its marked words alone need"),
+    # item 5: train shares the model checks of convert and quantize
+    ("train {tmp}/layers-two --data {data} -o {tmp}/r",
+     "config.json: field 'num_hidden_layers': expected a positive integer, got \"two\""),
+    ("train {tmp}/truncated --data {data} -o {tmp}/r --tasks terra",
+     "model.safetensors: truncated or corrupt safetensors file"),
+    ("train {tmp}/model-file --data {data} -o {tmp}/r --tasks terra",
+     "model-file: cannot load the model:"),
+    # item 9: a task name bench does not know
+    ("bench {run} --data {data} -o {tmp}/b --fixture-tasks bogus",
+     "--fixture-tasks: 'bogus' is not a task"),
+    # item 6: run.json with a field of the wrong type
+    ("predict {tmp}/badrun --task terra --input {tmp}/good.jsonl",
+     "run.json: field 'classifier.freeze_layers': expected an integer or null, got \"x\""),
 ]
 
 
+def _hostile_inputs(tmp: Path, run: Path) -> None:
+    """The files the catalogue's cases read: a record with a lone surrogate (escaped, as JSON
+    allows), a copy of the run whose run.json has a mistyped field."""
+    (tmp / "surrogate.jsonl").write_text('{"idx": 0, "premise": "a\\ud800b", "hypothesis": "c"}\n')
+    (tmp / "good.jsonl").write_text('{"idx": 0, "premise": "a", "hypothesis": "b"}\n')
+    shutil.copytree(run, tmp / "badrun")
+    model = Path(json.loads((run / "run.json").read_text())["backbone"]["path"])
+    for name in ("layers-two", "truncated", "model-file"):
+        shutil.copytree(model, tmp / name)
+    config = json.loads((model / "config.json").read_text())
+    (tmp / "layers-two" / "config.json").write_text(json.dumps({**config,
+                                                                "num_hidden_layers": "two"}))
+    (tmp / "model-file" / "config.json").write_text(json.dumps({**config,
+                                                                "model_file": "evil.py"}))
+    (tmp / "model-file" / "evil.py").write_text("raise SystemExit('ran')\n")
+    weights = tmp / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    info = json.loads((tmp / "badrun" / "run.json").read_text())
+    info["classifier"]["freeze_layers"] = "x"
+    (tmp / "badrun" / "run.json").write_text(json.dumps(info))
+
+
 @pytest.mark.parametrize("line, want", CATALOGUE)
-def test_the_catalogue_holds(line, want, run_dir, tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
-    args = line.format(run=run_dir, model=tiny_model_dir, data=tiny_rsg_dir, tmp=tmp_path).split()
+def test_the_catalogue_holds(line, want, run_dir, tiny_model_dir, tiny_rsg_dir,  # noqa: F811
+                             fixture_root, tmp_path):  # fmt: skip
+    _hostile_inputs(tmp_path, run_dir)
+    args = line.format(run=run_dir, model=tiny_model_dir, data=tiny_rsg_dir, tmp=tmp_path,
+                       fixtures=fixture_root).split()  # fmt: skip
     watched = [tmp_path, Path(tiny_rsg_dir), Path(tiny_model_dir), run_dir]
     before = {d: sorted(p.name for p in d.iterdir()) for d in watched}
     res = _cli(*args)
@@ -537,3 +581,56 @@ def test_every_float_option_refuses_inf_and_nan():
             assert res.stderr.strip().splitlines() == [
                 f"error: Invalid value for '{option}': '{value}' {want} "
                 f"(see mlx-rsg {command} --help)"], res.stderr  # fmt: skip
+
+
+def test_the_python_api_names_what_it_expected(run_dir):
+    """Issue 27, item 8: records of the wrong shape, or no task name, are one clear UserError
+    (they were AttributeError / TypeError from deep inside)."""
+    from mlx_rsg.errors import UserError
+    from mlx_rsg.predict import load
+
+    clf = load(run_dir)
+    good = {"premise": "Мама мыла раму.", "hypothesis": "Рама чистая."}
+    cases = [
+        ("terra", good, "records: expected a list of records, got dict (one record: wrap it in "
+                        "a list)"),
+        ("terra", "text", "records: expected a list of records, got str"),
+        ("terra", None, "records: expected a list of records, got NoneType"),
+        ("terra", [good, "text"], "record 1: expected a dict in the official JSON format (or a "
+                                  "record object), got str"),
+        ("terra", [[good]], "record 0: expected a dict in the official JSON format (or a record "
+                            "object), got list"),
+        (None, [good], "task: expected a task name such as 'TERRa', got NoneType"),
+    ]
+    for task, records, want in cases:
+        with pytest.raises(UserError) as e:
+            clf.predict(task, records)
+        assert str(e.value) == want
+    assert [r["idx"] for r in clf.predict("terra", (good, good))] == [0, 1]  # a tuple is fine
+
+
+def test_a_full_disk_names_what_could_not_be_written(tmp_path, monkeypatch):
+    """Issue 27, item 7: shutil names the *source* of a failed copy (filename) and the
+    destination second (filename2); a write on an open file names nothing. The error line names
+    what could not be written."""
+    import errno
+    import os as _os
+
+    from mlx_rsg.cli import os_error_line
+    from mlx_rsg.io import atomic_file
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/src/model.safetensors", None,
+                   "/out/model.safetensors")  # fmt: skip
+    assert os_error_line(full) == "/out/model.safetensors: No space left on device"
+    denied = OSError(errno.EACCES, "Permission denied", "/src/a", None, "/out/a")
+    assert os_error_line(denied) == "/src/a -> /out/a: Permission denied"
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_os, "fsync", no_space)
+    out = tmp_path / "run.json"
+    with pytest.raises(OSError) as e, atomic_file(out) as f:
+        f.write("{}")
+    assert os_error_line(e.value) == f"{out}: No space left on device"
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left

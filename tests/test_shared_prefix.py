@@ -306,7 +306,8 @@ def test_groups_span_records_that_repeat_a_text(tok):
     records that repeat a text (RUSSE pairs on one word-in-sentence) share it too; a unit that
     would halve a run's prefix starts its own."""
     records = [_russe(0, LONG, "Папа красил раму."), _russe(1, "Коротко про раму.", "Ту раму."),
-               _russe(2, LONG, "Новую раму привезли."), _russe(3, LONG, "Эту раму сняли.")]  # fmt: skip
+               _russe(2, LONG, "Новую раму привезли."),
+               _russe(3, LONG, "Эту раму сняли.")]  # fmt: skip
     encoded = encode_units(make_units("RUSSE", records, train=False), tok, 300)
     (group,), rest = shared_prefix.group_shared(encoded, min_shared=16)
     assert sorted(e.unit.key for e in group.members) == [(0,), (2,), (3,)]

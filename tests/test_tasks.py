@@ -10,6 +10,7 @@ import pytest
 import mlx_rsg  # noqa: F401
 from mlx_rsg import data
 from mlx_rsg import tasks as T
+from mlx_rsg.errors import UserError
 from mlx_rsg.tasks import (
     DaNetQARecord,
     MuSeRCAnswer,
@@ -274,7 +275,8 @@ def test_truncation_never_cuts_a_marked_span():
     ids, spans = T.encode_unit(u, tok.encode, 20, bos=2)
     before = tok.decode(ids[1 : spans[0][0]])
     assert before.endswith(" слово29") and "слово0 " not in before
-    with pytest.raises(ValueError, match="marked spans alone"):
+    with pytest.raises(UserError, match="^RUSSE record idx 0: its marked words alone need 4 "
+                       "tokens, more than its max length 2 "):
         T.encode_unit(u, tok.encode, 2, bos=2)
 
 

@@ -218,7 +218,7 @@ def measure(
 def machine() -> dict[str, Any]:
     """What a timing depends on besides the shapes."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": cpu_cores(),
         "mlx": mx.__version__,
         "mlx_rsg": __version__,
@@ -227,7 +227,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             lines = f.read().split("\n\n")[0].splitlines()

@@ -65,7 +65,15 @@ from mlx_rsg.predict import data_records, load, per_record, score_units
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import RunRef, disk_size, open_runs, quantization, resolve_backbone
 from mlx_rsg.submission import read_submission, write_submission
-from mlx_rsg.tasks import REGISTRY, TASKS, decode, make_units, score_task, total_score
+from mlx_rsg.tasks import (
+    REGISTRY,
+    TASKS,
+    decode,
+    make_units,
+    official_name,
+    score_task,
+    total_score,
+)
 from mlx_rsg.version import __version__
 
 BENCH_FORMAT = "mlx-rsg-bench"
@@ -447,6 +455,11 @@ def _check_config(cfg: BenchConfig) -> None:
     for name in ("latency_samples", "warmup", "seed"):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 0")
+    for entry in cfg.fixture_tasks:
+        for name in entry.split(","):
+            if name.strip().lower() != "all" and official_name(name.strip()) is None:
+                raise UserError(f"--fixture-tasks: {name.strip()!r} is not a task (one of "
+                                f"{', '.join(TASKS)}, or all)")  # fmt: skip
 
 
 def _result_head(baseline: str, records: dict, skipped: dict, fixtures: set, data_dir: str,

@@ -23,6 +23,7 @@ from mlx_lm.utils import load_tokenizer as _load
 
 from mlx_rsg.accel import blas, fastpaths
 from mlx_rsg.errors import UserError
+from mlx_rsg.io import check_safetensors
 
 # Model types whose embeddings are multiplied by sqrt(hidden_size).
 _SCALED_EMBEDDINGS = {"gemma", "gemma2", "gemma3", "gemma3_text"}
@@ -56,9 +57,23 @@ def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
     """Load a converted model directory with mlx-lm's own loader, with the CPU fast paths that
     measure faster on this machine (`mlx_rsg.accel.fastpaths`) given to this model only."""
     blas.warn_if_slow()  # once per process: a reference BLAS makes everything 20-40x slower
-    model, config = load_model(Path(path), lazy=lazy)
+    model, config = load_checked(Path(path), lazy=lazy)
     fastpaths.apply(model, config, log=lambda m: print(m, file=sys.stderr, flush=True))
     return Backbone(model=model, config=config)
+
+
+def load_checked(model_dir: Path, lazy: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """mlx-lm's `load_model` for every command that loads a model (train, predict, quantize,
+    serve, bench), with what can be wrong in the directory as one-line errors: a truncated
+    weights file (checked by its header first), a config field of the wrong type, weights that
+    do not fit the config, a `model_file` (custom code mlx-lm rightly does not run)."""
+    for f in sorted(model_dir.glob("*.safetensors")):
+        check_safetensors(f, exact=False)
+    try:
+        return load_model(model_dir, lazy=lazy)
+    except Exception as e:  # noqa: BLE001 - mlx-lm raises ValueError, TypeError, KeyError...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{model_dir}: cannot load the model: {msg}") from None
 
 
 def load_tokenizer(path: str | Path):

@@ -24,7 +24,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx_lm
-from mlx_lm.utils import load_model, save_config, save_model
+from mlx_lm.utils import save_config, save_model
 
 from mlx_rsg import predict
 from mlx_rsg.accel.blas import warn_if_slow
@@ -32,6 +32,7 @@ from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object
 from mlx_rsg.model import methods
+from mlx_rsg.model.backbone import load_checked
 from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.quant import gptq, rtn
 from mlx_rsg.quant.recipe import Recipe, resolve_recipe
@@ -68,18 +69,6 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
     if not list(model_dir.glob("*.safetensors")):
         raise UserError(f"{model_dir}: no *.safetensors weights (is it a converted model dir?)")
     return config
-
-
-def _load_model(model_dir: Path):
-    """mlx-lm's loader; missing, extra or misshapen tensors become one-line errors."""
-    try:
-        return load_model(model_dir)
-    except ValueError as e:  # mlx-lm: missing/unexpected parameters, wrong shapes
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{model_dir}: weights do not match config.json: {msg}") from None
-    except Exception as e:  # safetensors header errors, truncated files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{model_dir}: cannot load the weights: {msg}") from None
 
 
 def write_quantized(src_dir: Path, dst: Path, model, qconfig: dict[str, Any]) -> None:
@@ -129,7 +118,7 @@ def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib
                         log=None, world: World = SINGLE) -> dict:  # fmt: skip
     """dst None: compute only (the ranks of a distributed run other than 0)."""
     config = _read_config(model_dir)
-    model, _ = _load_model(model_dir)
+    model, _ = load_checked(model_dir)
     qconfig, counts = _quantize_with(model, config, recipe, model_dir, calib_data, log, world)
     if not counts["quantized"]:
         raise UserError(

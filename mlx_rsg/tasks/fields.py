@@ -49,6 +49,12 @@ def get_str(obj: dict, key: str, where: Where, prefix: str = "") -> str:
     v = get(obj, key, where, prefix)
     if not isinstance(v, str):
         raise fail(where, prefix + key, f"expected a string, got {type_name(v)}")
+    try:  # JSON can escape a lone surrogate ("\ud800"): no tokenizer can encode it
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = f"U+{ord(v[e.start]):04X}"
+        raise fail(where, prefix + key, f"a lone surrogate {bad} at character {e.start} "
+                                        "is not text") from None  # fmt: skip
     return v
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from mlx_rsg.errors import UserError
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -84,9 +86,10 @@ def _truncate(unit: Unit, toks: list[list[int]], excess: int, max_len: int) -> N
             keep_end = (i + 1 < len(marked) and marked[i + 1]) or i in unit.keep_end
             toks[i] = toks[i][len(toks[i]) - n :] if keep_end else toks[i][:n]
     if excess > 0:
-        raise ValueError(
-            f"{unit.task} {unit.key}: the marked spans alone need more than max_len={max_len} "
-            "tokens"
+        raise UserError(
+            f"{unit.task} record idx {unit.key[0]}: its marked words alone need "
+            f"{max_len + excess} tokens, more than its max length {max_len} (raise --max-len or "
+            "--task-max-len)"
         )
 
 

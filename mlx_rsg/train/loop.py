@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,10 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
     if resume and world.is_main:
         info = read_run_json(run_dir)
         # a run from before --share-prefix existed batched every unit apart
-        _same_config(dataclass_from_dict(TrainConfig, {"share_prefix": False, **info["train"]}),
-                     cfg)  # fmt: skip
+        saved = dataclass_from_dict(TrainConfig, info["train"], run_dir / "run.json", "train.")
+        if "share_prefix" not in info["train"]:  # a run from before it batched units apart
+            saved = replace(saved, share_prefix=False)
+        _same_config(saved, cfg)
         hashes = weight_hashes(model_dir)
         if hashes != info["backbone"]["sha256"]:
             raise UserError(f"{model_dir}: not the backbone this run was started with")
@@ -490,9 +492,13 @@ def num_layers(model_dir: Path) -> int:
     path = model_dir / "config.json"
     config = read_json_object(path, f"{model_dir}: no config.json (not a converted model)")
     config = config.get("text_config", config)
-    if "num_hidden_layers" not in config:
+    n = config.get("num_hidden_layers")
+    if n is None:
         raise UserError(f"{path}: field 'num_hidden_layers': missing")
-    return int(config["num_hidden_layers"])
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise UserError(f"{path}: field 'num_hidden_layers': expected a positive integer, got "
+                        f"{json.dumps(n)[:40]}")  # fmt: skip
+    return n
 
 
 def _use_cache(cfg: TrainConfig, model) -> bool:
