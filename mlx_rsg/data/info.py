@@ -38,9 +38,9 @@ def unit_lengths(task: str, records: list, tokenizer) -> list[int]:
 
 def token_cost(task: str, records: list, tokenizer, max_len: int) -> dict:
     """What one pass over the records costs: `tokens`, every unit's tokens at `max_len`, and
-    `once`, with each record's shared prefix (a MuSeRC passage for its answers, a RuCoS passage
-    for its candidates) counted once, as `predict` runs it (`model/shared_prefix.py`; training
-    runs it once per batch of the record's units)."""
+    `once`, with each shared prefix (a MuSeRC passage for its answers, a RuCoS passage for its
+    candidates, a long text records repeat) counted once, as `predict` runs it
+    (`model/shared_prefix.py`; training runs a record's once per batch of its units)."""
     from mlx_rsg.model.shared_prefix import group_shared
 
     encoded = encode_units(tasks.make_units(task, records), tokenizer, max_len)

@@ -8,9 +8,11 @@ question and answer) with those keys and values in front: the same function as t
 forward, computed on P + B x S tokens instead of B x (P + S). Only the floating-point summation
 order differs (tested).
 
-Which units share is found on the token ids, not on the text: the units of one record (one task's
-`key[0]`) whose ids have a common prefix of at least `MIN_SHARED` tokens. Truncation may cut a
-passage at different points for different answers; the common prefix then ends at the first cut.
+Which units share is found on the token ids, not on the text: units of one task whose sorted ids
+have a common prefix of at least `MIN_SHARED` tokens (`group_shared`; a record's units, or records
+that repeat a long text). Truncation may cut a passage at different points for different
+answers; the common prefix then ends at the first cut. Mean and span pooling read the shared
+tokens' hidden states as well.
 
 The classifier's mlx-lm blocks are called as usual, with a cache object that prepends the shared
 keys and values (`update_and_fetch`) and gives the RoPE offset; masks are built for the offset
@@ -19,7 +21,7 @@ keys and values (`update_and_fetch`) and gives the RoPE offset; masks are built 
 Training shares too (`segment_features`, what the classifier runs for a batch with
 `Batch.segments`): the prefix and the suffixes run in one differentiable function, so autodiff
 sums every suffix's gradient into the prefix's keys and values, and the loss and gradients are
-those of the unshared batch (tested). Inference keeps one `PrefixState` per record for all its
+those of the unshared batch (tested). Inference keeps one `PrefixState` per group for all its
 batches instead.
 """
 

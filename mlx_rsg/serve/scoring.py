@@ -30,11 +30,10 @@ def score_batch(predictor: Predictor, jobs: list[Job]) -> None:
 
 def _score(predictor: Predictor, task: str, jobs: list[Job]) -> list[list[dict[str, Any]]]:
     merged, owners = [], []
+    alone = len(jobs) == 1  # one request keeps its idx values: an error names the client's record
     for j, job in enumerate(jobs):
         for record in job.records:  # requests may share idx values: number the batch 0..n-1
             owners.append((j, record.idx))
-            # one request keeps its own idx values, so an error names the client's record
-            alone = len(jobs) == 1
             merged.append(record if alone else dataclasses.replace(record, idx=len(merged)))
     preds, units, logits = predictor.predictions(task, merged)
     probs = unit_probabilities(predictor.info["tasks"][task], units, logits)

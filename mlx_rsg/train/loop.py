@@ -166,7 +166,6 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
     hashes = None
     if resume and world.is_main:
         info = read_run_json(run_dir)
-        # a run from before --share-prefix existed batched every unit apart
         saved = dataclass_from_dict(TrainConfig, info["train"], run_dir / "run.json", "train.")
         if "share_prefix" not in info["train"]:  # a run from before it batched units apart
             saved = replace(saved, share_prefix=False)
