@@ -270,8 +270,7 @@ def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True) -> P
     bb = load_backbone(model_dir)
     tokenizer = load_tokenizer(model_dir)
     check_vocabulary(bb, tokenizer, model_dir)
-    ccfg = dataclass_from_dict(ClassifierConfig, info["classifier"], run_dir / "run.json",
-                               "classifier.")  # fmt: skip
+    ccfg = dataclass_from_dict(ClassifierConfig, info["classifier"])  # typed by read_run_json
     model = RSGClassifier(bb, ccfg, info["heads"])
     load_trainable(model, run_dir / WEIGHTS)
     if calibrated:

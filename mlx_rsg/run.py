@@ -37,6 +37,7 @@ from mlx.utils import tree_flatten
 from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import atomic_file, check_replaceable, check_safetensors, read_json_object
+from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.tasks import REGISTRY, TASKS, TRAIN_TASKS, official_name
 
 RUN_FORMAT = "mlx-rsg-run"
@@ -136,6 +137,7 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     ref = info["backbone"]
     if not ref.get("copied") and not isinstance(ref.get("path"), str):
         raise UserError(located(path, None, "backbone.path", "expected a path"))
+    dataclass_from_dict(ClassifierConfig, info["classifier"], path, "classifier.")  # types
     _check_calibration(path, info)
     return info
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from mlx_rsg.model.batching import segments_within
+
 _STREAMS: list = []
 # Whether inference splits rows when the caller does not say: set per machine by
 # mlx_rsg.accel.fastpaths (the `rows` fast path) when a model loads.
@@ -112,8 +114,7 @@ def _cut_batch(batch, rows: int, lo: int, hi: int):
 
     def cut(name: str, v):
         if name == "segments":  # (start, end, n) runs of rows: those within the cut
-            return tuple((max(s, lo) - lo, min(e, hi) - lo, n) for s, e, n in v
-                         if s < hi and e > lo)  # fmt: skip
+            return segments_within(v, lo, hi)
         if isinstance(v, (mx.array, np.ndarray)) and v.ndim and v.shape[0] == rows:
             return v[lo:hi]
         if isinstance(v, (list, tuple)) and len(v) == rows:

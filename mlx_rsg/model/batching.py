@@ -275,6 +275,12 @@ def take_rows(batch: Batch, start: int, end: int) -> Batch:
         groups=groups,
         spans=None if batch.spans is None else batch.spans[start:end],
         pool_width=width,
-        segments=tuple((max(s, start) - start, min(e, end) - start, n)
-                       for s, e, n in batch.segments if s < end and e > start),  # fmt: skip
+        segments=segments_within(batch.segments, start, end),
     )
+
+
+def segments_within(segments: tuple, start: int, end: int) -> tuple:
+    """Batch.segments of rows [start, end) of a batch: the runs that reach into them, cut to
+    them and renumbered from 0."""
+    return tuple((max(s, start) - start, min(e, end) - start, n) for s, e, n in segments
+                 if s < end and e > start)  # fmt: skip

@@ -139,10 +139,7 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     """Merge a run's trained weights into its backbone (LoRA fused, unfrozen layers copied, as
     `train --fuse` does), quantize that backbone into dst/backbone, keep the classifier's own
     weights (heads, MLP adapters) float32 in dst/trainable.safetensors. dst None: compute only."""
-    info = read_run_json(run_dir)
-    for key in ("heads", "classifier", "backbone"):
-        if not isinstance(info.get(key), dict):
-            raise UserError(f"{run_dir}/run.json: field '{key}': missing")
+    info = read_run_json(run_dir)  # heads, classifier, backbone: objects, checked there
     if info.get("quantized"):
         raise UserError(f"{run_dir}/run.json: field 'quantized': the run is already quantized")
     src_backbone = resolve_backbone(run_dir, info, verify=True)
