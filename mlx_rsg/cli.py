@@ -17,7 +17,7 @@ import click
 from mlx_rsg.bench.config import BenchConfig
 from mlx_rsg.convert import ConvertOptions
 from mlx_rsg.errors import UserError
-from mlx_rsg.options import config_from_options, config_options
+from mlx_rsg.options import Bounds, config_from_options, config_options, number_type
 from mlx_rsg.quant.recipe import QuantizeOptions
 from mlx_rsg.quickstart import QuickstartConfig
 from mlx_rsg.serve.config import ServeConfig
@@ -73,9 +73,16 @@ def _command_path(ctx: click.Context) -> str:
     return " ".join(["mlx-rsg", *reversed(names)])
 
 
+# what str.splitlines() breaks at, so an error quoting a value stays one line
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
 def _fail(message: str) -> None:
     """One `error:` line, naming the rank in a distributed run (mlx.launch sets MLX_RANK)."""
     rank = os.environ.get("MLX_RANK")
+    message = message.translate(_LINE_BREAKS)  # a quoted value's line breaks are escaped
+    if len(message) > 1000:  # a value pasted by mistake (a whole text as a flag) is quoted short
+        message = f"{message[:500]} ... ({len(message) - 1000} characters) ... {message[-500:]}"
     click.echo(f"error: {'' if rank is None else f'rank {rank}: '}{message}", err=True)
     sys.exit(2)
 
@@ -171,7 +178,7 @@ def data_group() -> None:
 @click.argument("path", type=click.Path())
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
               help="A model directory: also report the units' token lengths with its tokenizer.")
-@click.option("--max-len", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-len", type=number_type(int, Bounds(1)), default=256, show_default=True,
               help="With --model: report the share of units longer than this.")
 def data_info_command(path: str, model_dir: str | None, max_len: int) -> None:
     """Examples, label distribution and mean length (characters) per task and split in PATH
@@ -282,10 +289,10 @@ def train_command(model_dir, data_dir, run_dir, tasks, resume, fuse, copy_backbo
               help="With --data: all, or a comma list.")  # fmt: skip
 @click.option("--submission", type=click.Path(dir_okay=False),
               help="With --split test: write the official submission zip here.")  # fmt: skip
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--max-per-task", type=int, default=None,
+@click.option("--batch-size", type=number_type(int, Bounds(1)), default=16, show_default=True)
+@click.option("--max-per-task", type=number_type(int, Bounds(1)), default=None,
               help="With --data: ~N examples per task, whole records drawn with --seed.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=number_type(int, Bounds(0)), default=0, show_default=True,
               help="Draws --max-per-task's records (train --seed S draws the same val records).")
 def predict_command(run_dir, task, input_path, data_dir, split, task_list, submission, batch_size,
                     max_per_task, seed) -> None:  # fmt: skip
@@ -293,7 +300,7 @@ def predict_command(run_dir, task, input_path, data_dir, split, task_list, submi
     split, or the official test submission zip. Every flag is checked before the model loads."""
     from mlx_rsg import predict
 
-    _check_predict_flags(task, input_path, data_dir, split, submission, batch_size)
+    _check_predict_flags(task, input_path, data_dir, split, submission)
     records = predict.read_records(input_path, task) if input_path is not None else None
     predictor = predict.load(run_dir)
     predictor.batch_size = batch_size
@@ -314,7 +321,7 @@ def predict_command(run_dir, task, input_path, data_dir, split, task_list, submi
             _print_scores(scores)
 
 
-def _check_predict_flags(task, input_path, data_dir, split, submission, batch_size) -> None:
+def _check_predict_flags(task, input_path, data_dir, split, submission) -> None:
     if (input_path is None) == (data_dir is None):
         raise UserError("give either --task and --input FILE.jsonl, or --data RSG_DIR --split")
     if input_path is not None and not task:
@@ -325,8 +332,6 @@ def _check_predict_flags(task, input_path, data_dir, split, submission, batch_si
         raise UserError("--submission needs --split test")
     if split == "test" and not submission:
         raise UserError("--split test needs --submission out.zip (test labels are hidden)")
-    if batch_size < 1:
-        raise UserError("--batch-size: must be at least 1")
 
 
 def _print_scores(scores: dict[str, Any]) -> None:

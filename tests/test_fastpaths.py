@@ -204,3 +204,14 @@ def test_mlx_and_mlx_lm_unchanged_after_load_and_predict(tiny_model_dir, tiny_rs
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(done.stdout.split()) == 2
+
+
+def test_the_quantized_path_is_timed_at_a_width_that_fits_the_group():
+    """Issue 27, item 4: a model whose hidden width is not a multiple of the group size (the
+    tiny model: hidden 32, group 64) still has quantized layers of the other width; timing at
+    hidden raised from inside MLX and killed `quantize --bits 4`."""
+    narrow = Shapes(hidden=32, intermediate=64, heads=2, kv_heads=1, head_dim=16, batch=2,
+                    length=8)  # fmt: skip
+    t = fastpaths.time_quant(narrow)
+    assert t is not None and t.stock_ms > 0 and t.fast_ms > 0
+    assert fastpaths.time_quant(Shapes(hidden=32, intermediate=48)) is None

@@ -237,6 +237,108 @@ def test_bodies_over_the_limit(server):
     assert (status, answer) == (404, {"error": "GET /nowhere: Not Found"})
 
 
+def _raw(server, request: bytes, close_after: bool = False) -> bytes:
+    """Send raw bytes to the server; what it answers (b"" when closing first)."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request)
+        if close_after:
+            return b""
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _log_since(server, start: int) -> str:
+    time.sleep(0.5)  # the server's stderr is read by a thread as it comes
+    return "".join(server._err[start:])
+
+
+def test_a_client_gone_mid_body_is_one_line_in_the_log(server):
+    """Issue 27, item 10: it was ~50 lines of ASGI traceback per connection."""
+    start = len(server._err)
+    head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{\"task\": \"TERRa\", ")  # fmt: skip
+    _raw(server, head, close_after=True)
+    log = _log_since(server, start)
+    assert "Traceback" not in log
+    assert log.strip().splitlines() == [
+        "WARNING:  POST /v1/predict: the client disconnected before sending its whole body; "
+        "dropped"], log  # fmt: skip
+    assert server.call("/health")[0] == 200
+
+
+@pytest.mark.parametrize("length", [b"-1", b"x", b"1, 2"])
+def test_a_request_uvicorn_cannot_parse_gets_the_json_error(server, length):
+    """Issue 27, item 10: `Content-Length: -1` got uvicorn's plain-text 400."""
+    answer = _raw(server, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+                  + b"\r\n\r\n{}")  # fmt: skip
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
+    assert json.loads(body) == {"error": "request: not valid HTTP/1.1 (its request line or a "
+                                         "header such as Content-Length could not be parsed)"}
+    assert server.call("/health")[0] == 200
+
+
+# The standing catalogue of records (issue 27): every field of every task's example record left
+# out or replaced by each of these; the library answers or raises one UserError line, the server
+# answers 200 or a one-line 4xx, never a 500, a traceback or another exception.
+MISSING = object()
+HOSTILE = [MISSING, None, [], {}, 7, -1, 2**70, 1.5, True, "", "\x00", "\u2028", "\ud800",
+           "ы" * 100_000]  # fmt: skip
+
+
+def _mutations(record: dict):
+    """(field path, value, the record with that field replaced or left out) for every field and
+    list item of `record`, nested ones included."""
+    import copy
+
+    def paths(obj, path):
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        for key, value in items:
+            yield (*path, key)
+            if isinstance(value, (dict, list)):
+                yield from paths(value, (*path, key))
+
+    for path in list(paths(record, ())):
+        for value in HOSTILE:
+            new = copy.deepcopy(record)
+            parent = new
+            for key in path[:-1]:
+                parent = parent[key]
+            if value is MISSING:
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = value
+            yield path, value, new
+
+
+def test_every_field_of_every_task_survives_hostile_values(server, runs):
+    from mlx_rsg.errors import UserError
+
+    clf = loaded(runs[0])
+    start, count = len(server._err), 0
+    for task, example in BUILTIN.items():
+        for path, value, record in _mutations(example):
+            case = (task, path, "missing" if value is MISSING else repr(value)[:20])
+            try:
+                rows = clf.predict(task, [record])
+                assert len(rows) == 1, case
+            except UserError as e:
+                assert str(e) and "\n" not in str(e), case
+            status, answer = server.predict(task, [record])
+            refused = status in (400, 413, 422) and set(answer) == {"error"}
+            assert status == 200 or refused and "\n" not in answer["error"], (case, answer)
+            count += 1
+    assert count > 900  # 994 today: the README counts these cases
+    assert server.call("/health")[0] == 200
+    log = "".join(server._err[start:])
+    assert "Traceback" not in log and " 500 " not in log, log[-3000:]
+
+
 # ------------------------------------------------------------------------ micro-batching
 
 
@@ -351,7 +453,9 @@ def test_cli_errors(runs, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"error: {broken / 'trainable.safetensors'}: ")
     r = serve(runs[0], "--max-records", 0)
-    assert r.returncode == 2 and r.stderr.strip() == "error: --max-records: must be at least 1"
+    assert r.returncode == 2 and r.stderr.strip() == ("error: Invalid value for '--max-records': "
+                                                      "must be in [1, 2147483647], got 0 (see "
+                                                      "mlx-rsg serve --help)")  # fmt: skip
     import socket
 
     with socket.create_server(("127.0.0.1", 0)) as busy:

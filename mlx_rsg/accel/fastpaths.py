@@ -142,10 +142,18 @@ def time_gelu(s: Shapes) -> Timing:
     return Timing(t["stock"], t["fast"])
 
 
-def time_quant(s: Shapes, bits: int = 4, group_size: int = 64, rows: int = 32) -> Timing:
-    layer = nn.QuantizedLinear.from_linear(nn.Linear(s.hidden, s.intermediate, bias=False),
+def time_quant(s: Shapes, bits: int = 4, group_size: int = 64, rows: int = 32) -> Timing | None:
+    """A quantized projection of the model's widths whose input fits the group (None when no
+    width does: such a model has no quantized layer of that group size to time)."""
+    fitting = [(n_in, n_out) for n_in, n_out in ((s.hidden, s.intermediate),
+                                                 (s.intermediate, s.hidden))
+               if n_in % group_size == 0]  # fmt: skip
+    if not fitting:
+        return None
+    n_in, n_out = fitting[0]
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(n_in, n_out, bias=False),
                                            group_size=group_size, bits=bits)  # fmt: skip
-    x = mx.random.normal((rows, s.hidden))
+    x = mx.random.normal((rows, n_in))
     mx.eval(layer.parameters(), x)
     t = _best_ms({
         "stock": lambda: nn.QuantizedLinear.__call__(layer, x),
@@ -362,7 +370,8 @@ def report(
         t = measured.get(name)
         reason = why_not(name, config, quantized) if config else None
         if t is None:
-            log(f"  {name:<9} n/a ({reason or 'one core'})")
+            untimed = "one core" if name == "rows" else "no width a multiple of the group"
+            log(f"  {name:<9} n/a ({reason or untimed})")
             continue
         on = t.use if forced is None else name in forced
         how = "" if forced is None else " (MLX_RSG_FAST_PATHS)"

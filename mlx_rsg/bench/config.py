@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlx_rsg.options import opt
+from mlx_rsg.options import Bounds, opt
 
 
 @dataclass
@@ -15,10 +15,13 @@ class BenchConfig:
 
     split: str = opt("val", "A labelled split (test labels are hidden).",
                      choices=["train", "val", "test"])  # test: refused with its reason
-    max_per_task: int | None = opt(None, "~N examples per task, whole records drawn with --seed.")
-    batch_size: int = opt(16, "For throughput.")
-    latency_samples: int = opt(24, "Records timed one at a time, sampled across tasks.")
-    warmup: int = opt(3, "Untimed batch-1 calls before the latency samples.")
-    seed: int = opt(0, "Draws --max-per-task's records and the latency sample.")
+    max_per_task: int | None = opt(None, "~N examples per task, whole records drawn with --seed.",
+                                   bounds=Bounds(1))  # fmt: skip
+    batch_size: int = opt(16, "For throughput.", bounds=Bounds(1))
+    latency_samples: int = opt(24, "Records timed one at a time, sampled across tasks.",
+                               bounds=Bounds(0))  # fmt: skip
+    warmup: int = opt(3, "Untimed batch-1 calls before the latency samples.", bounds=Bounds(0))
+    seed: int = opt(0, "Draws --max-per-task's records and the latency sample.",
+                    bounds=Bounds(0))  # fmt: skip
     fixture_tasks: tuple[str, ...] = opt((), "Fixture-data tasks, or all.")
     force: bool = opt(False, "Overwrite OUT_DIR.")

@@ -61,6 +61,7 @@ from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object
 from mlx_rsg.metrics import class_report
+from mlx_rsg.options import check_bounds
 from mlx_rsg.predict import data_records, load, per_record, score_units
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import RunRef, disk_size, open_runs, quantization, resolve_backbone
@@ -444,17 +445,11 @@ def bench(
 
 
 def _check_config(cfg: BenchConfig) -> None:
-    if cfg.batch_size < 1:
-        raise UserError("--batch-size: must be at least 1")
-    if cfg.max_per_task is not None and cfg.max_per_task < 1:
-        raise UserError("--max-per-task: must be at least 1")
+    check_bounds(cfg)
     if cfg.split == "test":
         raise UserError("--split test: test labels are hidden; bench needs val (or train)")
     if cfg.split not in ("train", "val"):
         raise UserError(f"--split: {cfg.split!r} is not val or train")
-    for name in ("latency_samples", "warmup", "seed"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')}: must be >= 0")
     for entry in cfg.fixture_tasks:
         for name in entry.split(","):
             if name.strip().lower() != "all" and official_name(name.strip()) is None:

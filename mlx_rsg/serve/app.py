@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 import traceback
@@ -17,6 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from mlx_rsg import tasks
 from mlx_rsg.bench.measure import rss_peak_bytes
@@ -97,6 +100,14 @@ def make_app(
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         what = f"{request.method} {request.url.path}"
         return JSONResponse({"error": f"{what}: {e.detail}"}, status_code=e.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, e: ClientDisconnect) -> Response:
+        # nobody is left to answer: one line in the server's log, not an ASGI traceback
+        logging.getLogger("uvicorn.error").warning(
+            "%s %s: the client disconnected before sending its whole body; dropped",
+            request.method, request.url.path)  # fmt: skip
+        return Response(status_code=400)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -8,13 +8,18 @@ requests in flight are scored and answered, then it exits 0; a second Ctrl-C sto
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import threading
 import time
 
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol, h11
+
 from mlx_rsg.errors import UserError
+from mlx_rsg.options import check_bounds
 from mlx_rsg.serve.app import make_app
 from mlx_rsg.serve.batcher import MicroBatcher
 from mlx_rsg.serve.config import ServeConfig
@@ -25,8 +30,6 @@ from mlx_rsg.tasks import parse_record
 
 
 def serve(paths: list[str], cfg: ServeConfig, log=print) -> None:
-    import uvicorn
-
     check(cfg)
     sock = bind(cfg.host, cfg.port)  # first: a busy port fails before minutes of loading
     runs = load_runs(paths, log)
@@ -36,7 +39,8 @@ def serve(paths: list[str], cfg: ServeConfig, log=print) -> None:
         run.predictor.batch_size = cfg.max_batch
         warm_up(run, pages)
     app = make_app(runs, batcher, cfg, pages)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, http=JsonErrorsH11, log_level="warning",
+                                           access_log=False))  # fmt: skip
     http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http",
                             daemon=True)  # fmt: skip
 
@@ -64,13 +68,9 @@ def serve(paths: list[str], cfg: ServeConfig, log=print) -> None:
 
 
 def check(cfg: ServeConfig) -> None:
-    if not 0 <= cfg.port <= 65535:
-        raise UserError(f"--port: {cfg.port} is not a port number (0-65535)")
-    for name in ("max_batch", "max_records", "max_body_kb", "max_pending"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')}: must be at least 1")
-    if cfg.batch_window_ms < 0:
-        raise UserError("--batch-window-ms: must be at least 0")
+    """The bounds ServeConfig declares (the CLI checked them as it parsed; a config made in
+    Python is checked here)."""
+    check_bounds(cfg)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -87,3 +87,21 @@ def warm_up(run: ServedRun, pages: dict) -> None:
     work (compiling, allocating)."""
     for task in run.predictor.tasks:
         run.predictor.predictions(task, [parse_record(task, pages[task])])
+
+
+class JsonErrorsH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol (h11), answering a request it cannot parse (a malformed
+    request line or header, such as `Content-Length: -1`) with the API's one-line JSON error
+    instead of uvicorn's plain text. One protocol wherever the server runs: uvicorn would pick
+    httptools where it is installed, which answers such requests its own way."""
+
+    def send_400_response(self, msg: str) -> None:
+        error = ("request: not valid HTTP/1.1 (its request line or a header such as "
+                 "Content-Length could not be parsed)")  # fmt: skip
+        body = json.dumps({"error": error}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                   (b"content-length", str(len(body)).encode())]  # fmt: skip
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                      h11.Data(data=body), h11.EndOfMessage()):  # fmt: skip
+            self.transport.write(self.conn.send(event))
+        self.transport.close()

@@ -4,17 +4,19 @@ it."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.model.config import ClassifierConfig, parse_task_max_len
 from mlx_rsg.model.methods import METHODS
-from mlx_rsg.options import opt
+from mlx_rsg.options import Bounds, check_bounds, opt
 from mlx_rsg.run import TRAIN_TASKS
 from mlx_rsg.tasks import REGISTRY, official_name
 
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
+AT_LEAST_0, AT_LEAST_1 = Bounds(0), Bounds(1)
+POSITIVE = Bounds(0, low_open=True)
+PROBABILITY = Bounds(0, 1, high_open=True)  # a dropout rate
 
 
 @dataclass
@@ -25,44 +27,51 @@ class TrainConfig:
     tasks: tuple[str, ...] = TRAIN_TASKS
     method: str = opt("freeze", choices=list(METHODS))
     freeze_layers: int | None = opt(
-        None, "Bottom K layers frozen.", default_help="round(12/26 x layers), as the reference"
+        None, "Bottom K layers frozen.", default_help="round(12/26 x layers), as the reference",
+        bounds=AT_LEAST_0,
     )
     pooling: str = opt(
         "last", "Sentence pooling (RUSSE/RWSD always use span pooling).", choices=["last", "mean"]
     )
-    dropout: float = opt(0.1)
-    lora_rank: int = opt(8)
-    lora_alpha: float = opt(16.0)
+    dropout: float = opt(0.1, bounds=PROBABILITY)
+    lora_rank: int = opt(8, bounds=AT_LEAST_1)
+    lora_alpha: float = opt(16.0, bounds=POSITIVE)
     lora_layers: int | None = opt(
-        None, "Top N layers get LoRA.", default_help="those above --freeze-layers"
+        None, "Top N layers get LoRA.", default_help="those above --freeze-layers",
+        bounds=AT_LEAST_0,
     )
     lora_targets: tuple[str, ...] = opt(
         ("q_proj", "v_proj"), "Linear layer names inside each block."
     )
-    adapter_size: int = opt(64)
+    adapter_size: int = opt(64, bounds=AT_LEAST_1)
     adapter_layers: int | None = opt(
-        None, "MLP adapters after the top N blocks.", default_help="those above --freeze-layers"
+        None, "MLP adapters after the top N blocks.", default_help="those above --freeze-layers",
+        bounds=AT_LEAST_0,
     )
-    adapter_dropout: float = opt(0.1)
-    epochs: int = opt(3)
-    lr: float = opt(5e-6, "Peak learning rate of the backbone's trainable weights.")
-    head_lr: float = opt(1e-3, "Peak learning rate of the new classification heads.")
-    weight_decay: float = opt(0.01)
-    batch_size: int = opt(8)
-    grad_accum: int = opt(2)
-    warmup: int = opt(100, "Linear warmup, in optimizer steps; then linear decay to 0.")
-    max_len: int = opt(256, "Tokens per example (longer ones are cut from their long context).")
+    adapter_dropout: float = opt(0.1, bounds=PROBABILITY)
+    epochs: int = opt(3, bounds=AT_LEAST_1)
+    lr: float = opt(5e-6, "Peak learning rate of the backbone's trainable weights.",
+                    bounds=POSITIVE)  # fmt: skip
+    head_lr: float = opt(1e-3, "Peak learning rate of the new classification heads.",
+                         bounds=POSITIVE)  # fmt: skip
+    weight_decay: float = opt(0.01, bounds=AT_LEAST_0)
+    batch_size: int = opt(8, bounds=AT_LEAST_1)
+    grad_accum: int = opt(2, bounds=AT_LEAST_1)
+    warmup: int = opt(100, "Linear warmup, in optimizer steps; then linear decay to 0.",
+                      bounds=AT_LEAST_0)  # fmt: skip
+    max_len: int = opt(256, "Tokens per example (longer ones are cut from their long context).",
+                       bounds=AT_LEAST_1)  # fmt: skip
     task_max_len: tuple[str, ...] = opt(
         (), "Per-task lengths: TASK=N, and/or `auto`: each other task gets the length 95 % of its "
         "training examples fit in (a multiple of 32, at most --max-len; `mlx-rsg data info "
         "--model` shows them)."
     )  # fmt: skip
-    seed: int = opt(0)
+    seed: int = opt(0, bounds=AT_LEAST_0)
     # Caps count examples (units: one per MuSeRC answer, gold + negatives per RuCoS query) and
     # draw whole records, so one number keeps every task in proportion.
     max_train_per_task: int | None = opt(
         5000, "At most ~N training examples per task, drawn as whole records (examples = units: "
-        "one per MuSeRC answer, gold + negatives per RuCoS query; 0: no cap)."
+        "one per MuSeRC answer, gold + negatives per RuCoS query; 0: no cap).", bounds=AT_LEAST_0
     )  # fmt: skip
     task_max_train: tuple[str, ...] = opt(
         (), "Per-task training budgets: TASK=N (~N examples, drawn as --max-train-per-task "
@@ -70,13 +79,14 @@ class TrainConfig:
         "--max-train-per-task. `mlx-rsg data info --model M` shows what each task costs."
     )  # fmt: skip
     max_eval_per_task: int | None = opt(
-        None, "At most ~N val examples per task, drawn as whole records."
+        None, "At most ~N val examples per task, drawn as whole records.", bounds=AT_LEAST_0
     )
     dev_per_task: int = opt(
         0, "Carve ~N examples per task out of train as a dev split (whole groups of records "
         "that share a text, so no near-copy straddles it): the best epoch is chosen and the "
         "decisions are calibrated on it, and val is scored once, at the end, with predictions "
-        "written to RUN_DIR/val_predictions.zip (0: no dev split; epochs are chosen on val)."
+        "written to RUN_DIR/val_predictions.zip (0: no dev split; epochs are chosen on val).",
+        bounds=AT_LEAST_0,
     )  # fmt: skip
     calibrate: bool = opt(
         True, "With --dev-per-task: offset each label head's decision for the metric its task "
@@ -94,9 +104,10 @@ class TrainConfig:
         "(about twice the training time; dev holds a third of RCB's and a quarter of RWSD's "
         "training data)."
     )  # fmt: skip
-    max_negatives: int = opt(4, "RuCoS: wrong entities sampled per query per epoch.")
+    max_negatives: int = opt(4, "RuCoS: wrong entities sampled per query per epoch.",
+                             bounds=AT_LEAST_0)  # fmt: skip
     checkpoint_every: int = opt(
-        50, "Optimizer steps between resume checkpoints (and every epoch end)."
+        50, "Optimizer steps between resume checkpoints (and every epoch end).", bounds=AT_LEAST_1
     )
     prefix_cache: bool = opt(
         True, "Compute the frozen layers once per example and reuse them every epoch."
@@ -108,7 +119,7 @@ class TrainConfig:
     )  # fmt: skip
     feature_layer: int | None = opt(
         None, "heads: pool the output of block N (1..layers) instead of the last block's; the "
-        "blocks above it never run.", default_help="the last block"
+        "blocks above it never run.", default_help="the last block", bounds=AT_LEAST_1
     )  # fmt: skip
     grad_checkpoint: bool = opt(
         False, "Recompute the trained layers' activations in backward (less memory, slower)."
@@ -125,13 +136,7 @@ class TrainConfig:
             raise UserError("--tasks: no task selected")
         if self.method not in METHODS:
             raise UserError(f"--method: {self.method!r} is not one of {', '.join(METHODS)}")
-        for names, ok, rule in _RULES:
-            for name in names:
-                v = getattr(self, name)
-                if v is not None and not ok(v):
-                    raise UserError(f"--{name.replace('_', '-')}: {rule}")
-        if not 0 <= self.dropout < 1 or not 0 <= self.adapter_dropout < 1:
-            raise UserError("--dropout: must be in [0, 1)")
+        check_bounds(self)
         parse_task_max_len(self.task_max_len)  # a bad entry fails here, before any work
         parse_task_budgets(self.task_max_train)
         if self.select not in ("loss", "score"):
@@ -164,16 +169,6 @@ def parse_task_budgets(spec: tuple[str, ...]) -> dict[str, int | None]:
     return out
 
 
-# (flags, check, what the error says), in the order TrainConfig.validate applies them
-_RULES = (
-    (("epochs", "batch_size", "grad_accum", "max_len", "lora_rank", "adapter_size",
-      "checkpoint_every"), lambda v: v >= 1, "must be at least 1"),
-    (("lr", "head_lr", "lora_alpha"), lambda v: 0 < v < math.inf, "must be positive and finite"),
-    (("weight_decay",), lambda v: 0 <= v < math.inf, "must be >= 0 and finite"),
-    (("warmup", "max_train_per_task", "max_eval_per_task", "freeze_layers", "seed",
-      "max_negatives", "dev_per_task"),
-     lambda v: v >= 0, "must be >= 0"),
-)  # fmt: skip
 
 
 def classifier_config(cfg: TrainConfig, num_layers: int):
