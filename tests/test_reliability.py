@@ -620,7 +620,7 @@ def test_every_number_option_refuses_what_it_cannot_mean(tmp_path, monkeypatch):
             assert lines[0].endswith(f"(see mlx-rsg {' '.join(path)} --help)"), lines
             count += 1
     assert list(tmp_path.iterdir()) == []
-    assert count >= 200  # the README counts these cases
+    assert count >= 201  # the README counts these cases
 
 
 def test_the_number_errors_say_what_is_wrong():
@@ -794,3 +794,74 @@ def test_every_text_option_survives_hostile_text(run_dir, tiny_model_dir, tiny_r
     assert {d: sorted(p.name for p in d.iterdir()) for d in watched} == before
     assert (out / "mine.txt").read_text() == "keep"
     assert count == len(TEXT_OPTIONS) * len(HOSTILE_TEXT)  # the README counts these cases
+
+
+# The standing catalogue of files (issue 27): every file of a run, a model and a data directory,
+# damaged each of these ways, read by the command that needs it.
+def _damage(path: Path, how: str) -> None:
+    if how == "missing":
+        path.unlink()
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+    elif how == "not UTF-8":
+        path.write_bytes(b"\xff\xfe" + path.read_bytes()[2:])
+    elif how == "a directory":
+        path.unlink()
+        path.mkdir()
+
+
+DAMAGES = ("missing", "empty", "truncated", "not UTF-8", "a directory")
+
+
+def test_every_input_file_damaged_is_one_line(run_dir, tiny_model_dir, tiny_rsg_dir,  # noqa: F811
+                                              tmp_path, monkeypatch):  # fmt: skip
+    """Each case exits 2 with exactly one `error:` line as the last (or 0 where the file is one
+    the command can do without), never a traceback; the damaged copy is all that changed."""
+    from click.testing import CliRunner
+
+    from mlx_rsg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"idx": 0, "premise": "a", "hypothesis": "b"}\n')
+    sources = {
+        "run": (run_dir, "predict {copy} --task terra --input {good}"),
+        "model": (Path(tiny_model_dir), "quantize {copy} --bits 8 -o {tmp}/q"),
+        "tokenizer": (Path(tiny_model_dir), "train {copy} --data {data} -o {tmp}/r --tasks terra "
+                                            "--epochs 1 --max-train-per-task 8 --freeze-layers 1"),
+        "data": (Path(tiny_rsg_dir), "train {model} --data {copy} -o {tmp}/r --tasks terra "
+                                     "--epochs 1 --max-train-per-task 8 --freeze-layers 1"),
+    }  # fmt: skip
+    count, outcomes = 0, {}
+    for kind, (source, line) in sources.items():
+        files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file()
+                       and "checkpoints" not in p.parts)  # fmt: skip
+        if kind == "data":
+            files = [f for f in files if f.parts[0] == "TERRa"]
+        if kind == "tokenizer":
+            files = [f for f in files if f.name.startswith("tokenizer")]
+        for rel in files:
+            for how in DAMAGES:
+                copy = tmp_path / "copy"
+                shutil.copytree(source, copy)
+                _damage(copy / rel, how)
+                args = line.format(copy=copy, good=good, tmp=tmp_path, data=tiny_rsg_dir,
+                                   model=tiny_model_dir).split()  # fmt: skip
+                res = CliRunner().invoke(main, args)
+                case = (kind, str(rel), how)
+                assert res.exception is None or isinstance(res.exception, SystemExit), (
+                    case, repr(res.exception))  # fmt: skip
+                lines = res.stderr.strip().splitlines()
+                errors = [x for x in lines if x.startswith("error: ")]
+                assert res.exit_code in (0, 2) and "Traceback" not in res.output, case
+                assert errors == (lines[-1:] if res.exit_code else []), (case, res.stderr[-2000:])
+                outcomes[case] = res.exit_code
+                count += 1
+                for p in ("copy", "q", "r"):
+                    shutil.rmtree(tmp_path / p, ignore_errors=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl"]
+    assert outcomes[("run", "run.json", "missing")] == 2  # nothing damaged was let through
+    assert outcomes[("model", "model.safetensors", "truncated")] == 2
+    assert count >= 65  # the README counts these cases

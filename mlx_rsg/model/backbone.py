@@ -77,8 +77,15 @@ def load_checked(model_dir: Path, lazy: bool = False) -> tuple[nn.Module, dict[s
 
 
 def load_tokenizer(path: str | Path):
-    """mlx-lm's TokenizerWrapper over the directory's Hugging Face tokenizer."""
-    return _load(Path(path))
+    """mlx-lm's TokenizerWrapper over the directory's Hugging Face tokenizer; a damaged tokenizer
+    file is one UserError (transformers, tokenizers and sentencepiece each fail in their own
+    exception types, some of them bare Exceptions)."""
+    try:
+        return _load(Path(path))
+    except Exception as e:  # noqa: BLE001 - any failure to read the files is the files' fault
+        why = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {why}); "
+                        "its tokenizer files are missing or damaged") from None  # fmt: skip
 
 
 def check_vocabulary(bb: Backbone, tokenizer, where: str | Path) -> None:
