@@ -27,25 +27,28 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+GEMM_SPEED = """
+import mlx_rsg
+from mlx_rsg.accel import blas
+print(blas.LOADED.name if blas.LOADED else "none")
+print(blas.corename() if blas.LOADED else "")
+print(max(blas.gemm_gflops(n=512) for _ in range(3)))
+"""
+
+
 @linux
 def test_the_pip_install_brings_a_fast_blas():
     """What `pip install -e .` installs (scipy-openblas32 + the shim) runs MLX's GEMMs far above
-    reference-BLAS speed: the guarantee that a newcomer's machine is fast."""
-    done = _python(
-        """
-        import mlx_rsg
-        from mlx_rsg.accel import blas
-        import mlx.core as mx
-        print(blas.LOADED.name)
-        print(blas.corename())
-        print(blas.gemm_gflops(n=512))
-        """
-    )
-    assert done.returncode == 0, done.stderr
-    name, core, gflops = done.stdout.split("\n")[:3]
-    assert "scipy-openblas32" in name
+    reference-BLAS speed: the guarantee that a newcomer's machine is fast. A ratio to MLX's own
+    reference BLAS measured beside it (not GFLOP/s against a fixed line, which other work on
+    the machine can push either way)."""
+    fast, slow = _python(GEMM_SPEED), _python(GEMM_SPEED, MLX_RSG_BLAS="none")
+    assert fast.returncode == 0 and slow.returncode == 0, fast.stderr + slow.stderr
+    name, core, gflops = fast.stdout.split("\n")[:3]
+    assert "scipy-openblas32" in name and slow.stdout.startswith("none\n")
     assert core  # the kernels OpenBLAS picked for this CPU, e.g. SkylakeX / Haswell / NeoverseN1
-    assert float(gflops) > 2 * blas.SLOW_GFLOPS
+    reference = float(slow.stdout.split("\n")[2])
+    assert float(gflops) > 3 * reference, (gflops, reference)  # ~40x on a quiet machine
 
 
 @linux
@@ -68,10 +71,17 @@ def test_reference_blas_gets_one_warning_line_with_the_fix():
     assert "reference BLAS" in lines[0] and lines[0].endswith("Fix: unset MLX_RSG_BLAS")
 
 
-@linux
-def test_a_fast_blas_prints_nothing():
-    done = _python("import mlx_rsg\nfrom mlx_rsg.accel.blas import warn_if_slow\nwarn_if_slow()")
-    assert done.returncode == 0 and done.stderr == ""
+def test_a_fast_blas_prints_nothing(monkeypatch):
+    """The decision, at a speed the real BLAS reaches (measuring it here would depend on what
+    else the machine runs; the slow side is measured for real above)."""
+    import mlx.core as mx
+
+    monkeypatch.setattr(blas, "_WARNED", [])
+    monkeypatch.setattr(blas, "gemm_gflops", lambda **kw: 4 * blas.SLOW_GFLOPS)
+    printed = []
+    if mx.default_device() == mx.cpu:
+        assert blas.warn_if_slow(log=printed.append) == 4 * blas.SLOW_GFLOPS
+    assert printed == []
 
 
 def _scipy_openblas() -> Path:
