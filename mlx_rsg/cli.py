@@ -17,7 +17,7 @@ import click
 from mlx_rsg.bench.config import BenchConfig
 from mlx_rsg.convert import ConvertOptions
 from mlx_rsg.errors import UserError
-from mlx_rsg.options import Bounds, config_from_options, config_options, number_type
+from mlx_rsg.options import AT_LEAST_0, AT_LEAST_1, config_from_options, config_options, number_type
 from mlx_rsg.quant.recipe import QuantizeOptions
 from mlx_rsg.quickstart import QuickstartConfig
 from mlx_rsg.serve.config import ServeConfig
@@ -178,7 +178,7 @@ def data_group() -> None:
 @click.argument("path", type=click.Path())
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
               help="A model directory: also report the units' token lengths with its tokenizer.")
-@click.option("--max-len", type=number_type(int, Bounds(1)), default=256, show_default=True,
+@click.option("--max-len", type=number_type(int, AT_LEAST_1), default=256, show_default=True,
               help="With --model: report the share of units longer than this.")
 def data_info_command(path: str, model_dir: str | None, max_len: int) -> None:
     """Examples, label distribution and mean length (characters) per task and split in PATH
@@ -289,10 +289,10 @@ def train_command(model_dir, data_dir, run_dir, tasks, resume, fuse, copy_backbo
               help="With --data: all, or a comma list.")  # fmt: skip
 @click.option("--submission", type=click.Path(dir_okay=False),
               help="With --split test: write the official submission zip here.")  # fmt: skip
-@click.option("--batch-size", type=number_type(int, Bounds(1)), default=16, show_default=True)
-@click.option("--max-per-task", type=number_type(int, Bounds(1)), default=None,
+@click.option("--batch-size", type=number_type(int, AT_LEAST_1), default=16, show_default=True)
+@click.option("--max-per-task", type=number_type(int, AT_LEAST_1), default=None,
               help="With --data: ~N examples per task, whole records drawn with --seed.")
-@click.option("--seed", type=number_type(int, Bounds(0)), default=0, show_default=True,
+@click.option("--seed", type=number_type(int, AT_LEAST_0), default=0, show_default=True,
               help="Draws --max-per-task's records (train --seed S draws the same val records).")
 def predict_command(run_dir, task, input_path, data_dir, split, task_list, submission, batch_size,
                     max_per_task, seed) -> None:  # fmt: skip

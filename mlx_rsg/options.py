@@ -58,6 +58,10 @@ class Bounds:
         return "must be a finite number"
 
 
+AT_LEAST_0, AT_LEAST_1 = Bounds(0), Bounds(1)
+POSITIVE = Bounds(0, low_open=True)
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -79,7 +83,7 @@ def check_bounds(cfg: Any) -> None:
         bounds, value = f.metadata.get("bounds"), getattr(cfg, f.name)
         if bounds is None or value is None:
             continue
-        kind, flag = _number_kind(hints[f.name]), "--" + f.name.replace("_", "-")
+        kind, flag = _base_type(hints[f.name]), "--" + f.name.replace("_", "-")
         number = isinstance(value, int if kind is int else (int, float))
         if isinstance(value, bool) or not number:
             raise UserError(f"{flag}: expected {'an integer' if kind is int else 'a number'}, "
@@ -88,7 +92,8 @@ def check_bounds(cfg: Any) -> None:
             raise UserError(f"{flag}: {bounds.rule(kind)}, got {value!r}")
 
 
-def _number_kind(hint: Any) -> type:
+def _base_type(hint: Any) -> type:
+    """`int` for `int | None`: the type a field holds when it is set."""
     args = typing.get_args(hint)
     return next((a for a in args if a is not type(None)), hint) if args else hint
 
@@ -126,8 +131,7 @@ def _option(f: dataclasses.Field, hint: Any) -> Callable:
     help_text = meta.get("help", "")
     if meta.get("default_help"):
         help_text += f" [default: {meta['default_help']}]"
-    args = typing.get_args(hint)
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    base = _base_type(hint)
     if hint is bool:
         decl = f"{name}/--no-{name[2:]}" if f.default else name
         return click.option(decl, f.name, is_flag=True, default=f.default, show_default=f.default,

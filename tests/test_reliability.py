@@ -18,10 +18,10 @@ from mlx_rsg.data import DataError, load_split
 from mlx_rsg.errors import UserError
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
+def _cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     code = "import sys; from mlx_rsg.cli import main; main(sys.argv[1:])"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True)  # fmt: skip
+                          text=True, env=env)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -727,10 +727,7 @@ def test_quantize_times_its_paths_on_a_model_of_odd_widths(tiny_model_dir, tmp_p
     import os
 
     env = {**os.environ, "MLX_RSG_FAST_PATHS": "auto", "MLX_RSG_CACHE": str(tmp_path / "cache")}
-    code = "import sys; from mlx_rsg.cli import main; main(sys.argv[1:])"
-    res = subprocess.run([sys.executable, "-c", code, "quantize", str(tiny_model_dir), "--bits",
-                          "4", "-o", str(tmp_path / "q4")], capture_output=True, text=True,
-                         env=env)  # fmt: skip
+    res = _cli("quantize", tiny_model_dir, "--bits", "4", "-o", tmp_path / "q4", env=env)
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     assert "quantized 2 modules (q4: 4-bit, group 64;" in res.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlx_rsg.options import Bounds, opt
+from mlx_rsg.options import AT_LEAST_0, AT_LEAST_1, opt
 
 
 @dataclass
@@ -16,12 +16,12 @@ class BenchConfig:
     split: str = opt("val", "A labelled split (test labels are hidden).",
                      choices=["train", "val", "test"])  # test: refused with its reason
     max_per_task: int | None = opt(None, "~N examples per task, whole records drawn with --seed.",
-                                   bounds=Bounds(1))  # fmt: skip
-    batch_size: int = opt(16, "For throughput.", bounds=Bounds(1))
+                                   bounds=AT_LEAST_1)  # fmt: skip
+    batch_size: int = opt(16, "For throughput.", bounds=AT_LEAST_1)
     latency_samples: int = opt(24, "Records timed one at a time, sampled across tasks.",
-                               bounds=Bounds(0))  # fmt: skip
-    warmup: int = opt(3, "Untimed batch-1 calls before the latency samples.", bounds=Bounds(0))
+                               bounds=AT_LEAST_0)  # fmt: skip
+    warmup: int = opt(3, "Untimed batch-1 calls before the latency samples.", bounds=AT_LEAST_0)
     seed: int = opt(0, "Draws --max-per-task's records and the latency sample.",
-                    bounds=Bounds(0))  # fmt: skip
+                    bounds=AT_LEAST_0)  # fmt: skip
     fixture_tasks: tuple[str, ...] = opt((), "Fixture-data tasks, or all.")
     force: bool = opt(False, "Overwrite OUT_DIR.")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlx_rsg.options import Bounds, opt
-
-AT_LEAST_1 = Bounds(1)
+from mlx_rsg.options import AT_LEAST_1, Bounds, opt
 
 
 @dataclass

@@ -15,8 +15,9 @@ import socket
 import threading
 import time
 
+import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol, h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.options import check_bounds

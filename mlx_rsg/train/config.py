@@ -9,13 +9,11 @@ from dataclasses import dataclass, fields
 from mlx_rsg.errors import UserError
 from mlx_rsg.model.config import ClassifierConfig, parse_task_max_len
 from mlx_rsg.model.methods import METHODS
-from mlx_rsg.options import Bounds, check_bounds, opt
+from mlx_rsg.options import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bounds, check_bounds, opt
 from mlx_rsg.run import TRAIN_TASKS
 from mlx_rsg.tasks import REGISTRY, official_name
 
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
-AT_LEAST_0, AT_LEAST_1 = Bounds(0), Bounds(1)
-POSITIVE = Bounds(0, low_open=True)
 PROBABILITY = Bounds(0, 1, high_open=True)  # a dropout rate
 
 
@@ -167,8 +165,6 @@ def parse_task_budgets(spec: tuple[str, ...]) -> dict[str, int | None]:
                                 "or TASK=all")  # fmt: skip
             out[task] = None if value == "all" else int(value)
     return out
-
-
 
 
 def classifier_config(cfg: TrainConfig, num_layers: int):
