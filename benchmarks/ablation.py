@@ -51,6 +51,18 @@ CONFIGS = {
                            "--lr", "1e-3"],
     "adapter-all-64-lr3e-4": ["--method", "mlp-adapter", "--freeze-layers", "0",
                               "--adapter-size", "64", "--lr", "3e-4"],
+    # Label-word priors (issue 26, item 4): the question-style ending alone, then heads that
+    # start at the answer words' rows of the output embedding; `heads` keeps the backbone's
+    # features, so there the prior is all the head starts from (at head lr 1e-9 it is the prior
+    # alone, untrained).
+    "freeze-top4-answer": ["--method", "freeze", "--freeze-layers", "14", "--lr", "5e-5",
+                           "--prompt", "answer"],
+    "freeze-top4-words": ["--method", "freeze", "--freeze-layers", "14", "--lr", "5e-5",
+                          "--prompt", "answer", "--head-init", "label-words"],
+    "heads-answer": ["--method", "heads", "--prompt", "answer"],
+    "heads-words": ["--method", "heads", "--prompt", "answer", "--head-init", "label-words"],
+    "words-prior": ["--method", "heads", "--prompt", "answer", "--head-init", "label-words",
+                    "--head-lr", "1e-9", "--epochs", "1"],
 }  # fmt: skip
 
 

@@ -64,13 +64,14 @@ def score_units(
     repeated RUSSE or DaNetQA text) run it once (`model.shared_prefix`). `on_batch(rows)` is
     called after each batch.
     `world`: each rank scores its share of the records; every rank gets all the logits."""
+    prompt = model.cfg.prompt
     if world.size > 1:
-        units = make_units(task, records, train=False)
+        units = make_units(task, records, train=False, prompt=prompt)
         where = {u.key: i for i, u in enumerate(units)}
         mine, logits = score_units(model, tokenizer, task, world.shard(records), batch_size,
                                    cache, on_batch)  # fmt: skip
         return units, world.gather_rows(len(units), [where[u.key] for u in mine], logits)
-    units = make_units(task, records, train=False)
+    units = make_units(task, records, train=False, prompt=prompt)
     encoded = encode_units(units, tokenizer, model.cfg.max_len_for(task))
     by_key: dict[Any, np.ndarray] = {}
 

@@ -30,9 +30,10 @@ def _describe(task: str, counts: Counter | None) -> str:
     return "unlabelled" if counts is None else tasks.REGISTRY[task].describe_labels(counts)
 
 
-def unit_lengths(task: str, records: list, tokenizer) -> list[int]:
+def unit_lengths(task: str, records: list, tokenizer, prompt: str = "plain") -> list[int]:
     """The token length of every unit of the records (BOS included), untruncated."""
-    encoded = encode_units(tasks.make_units(task, records), tokenizer, max_len=sys.maxsize)
+    units = tasks.make_units(task, records, prompt=prompt)
+    encoded = encode_units(units, tokenizer, max_len=sys.maxsize)
     return [len(e.ids) for e in encoded]
 
 

@@ -150,6 +150,7 @@ def run_layers(
 def _checkpointed(layer: nn.Module, mask: Any):
     """layer(h) under mx.checkpoint, with the layer's trainable parameters as explicit inputs so
     their gradients flow through the recomputation (as mlx-lm's trainer does)."""
+
     def inner(params, h):
         layer.update(params)
         return layer(h, mask, None)
@@ -159,6 +160,22 @@ def _checkpointed(layer: nn.Module, mask: Any):
 
 def final_norm(bb: Backbone, h: mx.array) -> mx.array:
     return bb.decoder.norm(h)
+
+
+def output_rows(bb: Backbone, ids: list[int]) -> mx.array:
+    """Rows (len(ids), D) of the language model's output projection, float32: its logit for
+    token i is final_norm(h) . row i. The model's own LM head where it has one, else the input
+    embedding it is tied to (Gemma, SmolLM2); dequantized if quantized."""
+    layer = getattr(bb.model, "lm_head", None)
+    layer = bb.decoder.embed_tokens if layer is None else layer
+    idx = mx.array(ids)
+    if hasattr(layer, "scales"):  # QuantizedLinear / QuantizedEmbedding
+        biases = layer.biases[idx] if getattr(layer, "biases", None) is not None else None
+        w = mx.dequantize(layer.weight[idx], layer.scales[idx], biases,
+                          group_size=layer.group_size, bits=layer.bits)  # fmt: skip
+    else:
+        w = layer.weight[idx]
+    return w.astype(mx.float32)
 
 
 def hidden_states(bb: Backbone, tokens: mx.array) -> mx.array:

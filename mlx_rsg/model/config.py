@@ -28,6 +28,7 @@ class ClassifierConfig:
     task_max_len: tuple[str, ...] = ()
     grad_checkpoint: bool = False  # recompute the trained blocks' activations in backward
     feature_layer: int | None = None  # heads: pool block N's output (1-based; None: the last)
+    prompt: str = "plain"  # tasks.PROMPTS: how units end (runs before it have "plain")
 
     def max_len_for(self, task: str) -> int:
         """The task's token budget; LiDiRus, scored with TERRa's head, gets TERRa's."""

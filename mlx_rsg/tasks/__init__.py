@@ -2,7 +2,7 @@
 
   REGISTRY[name] -> Task          TASKS: the names in leaderboard order; TRAIN_TASKS: with train
   parse_records(task, obj, path, line), parse_record(...)   one JSON object of a task's file
-  make_units(task, records, train, rng, max_negatives) -> [Unit]    contiguous per record
+  make_units(task, records, train, rng, max_negatives, prompt) -> [Unit]  contiguous per record
   encode_unit(unit, encode, max_len, bos) -> (ids, spans)
   decode(task, records, unit_keys, scores) -> predictions aligned with records
   gold_predictions(task, records), score_task(task, records, predictions)
@@ -16,13 +16,14 @@ its record and `TASK`, and a line in REGISTRY below.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from mlx_rsg.errors import DataError, located
 from mlx_rsg.metrics import aligned
 from mlx_rsg.tasks import danetqa, lidirus, muserc, parus, rcb, rucos, russe, rwsd, terra
-from mlx_rsg.tasks.base import Task
+from mlx_rsg.tasks.base import Answer, Task
 from mlx_rsg.tasks.danetqa import DaNetQARecord
 from mlx_rsg.tasks.fields import as_object
 from mlx_rsg.tasks.muserc import MuSeRCAnswer, MuSeRCQuestion, MuSeRCRecord
@@ -49,14 +50,16 @@ REGISTRY: dict[str, Task] = {
 }
 TASKS = tuple(REGISTRY)
 TRAIN_TASKS = tuple(t for t, task in REGISTRY.items() if task.has_train)
+# How a unit ends: "plain", or "answer": with the task's `Answer` question where it has one
+PROMPTS = ("plain", "answer")
 
 Record = (
     NLIRecord | PARusRecord | MuSeRCRecord | RUSSERecord | RWSDRecord | DaNetQARecord | RuCoSRecord
 )
 
 __all__ = [
-    "REGISTRY", "TASKS", "TRAIN_TASKS", "Task", "Unit", "Record", "get", "official_name",
-    "parse_records",
+    "REGISTRY", "TASKS", "TRAIN_TASKS", "PROMPTS", "Answer", "Task", "Unit", "Record", "get",
+    "official_name", "parse_records",
     "parse_record", "make_units", "encode_unit", "decode", "gold_predictions", "score_task",
     "task_score", "total_score", "rucos_candidates", "rwsd_spans", "NLIRecord", "PARusRecord",
     "MuSeRCAnswer", "MuSeRCQuestion", "MuSeRCRecord", "RUSSERecord", "RWSDRecord",
@@ -104,13 +107,21 @@ def make_units(
     train: bool = False,
     rng: np.random.Generator | None = None,
     max_negatives: int | None = None,
+    prompt: str = "plain",
 ) -> list[Unit]:
     """Units of every record, contiguous per record. `train` only changes RuCoS: the gold entity
-    plus at most `max_negatives` negatives sampled with `rng`."""
+    plus at most `max_negatives` negatives sampled with `rng`. `prompt` "answer": each unit of
+    a task with an `Answer` ends with its question (a run's `ClassifierConfig.prompt`)."""
     if task not in REGISTRY:
         raise ValueError(f"unknown task {task!r}")
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}")
     spec = REGISTRY[task]
-    return [u for r in records for u in spec.units(r, train, rng, max_negatives)]
+    units = [u for r in records for u in spec.units(r, train, rng, max_negatives)]
+    if prompt == "answer" and spec.answer is not None:
+        end = ((spec.answer.question, False),)
+        units = [replace(u, pieces=u.pieces + end) for u in units]
+    return units
 
 
 def decode(task: str, records: Sequence, unit_keys: Sequence[tuple], scores: np.ndarray) -> list:

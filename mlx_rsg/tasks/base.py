@@ -33,6 +33,18 @@ from mlx_rsg.tasks.units import Unit
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A question after a unit's text that one word per label answers. With `--prompt answer`
+    a task's units end with `question`, so the next token the language model would write is
+    the answer word, and `--head-init label-words` starts the task's head at those words' rows
+    of the output embedding: the model's own prior for the answer (PET, LM-BFF). `words` are
+    in the order of `Task.labels`; a choice task's are (no, yes) about its candidate."""
+
+    question: str
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     labels: tuple  # label values in decode's form; a unit's label is an index into this
@@ -46,6 +58,7 @@ class Task:
     # class 1's share in the splits scored, where it is known to differ from train's (the
     # calibration moves the decision by the log-odds difference); None: as in train
     scored_prior: float | None = None
+    answer: Answer | None = None  # the question-style ending of --prompt answer (None: none)
 
     def __post_init__(self) -> None:
         if not self.head:

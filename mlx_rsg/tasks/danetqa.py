@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlx_rsg.tasks.base import Task
+from mlx_rsg.tasks.base import Answer, Task
 from mlx_rsg.tasks.fields import BOOLS, Where, get_int, get_label, get_str
 from mlx_rsg.tasks.units import Unit
 
@@ -48,4 +48,10 @@ class DaNetQA(Task):
 
 
 # Train is 60.7 % True, val 50.2 %: the scored splits are taken as balanced.
-TASK = DaNetQA("DaNetQA", (False, True), spelling=("false", "true"), scored_prior=0.5)
+TASK = DaNetQA(
+    "DaNetQA",
+    (False, True),
+    spelling=("false", "true"),
+    scored_prior=0.5,
+    answer=Answer("\nОтвет:", (" нет", " да")),
+)

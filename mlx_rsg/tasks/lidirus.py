@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlx_rsg import metrics
-from mlx_rsg.tasks.nli import NLITask
+from mlx_rsg.tasks.nli import ENTAILS, NLITask
 
 
 @dataclass(frozen=True)
@@ -23,4 +23,5 @@ TASK = LiDiRus(
     head="TERRa",
     has_train=False,
     fields=("sentence1", "sentence2"),
+    answer=ENTAILS,
 )

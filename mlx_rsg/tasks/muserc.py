@@ -12,7 +12,7 @@ import numpy as np
 
 from mlx_rsg import metrics
 from mlx_rsg.errors import UserError, located
-from mlx_rsg.tasks.base import Task
+from mlx_rsg.tasks.base import Answer, Task
 from mlx_rsg.tasks.fields import (
     BINARY,
     Where,
@@ -169,4 +169,7 @@ class MuSeRC(Task):
         return obj["idx"], answers
 
 
-TASK = MuSeRC("MuSeRC", (0, 1), metrics=("f1a", "em"))
+TASK = MuSeRC(
+    "MuSeRC", (0, 1), metrics=("f1a", "em"),
+    answer=Answer("\nВопрос: этот ответ верен? Ответ:", (" нет", " да")),
+)  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlx_rsg.tasks.base import Task
+from mlx_rsg.tasks.base import Answer, Task
 from mlx_rsg.tasks.fields import Where, get_int, get_label, get_str
 from mlx_rsg.tasks.units import Unit
 
@@ -18,6 +18,10 @@ class NLIRecord:
     hypothesis: str
     # TERRa/LiDiRus: entailment|not_entailment; RCB: entailment|contradiction|neutral
     label: str | None
+
+
+# TERRa's and LiDiRus's: LiDiRus is scored with TERRa's head, so it asks the same question
+ENTAILS = Answer("\nВопрос: следует ли гипотеза из посылки? Ответ:", (" да", " нет"))
 
 
 @dataclass(frozen=True)

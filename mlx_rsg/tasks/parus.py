@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlx_rsg.tasks.base import Task
+from mlx_rsg.tasks.base import Answer, Task
 from mlx_rsg.tasks.fields import BINARY, Where, fail, get_int, get_label, get_str
 from mlx_rsg.tasks.units import Unit
 
@@ -68,4 +68,6 @@ class PARus(Task):
         return int(by_key[(record.idx, 1)][0] > by_key[(record.idx, 0)][0])
 
 
-TASK = PARus("PARus", (0, 1), choice=True)
+TASK = PARus(
+    "PARus", (0, 1), choice=True, answer=Answer("\nВопрос: это верно? Ответ:", (" нет", " да"))
+)

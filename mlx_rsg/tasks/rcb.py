@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlx_rsg import metrics
-from mlx_rsg.tasks.nli import NLITask
+from mlx_rsg.tasks.base import Answer
+from mlx_rsg.tasks.nli import ENTAILS, NLITask
 
 
 @dataclass(frozen=True)
@@ -20,4 +21,9 @@ class RCB(NLITask):
         }
 
 
-TASK = RCB("RCB", ("entailment", "contradiction", "neutral"), metrics=("f1", "accuracy"))
+TASK = RCB(
+    "RCB",
+    ("entailment", "contradiction", "neutral"),
+    metrics=("f1", "accuracy"),
+    answer=Answer(ENTAILS.question, (" да", " нет", " возможно")),
+)

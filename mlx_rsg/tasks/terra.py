@@ -1,5 +1,5 @@
 """TERRa: textual entailment recognition for Russian (accuracy)."""
 
-from mlx_rsg.tasks.nli import NLITask
+from mlx_rsg.tasks.nli import ENTAILS, NLITask
 
-TASK = NLITask("TERRa", ("entailment", "not_entailment"))
+TASK = NLITask("TERRa", ("entailment", "not_entailment"), answer=ENTAILS)

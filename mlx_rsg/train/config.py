@@ -11,7 +11,7 @@ from mlx_rsg.model.config import ClassifierConfig, parse_task_max_len
 from mlx_rsg.model.methods import METHODS
 from mlx_rsg.options import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bounds, check_bounds, opt
 from mlx_rsg.run import TRAIN_TASKS
-from mlx_rsg.tasks import REGISTRY, official_name
+from mlx_rsg.tasks import PROMPTS, REGISTRY, official_name
 
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 PROBABILITY = Bounds(0, 1, high_open=True)  # a dropout rate
@@ -31,6 +31,17 @@ class TrainConfig:
     pooling: str = opt(
         "last", "Sentence pooling (RUSSE/RWSD always use span pooling).", choices=["last", "mean"]
     )
+    prompt: str = opt(
+        "plain", "How each example ends: `answer` appends a question the task's label words "
+        "answer (TERRa, LiDiRus, RCB: да / нет / возможно; DaNetQA, MuSeRC, PARus: нет / да), so "
+        "the pooled last token is where the language model would write its answer; RUSSE, RWSD "
+        "and RuCoS keep theirs.", choices=list(PROMPTS),
+    )  # fmt: skip
+    head_init: str = opt(
+        "zero", "How the heads start: at zero (chance), or with --prompt answer at the label "
+        "words' rows of the model's output embedding (`label-words`: the model's own prior "
+        "for the answer).", choices=["zero", "label-words"],
+    )  # fmt: skip
     dropout: float = opt(0.1, bounds=PROBABILITY)
     lora_rank: int = opt(8, bounds=AT_LEAST_1)
     lora_alpha: float = opt(16.0, bounds=POSITIVE)
@@ -139,11 +150,17 @@ class TrainConfig:
         parse_task_budgets(self.task_max_train)
         if self.select not in ("loss", "score"):
             raise UserError(f"--select: {self.select!r} is not one of loss, score")
+        if self.prompt not in PROMPTS:
+            raise UserError(f"--prompt: {self.prompt!r} is not one of {', '.join(PROMPTS)}")
+        if self.head_init not in ("zero", "label-words"):
+            raise UserError(f"--head-init: {self.head_init!r} is not one of zero, label-words")
+        if self.head_init == "label-words" and self.prompt != "answer":
+            raise UserError("--head-init label-words: needs --prompt answer (the label words "
+                            "answer its question)")  # fmt: skip
         if self.refit and not self.dev_per_task:
             raise UserError("--refit: needs --dev-per-task (the epochs to train are chosen on dev)")
         if self.feature_layer is not None and (self.method != "heads" or self.feature_layer < 1):
             raise UserError("--feature-layer: needs --method heads and a block number >= 1")
-
 
     def train_budget(self, task: str) -> int | None:
         """~How many training examples `task` gets: its --task-max-train entry, else

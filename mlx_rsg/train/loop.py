@@ -53,6 +53,7 @@ from mlx_rsg.model.batching import examples_in, loss_fn, shard_range, take_rows
 from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.dropout import batch_rows
 from mlx_rsg.model.features import PrefixCache
+from mlx_rsg.model.label_words import label_word_heads
 from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.model.offsets import calibrated
 from mlx_rsg.predict import evaluate
@@ -231,6 +232,8 @@ class _Loop:
         loop = cls(cfg, run_dir, data, model, tokenizer, None, phase, None, log, world=world)
         if not loop.plan(0):
             raise UserError(f"{data_dir}: no training examples for {', '.join(cfg.tasks)}")
+        if not resume:  # a resumed run's heads come from its checkpoint
+            loop.init_heads()
         loop.optimizer = make_optimizer(cfg, loop.total_steps())
         if resume and world.is_main:
             loop.position = read_checkpoint(run_dir, model, loop.optimizer)
@@ -281,6 +284,17 @@ class _Loop:
             batches = epoch_batches(units, self.cfg, epoch)
             self.plans[epoch] = ([e for us in units.values() for e in us], batches)
         return self.plans[epoch]
+
+    def init_heads(self) -> None:
+        """--head-init label-words: each head with label words starts at their output rows."""
+        if self.cfg.head_init != "label-words":
+            return
+        by_task: dict[str, list] = {}
+        for e in self._epoch(0)[0]:
+            by_task.setdefault(e.unit.task, []).append(e)
+        scales = label_word_heads(self.model, self.tokenizer, by_task, self.cfg.batch_size)
+        self.log("heads at their label words, x RMS " + ", ".join(f"{h} {s:.1f}" for h, s in
+                                                                   scales.items()))  # fmt: skip
 
     def run_epoch(self, epoch: int, stop_after_batches: int | None) -> bool:
         """Train the rest of `epoch`; False if stopped early by `stop_after_batches`."""
@@ -428,6 +442,7 @@ class _Loop:
         self.data = with_dev_trained(self.data)
         self.plans.clear()
         self.model = _new_model(load_backbone(model_dir), self.model.cfg, cfg)
+        self.init_heads()
         self.optimizer = make_optimizer(cfg, self.total_steps())
         if self.cache is not None:
             self.cache.model = self.model

@@ -133,7 +133,7 @@ def epoch_units(data: dict[str, TaskData], tokenizer, cfg: TrainConfig, epoch: i
     for task in cfg.tasks:
         rng = seeded_generator(f"{cfg.seed}:{task}:units:{epoch}")
         units = make_units(task, data[task].train, train=True, rng=rng,
-                           max_negatives=cfg.max_negatives)  # fmt: skip
+                           max_negatives=cfg.max_negatives, prompt=cfg.prompt)  # fmt: skip
         out[task] = encode_units(units, tokenizer, max_lens[task])
     return out
 
@@ -169,7 +169,7 @@ def max_lens(cfg: TrainConfig, data: dict[str, TaskData], tokenizer) -> dict[str
         elif auto:
             splits = [(t, recs) for t, d in data.items() if REGISTRY[t].head == task
                       for recs in (d.train, d.dev, d.val, d.test) if recs]  # fmt: skip
-            fits = [fitting_max_len(unit_lengths(t, recs, tokenizer), coverage=0.95)
+            fits = [fitting_max_len(unit_lengths(t, recs, tokenizer, cfg.prompt), coverage=0.95)
                     for t, recs in splits]  # fmt: skip
             out[task] = min(cfg.max_len, max(fits, default=cfg.max_len))
         else:
