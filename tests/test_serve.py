@@ -622,3 +622,33 @@ def test_too_many_waiting_requests_get_503(runs, fixture_root):
     finally:
         code, _, err = s.stop()
     assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"--max-batch": 2**31 - 1, "--max-records": 2**31 - 1, "--max-pending": 2**31 - 1,
+         "--max-body-kb": 2**31 - 1, "--batch-window-ms": 0},
+        # a full batch (one unit) does not wait out the longest window
+        {"--max-batch": 1, "--max-records": 1, "--max-pending": 1, "--max-body-kb": 1,
+         "--batch-window-ms": 60_000},
+    ],
+    ids=["largest", "smallest"],
+)  # fmt: skip
+def test_the_server_works_at_the_bounds_of_every_number_flag(flags, runs, fixture_root):
+    """The server survives every value its flags accept: started with each number flag at the
+    largest (then the smallest) value the CLI lets through, it answers as the library does and
+    stops cleanly. Values outside the bounds are refused before start (test_reliability)."""
+    s = Server([runs[0], *(str(x) for item in flags.items() for x in item)])
+    try:
+        objs = val_records(fixture_root, "TERRa")[:1]
+        started = time.monotonic()
+        status, body = s.predict("TERRa", objs, None)
+        assert status == 200, body
+        assert [row["label"] for row in body["predictions"]] == expected(runs[0], "TERRa", objs)
+        assert time.monotonic() - started < 30
+        assert s.call("/health")[0] == 200
+    finally:
+        code, _, err = s.stop()
+    assert code == 0, err
+    assert "Traceback" not in err, err
