@@ -38,7 +38,7 @@ from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import atomic_file, check_replaceable, check_safetensors, read_json_object
 from mlx_rsg.model.config import ClassifierConfig
-from mlx_rsg.tasks import REGISTRY, TASKS, TRAIN_TASKS, official_name
+from mlx_rsg.tasks import PROMPTS, REGISTRY, TASKS, TRAIN_TASKS, official_name
 
 RUN_FORMAT = "mlx-rsg-run"
 # 2: RUSSE/RWSD heads pool a third span (a question after the text), NLI premises are cut from
@@ -137,7 +137,10 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     ref = info["backbone"]
     if not ref.get("copied") and not isinstance(ref.get("path"), str):
         raise UserError(located(path, None, "backbone.path", "expected a path"))
-    dataclass_from_dict(ClassifierConfig, info["classifier"], path, "classifier.")  # types
+    ccfg = dataclass_from_dict(ClassifierConfig, info["classifier"], path, "classifier.")
+    if ccfg.prompt not in PROMPTS:
+        msg = f"{ccfg.prompt!r} is not one of {', '.join(PROMPTS)}"
+        raise UserError(located(path, None, "classifier.prompt", msg))
     _check_calibration(path, info)
     return info
 

@@ -89,3 +89,7 @@ def test_a_run_with_answer_prompts_predicts_with_them(tiny_model_dir, tiny_rsg_d
         assert task_score(task, score_task(task, records, preds)) == pytest.approx(
             best[task]["score"]
         )
+    info["classifier"]["prompt"] = "question"  # a run.json edited by hand
+    (run / "run.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="classifier.prompt.*'question' is not one of plain,"):
+        mlx_rsg.load(run)

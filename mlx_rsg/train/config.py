@@ -15,6 +15,7 @@ from mlx_rsg.tasks import PROMPTS, REGISTRY, official_name
 
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 PROBABILITY = Bounds(0, 1, high_open=True)  # a dropout rate
+HEAD_INITS = ("zero", "label-words")  # how heads start (model/label_words.py)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class TrainConfig:
     head_init: str = opt(
         "zero", "How the heads start: at zero (chance), or with --prompt answer at the label "
         "words' rows of the model's output embedding (`label-words`: the model's own prior "
-        "for the answer).", choices=["zero", "label-words"],
+        "for the answer).", choices=list(HEAD_INITS),
     )  # fmt: skip
     dropout: float = opt(0.1, bounds=PROBABILITY)
     lora_rank: int = opt(8, bounds=AT_LEAST_1)
@@ -152,8 +153,9 @@ class TrainConfig:
             raise UserError(f"--select: {self.select!r} is not one of loss, score")
         if self.prompt not in PROMPTS:
             raise UserError(f"--prompt: {self.prompt!r} is not one of {', '.join(PROMPTS)}")
-        if self.head_init not in ("zero", "label-words"):
-            raise UserError(f"--head-init: {self.head_init!r} is not one of zero, label-words")
+        if self.head_init not in HEAD_INITS:
+            msg = f"{self.head_init!r} is not one of {', '.join(HEAD_INITS)}"
+            raise UserError(f"--head-init: {msg}")
         if self.head_init == "label-words" and self.prompt != "answer":
             raise UserError("--head-init label-words: needs --prompt answer (the label words "
                             "answer its question)")  # fmt: skip
