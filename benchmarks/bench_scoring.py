@@ -77,21 +77,21 @@ def torch_worker(args, tasks: list[str]) -> dict:
         raise SystemExit(f"{args.run}: the reference pools the last token and spans, not "
                          f"{cfg.pooling}")  # fmt: skip
     model_dir = resolve_backbone(args.run, info)
-    backbone, heads = reference_classifier(model_dir, args.run, info)
+    reference = reference_classifier(model_dir, args.run, info)
     tok = load_tokenizer(model_dir)
     out = {}
     with torch.no_grad():
         for task in tasks:
             records = val_subset(args.data, task, args.every)
-            head = heads[task if task in heads else REGISTRY[task].head]
+            head = task if task in reference.heads else REGISTRY[task].head
             t0 = time.perf_counter()
             units = make_units(task, records, prompt=cfg.prompt)
             encoded = encode_units(units, tok, cfg.max_len_for(task))
-            logits = np.zeros((len(units), head.out_features), np.float32)
+            logits = np.zeros((len(units), reference.heads[head].out_features), np.float32)
             order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
             for lo in range(0, len(order), args.batch_size):
                 rows = order[lo : lo + args.batch_size]
-                logits[rows] = forward(backbone, head, [encoded[i] for i in rows]).numpy()
+                logits[rows] = reference(padded([encoded[i] for i in rows], head)).numpy()
             keys = [u.key for u in units]
             preds = decode(task, records, keys, logits)
             out[task] = (time.perf_counter() - t0, keys, logits, preds)
@@ -99,12 +99,15 @@ def torch_worker(args, tasks: list[str]) -> dict:
 
 
 def reference_classifier(model_dir: Path, run: Path, info: dict):
-    """(transformers backbone with the run's trained weights, {head: torch Linear} with the
-    run's calibration in the biases; LiDiRus a copy of TERRa's with its own offsets)."""
+    """parity_train's PyTorch classifier (pooling, RMS normalisation, a head per task) with the
+    run's weights: transformers' backbone with its trained blocks and final norm, the heads with
+    the run's calibration in their biases (LiDiRus a copy of TERRa's with its own offsets)."""
     import torch
+    from parity_train import Reference  # beside this script
     from safetensors.numpy import load_file
     from transformers import AutoModel
 
+    from mlx_rsg.model.offsets import entry_offsets
     from mlx_rsg.tasks import REGISTRY
 
     backbone = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -115,46 +118,28 @@ def reference_classifier(model_dir: Path, run: Path, info: dict):
     if missing:
         raise SystemExit(f"{run}: trained weights transformers' model lacks: {sorted(missing)[0]}")
     backbone.load_state_dict(state, strict=False)
-    heads = {}
-    for name in info["heads"]:
-        w, b = trained[f"heads.{name}.weight"], trained[f"heads.{name}.bias"]
-        heads[name] = (w, b)
-    for task in info.get("calibration", {}):
-        heads.setdefault(task, heads[REGISTRY[task].head])
-    out = {}
-    for name, (w, b) in heads.items():
-        entry = info.get("calibration", {}).get(name)
-        bias = np.array(b, np.float32)
-        if entry is not None:
-            offsets = [float(x) for x in entry["offsets"]]
-            offsets[1] += float(entry.get("prior_shift", 0.0))
-            bias = bias + np.array(offsets, np.float32)
-        layer = torch.nn.Linear(w.shape[1], w.shape[0])
-        layer.weight.data, layer.bias.data = torch.from_numpy(w), torch.from_numpy(bias)
-        out[name] = layer
-    return backbone, out
+    calibration = info.get("calibration", {})
+    sources = {name: name for name in info["heads"]}
+    sources.update({task: REGISTRY[task].head for task in calibration if task not in sources})
+    heads = torch.nn.ModuleDict()
+    for name, source in sources.items():
+        w, b = trained[f"heads.{source}.weight"], trained[f"heads.{source}.bias"]
+        if name in calibration:
+            b = b + np.array(entry_offsets(calibration[name]), np.float32)
+        heads[name] = torch.nn.Linear(w.shape[1], w.shape[0])
+        heads[name].weight.data, heads[name].bias.data = torch.from_numpy(w), torch.from_numpy(b)
+    return Reference(backbone, heads)
 
 
-def forward(backbone, head, rows: list):
-    """Logits of encoded units: right-padded to the batch's longest, every position computed,
-    pooled at the last token (or the marked spans, averaged each), RMS-normalised, the head."""
-    import torch
-
-    width = max(len(e.ids) for e in rows)
-    tokens = torch.zeros((len(rows), width), dtype=torch.long)
+def padded(rows: list, head: str) -> dict:
+    """Encoded units as parity_train's batch: right-padded to the longest (causal attention:
+    padding after a row never counts), spans for span-pooled tasks."""
+    tokens = np.zeros((len(rows), max(len(e.ids) for e in rows)), np.int64)
     for j, e in enumerate(rows):
-        tokens[j, : len(e.ids)] = torch.tensor(e.ids)
-    h = backbone(input_ids=tokens).last_hidden_state  # causal: padding after a row never counts
-    pos = torch.arange(width)[None, None, :]
-    if rows[0].spans:
-        spans = torch.tensor([e.spans for e in rows])  # (B, S, 2)
-        w = ((pos >= spans[..., :1]) & (pos < spans[..., 1:])).float()
-    else:
-        last = torch.tensor([len(e.ids) - 1 for e in rows])
-        w = (pos == last[:, None, None]).float()
-    x = (w / w.sum(-1, keepdim=True).clamp_min(1.0)) @ h
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-    return head(x.reshape(len(rows), -1))
+        tokens[j, : len(e.ids)] = e.ids
+    spans = np.array([e.spans for e in rows], np.int64) if rows[0].spans else None
+    return {"tokens": tokens, "lengths": np.array([len(e.ids) for e in rows]), "spans": spans,
+            "head": head}  # fmt: skip
 
 
 def worker(args) -> None:

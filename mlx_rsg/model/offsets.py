@@ -23,11 +23,17 @@ def apply_calibration(model, calibration: dict[str, dict]) -> None:
         if task not in model.heads:
             model.heads[task] = _copy_head(model.heads[REGISTRY[task].head])
     for task, entry in calibration.items():
-        offsets = [float(x) for x in entry["offsets"]]
-        offsets[1] += float(entry.get("prior_shift", 0.0))
         head = model.heads[task]
-        head.bias = head.bias + mx.array(offsets, dtype=head.bias.dtype)
+        head.bias = head.bias + mx.array(entry_offsets(entry), dtype=head.bias.dtype)
         mx.eval(head.bias)
+
+
+def entry_offsets(entry: dict) -> list[float]:
+    """What one task's calibration entry adds to each of its head's logits: its offsets, with
+    the prior shift on class 1."""
+    offsets = [float(x) for x in entry["offsets"]]
+    offsets[1] += float(entry.get("prior_shift", 0.0))
+    return offsets
 
 
 def _copy_head(head: nn.Linear) -> nn.Linear:
