@@ -13,7 +13,7 @@ to their longest, every position of every unit computed, pooled as the run pools
 from records to decisions (tokenisation included, model loading not). Reported: seconds per
 task and in all, the ratio, the largest logit difference, and whether every decision agrees.
 
-The plain forward is machine-dependent (README, Benchmarks: 0.81x to 1.13x torch), so what this
+The plain forward is machine-dependent (docs/benchmarks.md: 0.81x to 1.13x torch), so what this
 measures is the work `predict` does not do. Writes benchmarks/results/scoring.json.
 """
 

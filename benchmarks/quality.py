@@ -4,7 +4,7 @@
     python benchmarks/quality.py --predictions val_predictions.zip --data ../shared/rsg
     # and how far it is from another run's, with a paired bootstrap over val records:
     python benchmarks/quality.py --predictions A.zip --against B.zip --data ../shared/rsg
-    # the committed predictions of the README's real run:
+    # the committed predictions of the real run (README, Results):
     python benchmarks/quality.py --predictions benchmarks/results/quality/val_predictions.zip \
         --data ../shared/rsg --out /tmp/quality.json
 
@@ -31,7 +31,7 @@ HERE = Path(__file__).parent
 def majority_score(task: str, records: list) -> float:
     """The official score of the best constant answer: the majority class for accuracy, every
     answer true for MuSeRC (F1a is 0 when nothing is said true), the more common right choice
-    for PARus. The issue's baseline (README: the model's scores against it)."""
+    for PARus. The issue's baseline (README, Results: the model's scores against it)."""
     from mlx_rsg.tasks import gold_predictions, score_task, task_score
 
     gold = gold_predictions(task, records)

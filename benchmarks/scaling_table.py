@@ -58,7 +58,7 @@ MODELS = [
 
 
 def setups(rank: int) -> list[dict]:
-    """(model, method, trainable params, trained blocks) as in the README's table."""
+    """(model, method, trainable params, trained blocks) as in docs/scaling.md's table."""
     m270, m1b, m4b = MODELS
 
     def lora(m: Shape) -> int:

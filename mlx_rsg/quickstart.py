@@ -5,11 +5,11 @@
 
 Everything goes under WORK_DIR (model/, runs/fp32, runs/<recipe>, bench/). A step whose output
 is already complete is reused, so an interrupted quickstart continues where it stopped; `--force`
-starts over. The defaults are sized for minutes on 2 CPU cores (README): the `heads` method (the
-whole backbone frozen, an inner block's output computed once per example and cached; the blocks
-above it never run) and caps counted in classification examples. They show the pipeline and its
-quality/speed trade-offs, not the best scores the model can reach — see the README's training
-section for a full run.
+starts over. The defaults are sized for minutes on 2 CPU cores (docs/cli.md): the `heads`
+method (the whole backbone frozen, an inner block's output computed once per example and cached;
+the blocks above it never run) and caps counted in classification examples. They show the
+pipeline and its quality/speed trade-offs, not the best scores the model can reach — see
+docs/training.md for a full run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class QuickstartConfig:
     source: str = opt("gemma-3-270m", "What to convert (anything `mlx-rsg convert` accepts).")
     method: str = "heads"
     # The heads read the output of the block at this share of the depth, not the last block's:
-    # block 10 of Gemma-3-270M's 18, the ablation's cheapest good lever (README, "Recipe
+    # block 10 of Gemma-3-270M's 18, the ablation's cheapest good lever (docs/training.md, "Recipe
     # levers"): as good a dev score for half the training time, as the blocks above never run.
     feature_depth: float = 10 / 18
     epochs: int = 10  # cheap with the heads method: features are cached after the first epoch
@@ -43,7 +43,7 @@ class QuickstartConfig:
     seed: int = 0
 
 
-# Each step's share of the whole run, measured (README: `mlx-rsg quickstart`), printed as each
+# Each step's share of the whole run, measured (docs/cli.md: `mlx-rsg quickstart`), printed as each
 # step starts so a newcomer can tell how far along it is. The run's total depends on the CPU.
 STEP_SHARES = {
     "convert": 0.04,
@@ -53,10 +53,9 @@ STEP_SHARES = {
     "quantize q4-gptq": 0.23,  # calibration: Hessians over 128 examples, then GPTQ per Linear
     "bench": 0.47,  # four runs, each: 24 batch-1 latency samples and a pass over ~640 examples
 }
-MEASURED_MINUTES = 11  # the whole quickstart on 2 cores (README), for the first line
+MEASURED_MINUTES = 11  # the whole quickstart on 2 cores (docs/cli.md), for the first line
 
-# The recipe of the README's real run (`mlx-rsg train`, "A real run"), which the quickstart's
-# closing lines point to.
+# The recipe of the real run (docs/training.md), which the quickstart's closing lines point to.
 FULL_RECIPE = (
     "mlx-rsg train {model} --data {data} -o runs/g270m-1000 --method freeze --freeze-layers 14 "
     "--max-train-per-task 1000 --dev-per-task 160 --epochs 3 --lr 5e-5 --head-lr 1e-3 "
@@ -182,8 +181,9 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
         f"\nThis was a demonstration of the pipeline: `{cfg.method}` on an inner block's "
         f"features, ~{cfg.max_train_per_task} training examples per task, scored on "
         f"~{cfg.max_eval_per_task} val examples per task. "
-        "The README's full recipe trains the top blocks, chooses its epoch and thresholds on a "
-        "dev split carved out of train and scores all of val once (~80 min on 2 cores):\n  "
+        "The full recipe (docs/training.md) trains the top blocks, chooses its epoch and "
+        "thresholds on a dev split carved out of train and scores all of val once "
+        "(~80 min on 2 cores):\n  "
         + FULL_RECIPE.format(model=model_dir, data=data_dir)
     )
     serve = f"mlx-rsg serve {runs / 'fp32'} {' '.join(variants)} --data {data_dir}"

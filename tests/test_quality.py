@@ -89,7 +89,7 @@ def test_majority_scores_of_the_real_val_splits(real_rsg_root):
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 EARLIER = RESULTS / "quality" / "earlier"
-# (scores, predictions): the README's real run, and the earlier runs of its recipe
+# (scores, predictions): the real run (README, Results), and the earlier runs of its recipe
 COMMITTED = [(RESULTS / "quality.json", RESULTS / "quality" / "val_predictions.zip")] + [
     (p, p.with_suffix(".zip")) for p in sorted(EARLIER.glob("*.json"))
 ]
@@ -109,7 +109,7 @@ def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root
         assert got["tasks"][task]["records"] == v["records"]
 
 
-# (bench directory, the fp32 run's own committed predictions): the README's quantization tables,
+# (bench directory, the fp32 run's own committed predictions): docs/quantization.md's tables,
 # on the 1,000-example run and on the earlier 640-example run
 QUANTIZED = [(EARLIER / "quantize-1000", EARLIER / "1000.zip"),
              (EARLIER / "quantize-640", EARLIER / "640.zip")]  # fmt: skip

@@ -620,7 +620,7 @@ def test_every_number_option_refuses_what_it_cannot_mean(tmp_path, monkeypatch):
             assert lines[0].endswith(f"(see mlx-rsg {' '.join(path)} --help)"), lines
             count += 1
     assert list(tmp_path.iterdir()) == []
-    assert count >= 201  # the README counts these cases
+    assert count >= 201  # docs/layout.md counts these cases
 
 
 def test_the_number_errors_say_what_is_wrong():
@@ -790,7 +790,7 @@ def test_every_text_option_survives_hostile_text(run_dir, tiny_model_dir, tiny_r
             count += 1
     assert {d: sorted(p.name for p in d.iterdir()) for d in watched} == before
     assert (out / "mine.txt").read_text() == "keep"
-    assert count == len(TEXT_OPTIONS) * len(HOSTILE_TEXT)  # the README counts these cases
+    assert count == len(TEXT_OPTIONS) * len(HOSTILE_TEXT)  # docs/layout.md counts these cases
 
 
 # The standing catalogue of files (issue 27): every file of a run, a model and a data directory,
@@ -861,4 +861,4 @@ def test_every_input_file_damaged_is_one_line(run_dir, tiny_model_dir, tiny_rsg_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl"]
     assert outcomes[("run", "run.json", "missing")] == 2  # nothing damaged was let through
     assert outcomes[("model", "model.safetensors", "truncated")] == 2
-    assert count >= 65  # the README counts these cases
+    assert count >= 65  # docs/layout.md counts these cases

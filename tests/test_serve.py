@@ -333,7 +333,7 @@ def test_every_field_of_every_task_survives_hostile_values(server, runs):
             refused = status in (400, 413, 422) and set(answer) == {"error"}
             assert status == 200 or refused and "\n" not in answer["error"], (case, answer)
             count += 1
-    assert count > 900  # 994 today: the README counts these cases
+    assert count > 900  # 994 today: docs/layout.md counts these cases
     assert server.call("/health")[0] == 200
     log = "".join(server._err[start:])
     assert "Traceback" not in log and " 500 " not in log, log[-3000:]
@@ -494,7 +494,7 @@ def chromium(tmp_path: Path):
     except ImportError:
         webdriver = None
     if not (chrome and driver and webdriver):
-        why = "needs selenium and Debian's chromium + chromium-driver (README, The tests)"
+        why = "needs selenium and Debian's chromium + chromium-driver (docs/layout.md, Tests)"
         pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
     options = webdriver.ChromeOptions()
     options.binary_location = chrome

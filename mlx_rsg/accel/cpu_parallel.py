@@ -10,7 +10,7 @@ never interact in inference, so the result is the single-stream one up to roundi
 over fewer rows may sum in another order): ~1e-6 relative.
 
 Not used for training: with MLX 0.32 the backward passes of two row chunks on two streams do not
-overlap (their forwards do); bisecting did not pin the cause down (README, Benchmarks).
+overlap (their forwards do); bisecting did not pin the cause down (docs/benchmarks.md).
 """
 
 from __future__ import annotations

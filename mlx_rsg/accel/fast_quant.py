@@ -1,7 +1,7 @@
 """Quantized Linear layers on the CPU: dequantize, then one float32 GEMM, for batched inputs.
 
 Why: MLX's CPU `quantized_matmul` is a slow scalar kernel next to a float32 GEMM through a real
-BLAS, so a q8/q4 model classified many times slower than float32 (README, `mlx-rsg quantize`).
+BLAS, so a q8/q4 model classified many times slower than float32 (docs/quantization.md).
 Dequantizing costs a fixed time per weight, the GEMM is then as fast as float32, so from MIN_ROWS
 rows on (a batch, a prompt, any classification input) we
 dequantize per call; below it (single-token decode) MLX's own kernel stays. On Metal nothing

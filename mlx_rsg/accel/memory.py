@@ -15,7 +15,7 @@ def keep_freed_buffers(limit: int = 2 << 30) -> int | None:
 
     Its default on the CPU is 32 MiB (on Metal: the memory limit), so the hundreds of MB of
     temporaries a forward or training step frees go back to the OS and are page-faulted in again
-    on the next step (README, Benchmarks). A process-wide setting: the `mlx-rsg` commands that
+    on the next step (docs/benchmarks.md). A process-wide setting: the `mlx-rsg` commands that
     load a model call it, a Python user may. Only ever raises the limit, so a user's own setting
     stands; more than a quarter of the memory limit raised RSS for no gain.
     """

@@ -5,12 +5,12 @@ Why: on the CPU, MLX's fused attention falls back to matmul + softmax, and softm
 its time in a scalar `exp`. Here the exponential is 2^y built from the float exponent bits and a
 degree-7 polynomial for the fraction (compiled into one fused kernel), the query heads that share
 a KV head are stacked into one GEMM, and the additive causal mask is built once per length.
-Timings: README (`mlx-rsg info`, Benchmarks).
+Timings: docs/cli.md (`mlx-rsg info`) and docs/benchmarks.md.
 
 With a KV cache (generation), attention sinks, a GPU, or a mask we do not recognise, the call goes
 to mlx-lm's own function unchanged. `FastAttention` is mlx-lm's Gemma 3 attention calling
 `attention`; `mlx_rsg.accel.fastpaths` gives it to our models where it measures faster (on some
-machines it does not: see the README), and no other model in the process is touched.
+machines it does not: see docs/benchmarks.md), and no other model in the process is touched.
 """
 
 from __future__ import annotations

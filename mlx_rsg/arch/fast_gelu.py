@@ -3,7 +3,7 @@
 Why: on the CPU, MLX's transcendental ops are scalar, so `gelu_approx(gate) * up` took about as
 long as all of a Gemma layer's matmuls. Here tanh is x * P(x^2) / Q(x^2) on [-7.905, 7.905] (the
 coefficients of Eigen's float `ptanh`; max error 4e-7 against `mx.tanh`), and GELU times the up
-projection is one compiled kernel, outputs within 4e-6 of mlx-lm's. Timings: README
+projection is one compiled kernel, outputs within 4e-6 of mlx-lm's. Timings: docs/benchmarks.md
 (`mlx-rsg info`, Benchmarks).
 
 It is ordinary MLX arithmetic, so gradients flow through it (training uses it too). On a GPU, or
@@ -65,8 +65,8 @@ def _gelu_mul_vjp(gate: mx.array, up: mx.array, cotangent: mx.array):
 @mx.custom_function
 def gelu_mul(gate: mx.array, up: mx.array) -> mx.array:
     """gelu_approx(gate) * up in one fused kernel, forward and backward. The backward is written
-    out because differentiating the compiled forward gave ~40 unfused element-wise passes (README,
-    Benchmarks: a trained layer's step)."""
+    out because differentiating the compiled forward gave ~40 unfused element-wise passes
+    (docs/benchmarks.md: a trained layer's step)."""
     return _gelu_mul(gate, up)
 
 

@@ -8,7 +8,7 @@ s the pooled states' typical rms(n), starts at the model's logits for the label 
 task's softmax over its words, a choice task's score logit(yes) - logit(no). A word that is
 several tokens is represented by its first, the token the model would write first. PET and
 LM-BFF report large gains from such a start at small data with larger models; at 270M the prior
-is weak (README, "Label words").
+is weak (docs/training.md, "Label words, measured").
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ the labels' noise (on logits without signal it scores 0.56 on dev where a fresh 
 and its sign flips between runs); the rule keeps the trained decision unless dev says clearly
 otherwise. Platt scaling (a logistic fit of the labels on the margin, deciding at 1/2) was tried
 for the accuracy tasks and measured worse, chosen on one half of dev and scored on the other:
-with a weak slope its threshold -b/a runs far from 0 (`benchmarks/dev_fixes.py`, README).
+with a weak slope its threshold -b/a runs far from 0 (`benchmarks/dev_fixes.py`, docs/training.md).
 
 Prior shift: a task whose `scored_prior` differs from its training data's label share (DaNetQA:
 train 60.7 % True, val 50.2 %) gets its threshold moved by the difference of the two log-odds,

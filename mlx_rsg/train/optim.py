@@ -47,7 +47,7 @@ def compiled_update(model, optimizer) -> Callable[[Any, int], None]:
     """update(grads, k): `optimizer.update(model, grads / k)` as one compiled graph.
 
     Uncompiled, AdamW is a dozen element-wise kernels per parameter, each a full pass over every
-    trained weight on one core; compiled they fuse into one pass (README, Benchmarks). Build it
+    trained weight on one core; compiled they fuse into one pass (docs/benchmarks.md). Build it
     after any state is restored
     (the compiled graph holds on to the optimizer's state containers).
     """

@@ -1,0 +1,197 @@
+"""Render the result tables of README.md and docs/ from benchmarks/results/*.json.
+
+    python benchmarks/render_docs.py           # rewrite every table between its markers
+    python benchmarks/render_docs.py --check   # exit 1 naming each table that differs
+
+A table lives between `<!-- render:NAME -->` and `<!-- /render:NAME -->`; NAME is a key of
+`TABLES`, a function of the results directory that returns the table's markdown. Numbers are
+never typed into a rendered table: change the JSON (by re-running its benchmark), then render.
+`tests/test_docs.py` fails when a committed table differs from its JSON. Nothing here runs a
+model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# the order the README lists the tasks in (bench's order)
+TASKS = ["LiDiRus", "RCB", "PARus", "MuSeRC", "TERRa", "RUSSE", "RWSD", "DaNetQA"]
+METRIC_NAMES = {"mcc": "MCC", "f1": "F1", "accuracy": "acc.", "f1a": "F1a", "em": "EM"}
+
+
+def _load(results: Path, name: str) -> dict:
+    return json.loads((results / name).read_text())
+
+
+def _row(cells: list) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
+
+
+def quality(results: Path) -> str:
+    """The real run's val scores per task beside the best constant answer (quality.json)."""
+    q = _load(results, "quality.json")
+    rows = []
+    for task in TASKS:
+        t = q["tasks"][task]
+        metrics = ", ".join(f"{METRIC_NAMES[m]} {v:.3f}" for m, v in t["metrics"].items())
+        rows.append([task, t["records"], metrics, f"**{t['score']:.3f}**", f"{t['majority']:.3f}"])
+    rows.append(["**total**", "", "", f"**{q['total']:.3f}**", f"{q['majority_total']:.3f}"])
+    run = q["run"]
+    table = _table(["task", "val records", "official metrics", "score", "best constant answer"],
+                   rows)  # fmt: skip
+    return (
+        f"{table}\n\nTraining and the val pass: {run['wall_minutes']} min wall, peak RSS "
+        f"{run['peak_rss_gb']} GiB (`quality.json`: the command, the machine, the BLAS)."
+    )
+
+
+def real_command(results: Path) -> str:
+    """The real run's training command (quality.json), wrapped at options, in a code block with
+    the conversion before it and a quantized copy benchmarked after it."""
+    command = _load(results, "quality.json")["run"]["command"].split("  (")[0]
+    command = re.sub(r" -o \S+", " -o runs/g270m", command)  # the name the next lines use
+    lines, line = [], ""
+    for part in re.split(r" (?=--)", command):
+        if line and len(line) + len(part) > 95:
+            lines.append(line + " \\")
+            line = "  "
+        line += ("" if line.strip() == "" else " ") + part
+    lines.append(line)
+    train = "\n".join(lines).replace("MODEL_DIR", "runs/model")
+    return "\n".join([
+        "```",
+        "mlx-rsg convert gemma-3-270m -o runs/model",
+        train,
+        "mlx-rsg quantize runs/g270m --recipe q8 -o runs/g270m-q8",
+        "mlx-rsg bench runs/g270m runs/g270m-q8 --data ../shared/rsg",
+        "```",
+    ])  # fmt: skip
+
+
+def quantization(results: Path) -> str:
+    """fp32 against its 8- and 4-bit variants on full val (the committed bench.json)."""
+    bench = _load(results, "quality/earlier/quantize-1000/bench.json")
+    rows = []
+    for v in bench["variants"]:
+        quant = v["quantization"]
+        recipe = quant["recipe"] if quant else "fp32"
+        rows.append([recipe, f"{v['total']:.3f}", f"{100 * v['delta']:+.2f}",
+                     f"{100 * v['flip_rate']:.1f} %", round(v["size_bytes"]["total"] / 2**20),
+                     f"{v['throughput']['examples_per_s']:.2f}"])  # fmt: skip
+    return _table(["weights", "val total", "Δ fp32 (points)", "decisions changed", "size MB",
+                   "records/s (batch 16)"], rows)  # fmt: skip
+
+
+def speed(results: Path) -> str:
+    """MLX against PyTorch on the same machine, each a ratio measured in one run."""
+    inference = _load(results, "inference.json")["runs"]
+    train = _load(results, "train.json")["runs"]
+    scoring = _load(results, "scoring.json")
+    rows = [
+        ["classification forward, batch 8 x 128 (`bench_inference.py`)",
+         f"{inference['mlx-predict']['vs_torch']:.2f}x", "torch 2 threads"],
+        ["training, freeze 9 of 18 blocks, 3 epochs (`bench_train.py`)",
+         f"{train['mlx']['vs_torch']:.2f}x", "torch 2 threads"],
+        [f"scoring {_share(scoring['every'])} end to end (`bench_scoring.py`)",
+         f"{scoring['speedup']:.2f}x", "transformers, same prompts and weights; "
+         + ("every decision the same" if scoring["decisions_agree"] else "decisions differ")],
+    ]  # fmt: skip
+    return _table(["measured", "MLX vs reference", "reference"], rows)
+
+
+def _share(every: int) -> str:
+    return "all of val" if every == 1 else f"1 in {every} val records"
+
+
+def bench_inference(results: Path) -> str:
+    """docs/benchmarks.md: bench_inference.py's forwards and fast paths."""
+    d = _load(results, "inference.json")
+    rows = [[name, f"{r['examples_per_s']:.2f}", f"{r['seconds_per_batch']:.3f}",
+             f"{r['gflops_per_s']:.1f}", f"{100 * r['mfu']:.0f}%", f"{r.get('vs_torch', 1.0):.2f}x"]
+            for name, r in d["runs"].items()]  # fmt: skip
+    paths = [[name, f"{p['stock_ms']:.1f}", f"{p['fast_ms']:.1f}", f"{p['speedup']:.2f}x",
+              "yes" if p["used"] else "no"] for name, p in d["fast_paths"].items()]  # fmt: skip
+    return (_table(["forward", "ex/s", "s/batch", "GFLOP/s", "MFU", "vs torch"], rows) + "\n\n"
+            + _table(["fast path (vs stock MLX, this run)", "stock ms", "fast ms",
+                      "fast vs stock", "used"], paths))  # fmt: skip
+
+
+def bench_train(results: Path) -> str:
+    """docs/benchmarks.md: bench_train.py's loops."""
+    d = _load(results, "train.json")
+    rows = [[name, f"{r['examples_per_s']:.2f}", f"{r['seconds']:.1f}",
+             " / ".join(f"{s:.1f}" for s in r["epoch_seconds"]), f"{r['vs_torch']:.2f}x"]
+            for name, r in d["runs"].items()]  # fmt: skip
+    return _table(["loop", "ex/s", "total s", "s per epoch", "vs torch"], rows)
+
+
+def scaling(results: Path) -> str:
+    """docs/scaling.md: the computed data-parallel step costs, in scaling_table.py's own table."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # scaling_table imports results_io beside it
+    try:
+        from scaling_table import table
+    finally:
+        sys.path.pop(0)
+    return table(_load(results, "scaling.json"))
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "quality": quality,
+    "real-command": real_command,
+    "quantization": quantization,
+    "speed": speed,
+    "bench-inference": bench_inference,
+    "bench-train": bench_train,
+    "scaling": scaling,
+}
+MARKED = re.compile(r"(<!-- render:([\w-]+) -->\n)(.*?)(<!-- /render:\2 -->)", re.S)
+
+
+def render(text: str, results: Path = RESULTS) -> str:
+    """`text` with every marked table replaced by its rendering."""
+
+    def fill(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in TABLES:
+            raise KeyError(f"no table named {name!r} (known: {', '.join(TABLES)})")
+        return f"{m.group(1)}{TABLES[name](results)}\n{m.group(4)}"
+
+    return MARKED.sub(fill, text)
+
+
+def marked(text: str) -> list[str]:
+    """The names of the tables marked in `text`."""
+    return [m.group(2) for m in MARKED.finditer(text)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="only report tables that differ")
+    args = ap.parse_args()
+    stale = []
+    for path in DOCS:
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            stale.append(path.relative_to(ROOT))
+            if not args.check:
+                path.write_text(new)
+    for path in stale:
+        print(f"{path}: {'differs from' if args.check else 'rendered from'} benchmarks/results")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
