@@ -32,8 +32,8 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
+        except (click.exceptions.NoArgsIsHelpError, click.exceptions.Exit):
+            raise  # --help, --version: click's Exit is a RuntimeError, not a lost peer
         except click.UsageError as e:  # raised while the subcommand parses its command line
             see = f" (see {_command_path(e.ctx)} --help)" if e.ctx else ""
             _fail(e.format_message().rstrip(".") + see)
@@ -101,19 +101,19 @@ def _world():
     return world
 
 
-# Commands that run a model: the CLI lets MLX keep freed buffers for them (accel/memory.py).
-_MODEL_COMMANDS = {"train", "predict", "bench", "quantize", "quickstart", "serve"}
+def _runs_a_model() -> None:
+    """What a command that runs a model does first: let MLX keep freed buffers (accel/memory.py).
+    In the command's body, not the group's callback: `--help` is parsed after that callback,
+    and help imports no MLX."""
+    from mlx_rsg.accel.memory import keep_freed_buffers
+
+    keep_freed_buffers()
 
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="mlx-rsg")
-@click.pass_context
-def main(ctx: click.Context) -> None:
+def main() -> None:
     """Russian SuperGLUE on Apple MLX: convert, train, quantize, benchmark."""
-    if ctx.invoked_subcommand in _MODEL_COMMANDS:
-        from mlx_rsg.accel.memory import keep_freed_buffers
-
-        keep_freed_buffers()
 
 
 # --------------------------------------------------------------------------------- info
@@ -249,9 +249,11 @@ def convert_command(source, out, **options) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing RUN_DIR.")
 def train_command(model_dir, data_dir, run_dir, tasks, resume, fuse, copy_backbone, force, **flags):
     """Train classification heads for the RSG tasks on MODEL_DIR (a converted model)."""
-    from mlx_rsg.run import parse_tasks, tasks_with_train
+    from mlx_rsg.run import tasks_with_train
+    from mlx_rsg.tasks import parse_tasks
     from mlx_rsg.train.loop import train
 
+    _runs_a_model()
     chosen = parse_tasks(tasks)
     if tasks.strip().lower() == "all" and Path(data_dir).exists():
         # "all" means every task the data has a train split for (RuCoS may be missing).
@@ -300,6 +302,7 @@ def predict_command(run_dir, task, input_path, data_dir, split, task_list, submi
     split, or the official test submission zip. Every flag is checked before the model loads."""
     from mlx_rsg import predict
 
+    _runs_a_model()
     _check_predict_flags(task, input_path, data_dir, split, submission)
     records = predict.read_records(input_path, task) if input_path is not None else None
     predictor = predict.load(run_dir)
@@ -368,6 +371,7 @@ def quantize_command(source, out, **options) -> None:
     """Quantize a RUN_DIR (trained weights merged first) or a converted MODEL_DIR into OUT."""
     from mlx_rsg.quant.quantize import quantize
 
+    _runs_a_model()
     opts = config_from_options(QuantizeOptions, options)
     quantize(source, out, **dataclasses.asdict(opts), world=_world())
 
@@ -387,6 +391,7 @@ def bench_command(baseline, variants, data_dir, out_dir, **options) -> None:
     from mlx_rsg.bench.measure import bench
     from mlx_rsg.bench.report import write_markdown
 
+    _runs_a_model()
     world = _world()
     result = bench(baseline, list(variants), data_dir, out_dir,
                    config_from_options(BenchConfig, options), world=world)  # fmt: skip
@@ -408,6 +413,7 @@ def quickstart_command(data_dir, work_dir, force, **options) -> None:
     """convert -> train heads on every task -> quantize 8/4-bit -> bench, CPU-sized (~11 min)."""
     from mlx_rsg.quickstart import quickstart
 
+    _runs_a_model()
     quickstart(data_dir, work_dir, config_from_options(QuickstartConfig, options), force)
 
 
@@ -423,4 +429,5 @@ def serve_command(run_dirs, **options) -> None:
     Binds 127.0.0.1 unless --host says otherwise; SIGTERM or Ctrl-C stops it gracefully."""
     from mlx_rsg.serve.server import serve
 
+    _runs_a_model()
     serve(list(run_dirs), config_from_options(ServeConfig, options))

@@ -37,14 +37,21 @@ from mlx_rsg.run import (
     dataclass_from_dict,
     diagnostic_records,
     load_trainable,
-    parse_tasks,
     read_run_json,
     resolve_backbone,
     sample_examples,
     task_info,
 )
 from mlx_rsg.submission import write_submission
-from mlx_rsg.tasks import TASKS, decode, make_units, official_name, parse_record, score_task
+from mlx_rsg.tasks import (
+    TASKS,
+    decode,
+    make_units,
+    official_name,
+    parse_record,
+    parse_tasks,
+    score_task,
+)
 
 
 def score_units(

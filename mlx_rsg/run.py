@@ -38,7 +38,7 @@ from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import atomic_file, check_replaceable, check_safetensors, read_json_object
 from mlx_rsg.model.config import ClassifierConfig
-from mlx_rsg.tasks import PROMPTS, REGISTRY, TASKS, TRAIN_TASKS, official_name
+from mlx_rsg.tasks import PROMPTS, REGISTRY
 
 RUN_FORMAT = "mlx-rsg-run"
 # 2: RUSSE/RWSD heads pool a third span (a question after the text), NLI premises are cut from
@@ -384,25 +384,6 @@ def write_backbone(bb, src_dir: Path, dst: Path) -> None:
     (dst / "model.safetensors.index.json").unlink(missing_ok=True)
     weights = dict(tree_flatten(bb.model.parameters()))
     mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})
-
-
-def parse_tasks(spec: str) -> tuple[str, ...]:
-    """'all' or a comma list of task names, any case -> official names in leaderboard order."""
-    if spec.strip().lower() == "all":
-        return TRAIN_TASKS
-    chosen = []
-    for part in spec.split(","):
-        if not part.strip():
-            continue
-        name = official_name(part)
-        if name == "LiDiRus":
-            raise UserError(
-                "--tasks: LiDiRus has no train split (it is scored with the TERRa head)"
-            )
-        if name is None:
-            raise UserError(f"--tasks: unknown task {part.strip()!r} (one of {', '.join(TASKS)})")
-        chosen.append(name)
-    return tuple(t for t in TRAIN_TASKS if t in chosen)
 
 
 def tasks_with_train(data_dir: Path, tasks: tuple[str, ...]) -> tuple[str, ...]:

@@ -173,7 +173,7 @@ RESUME_CHILD = """
 import sys
 import mlx_rsg.train as T
 from mlx_rsg.cli import _world
-from mlx_rsg.run import parse_tasks
+from mlx_rsg.tasks import parse_tasks
 args = sys.argv[1:]
 cfg = T.TrainConfig(tasks=parse_tasks("terra,rcb,parus"), freeze_layers=1, epochs=2, lr=1e-3,
                     head_lr=1e-2, warmup=2, batch_size=8, grad_accum=2, max_len=64,

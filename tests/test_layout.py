@@ -78,3 +78,29 @@ def test_every_task_and_method_module_is_registered():
     assert {t.name.lower() for t in tasks.REGISTRY.values()} == task_modules
     method_modules = {p.stem for p in (PACKAGE / "model" / "methods").glob("*.py")}
     assert {m.replace("-", "_") for m in methods.METHODS} == method_modules - {"__init__", "base"}
+    for name in methods.METHODS:  # each module defines the method its line names
+        assert methods.get(name).name == name
+
+
+def test_help_and_the_config_modules_import_no_mlx():
+    """`mlx-rsg --help` and every command's --help stay fast: the CLI, its config dataclasses
+    and their options load without MLX, mlx-lm, transformers or torch (a fresh process)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from click.testing import CliRunner
+from mlx_rsg.cli import main
+import mlx_rsg.train.config, mlx_rsg.model.config, mlx_rsg.bench.config, mlx_rsg.serve.config
+runner = CliRunner()
+for args in [["--help"], *([c, "--help"] for c in main.commands), ["data", "info", "--help"]]:
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, (args, result.output)
+heavy = sorted(m for m in ("mlx", "mlx.core", "mlx_lm", "transformers", "torch")
+               if m in sys.modules)
+print(",".join(heavy) or "none")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert out.strip() == "none"

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from mlx_rsg.errors import DataError, located
+from mlx_rsg.errors import DataError, UserError, located
 from mlx_rsg.metrics import aligned
 from mlx_rsg.tasks import danetqa, lidirus, muserc, parus, rcb, rucos, russe, rwsd, terra
 from mlx_rsg.tasks.base import Answer, Task
@@ -59,7 +59,7 @@ Record = (
 
 __all__ = [
     "REGISTRY", "TASKS", "TRAIN_TASKS", "PROMPTS", "Answer", "Task", "Unit", "Record", "get",
-    "official_name", "parse_records",
+    "official_name", "parse_tasks", "parse_records",
     "parse_record", "make_units", "encode_unit", "decode", "gold_predictions", "score_task",
     "task_score", "total_score", "rucos_candidates", "rwsd_spans", "NLIRecord", "PARusRecord",
     "MuSeRCAnswer", "MuSeRCQuestion", "MuSeRCRecord", "RUSSERecord", "RWSDRecord",
@@ -73,6 +73,25 @@ def official_name(name: str) -> str | None:
 
 
 _BY_LOWER = {t.lower(): t for t in REGISTRY}
+
+
+def parse_tasks(spec: str) -> tuple[str, ...]:
+    """'all' or a comma list of task names, any case -> official names in leaderboard order."""
+    if spec.strip().lower() == "all":
+        return TRAIN_TASKS
+    chosen = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        name = official_name(part)
+        if name == "LiDiRus":
+            raise UserError(
+                "--tasks: LiDiRus has no train split (it is scored with the TERRa head)"
+            )
+        if name is None:
+            raise UserError(f"--tasks: unknown task {part.strip()!r} (one of {', '.join(TASKS)})")
+        chosen.append(name)
+    return tuple(t for t in TRAIN_TASKS if t in chosen)
 
 
 def get(task: str) -> Task:

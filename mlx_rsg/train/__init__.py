@@ -2,7 +2,7 @@
 optimizer (optim.py), resumable checkpoints (checkpoint.py) and the loop (loop.py)."""
 
 from mlx_rsg.model.methods import METHODS
-from mlx_rsg.run import TRAIN_TASKS, parse_tasks
+from mlx_rsg.tasks import TRAIN_TASKS, parse_tasks
 from mlx_rsg.train.config import TrainConfig, classifier_config, heads_for
 
 __all__ = ["METHODS", "TRAIN_TASKS", "TrainConfig", "classifier_config", "heads_for",

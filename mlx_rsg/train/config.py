@@ -10,8 +10,7 @@ from mlx_rsg.errors import UserError
 from mlx_rsg.model.config import ClassifierConfig, parse_task_max_len
 from mlx_rsg.model.methods import METHODS
 from mlx_rsg.options import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bounds, check_bounds, opt
-from mlx_rsg.run import TRAIN_TASKS
-from mlx_rsg.tasks import PROMPTS, REGISTRY, official_name
+from mlx_rsg.tasks import PROMPTS, REGISTRY, TRAIN_TASKS, official_name
 
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 PROBABILITY = Bounds(0, 1, high_open=True)  # a dropout rate
