@@ -35,7 +35,7 @@ HERE = Path(__file__).parent
 
 def val_subset(data: Path, task: str, every: int) -> list:
     from mlx_rsg.data import load_split
-    from mlx_rsg.run import diagnostic_records
+    from mlx_rsg.data.sample import diagnostic_records
 
     records = diagnostic_records(data) if task == "LiDiRus" else load_split(data, task, "val")
     return records[::every]

@@ -48,9 +48,9 @@ from results_io import save  # noqa: E402
 from mlx_rsg import train as T  # noqa: E402
 from mlx_rsg.data import available_splits, load_split  # noqa: E402
 from mlx_rsg.data.info import fitting_max_len, unit_lengths  # noqa: E402
+from mlx_rsg.data.sample import diagnostic_records, examples_in, sample_records  # noqa: E402
 from mlx_rsg.model.backbone import load_tokenizer  # noqa: E402
 from mlx_rsg.predict import load, score_units  # noqa: E402
-from mlx_rsg.run import diagnostic_records, examples_in, sample_records  # noqa: E402
 from mlx_rsg.tasks import REGISTRY, make_units, task_score  # noqa: E402
 from mlx_rsg.tasks import rwsd as rwsd_module  # noqa: E402
 from mlx_rsg.tasks.russe import RUSSE  # noqa: E402

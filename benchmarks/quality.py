@@ -47,7 +47,7 @@ def majority_score(task: str, records: list) -> float:
 def val_records(data: Path, task: str) -> list:
     """The records a val submission of `task` is scored on (LiDiRus: its diagnostic file)."""
     from mlx_rsg.data import load_split
-    from mlx_rsg.run import diagnostic_records
+    from mlx_rsg.data.sample import diagnostic_records
 
     return diagnostic_records(data) if task == "LiDiRus" else load_split(data, task, "val")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 def save(out: Path, result: dict[str, Any], table: str) -> None:
     """Write `result` to `out` (atomically, as run.json is written) and print `table`."""
-    from mlx_rsg.run import write_json
+    from mlx_rsg.io import write_json
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)

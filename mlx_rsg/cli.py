@@ -249,7 +249,7 @@ def convert_command(source, out, **options) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing RUN_DIR.")
 def train_command(model_dir, data_dir, run_dir, tasks, resume, fuse, copy_backbone, force, **flags):
     """Train classification heads for the RSG tasks on MODEL_DIR (a converted model)."""
-    from mlx_rsg.run import tasks_with_train
+    from mlx_rsg.data.sample import tasks_with_train
     from mlx_rsg.tasks import parse_tasks
     from mlx_rsg.train.loop import train
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from mlx_rsg.errors import UserError, located
 
@@ -209,3 +211,24 @@ def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator:
         if isinstance(e, OSError) and e.filename is None:  # a write on the open file: name it
             e.filename = str(out)
         raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically, as strict JSON: a NaN or infinity (a score of no examples) is written null."""
+    with atomic_file(path) as f:
+        json.dump(_finite(obj), f, indent=2, ensure_ascii=False, allow_nan=False)
+        f.write("\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def jsonable(v):
+    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)

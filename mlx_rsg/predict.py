@@ -22,6 +22,7 @@ import numpy as np
 
 from mlx_rsg.accel.cpu_parallel import model_rows
 from mlx_rsg.data import available_splits, load_split
+from mlx_rsg.data.sample import diagnostic_records, sample_examples
 from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import jsonl_values
@@ -32,16 +33,7 @@ from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.model.offsets import apply_calibration
 from mlx_rsg.progress import Progress
-from mlx_rsg.run import (
-    WEIGHTS,
-    dataclass_from_dict,
-    diagnostic_records,
-    load_trainable,
-    read_run_json,
-    resolve_backbone,
-    sample_examples,
-    task_info,
-)
+from mlx_rsg.run import WEIGHTS, dataclass_from_dict, read_run_json, resolve_backbone, task_info
 from mlx_rsg.submission import write_submission
 from mlx_rsg.tasks import (
     TASKS,
@@ -52,6 +44,7 @@ from mlx_rsg.tasks import (
     parse_tasks,
     score_task,
 )
+from mlx_rsg.weights import load_trainable
 
 
 def score_units(

@@ -89,7 +89,7 @@ def _timed(label: str, fn, *args):
 
 def step_convert(cfg: QuickstartConfig, model_dir: Path) -> None:
     from mlx_rsg.convert.hf import convert
-    from mlx_rsg.run import MANIFEST
+    from mlx_rsg.model_files import MANIFEST
 
     if (model_dir / MANIFEST).is_file():
         _log(f"[1/4] convert: using {model_dir}")
@@ -99,7 +99,7 @@ def step_convert(cfg: QuickstartConfig, model_dir: Path) -> None:
 
 
 def step_train(cfg: QuickstartConfig, model_dir: Path, data_dir: Path, run_dir: Path) -> None:
-    from mlx_rsg.run import tasks_with_train
+    from mlx_rsg.data.sample import tasks_with_train
     from mlx_rsg.train import TRAIN_TASKS, TrainConfig, train
     from mlx_rsg.train.loop import num_layers
 

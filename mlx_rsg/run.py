@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import math
 import os
-import random
-import shutil
 import types
 import typing
 from collections.abc import Iterator
@@ -31,13 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
-from mlx.utils import tree_flatten
-
-from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.errors import UserError, located
-from mlx_rsg.io import atomic_file, check_replaceable, check_safetensors, read_json_object
+from mlx_rsg.io import check_replaceable, check_safetensors, jsonable, read_json_object
 from mlx_rsg.model.config import ClassifierConfig
+from mlx_rsg.model_files import weight_hashes
 from mlx_rsg.tasks import PROMPTS, REGISTRY
 
 RUN_FORMAT = "mlx-rsg-run"
@@ -45,24 +39,6 @@ RUN_FORMAT = "mlx-rsg-run"
 # their start, a LiDiRus head may sit beside TERRa's. A version-1 run's units are not these.
 RUN_VERSION = 2
 WEIGHTS = "trainable.safetensors"
-# Files of a model directory that a standalone copy needs (weights, config, tokenizer).
-_MODEL_FILE_GLOBS = ("*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weight_hashes(model_dir: Path) -> dict[str, str]:
-    """sha256 of every *.safetensors file of a model directory (the weights a run depends on)."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{model_dir}: no *.safetensors weights (is it a converted model dir?)")
-    return {f.name: sha256_file(f) for f in files}
 
 
 def backbone_ref(model_dir: str | Path, sha256: dict[str, str] | None = None) -> dict[str, Any]:
@@ -70,31 +46,6 @@ def backbone_ref(model_dir: str | Path, sha256: dict[str, str] | None = None) ->
     model_dir = Path(model_dir).resolve()
     sha256 = weight_hashes(model_dir) if sha256 is None else sha256
     return {"path": str(model_dir), "sha256": sha256, "copied": False}
-
-
-def copy_model_dir(src: Path, dst: Path) -> None:
-    """Copy the files that make a loadable model directory (not caches, not adapters)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for pattern in _MODEL_FILE_GLOBS:
-        for f in Path(src).glob(pattern):
-            shutil.copy2(f, dst / f.name)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomically, as strict JSON: a NaN or infinity (a score of no examples) is written null."""
-    with atomic_file(path) as f:
-        json.dump(_finite(obj), f, indent=2, ensure_ascii=False, allow_nan=False)
-        f.write("\n")
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def mark_merged(info: dict[str, Any], num_layers: int, method: str, lora_fused: int) -> None:
@@ -107,13 +58,6 @@ def mark_merged(info: dict[str, Any], num_layers: int, method: str, lora_fused: 
     info["classifier"]["freeze_layers"] = num_layers
     if lora_fused:
         info["fused"] = {"lora_layers_fused": lora_fused, "from": method}
-
-
-MANIFEST = "mlx_rsg.json"  # how a model directory was made (convert, quantize)
-
-
-def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
-    write_json(Path(model_dir) / MANIFEST, manifest)
 
 
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:
@@ -354,52 +298,6 @@ def quantization(ref: RunRef) -> dict | None:
     return q
 
 
-def save_weights(path: Path, arrays: dict) -> None:
-    """Atomically write a flat dict of arrays as safetensors."""
-    with atomic_file(path, "wb") as f:
-        mx.save_safetensors(f, arrays)
-
-
-def trainable_weights(model) -> dict:
-    return dict(tree_flatten(model.trainable_parameters()))
-
-
-def load_trainable(model, path: Path) -> None:
-    """Load trained weights into a freshly built classifier; every name must exist there."""
-    check_safetensors(Path(path))  # a truncated file: one line, not MLX's exception
-    weights = mx.load(str(path))
-    params = dict(tree_flatten(model.parameters()))
-    bad = [k for k, v in weights.items() if k not in params or params[k].shape != v.shape]
-    if bad:
-        raise UserError(f"{path}: weights do not fit the model built from run.json: {bad[0]}")
-    model.load_weights(list(weights.items()), strict=False)
-
-
-def write_backbone(bb, src_dir: Path, dst: Path) -> None:
-    """Write a standalone model directory: the (possibly fused) backbone weights plus the source
-    directory's config and tokenizer files."""
-    copy_model_dir(src_dir, dst)
-    for f in dst.glob("*.safetensors"):
-        f.unlink()
-    (dst / "model.safetensors.index.json").unlink(missing_ok=True)
-    weights = dict(tree_flatten(bb.model.parameters()))
-    mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})
-
-
-def tasks_with_train(data_dir: Path, tasks: tuple[str, ...]) -> tuple[str, ...]:
-    """The subset of `tasks` that have a train split in `data_dir` (for `--tasks all`)."""
-    return tuple(t for t in tasks if "train" in available_splits(data_dir, t))
-
-
-def diagnostic_records(data_dir: Path) -> list:
-    """LiDiRus's labelled diagnostic set (its only split), if the data has it."""
-    for split in available_splits(data_dir, "LiDiRus"):
-        records = load_split(data_dir, "LiDiRus", split)
-        if records and records[0].label is not None:
-            return records
-    return []
-
-
 def task_info(tasks: list[str]) -> dict[str, Any]:
     return {
         t: {
@@ -409,49 +307,4 @@ def task_info(tasks: list[str]) -> dict[str, Any]:
             "pooling": REGISTRY[t].pooling,
         }
         for t in tasks
-    }
-
-
-def jsonable(v):
-    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
-
-
-def examples_in(task: str, record, max_negatives: int | None = None) -> int:
-    """How many classification examples (units) a record gives; RuCoS trains on the gold
-    entity plus at most `max_negatives` sampled ones."""
-    return REGISTRY[task].examples(record, max_negatives)
-
-
-def sample_records(items: list, limit: int | None, seed: int, salt: str, size=None) -> list:
-    """Records drawn once from (seed, salt) until their examples reach `limit`, kept in their
-    original order. `size(record)` counts a record's examples (default 1), so that a cap means
-    the same thing for every task: one MuSeRC passage holds ~24 answer examples. A seeded draw,
-    not the first records: the first records of a split are not a label-balanced sample."""
-    size = size or (lambda _: 1)
-    if limit is None or sum(size(r) for r in items) <= limit:
-        return list(items)
-    order = list(range(len(items)))
-    random.Random(f"{seed}:{salt}").shuffle(order)
-    keep, total = [], 0
-    for i in order:
-        if total >= limit:
-            break
-        keep.append(i)
-        total += size(items[i])
-    return [items[i] for i in sorted(keep)]
-
-
-def sample_examples(task: str, records: list, limit: int | None, seed: int, split: str) -> list:
-    """~`limit` examples of a split as whole records: the records `train --max-eval-per-task
-    LIMIT --seed SEED` evaluates on for split val, and `bench`/`predict --max-per-task` score."""
-    return sample_records(records, limit, seed, f"{task}:{split}", lambda r: examples_in(task, r))
-
-
-def weights_outside_backbone(model) -> dict:
-    """float32 copies of a classifier's own weights (heads, MLP adapters): everything not under
-    the backbone's `lm.` tree, which a fused or quantized backbone/ carries instead."""
-    return {
-        k: v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v
-        for k, v in tree_flatten(model.parameters())
-        if not k.startswith("lm.")
     }

@@ -63,7 +63,7 @@ def benched(runs, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
 
 def records(data_dir, task):
     from mlx_rsg.data import load_split
-    from mlx_rsg.run import diagnostic_records, sample_examples
+    from mlx_rsg.data.sample import diagnostic_records, sample_examples
 
     recs = diagnostic_records(data_dir) if task == "LiDiRus" else load_split(data_dir, task, "val")
     return sample_examples(task, recs, MAX, seed=0, split="val")

@@ -57,7 +57,7 @@ def test_gptq_beats_round_to_nearest_and_loads(model64, tiny_rsg_dir, tmp_path):
     import mlx_lm
     from mlx_lm.utils import save_config, save_model
 
-    from mlx_rsg.run import copy_model_dir
+    from mlx_rsg.model_files import copy_model_dir
 
     tok = load_tokenizer(model64)
     batches = calibration_batches(tiny_rsg_dir, None, tok, n_examples=48, max_len=64)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlx_rsg.data import load_split
-from mlx_rsg.run import diagnostic_records
+from mlx_rsg.data.sample import diagnostic_records
 from mlx_rsg.submission import write_submission
 from mlx_rsg.tasks import gold_predictions
 

@@ -302,23 +302,52 @@ def test_a_read_only_output_is_one_line(run_dir, tmp_path):
         ro.chmod(0o755)
 
 
-def test_an_os_error_anywhere_is_one_line(monkeypatch, tmp_path):
+# (command line with D = an existing directory, what the command calls first that may meet the
+# disk: module, attribute) -- every command of the CLI
+OS_ERROR_SITES = [
+    (["data", "info", "D"], "mlx_rsg.data.info", "summary"),
+    (["data", "download", "D/rsg"], "mlx_rsg.data.info", "download"),
+    (["info"], "mlx_rsg.accel.blas", "describe"),
+    (["convert", "D", "-o", "D/out"], "mlx_rsg.convert.hf", "convert"),
+    (["train", "D", "--data", "D", "-o", "D/run"], "mlx_rsg.train.loop", "train"),
+    (["predict", "D", "--task", "terra", "--input", "-"], "mlx_rsg.predict", "read_records"),
+    (["quantize", "D", "--bits", "8", "-o", "D/q8"], "mlx_rsg.quant.quantize", "quantize"),
+    (["bench", "D", "--data", "D"], "mlx_rsg.bench.measure", "bench"),
+    (["quickstart", "--data", "D"], "mlx_rsg.quickstart", "quickstart"),
+    (["serve", "D"], "mlx_rsg.serve.server", "serve"),
+]
+
+
+@pytest.mark.parametrize("argv, module, name", OS_ERROR_SITES, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else None)  # fmt: skip
+def test_an_os_error_anywhere_is_one_line(argv, module, name, monkeypatch, tmp_path):
     """A full or read-only disk (also as root, where permissions cannot be tested): every
     command's OSError ends as `error: FILE: reason`, exit 2."""
     import errno
+    import importlib
 
     from click.testing import CliRunner
 
+    from mlx_rsg.accel import memory
     from mlx_rsg.cli import main
-    from mlx_rsg.data import info
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.json"))
 
-    monkeypatch.setattr(info, "summary", full)
-    res = CliRunner().invoke(main, ["data", "info", str(tmp_path)])
-    assert res.exit_code == 2
-    assert res.output == f"error: {tmp_path / 'out' / 'x.json'}: No space left on device\n"
+    monkeypatch.setattr(importlib.import_module(module), name, full)
+    monkeypatch.setattr(memory, "keep_freed_buffers", lambda: None)  # no process-wide setting
+    res = CliRunner().invoke(main, [a.replace("D", str(tmp_path)) for a in argv])
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines()[-1] == (
+        f"error: {tmp_path / 'out' / 'x.json'}: No space left on device"
+    )
+
+
+def test_every_command_meets_a_full_disk():
+    from mlx_rsg.cli import data_group, main
+
+    tested = {tuple(argv[:2]) if argv[0] == "data" else argv[0] for argv, _, _ in OS_ERROR_SITES}
+    assert tested == set(main.commands) - {"data"} | {("data", c) for c in data_group.commands}
 
 
 def _dead_pid() -> int:

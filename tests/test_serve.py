@@ -24,7 +24,7 @@ from tiny_model import tiny_model_dir, tiny_train_config  # noqa: F401
 import mlx_rsg
 from mlx_rsg import tasks
 from mlx_rsg.data import load_split
-from mlx_rsg.run import diagnostic_records
+from mlx_rsg.data.sample import diagnostic_records
 from mlx_rsg.serve.batcher import Job, MicroBatcher
 from mlx_rsg.serve.examples import BUILTIN, examples
 from mlx_rsg.serve.process import ServerProcess

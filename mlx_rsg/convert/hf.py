@@ -49,7 +49,7 @@ from mlx_rsg.io import (
     remove_stale,
 )
 from mlx_rsg.model.backbone import Backbone, check_vocabulary, load_tokenizer
-from mlx_rsg.run import MANIFEST, sha256_file, write_manifest
+from mlx_rsg.model_files import MANIFEST, sha256_file, write_manifest
 from mlx_rsg.version import __version__
 
 EMBEDDED = "gemma-3-270m"

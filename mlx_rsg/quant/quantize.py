@@ -30,26 +30,16 @@ from mlx_rsg import predict
 from mlx_rsg.accel.blas import warn_if_slow
 from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object
+from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object, write_json
 from mlx_rsg.model import methods
 from mlx_rsg.model.backbone import load_checked
 from mlx_rsg.model.methods.lora import fuse_lora
+from mlx_rsg.model_files import MANIFEST, copy_model_dir, weight_hashes, write_manifest
 from mlx_rsg.quant import gptq, rtn
 from mlx_rsg.quant.recipe import Recipe, resolve_recipe
-from mlx_rsg.run import (
-    MANIFEST,
-    WEIGHTS,
-    copy_model_dir,
-    mark_merged,
-    read_run_json,
-    resolve_backbone,
-    save_weights,
-    weight_hashes,
-    weights_outside_backbone,
-    write_json,
-    write_manifest,
-)
+from mlx_rsg.run import WEIGHTS, mark_merged, read_run_json, resolve_backbone
 from mlx_rsg.version import __version__
+from mlx_rsg.weights import save_weights, weights_outside_backbone
 
 # ---------------------------------------------------------------- model directories
 

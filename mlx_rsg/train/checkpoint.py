@@ -15,7 +15,9 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_rsg.errors import UserError
-from mlx_rsg.run import WEIGHTS, save_weights, trainable_weights, write_json
+from mlx_rsg.io import write_json
+from mlx_rsg.run import WEIGHTS
+from mlx_rsg.weights import save_weights, trainable_weights
 
 
 @dataclass

@@ -46,7 +46,7 @@ from mlx.utils import tree_map
 
 from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import read_json_object
+from mlx_rsg.io import read_json_object, write_json
 from mlx_rsg.model import methods
 from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
 from mlx_rsg.model.batching import examples_in, loss_fn, shard_range, take_rows
@@ -56,6 +56,7 @@ from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.model.label_words import label_word_heads
 from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.model.offsets import calibrated
+from mlx_rsg.model_files import copy_model_dir, weight_hashes
 from mlx_rsg.predict import evaluate
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import (
@@ -65,17 +66,11 @@ from mlx_rsg.run import (
     backbone_ref,
     check_replaceable_run,
     config_dict,
-    copy_model_dir,
     dataclass_from_dict,
     mark_merged,
     read_run_json,
     run_lock,
-    save_weights,
     task_info,
-    trainable_weights,
-    weight_hashes,
-    write_backbone,
-    write_json,
 )
 from mlx_rsg.submission import write_submission
 from mlx_rsg.tasks import total_score
@@ -101,6 +96,7 @@ from mlx_rsg.train.plan import (
 )
 from mlx_rsg.train.select import log_loss
 from mlx_rsg.version import __version__
+from mlx_rsg.weights import save_weights, trainable_weights, write_backbone
 
 VAL_PREDICTIONS = "val_predictions.zip"  # written into RUN_DIR with --dev-per-task
 

@@ -12,11 +12,11 @@ import numpy as np
 
 from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.data.info import fitting_max_len, unit_lengths
+from mlx_rsg.data.sample import diagnostic_records, examples_in, sample_examples, sample_records
 from mlx_rsg.errors import UserError
 from mlx_rsg.model import shared_prefix
 from mlx_rsg.model.batching import encode_units, make_batches
 from mlx_rsg.model.config import parse_task_max_len
-from mlx_rsg.run import diagnostic_records, examples_in, sample_examples, sample_records
 from mlx_rsg.tasks import REGISTRY, make_units
 from mlx_rsg.train.config import TrainConfig
 
