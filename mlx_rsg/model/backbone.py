@@ -114,6 +114,11 @@ def embed(bb: Backbone, tokens: mx.array) -> mx.array:
     return h
 
 
+# Architectures whose attention applies the mask itself (no `scaled_dot_product_attention`) and
+# so needs it as an array, not mlx-lm's "causal" shorthand (their own forward asks for arrays).
+_ARRAY_MASKS = {"gemma2"}
+
+
 def layer_window(bb: Backbone, i: int) -> int | None:
     """The sliding-window size of layer i, or None for full causal attention."""
     attn = getattr(bb.layers[i], "self_attn", None)
@@ -136,10 +141,12 @@ def run_layers(
     more compute)."""
     end = bb.num_layers if end is None else end
     masks: dict[int | None, Any] = {}
+    as_array = bb.config.get("model_type") in _ARRAY_MASKS
     for i in range(start, end):
         window = layer_window(bb, i)
         if window not in masks:
-            masks[window] = create_attention_mask(h, None, window_size=window)
+            masks[window] = create_attention_mask(h, None, window_size=window,
+                                                  return_array=as_array)  # fmt: skip
         layer = bb.layers[i]
         h = _checkpointed(layer, masks[window])(h) if checkpoint else layer(h, masks[window], None)
         if hooks and i in hooks:
