@@ -1,5 +1,12 @@
 """benchmarks/quality.py: val predictions in the official format re-scored against gold, next to
-the best constant answer."""
+the best constant answer.
+
+What these tests prove is the scoring: that each committed zip of predictions re-scores to the
+numbers committed beside it, with the official metrics. They do not prove the model: no model
+runs here, and a zip written by any other means would pass. The model's side is the training
+run that wrote the zip (its command and rule in quality.json), and
+`tests/test_dev_split.py::test_val_predictions_rescore_to_the_reported_scores`: a run's own val
+scores are those of the predictions it writes."""
 
 from __future__ import annotations
 

@@ -104,6 +104,17 @@ def expected(run: Path, task: str, objs: list[dict]) -> list[dict]:
     return out
 
 
+def _numbers(probs) -> list[float]:
+    """The probabilities of an answer in a fixed order, whatever their keys' spelling: a label
+    task's {label: p} in the head's label order, MuSeRC's one such dict per answer, a choice
+    task's list."""
+    if isinstance(probs, dict):
+        probs = list(probs.values())
+    if isinstance(probs, list):
+        return [v for p in probs for v in _numbers(p)]
+    return [probs]
+
+
 # ---------------------------------------------------------------------------------- API
 
 
@@ -135,6 +146,9 @@ def test_every_task_answers_as_the_library(server, runs, fixture_root, model):
         preds = body["predictions"]
         assert [p["label"] for p in preds] == expected(run, task, objs), task
         assert [p["idx"] for p in preds] == [tasks.parse_record(task, o).idx for o in objs]
+        library = loaded(run).predict(task, objs)  # the same records as one batch, in-process
+        for p, lib in zip(preds, library, strict=True):
+            assert _numbers(p["probs"]) == pytest.approx(_numbers(lib["probs"]), abs=1e-6), task
         for p in preds:
             probs = p["probs"]
             if isinstance(probs, dict):  # label tasks: keys spelled like the labels

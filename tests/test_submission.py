@@ -223,7 +223,7 @@ def test_format_matches_the_official_sample(task, tmp_path):
 @pytest.mark.parametrize("task", [t for t in TASKS if t != "RuCoS"])
 def test_sample_labels_rewritten_byte_for_byte(task, tmp_path, request):
     """Read the official sample, write it again for the real test records: identical bytes."""
-    root = _fixture(request, "real_rsg_root")
+    root = request.getfixturevalue("real_rsg_root")
     _sample_lines(task)
     records = _records(root, task, "test")
     sample_zip = _zip(
@@ -239,16 +239,7 @@ def test_sample_labels_rewritten_byte_for_byte(task, tmp_path, request):
 # ------------------------------------------------------------------- on stored val data
 
 
-def _fixture(request, name):
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        pytest.skip(f"conftest fixture {name!r} not available yet (data helper)")
-
-
 def _records(root, task, split):
-    if not hasattr(data, "load_split"):
-        pytest.skip("mlx_rsg.data.load_split has not landed yet")
     if split not in data.available_splits(root, task):
         pytest.skip(f"{task}/{split} not in {root}")
     return data.load_split(root, task, split)
@@ -261,7 +252,7 @@ def _labelled_split(root, task):
 @pytest.mark.parametrize("source", ["fixture_root", "real_rsg_root"])
 @pytest.mark.parametrize("task", TASKS)
 def test_val_gold_round_trip_is_perfect(task, source, request, tmp_path):
-    root = _fixture(request, source)
+    root = request.getfixturevalue(source)
     recs = _records(root, task, _labelled_split(root, task))
     got = roundtrip(tmp_path, {task: recs})[task]
     if task == "LiDiRus" and len({r.label for r in recs}) < 2:

@@ -356,8 +356,6 @@ def test_gold_units_decode_to_gold_predictions():
 
 
 def _records(root, task, split):
-    if not hasattr(data, "load_split"):
-        pytest.skip("mlx_rsg.data.load_split has not landed yet")
     if split not in data.available_splits(root, task):
         pytest.skip(f"{task}/{split} not in {root}")
     return data.load_split(root, task, split)
@@ -365,7 +363,7 @@ def _records(root, task, split):
 
 @pytest.mark.parametrize("task", T.TASKS)
 def test_units_of_every_fixture_split(task, request):
-    root = _fixture(request, "fixture_root")
+    root = request.getfixturevalue("fixture_root")
     tok = WordTokenizer()
     for split in ("train", "val", "test"):
         if hasattr(data, "available_splits") and split not in data.available_splits(root, task):
@@ -386,15 +384,8 @@ def test_units_of_every_fixture_split(task, request):
             assert sorted(got) == sorted(want)
 
 
-def _fixture(request, name):
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        pytest.skip(f"conftest fixture {name!r} not available yet (data helper)")
-
-
 def test_rwsd_spans_on_the_real_data(request):
-    root = _fixture(request, "real_rsg_root")
+    root = request.getfixturevalue("real_rsg_root")
     recs = _records(root, "RWSD", "train") + _records(root, "RWSD", "val")
     found = 0
     for r in recs:

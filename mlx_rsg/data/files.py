@@ -69,23 +69,29 @@ def _index(root: Path) -> dict[tuple[str, str], tuple[str, Callable[[], bytes]]]
         # a per-task zip (TERRa.zip holding train.jsonl...) names the task by its file name
         add_zip(root, (root.stem,))
     elif root.is_dir():
-        for dirpath, dirnames, filenames in os.walk(root):
-            here = Path(dirpath)
-            rel = here.relative_to(root).parts
-            dirnames[:] = [d for d in dirnames if len(rel) < 2 and not d.startswith(".")]
-            for d in dirnames:  # would silently drop its split
-                if d.endswith((".jsonl", ".jsonl.gz", ".zip")):
-                    raise DataError(f"{here / d}: a directory where a data file is expected")
-            for f in filenames:
-                if f.startswith("."):
-                    continue
-                if f.endswith(".zip"):
-                    add_zip(here / f, rel + (f[:-4],))
-                else:
-                    add(rel + (f,), str(here / f), (here / f).read_bytes, archived=False)
+        _walk(root, add, add_zip)
     else:
         raise DataError(f"{root}: no such file or directory")
     return {key: (display, read) for key, (_, display, read) in found.items()}
+
+
+def _walk(root: Path, add: Callable, add_zip: Callable) -> None:
+    """Every file up to two folders below `root` to `add`, zips to `add_zip`; hidden ones
+    skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel = here.relative_to(root).parts
+        dirnames[:] = [d for d in dirnames if len(rel) < 2 and not d.startswith(".")]
+        for d in dirnames:  # would silently drop its split
+            if d.endswith((".jsonl", ".jsonl.gz", ".zip")):
+                raise DataError(f"{here / d}: a directory where a data file is expected")
+        for f in filenames:
+            if f.startswith("."):
+                continue
+            if f.endswith(".zip"):
+                add_zip(here / f, rel + (f[:-4],))
+            else:
+                add(rel + (f,), str(here / f), (here / f).read_bytes, archived=False)
 
 
 def _gunzip(read: Callable[[], bytes]) -> bytes:
