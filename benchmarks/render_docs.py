@@ -137,14 +137,24 @@ def bench_train(results: Path) -> str:
     return _table(["loop", "ex/s", "total s", "s per epoch", "vs torch"], rows)
 
 
-def scaling(results: Path) -> str:
-    """docs/scaling.md: the computed data-parallel step costs, in scaling_table.py's own table."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # scaling_table imports results_io beside it
+def curve(results: Path) -> str:
+    """docs/training.md: the real runs' val totals by wall minutes, in curve.py's own table."""
+    return _benchmark_table("curve", "table", _load(results, "curve.json"))
+
+
+def _benchmark_table(script: str, name: str, result: dict) -> str:
+    """A benchmark script's own table function (scripts import results_io beside them)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from scaling_table import table
+        module = __import__(script)
     finally:
         sys.path.pop(0)
-    return table(_load(results, "scaling.json"))
+    return getattr(module, name)(result)
+
+
+def scaling(results: Path) -> str:
+    """docs/scaling.md: the computed data-parallel step costs, in scaling_table.py's own table."""
+    return _benchmark_table("scaling_table", "table", _load(results, "scaling.json"))
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
@@ -155,6 +165,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "bench-inference": bench_inference,
     "bench-train": bench_train,
     "scaling": scaling,
+    "curve": curve,
 }
 MARKED = re.compile(r"(<!-- render:([\w-]+) -->\n)(.*?)(<!-- /render:\2 -->)", re.S)
 
