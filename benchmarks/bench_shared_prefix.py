@@ -2,16 +2,14 @@
 
     python benchmarks/bench_shared_prefix.py --model MODEL_DIR --data ../shared/rsg
     python benchmarks/bench_shared_prefix.py --model MODEL_DIR --data ../shared/rsg \
-        --task RUSSE --records 1000 --grouped --max-len 160
+        --task RUSSE --records 400 --max-len 160
 
 A MuSeRC passage is asked ~24 answers about, a RUSSE word-in-sentence is paired with several
 second sentences; `predict` runs such a shared prefix once and each unit's own tokens against its
-keys and values, and short shared prefixes many to a pass (`mlx_rsg.model.shared_prefix`). This
-scores the first --records val records of --task (with --grouped: whole groups of near-copies,
-`Task.group_keys`, drawn with seed 0 until --records: a split's first records are not typical)
-both ways with the same classifier (random heads on the whole backbone: the forward is what is
-timed), at --max-len tokens, alternately, best of --repeats, and reports units/s, the ratio,
-the largest logit difference and whether every decision agrees.
+keys and values (`mlx_rsg.model.shared_prefix`). This scores the first --records val records of
+--task both ways with the same classifier (random heads on the whole backbone: the forward is
+what is timed), at --max-len tokens, alternately, best of --repeats, and reports units/s, the
+ratio, the largest logit difference and whether every decision agrees.
 
 Writes benchmarks/results/shared_prefix.json (MuSeRC) or shared_prefix_TASK.json and prints a
 table.
@@ -33,15 +31,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="RSG data directory")
     ap.add_argument("--task", default="MuSeRC")
     ap.add_argument("--records", type=int, default=8, help="val records (MuSeRC: paragraphs)")
-    ap.add_argument("--grouped", action="store_true",
-                    help="whole groups of near-copies drawn with seed 0, not the first records")
     ap.add_argument("--max-len", type=int, default=640)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--min-shared", type=int, default=None,
-                    help="shared tokens a group's own pass needs (default: MIN_SHARED, 64)")
-    ap.add_argument("--min-packed", type=int, default=None,
-                    help="shared tokens a packed group needs (default: MIN_PACKED, 16)")
+                    help="shared tokens a group needs (default: MIN_SHARED, 64)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     suffix = "" if args.task == "MuSeRC" else f"_{args.task.lower()}"
@@ -53,36 +47,19 @@ def main() -> None:
     from mlx.utils import tree_map
 
     from mlx_rsg.accel import blas
-    from mlx_rsg.accel.fastpaths import cpu_model
     from mlx_rsg.data import load_split
     from mlx_rsg.data.info import token_cost
     from mlx_rsg.model import shared_prefix
     from mlx_rsg.model.backbone import load_backbone, load_tokenizer
-    from mlx_rsg.model.batching import encode_units
     from mlx_rsg.model.classifier import RSGClassifier
     from mlx_rsg.model.config import ClassifierConfig
     from mlx_rsg.predict import score_units
     from mlx_rsg.version import __version__
 
-    from mlx_rsg.tasks import REGISTRY, make_units
+    from mlx_rsg.tasks import REGISTRY
 
     spec = REGISTRY[args.task]
-    records = load_split(args.data, args.task, "val")
-    if args.grouped:
-        import random
-
-        from mlx_rsg.train.plan import record_groups
-
-        groups = record_groups(args.task, records)
-        random.Random(0).shuffle(groups)
-        chosen: list = []
-        for group in groups:
-            if len(chosen) >= args.records:
-                break
-            chosen += group
-        records = chosen
-    else:
-        records = records[: args.records]
+    records = load_split(args.data, args.task, "val")[: args.records]
     tok = load_tokenizer(args.model)
     mx.random.seed(0)
     cfg = ClassifierConfig(method="heads", max_len=args.max_len, dropout=0.0)
@@ -91,32 +68,23 @@ def main() -> None:
     model.update(tree_map(lambda v: mx.random.normal(v.shape), model.trainable_parameters()))
     model.eval()
 
-    def run(thresholds: tuple[int, int]):
-        shared_prefix.MIN_SHARED, shared_prefix.MIN_PACKED = thresholds
+    def run(min_shared: int):
+        shared_prefix.MIN_SHARED = min_shared
         t0 = time.perf_counter()
         units, logits = score_units(model, tok, args.task, records, args.batch_size)
         return time.perf_counter() - t0, units, logits
 
-    defaults = shared_prefix.MIN_SHARED, shared_prefix.MIN_PACKED
-    modes = {"shared": (args.min_shared or defaults[0], args.min_packed or defaults[1]),
-             "whole": (10**9, 10**9)}  # fmt: skip
+    modes = {"shared": args.min_shared or shared_prefix.MIN_SHARED, "whole": 10**9}
     best: dict[str, float] = {}
     out: dict[str, np.ndarray] = {}
     for _ in range(args.repeats):
-        for name, thresholds in modes.items():
-            seconds, units, logits = run(thresholds)
+        for name, min_shared in modes.items():
+            seconds, units, logits = run(min_shared)
             best[name] = min(best.get(name, seconds), seconds)
             out[name] = logits
     n = len(units)
+    shared_prefix.MIN_SHARED = modes["shared"]
     cost = token_cost(args.task, records, tok, model.cfg.max_len_for(args.task))
-    encoded = encode_units(make_units(args.task, records, train=False), tok,
-                           model.cfg.max_len_for(args.task))  # fmt: skip
-    shared_prefix.MIN_SHARED, shared_prefix.MIN_PACKED = modes["shared"]
-    long, short, rest = shared_prefix.find_groups(encoded)
-    shared_prefix.MIN_SHARED, shared_prefix.MIN_PACKED = defaults
-    tokens_run = sum(len(e.ids) for e in rest) + sum(
-        len(g.prefix) + sum(len(e.ids) - len(g.prefix) for e in g.members) for g in long + short
-    )
     diff = float(np.abs(out["shared"] - out["whole"]).max())
     agree = bool((out["shared"].argmax(1) == out["whole"].argmax(1)).all())
     result = {
@@ -124,16 +92,12 @@ def main() -> None:
         "model": str(args.model),
         "task": f"{args.task} val",
         "records": len(records),
-        "grouped": args.grouped,
         "units": n,
         "tokens": cost["tokens"],
         "tokens_shared_once": cost["once"],
-        "tokens_run_shared": tokens_run,
-        "groups": {"own pass": len(long), "packed": len(short)},
         "max_len": args.max_len,
         "batch_size": args.batch_size,
-        "min_shared": modes["shared"][0],
-        "min_packed": modes["shared"][1],
+        "min_shared": modes["shared"],
         "seconds": {k: round(v, 2) for k, v in best.items()},
         "units_per_s": {k: round(n / v, 2) for k, v in best.items()},
         "speedup": round(best["whole"] / best["shared"], 2),
@@ -143,7 +107,6 @@ def main() -> None:
         "blas": blas.describe(),
         "versions": {"mlx_rsg": __version__, "mlx": mx.__version__},
         "machine": f"{platform.machine()} {platform.system()}",
-        "cpu": cpu_model(),
     }
     table = "\n".join([
         f"{args.task} val, {len(records)} records = {n} units, max_len {args.max_len} "
@@ -151,8 +114,7 @@ def main() -> None:
         "| mode | seconds | units/s |",
         "|---|---|---|",
         *(f"| {k} | {best[k]:.1f} | {n / best[k]:.2f} |" for k in modes),
-        f"tokens {cost['tokens']:,}, run when shared {tokens_run:,} ({len(long)} groups with "
-        f"a pass of their own, {len(short)} packed); "
+        f"tokens {cost['tokens']:,}, with shared prefixes once {cost['once']:,}; "
         f"shared / whole: {result['speedup']}x; max |logit difference| {diff:.1e} "
         f"(largest logit {result['max_abs_logit']:.1f}); decisions agree: {agree}",
     ])  # fmt: skip

@@ -61,9 +61,8 @@ def score_units(
     the task); return (units, logits) in unit order, logits a numpy array (n_units, n_out).
     `cache`: a features.PrefixCache of the frozen prefix (training's val), filled as needed.
     Without one, units that share a long token prefix (a MuSeRC passage, a RuCoS query, a
-    repeated DaNetQA text) run it once, and short shared prefixes (a RUSSE word-in-sentence
-    query) run many to a batch (`model.shared_prefix`). `on_batch(rows)` is called after each
-    batch.
+    repeated RUSSE or DaNetQA text) run it once (`model.shared_prefix`). `on_batch(rows)` is
+    called after each batch.
     `world`: each rank scores its share of the records; every rank gets all the logits."""
     prompt = model.cfg.prompt
     if world.size > 1:
@@ -82,11 +81,11 @@ def score_units(
         if on_batch is not None:
             on_batch(len(batch.keys))
 
-    groups, short, rest = [], [], encoded
+    groups, rest = [], encoded
     if cache is not None:
         cache.fill(encoded, batch_size)
     else:
-        groups, short, rest = shared_prefix.find_groups(encoded)
+        groups, rest = shared_prefix.group_shared(encoded)
     for batch in make_batches(rest, batch_size, rng=None):
         h0 = cache.prefix(batch) if cache is not None else None
         keep(batch, model_rows(model, batch, h0))  # one row chunk per CPU core (evaluated)
@@ -94,11 +93,6 @@ def score_units(
         state = shared_prefix.PrefixState(model, group.prefix, model.n_blocks)
         for batch in make_batches(group.members, batch_size, rng=None):
             keep(batch, shared_prefix.shared_logits(model, state, batch))
-    for pack in shared_prefix.pack_groups(short):
-        state = shared_prefix.PrefixState(model, pack.prefixes(), model.n_blocks)
-        members, prefix_of = pack.members()
-        for batch in make_batches(members, batch_size, rng=None):
-            keep(batch, shared_prefix.shared_logits(model, state, batch, prefix_of))
     return units, np.stack([by_key[u.key] for u in units]) if units else np.zeros((0, 1))
 
 

@@ -22,7 +22,6 @@ from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.predict import score_units
 from mlx_rsg.tasks import make_units, parse_record
 from mlx_rsg.tasks.muserc import MuSeRCAnswer, MuSeRCQuestion, MuSeRCRecord
-from mlx_rsg.tasks.russe import RUSSERecord
 
 PASSAGE = "Мама мыла раму. Кошка сидит на окне, а собака спит во дворе. " * 4
 HEADS = {"MuSeRC": 2, "TERRa": 2}
@@ -35,9 +34,9 @@ def record(idx: int, passage: str = PASSAGE) -> MuSeRCRecord:
     return MuSeRCRecord(idx, passage, (q0, q1))
 
 
-def classifier(model_dir, heads=HEADS, **cfg) -> RSGClassifier:
+def classifier(model_dir, **cfg) -> RSGClassifier:
     mx.random.seed(0)
-    model = RSGClassifier(load_backbone(model_dir), ClassifierConfig(dropout=0.0, **cfg), heads)
+    model = RSGClassifier(load_backbone(model_dir), ClassifierConfig(dropout=0.0, **cfg), HEADS)
     # Heads, LoRA B and adapter up-projections start at zero: random ones make outputs that differ.
     model.update(tree_map(lambda v: 0.1 * mx.random.normal(v.shape), model.trainable_parameters()))
     mx.eval(model.parameters())
@@ -124,7 +123,6 @@ def test_score_units_runs_each_passage_once_with_the_same_logits(tiny_model_dir,
     records = [record(0), record(1, PASSAGE[::-1]), record(2, "Коротко.")]
     passes = []
     real = shared_prefix.PrefixState
-    monkeypatch.setattr(shared_prefix, "MIN_PACKED", 10**9)  # long passages only
     monkeypatch.setattr(shared_prefix, "MIN_SHARED", 60)
     monkeypatch.setattr(shared_prefix, "PrefixState",
                         lambda *a: passes.append(a[1]) or real(*a))  # fmt: skip
@@ -132,66 +130,6 @@ def test_score_units_runs_each_passage_once_with_the_same_logits(tiny_model_dir,
     assert len(passes) == 2  # records 0 and 1; record 2's passage is too short to share
     monkeypatch.setattr(shared_prefix, "MIN_SHARED", 10**9)
     units_whole, want = score_units(model, tok, "MuSeRC", records, batch_size=2)
-    assert [u.key for u in units] == [u.key for u in units_whole]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-
-
-def test_short_prefixes_are_packed_by_length(tiny_model_dir):  # noqa: F811
-    """Groups sharing 16-63 tokens are packed by exact prefix length, many to a pass; each row
-    attends to its own group's keys and values: the logits of running every unit whole."""
-    model = classifier(tiny_model_dir, method="freeze", freeze_layers=1)
-    rng = np.random.default_rng(1)
-    rows = []
-    for length in (20, 20, 24):  # two groups of 20 shared tokens, one of 24
-        prefix = list(map(int, rng.integers(5, 200, size=length)))
-        for first, extra in ((201, 3), (202, 9), (203, 1)):  # the next token differs
-            rows.append(prefix + [first] + list(map(int, rng.integers(5, 200, size=extra))))
-    rows.append(list(map(int, rng.integers(5, 200, size=30))))  # shares nothing
-    encoded = [_encoded(i, r) for i, r in enumerate(rows)]
-    long, short, rest = shared_prefix.find_groups(encoded)
-    assert not long and [e.unit.key for e in rest] == [(0, 0, 9)]
-    packs = shared_prefix.pack_groups(short)
-    assert [(p.length, len(p.groups)) for p in packs] == [(20, 2), (24, 1)]
-    assert [len(p.groups) for p in shared_prefix.pack_groups(short, max_tokens=20)] == [1, 1, 1]
-    for pack in packs:
-        members, prefix_of = pack.members()
-        batch = collate(members)
-        want = np.array(model(batch))
-        state = shared_prefix.PrefixState(model, pack.prefixes(), model.backbone.num_layers)
-        got = np.array(shared_prefix.shared_logits(model, state, batch, prefix_of))
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    with pytest.raises(ValueError, match="one length"):
-        shared_prefix.PrefixState(model, [[1, 2], [1, 2, 3]], 1)
-
-
-def _russe_query(idx: int, first: str, second: str) -> RUSSERecord:
-    w = "звание"
-    i, j = first.index(w), second.index(w)
-    return RUSSERecord(idx, w, first, second, i, i + len(w), j, j + len(w), None)
-
-
-def test_score_units_packs_russe_queries_with_the_same_logits(tiny_model_dir, tok,  # noqa: F811
-                                                              monkeypatch):  # fmt: skip
-    """RUSSE: a word-in-sentence query asked against several second sentences shares a short
-    prefix, and its span heads pool the first sentence's word from it."""
-    model = classifier(tiny_model_dir, heads={"RUSSE": 2}, method="freeze", freeze_layers=1,
-                       max_len=200)  # fmt: skip
-    # queries of similar length, so that some share a pack (rows of different groups in a batch)
-    firsts = [f"{name} заслужил звание майора." for name in ("Иван", "Пётр", "Олег", "Антон",
-                                                              "Борис", "Семён", "Глеб", "Илья")]
-    seconds = ["Иначе называлось его звание, не помню.", "Звание героя. А звание?"]  # fmt: skip
-    records = [_russe_query(2 * i + j, f, s) for i, f in enumerate(firsts)
-               for j, s in enumerate(seconds)]  # fmt: skip
-    packed = []
-    real = shared_prefix.pack_groups
-    monkeypatch.setattr(shared_prefix, "MIN_SHARED", 10**9)  # every shared prefix is packed
-    monkeypatch.setattr(shared_prefix, "pack_groups",
-                        lambda g: packed.extend(real(g)) or real(g))  # fmt: skip
-    units, got = score_units(model, tok, "RUSSE", records, batch_size=4)
-    assert sum(len(p.groups) for p in packed) == len(firsts)  # one group per query
-    assert max(len(p.groups) for p in packed) >= 2
-    monkeypatch.setattr(shared_prefix, "MIN_PACKED", 10**9)
-    units_whole, want = score_units(model, tok, "RUSSE", records, batch_size=4)
     assert [u.key for u in units] == [u.key for u in units_whole]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 

@@ -14,13 +14,6 @@ that repeat a long text). Truncation may cut a passage at different points for d
 answers; the common prefix then ends at the first cut. Mean and span pooling read the shared
 tokens' hidden states as well.
 
-Scoring also shares short prefixes: a RUSSE query (the word and its first sentence, ~34 tokens)
-is asked against several second sentences, too few tokens for a pass of its own. Groups that
-share fewer than `MIN_SHARED` but at least `MIN_PACKED` tokens are packed by prefix length
-(`pack_groups`): one pass runs many groups' prefixes as a batch, and each suffix row attends to
-its own group's keys and values (gathered by row). Every row's suffix starts at the same offset,
-so masks and RoPE stay those of one prefix.
-
 The classifier's mlx-lm blocks are called as usual, with a cache object that prepends the shared
 keys and values (`update_and_fetch`) and gives the RoPE offset; masks are built for the offset
 (and the sliding window of a Gemma 3 layer).
@@ -34,7 +27,6 @@ batches instead.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -48,15 +40,10 @@ from mlx_rsg.model.batching import common_prefix_len, take_rows
 from mlx_rsg.model.methods.mlp_adapter import block_hooks
 from mlx_rsg.model.pooling import pool, pooling_weights
 
-__all__ = ["MIN_PACKED", "MIN_SHARED", "Pack", "PrefixState", "common_prefix_len", "find_groups",
-           "group_shared", "pack_groups", "segment_features", "shared_logits"]  # fmt: skip
+__all__ = ["MIN_SHARED", "PrefixState", "common_prefix_len", "group_shared", "segment_features"]
 
 # Below this many shared tokens a separate batch-1 pass over them costs more than it saves.
 MIN_SHARED = 64
-# Scoring: groups sharing at least this many (and fewer than MIN_SHARED) tokens are packed, many
-# prefixes of one length to a pass of at most PACK_TOKENS tokens.
-MIN_PACKED = 16
-PACK_TOKENS = 2048
 
 
 @dataclass
@@ -107,45 +94,6 @@ def _close(run: list, shared: int, groups: list, rest: list) -> None:
         rest.extend(run)
 
 
-def find_groups(encoded: Sequence) -> tuple[list[SharedGroup], list[SharedGroup], list]:
-    """(groups sharing >= MIN_SHARED tokens, groups sharing MIN_PACKED..MIN_SHARED - 1, the
-    rest). The long groups are found first, so a short common start never absorbs a passage."""
-    long, rest = group_shared(encoded)
-    if MIN_PACKED >= MIN_SHARED:
-        return long, [], rest
-    short, rest = group_shared(rest, MIN_PACKED)
-    return long, short, rest
-
-
-@dataclass
-class Pack:
-    """Groups whose prefixes all have `length` tokens, run as one batch."""
-
-    length: int
-    groups: list[SharedGroup]
-
-    def prefixes(self) -> list[list[int]]:
-        return [g.prefix for g in self.groups]
-
-    def members(self) -> tuple[list, dict]:
-        """Every group's units, and each unit's key -> its group's row in the pack."""
-        units = [e for g in self.groups for e in g.members]
-        return units, {e.unit.key: j for j, g in enumerate(self.groups) for e in g.members}
-
-
-def pack_groups(groups: Sequence[SharedGroup], max_tokens: int = PACK_TOKENS) -> list[Pack]:
-    """Groups of one task packed by exact prefix length, at most `max_tokens` prefix tokens (and
-    at least one group) per pack."""
-    by_length: dict[int, list[SharedGroup]] = {}
-    for g in groups:
-        by_length.setdefault(len(g.prefix), []).append(g)
-    packs = []
-    for length, same in sorted(by_length.items()):
-        per = max(1, max_tokens // length)
-        packs += [Pack(length, same[i : i + per]) for i in range(0, len(same), per)]
-    return packs
-
-
 class _Recorder:
     """A layer's cache in the prefix pass: keeps the keys and values it is given."""
 
@@ -157,16 +105,12 @@ class _Recorder:
 
 
 class _SharedKV:
-    """A layer's cache in the suffix pass: the prefix's keys and values (batch 1, broadcast to
-    the batch; or one row per suffix row) in front of the suffix's own; `offset` places the
-    suffix after the prefix."""
+    """A layer's cache in the suffix pass: the prefix's keys and values (batch 1) broadcast to
+    the batch, in front of the suffix's own; `offset` places the suffix after the prefix."""
 
-    def __init__(self, keys: mx.array, values: mx.array):
-        self.keys, self.values = keys, values
+    def __init__(self, recorded: _Recorder):
+        self.keys, self.values = recorded.keys, recorded.values
         self.offset = self.keys.shape[2]
-
-    def take(self, rows: mx.array) -> _SharedKV:
-        return _SharedKV(self.keys[rows], self.values[rows])
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         def join(shared: mx.array, own: mx.array) -> mx.array:
@@ -194,26 +138,15 @@ def _run(model, h: mx.array, start: int, end: int, caches: dict, offset: int) ->
 
 class PrefixState:
     """The shared tokens run once through blocks [0, end): their hidden states and every
-    block's keys and values, ready for any number of suffix batches. `prefix`: one prefix, or
-    several of one length (a pack: then `rows` picks each suffix row's own)."""
+    block's keys and values, ready for any number of suffix batches."""
 
-    def __init__(self, model, prefix: Sequence[int] | Sequence[Sequence[int]], end: int):
-        rows = [list(prefix)] if isinstance(prefix[0], (int, np.integer)) else list(prefix)
-        if len({len(r) for r in rows}) != 1:
-            raise ValueError("packed prefixes must have one length")
-        self.model, self.end, self.length = model, end, len(rows[0])
+    def __init__(self, model, prefix: Sequence[int], end: int):
+        self.model, self.end, self.length = model, end, len(prefix)
         recorders = {i: _Recorder() for i in range(end)}
-        self.hidden = _run(model, embed(model.backbone, mx.array(rows)), 0, end, recorders, 0)
-        self.caches = {i: _SharedKV(r.keys, r.values) for i, r in recorders.items()}
+        self.hidden = _run(model, embed(model.backbone, mx.array([list(prefix)])), 0, end,
+                           recorders, 0)  # fmt: skip
+        self.caches = {i: _SharedKV(r) for i, r in recorders.items()}
         mx.eval(self.hidden, [(c.keys, c.values) for c in self.caches.values()])
-
-    def rows(self, prefix_rows: Sequence[int]) -> PrefixState:
-        """This state for a batch whose row j follows prefix number prefix_rows[j]."""
-        rows = mx.array(list(prefix_rows))
-        view = copy.copy(self)
-        view.hidden = self.hidden[rows]
-        view.caches = {i: c.take(rows) for i, c in self.caches.items()}
-        return view
 
     def suffix_hidden(self, tokens: mx.array) -> mx.array:
         """Hidden states (B, S, D) after block `end` of right-padded suffix tokens (B, S)."""
@@ -228,24 +161,23 @@ def suffix_batch(batch, prefix_len: int):
     return replace(batch, tokens=tokens, lengths=batch.lengths - prefix_len, spans=None)
 
 
-def shared_logits(model, state: PrefixState, batch, prefix_of: dict | None = None) -> mx.array:
+def shared_logits(model, state: PrefixState, batch) -> mx.array:
     """The classifier's logits (evaluated) for a batch of whole units that all start with the
-    state's prefix (a pack's: `prefix_of` maps each unit key to its prefix's row): the suffixes
-    run against the shared keys and values, one row chunk per CPU core."""
+    state's prefix: the suffixes run against the shared keys and values, one row chunk per CPU
+    core."""
 
     def run(part) -> mx.array:
-        own_state = state if prefix_of is None else state.rows([prefix_of[k] for k in part.keys])
-        own = own_state.suffix_hidden(suffix_batch(part, state.length).tokens)
-        features = _pooled(model, part, own_state.hidden, own, state.length)
+        own = state.suffix_hidden(suffix_batch(part, state.length).tokens)
+        features = _pooled(model, part, state.hidden, own, state.length)
         return model.head_logits(features, model.head_for(part))
 
     return batch_rows(run, batch)
 
 
 def _pooled(model, batch, prefix: mx.array, own: mx.array, n: int) -> mx.array:
-    """Pooled features (B, S, D) of `batch`'s rows, which all begin with n shared tokens, from
-    the last block's output on those n tokens (1 or B, n, D) and on each row's own tokens
-    (B, W, D): the last token is among a row's own; mean and span pooling read the rows whole."""
+    """Pooled features (B, S, D) of `batch`'s rows, which all begin with the same n tokens, from
+    the last block's output on those n tokens (1, n, D) and on each row's own tokens (B, W, D):
+    the last token is among a row's own; mean and span pooling read the rows whole."""
     bb = model.backbone
     if batch.spans is None and model.cfg.pooling == "last":
         return mx.take_along_axis(final_norm(bb, own), (batch.lengths - n - 1)[:, None, None],
@@ -312,6 +244,6 @@ def _shared(model, batch, h0, start: int, end: int, n: int) -> mx.array:
         prefix, own = h0[start : start + 1, :n], h0[start:end, n:width]
     recorders = {i: _Recorder() for i in range(first, model.n_blocks)}
     prefix = _run(model, prefix, first, model.n_blocks, recorders, 0)
-    shared = {i: _SharedKV(r.keys, r.values) for i, r in recorders.items()}
+    shared = {i: _SharedKV(r) for i, r in recorders.items()}
     own = _run(model, own, first, model.n_blocks, shared, n)
     return _pooled(model, part, prefix, own, n)
