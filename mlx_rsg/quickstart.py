@@ -55,9 +55,9 @@ STEP_SHARES = {
 }
 MEASURED_MINUTES = 11  # the whole quickstart on 2 cores (docs/cli.md), for the first line
 
-# The recipe of the real run (docs/training.md), which the quickstart's closing lines point to.
-# The best score per minute measured (docs/training.md, "Score against minutes"): one epoch of the
-# real run's recipe, inside 90 minutes on 2 cores (its second epoch scores more in 1.7x the time).
+# What the quickstart's closing lines point to: the best score per minute measured
+# (docs/training.md, "Score against minutes"), one epoch of the real run's recipe, inside 90
+# minutes on 2 cores (its second epoch scores more in 1.7x the time).
 FULL_RECIPE = (
     "mlx-rsg train {model} --data {data} -o runs/g270m-1ep --method freeze --freeze-layers 14 "
     "--max-train-per-task 1000 --task-max-train terra=all,danetqa=all,russe=2000,muserc=2000 "
@@ -184,8 +184,8 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
         f"\nThis was a demonstration of the pipeline: `{cfg.method}` on an inner block's "
         f"features, ~{cfg.max_train_per_task} training examples per task, scored on "
         f"~{cfg.max_eval_per_task} val examples per task. "
-        "The full recipe (docs/training.md) trains the top blocks, chooses its epoch and "
-        "thresholds on a dev split carved out of train and scores all of val once "
+        "The full recipe (docs/training.md) trains the top blocks, chooses its thresholds on "
+        "a dev split carved out of train and scores all of val once "
         "(~85 min on 2 cores; --epochs 2 scores higher in ~140):\n  "
         + FULL_RECIPE.format(model=model_dir, data=data_dir)
     )
