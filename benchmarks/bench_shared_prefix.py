@@ -69,9 +69,9 @@ def main() -> None:
     model.eval()
 
     def run(min_shared: int):
-        shared_prefix.MIN_SHARED = min_shared
         t0 = time.perf_counter()
-        units, logits = score_units(model, tok, args.task, records, args.batch_size)
+        units, logits = score_units(model, tok, args.task, records, args.batch_size,
+                                    min_shared=min_shared)  # fmt: skip
         return time.perf_counter() - t0, units, logits
 
     modes = {"shared": args.min_shared or shared_prefix.MIN_SHARED, "whole": 10**9}
@@ -83,8 +83,7 @@ def main() -> None:
             best[name] = min(best.get(name, seconds), seconds)
             out[name] = logits
     n = len(units)
-    shared_prefix.MIN_SHARED = modes["shared"]
-    cost = token_cost(args.task, records, tok, model.cfg.max_len_for(args.task))
+    cost = token_cost(args.task, records, tok, model.cfg.max_len_for(args.task), modes["shared"])
     diff = float(np.abs(out["shared"] - out["whole"]).max())
     agree = bool((out["shared"].argmax(1) == out["whole"].argmax(1)).all())
     result = {

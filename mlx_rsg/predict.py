@@ -56,20 +56,21 @@ def score_units(
     cache=None,
     on_batch=None,
     world: World = SINGLE,
+    min_shared: int | None = None,
 ):
     """Run the classifier over every unit of `records` (truncated to the model's max length for
     the task); return (units, logits) in unit order, logits a numpy array (n_units, n_out).
     `cache`: a features.PrefixCache of the frozen prefix (training's val), filled as needed.
-    Without one, units that share a long token prefix (a MuSeRC passage, a RuCoS query, a
-    repeated RUSSE or DaNetQA text) run it once (`model.shared_prefix`). `on_batch(rows)` is
-    called after each batch.
+    Without one, units that share a token prefix of `min_shared` tokens or more (default
+    `shared_prefix.MIN_SHARED`: a MuSeRC passage, a RuCoS query, a repeated RUSSE or DaNetQA
+    text) run it once (`model.shared_prefix`). `on_batch(rows)` is called after each batch.
     `world`: each rank scores its share of the records; every rank gets all the logits."""
     prompt = model.cfg.prompt
     if world.size > 1:
         units = make_units(task, records, train=False, prompt=prompt)
         where = {u.key: i for i, u in enumerate(units)}
         mine, logits = score_units(model, tokenizer, task, world.shard(records), batch_size,
-                                   cache, on_batch)  # fmt: skip
+                                   cache, on_batch, min_shared=min_shared)  # fmt: skip
         return units, world.gather_rows(len(units), [where[u.key] for u in mine], logits)
     units = make_units(task, records, train=False, prompt=prompt)
     encoded = encode_units(units, tokenizer, model.cfg.max_len_for(task))
@@ -85,7 +86,7 @@ def score_units(
     if cache is not None:
         cache.fill(encoded, batch_size)
     else:
-        groups, rest = shared_prefix.group_shared(encoded)
+        groups, rest = shared_prefix.group_shared(encoded, min_shared)
     for batch in make_batches(rest, batch_size, rng=None):
         h0 = cache.prefix(batch) if cache is not None else None
         keep(batch, model_rows(model, batch, h0))  # one row chunk per CPU core (evaluated)

@@ -123,13 +123,13 @@ def test_score_units_runs_each_passage_once_with_the_same_logits(tiny_model_dir,
     records = [record(0), record(1, PASSAGE[::-1]), record(2, "Коротко.")]
     passes = []
     real = shared_prefix.PrefixState
-    monkeypatch.setattr(shared_prefix, "MIN_SHARED", 60)
     monkeypatch.setattr(shared_prefix, "PrefixState",
                         lambda *a: passes.append(a[1]) or real(*a))  # fmt: skip
-    units, got = score_units(model, tok, "MuSeRC", records, batch_size=2)
+    units, got = score_units(model, tok, "MuSeRC", records, batch_size=2, min_shared=60)
     assert len(passes) == 2  # records 0 and 1; record 2's passage is too short to share
-    monkeypatch.setattr(shared_prefix, "MIN_SHARED", 10**9)
-    units_whole, want = score_units(model, tok, "MuSeRC", records, batch_size=2)
+    units_whole, want = score_units(model, tok, "MuSeRC", records, batch_size=2,
+                                    min_shared=10**9)  # fmt: skip
+    assert len(passes) == 2  # nothing shared
     assert [u.key for u in units] == [u.key for u in units_whole]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 

@@ -37,16 +37,18 @@ def unit_lengths(task: str, records: list, tokenizer, prompt: str = "plain") -> 
     return [len(e.ids) for e in encoded]
 
 
-def token_cost(task: str, records: list, tokenizer, max_len: int) -> dict:
+def token_cost(task: str, records: list, tokenizer, max_len: int,
+               min_shared: int | None = None) -> dict:  # fmt: skip
     """What one pass over the records costs: `tokens`, every unit's tokens at `max_len`, and
     `once`, with each shared prefix (a MuSeRC passage for its answers, a RuCoS passage for its
-    candidates, a long text records repeat) counted once, as `predict` runs it
-    (`model/shared_prefix.py`; training runs a record's once per batch of its units)."""
+    candidates, a long text records repeat; `min_shared` tokens or more) counted once, as
+    `predict` runs it (`model/shared_prefix.py`; training runs a record's once per batch of its
+    units)."""
     from mlx_rsg.model.shared_prefix import group_shared
 
     encoded = encode_units(tasks.make_units(task, records), tokenizer, max_len)
     tokens = sum(len(e.ids) for e in encoded)
-    groups, _ = group_shared(encoded)
+    groups, _ = group_shared(encoded, min_shared)
     return {"tokens": tokens,
             "once": tokens - sum((len(g.members) - 1) * len(g.prefix) for g in groups)}  # fmt: skip
 
