@@ -38,10 +38,16 @@ def available_recipes(kind: str) -> list[str]:
 
 
 def recipe_path(kind: str, name: str) -> Path:
-    """Path of the recipe `name` (with or without `.toml`); unknown names list the others."""
+    """Path of the shipped recipe `name` (with or without `.toml`), or of a user's own recipe
+    file (a path ending in `.toml`); unknown names list the shipped ones."""
+    if "/" in name or "\\" in name:  # a path: the user's own recipe
+        own = Path(name)
+        if own.suffix != ".toml" or not own.is_file():
+            raise UserError(f"{name}: no such {kind} recipe file (a path ending in .toml)")
+        return own
     stem = name[:-5] if name.endswith(".toml") else name
     path = recipe_dir(kind) / f"{stem}.toml"
-    if not path.is_file() or "/" in stem or "\\" in stem:
+    if not path.is_file():
         names = ", ".join(available_recipes(kind)) or "none"
         raise UserError(f"unknown {kind} recipe '{name}' (available: {names})")
     return path
@@ -55,3 +61,5 @@ def load_recipe(kind: str, name: str) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the recipe: {e.strerror or e}") from None

@@ -31,7 +31,7 @@ from typing import Any
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import check_replaceable, check_safetensors, jsonable, read_json_object
 from mlx_rsg.model.config import ClassifierConfig
-from mlx_rsg.model_files import weight_hashes
+from mlx_rsg.model_files import MANIFEST, weight_hashes
 from mlx_rsg.tasks import PROMPTS, REGISTRY
 
 RUN_FORMAT = "mlx-rsg-run"
@@ -286,7 +286,8 @@ def disk_size(ref: RunRef) -> dict[str, int]:
 
 def quantization(ref: RunRef) -> dict | None:
     """The backbone config's "quantization" entry (bits, group size) with the recipe's name and
-    method when the run came from `mlx-rsg quantize`; None for a float model."""
+    method, and the bits per weight from the manifest, when the run came from `mlx-rsg
+    quantize`; None for a float model."""
     cfg = Path(resolve_backbone(ref.path, ref.info, verify=False)) / "config.json"
     try:
         q = json.loads(cfg.read_text(encoding="utf-8")).get("quantization")
@@ -295,6 +296,9 @@ def quantization(ref: RunRef) -> dict | None:
     recipe = (ref.info.get("quantized") or {}).get("recipe") or {}
     if q and recipe.get("name"):  # the backbone config has bits only: name the recipe too
         q = {**q, "recipe": recipe["name"], "method": recipe.get("method", "rtn")}
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            manifest = json.loads((ref.path / MANIFEST).read_text(encoding="utf-8"))
+            q["bits_per_weight"] = manifest.get("bits_per_weight")
     return q
 
 

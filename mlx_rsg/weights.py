@@ -7,9 +7,10 @@ from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
+from mlx_lm.utils import save_config
 
 from mlx_rsg.errors import UserError
-from mlx_rsg.io import atomic_file, check_safetensors
+from mlx_rsg.io import atomic_file, check_safetensors, read_json_object
 from mlx_rsg.model_files import copy_model_dir
 
 
@@ -36,8 +37,12 @@ def load_trainable(model, path: Path) -> None:
 
 def write_backbone(bb, src_dir: Path, dst: Path) -> None:
     """Write a standalone model directory: the (possibly fused) backbone weights plus the source
-    directory's config and tokenizer files."""
+    directory's tokenizer files and config (bb's own where it kept fewer blocks)."""
     copy_model_dir(src_dir, dst)
+    if bb.config.get("num_hidden_layers") != read_json_object(dst / "config.json").get(
+        "num_hidden_layers"
+    ):
+        save_config(dict(bb.config), config_path=dst / "config.json")
     for f in dst.glob("*.safetensors"):
         f.unlink()
     (dst / "model.safetensors.index.json").unlink(missing_ok=True)

@@ -84,8 +84,9 @@ def test_bench_json_schema(benched):
     assert set(result["skipped"]) == {"MuSeRC", "RUSSE", "RWSD", "DaNetQA", "RuCoS"}
     keys = {
         "name", "path", "quantization", "scores", "total", "total_fixture", "delta",
-        "delta_fixture", "delta_tasks", "flips", "flip_rate", "class_report", "size_bytes",
-        "memory", "latency_ms", "throughput", "submission",
+        "delta_fixture", "delta_tasks", "flips", "flip_rate", "flip_directions", "delta_se",
+        "flips_by_margin", "class_report", "size_bytes", "memory", "latency_ms", "throughput",
+        "submission",
     }  # fmt: skip
     for v in result["variants"]:
         assert set(v) == keys
@@ -153,6 +154,69 @@ def test_flip_rate_zero_against_itself_and_counted_from_predictions(benched, tin
     assert flipped > 0, "the perturbed heads should change some predictions"
     assert noisy["flip_rate"] == flipped / total
     assert noisy["delta"] == pytest.approx(noisy["total"] - base["total"], abs=0)
+
+
+def test_flip_directions_and_delta_errors(benched):
+    """Flips by direction recounted from the two submission zips; the baseline has no delta
+    error, an identical copy a zero one, the perturbed heads a positive one per task that
+    flipped and on the total."""
+    out, result, _ = benched
+    base, same, noisy = result["variants"]
+    a, b = read_submission(out / base["submission"]), read_submission(out / noisy["submission"])
+    for task in ("TERRa", "PARus", "LiDiRus", "RCB"):
+        want: dict[str, int] = {}
+        for i in a[task]:
+            if a[task][i] != b[task][i]:
+                key = f"{a[task][i]}->{b[task][i]}"
+                want[key] = want.get(key, 0) + 1
+        assert noisy["flip_directions"][task] == want, task
+        assert same["flip_directions"][task] == {}
+        assert (noisy["delta_se"]["tasks"][task] > 0) == bool(want), task
+    assert base["delta_se"] is None
+    assert same["delta_se"]["total"] == 0 and set(same["delta_se"]["tasks"].values()) == {0}
+    assert noisy["delta_se"]["total"] > 0
+    assert "± " in (out / "bench.md").read_text()
+
+
+def test_flips_by_margin_count_every_label_decision(benched):
+    """Every decision of the label tasks (PARus chooses between units: left out) lands in one
+    margin bin, and the flipped ones add up to the flips bench counted for those tasks."""
+    _, result, _ = benched
+    base, same, noisy = result["variants"]
+    assert base["flips_by_margin"] is None
+    label_tasks = ["RCB", "TERRa", "LiDiRus"]
+    for v in (same, noisy):
+        m = v["flips_by_margin"]
+        assert sorted(m["tasks"]) == sorted(label_tasks)
+        assert len(m["decisions"]) == len(m["flipped"]) == len(m["edges"])
+        assert sum(m["decisions"]) == sum(result["tasks"][t]["units"] for t in label_tasks)
+        flips = sum(v["flips"][t] * result["tasks"][t]["units"] for t in label_tasks)
+        assert sum(m["flipped"]) == pytest.approx(flips)
+    assert sum(same["flips_by_margin"]["flipped"]) == 0
+    assert sum(noisy["flips_by_margin"]["flipped"]) > 0
+
+
+def test_paired_bootstrap_matches_the_accuracy_formula():
+    """For accuracy the paired difference is a mean of per-record differences d_i in {-1, 0, 1}:
+    its standard error is std(d) / sqrt(n). The bootstrap (1,000 rounds) must agree within 5 %."""
+    from mlx_rsg.bench.compare import paired_bootstrap
+    from mlx_rsg.tasks import NLIRecord
+
+    rng = np.random.default_rng(7)
+    n = 400
+    gold = rng.choice(["entailment", "not_entailment"], n)
+    recs = [NLIRecord(idx=i, premise="p", hypothesis="h", label=g) for i, g in enumerate(gold)]
+    base = [g if rng.random() < 0.7 else ("entailment" if g != "entailment" else "not_entailment")
+            for g in gold]  # fmt: skip
+    flip = rng.random(n) < 0.15
+    variant = [("entailment" if p != "entailment" else "not_entailment") if f else p
+               for p, f in zip(base, flip, strict=True)]  # fmt: skip
+    d = np.array([(v == g) - (b == g) for v, b, g in zip(variant, base, gold, strict=True)])
+    want = d.std(ddof=1) / np.sqrt(n)
+    got = paired_bootstrap({"TERRa": recs}, {"TERRa": variant}, {"TERRa": base}, ["TERRa"],
+                           rounds=1000, seed=0)  # fmt: skip
+    assert got["tasks"]["TERRa"] == pytest.approx(want, rel=0.05)
+    assert got["total"] == pytest.approx(want, rel=0.05)
 
 
 def test_class_report_from_predictions(benched, tiny_rsg_dir):  # noqa: F811

@@ -104,8 +104,10 @@ def test_run_dir_round_trip(lora_run, tmp_path):
 def test_a_heads_run_on_an_inner_block_quantizes_as_it_was(tiny_model_dir, tmp_path):  # noqa: F811
     """`heads --feature-layer 1` (what the quickstart trains) stays a heads run reading block 1
     once quantized (no block was trained, nothing is merged), with the fp32 run's logits on a
-    q8 backbone."""
+    q8 backbone that holds only block 1: the block above it never runs, so it is not stored
+    (config and weights agree, mlx-lm loads it, the file is smaller)."""
     import numpy as np
+    from mlx_lm import load
     from tiny_model import tiny_train_config, write_tiny_rsg
 
     from mlx_rsg import predict
@@ -117,12 +119,18 @@ def test_a_heads_run_on_an_inner_block_quantizes_as_it_was(tiny_model_dir, tmp_p
     cfg = tiny_train_config(tasks=("TERRa", "PARus"), method="heads", feature_layer=1, epochs=1)
     T.train(tiny_model_dir, data, tmp_path / "run", cfg, log=lambda m: None)
     out = quantize(tmp_path / "run", tmp_path / "q8", bits=8, group_size=G)
+    whole = quantize(tiny_model_dir, tmp_path / "q8-model", bits=8, group_size=G)
     classifier = json.loads((out / "run.json").read_text())["classifier"]
     assert (classifier["method"], classifier["feature_layer"]) == ("heads", 1)
+    assert json.loads((out / "mlx_rsg.json").read_text())["blocks_dropped"] == 1
+    assert json.loads((out / "backbone/config.json").read_text())["num_hidden_layers"] == 1
+    assert len(load(str(out / "backbone"))[0].model.layers) == 1
+    size = {p: (p / "model.safetensors").stat().st_size for p in (out / "backbone", whole)}
+    assert size[out / "backbone"] < size[whole]
     ref = predict.load(tmp_path / "run")
     quantize_backbone(ref.model.lm, ref.model.backbone.config, resolve_recipe(8, G))
     got = predict.load(out)
-    assert got.model.n_blocks == 1
+    assert got.model.n_blocks == got.model.backbone.num_layers == 1
     want, got = _val_logits(ref, data), _val_logits(got, data)
     for task in want:
         np.testing.assert_allclose(got[task], want[task], rtol=1e-5, atol=1e-5, err_msg=task)
@@ -198,6 +206,86 @@ def test_model_error_matches_noise_of_same_size(tiny_model_dir, tmp_path, bits):
         noise_errs.append(_rel_hidden_error(noisy, ref_h, tokens))
     noise = sum(noise_errs) / len(noise_errs)
     assert 0.5 * noise < err_q < 1.5 * noise, (err_q, noise_errs)
+
+
+# ---------------------------------------------------------------- 16-bit scales, bias correction
+
+
+def _recipe(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_16_bit_scales_halve_the_scales_and_keep_the_outputs(tiny_model_dir, tmp_path):  # noqa: F811
+    """`scale_dtype = "float16"`: the files hold float16 scales and biases, mlx-lm loads them,
+    bits per weight drop by 32 / group size on every quantized weight, and the hidden states stay
+    within float16's rounding of the float32-scaled model's."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm import load
+
+    from mlx_rsg.model.backbone import hidden_states, load_backbone
+
+    recipe = _recipe(tmp_path / "q4h.toml", 'name = "q4h"\nbits = 4\nscale_dtype = "float16"\n')
+    full = quantize(tiny_model_dir, tmp_path / "q4", recipe="q4", group_size=G)
+    half = quantize(tiny_model_dir, tmp_path / "q4h", recipe=recipe, group_size=G)
+    weights = mx.load(str(half / "model.safetensors"))
+    scales = {k: v.dtype for k, v in weights.items() if k.endswith((".scales", ".biases"))}
+    assert scales and set(scales.values()) == {mx.float16}
+    bpw = {p.name: json.loads((p / "mlx_rsg.json").read_text())["bits_per_weight"]
+           for p in (full, half)}  # fmt: skip
+    # every weight of the tiny model is quantized (widths are multiples of 32)
+    assert bpw["q4"] - bpw["q4h"] == pytest.approx(32 / G, abs=0.05), bpw
+    model, _ = load(str(half))
+    assert model.model.layers[0].mlp.up_proj.scales.dtype == mx.float16
+    tokens = mx.array([[2, 17, 33, 5, 90, 7]])
+    a, b = (np.array(hidden_states(load_backbone(p), tokens)) for p in (full, half))
+    assert a.dtype == b.dtype == np.float32
+    assert np.abs(a - b).max() < 1e-2 * np.abs(a).max()
+
+
+def test_bias_correction_gives_the_quantized_heads_the_float_means(lora_run, tmp_path):
+    """A recipe with [bias_correction] (on a 2-bit backbone, so quantization moves the heads a
+    lot): on the sampled train records the corrected heads' mean logits equal the float run's,
+    which the uncorrected 2-bit run's do not; the shifts are in the manifest; no label is read
+    (the records' labels are removed and the result is the same)."""
+    import dataclasses
+
+    import numpy as np
+
+    from mlx_rsg import predict
+    from mlx_rsg.quant import bias_correction as bc
+
+    run, data = lora_run
+    body = 'bits = 2\ngroup_size = 32\n'
+    plain = quantize(run, tmp_path / "q2", recipe=_recipe(tmp_path / "q2.toml", body))
+    fixed = quantize(run, tmp_path / "q2bc", calib_data=data, recipe=_recipe(
+        tmp_path / "q2bc.toml", body + "[bias_correction]\nunits = 12\nseed = 3\n"))
+    manifest = json.loads((fixed / "mlx_rsg.json").read_text())["bias_correction"]
+    # a PARus record is two units (its choices): 6 records hold 12
+    assert manifest["records"] == {"PARus": 6, "TERRa": 12}
+    assert manifest["units"] == {"PARus": 12, "TERRa": 12}
+    ref = predict.load(run, calibrated=False)
+    records = bc.sample_records(data, list(ref.model.heads), 12, 3)
+    want = bc.head_means(ref.model, ref.tokenizer, records)
+    for out, close in ((fixed, True), (plain, False)):
+        q = predict.load(out, calibrated=False)
+        got = bc.head_means(q.model, q.tokenizer, records)
+        gap = max(np.abs(got[t] - want[t]).max() for t in want)
+        assert (gap < 1e-4) == close, (out.name, gap)
+    assert max(abs(s) for s in manifest["shifts"]["TERRa"]) > 1e-3
+    unlabelled = {t: [dataclasses.replace(r, label=None) for r in recs]
+                  for t, recs in records.items()}  # fmt: skip
+    assert {t: m.tolist() for t, m in bc.head_means(ref.model, ref.tokenizer, unlabelled).items()} \
+        == {t: m.tolist() for t, m in want.items()}
+
+
+def test_bias_correction_needs_calibration_data(lora_run, tmp_path):
+    run, _ = lora_run
+    recipe = _recipe(tmp_path / "bc.toml", "bits = 4\n[bias_correction]\nunits = 4\n")
+    _one_error_line(_cli(run, "--recipe", recipe, "--group-size", 32, "-o", tmp_path / "out"),
+                    "bias correction", "--calib-data")  # fmt: skip
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- CLI and bad inputs
@@ -281,9 +369,17 @@ def test_cli_corrupt_or_mismatched_model_dir(tiny_model_dir, tmp_path, damage, n
         ([], ["--bits", "--recipe"]),
         (["--recipe", "q3-nonexistent"], ["q3-nonexistent"]),
         (["--recipe", "q4", "--group-size", "128"], ["multiple of group size 128"]),
+        (["--recipe", "{tmp}/none.toml"], ["none.toml", "no such quantize recipe file"]),
+        (["--recipe", "{tmp}/dtype.toml"], ["dtype.toml", "scale_dtype", "float64"]),
+        (["--recipe", "{tmp}/bc.toml"], ["bc.toml", "bias_correction", "non-negative ints"]),
+        (["--recipe", "{tmp}/zero.toml"], ["zero.toml", "bias_correction.units", ">= 1"]),
     ],
 )
 def test_cli_bad_recipe_choices(tiny_model_dir, tmp_path, args, needles):  # noqa: F811
+    (tmp_path / "dtype.toml").write_text('bits = 4\nscale_dtype = "float64"\n')
+    (tmp_path / "bc.toml").write_text('bits = 4\n[bias_correction]\nunits = "all"\n')
+    (tmp_path / "zero.toml").write_text("bits = 4\n[bias_correction]\nunits = 0\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     out = tmp_path / "out"
     _one_error_line(_cli(tiny_model_dir, *args, "-o", out), *needles)
     assert not out.exists()

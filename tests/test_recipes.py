@@ -37,3 +37,22 @@ def test_wheel_ships_recipes_where_recipes_py_looks():
         "convert": "mlx_rsg/recipe_files/convert",
         "quantize": "mlx_rsg/recipe_files/quantize",
     }
+
+
+def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
+    """`--recipe path/to/x.toml` reads the user's file; the levers docs/quantization.md measured
+    (benchmarks/quantize_recipes/) resolve with the fields they were measured with."""
+    from pathlib import Path
+
+    from mlx_rsg.quant.recipe import resolve_recipe
+
+    here = Path(__file__).resolve().parent.parent / "benchmarks" / "quantize_recipes"
+    recipes = {p.stem: resolve_recipe(recipe=str(p)) for p in sorted(here.glob("*.toml"))}
+    assert recipes["q4-h-e5"].scale_dtype == "float16"
+    assert recipes["q4-h-e5"].params_for("model.embed_tokens") == {"bits": 5, "group_size": 128}
+    assert recipes["q4-gptq-long-bc"].calibration["examples"] == 512
+    assert all(r.bias_correction == {"units": 128, "seed": 0}
+               for name, r in recipes.items() if name.endswith("-bc"))  # fmt: skip
+    assert all(r.name == name for name, r in recipes.items())
+    with pytest.raises(UserError, match="no such quantize recipe file"):
+        recipe_path("quantize", str(here / "missing.toml"))

@@ -436,3 +436,31 @@ def test_adapters_and_lora_train_through_the_loop(tiny_model_dir, tiny_rsg_dir, 
     # Zero-initialised (adapter up-projection, LoRA B): trained means no longer zero.
     assert all(float(mx.abs(weights[k]).max()) > 0 for k in names)
     assert all(np.isfinite(r["loss"]) for r in losses(run))
+
+
+def test_a_copied_backbone_keeps_only_the_blocks_a_feature_layer_run_reads(
+    tiny_model_dir, tiny_rsg_dir, tmp_path  # noqa: F811
+):
+    """--copy-backbone of `heads --feature-layer 1`: backbone/ holds block 1 alone (config and
+    weights), and the run predicts from it exactly as from the whole model."""
+    import shutil
+
+    from mlx_rsg.data import load_split
+    from mlx_rsg.model_files import weight_hashes
+    from mlx_rsg.predict import load
+
+    cfg = tiny_train_config(method="heads", feature_layer=1, epochs=1)
+    run = tmp_path / "run"
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, copy_backbone=True, log=lambda m: None)
+    config = json.loads((run / "backbone/config.json").read_text())
+    assert config["num_hidden_layers"] == 1
+    assert not [k for k in mx.load(str(run / "backbone/model.safetensors")) if ".layers.1." in k]
+    info = json.loads((run / "run.json").read_text())
+    info["backbone"] = {"path": str(tiny_model_dir), "copied": False,
+                        "sha256": weight_hashes(tiny_model_dir)}  # fmt: skip
+    whole = tmp_path / "whole"
+    shutil.copytree(run, whole, ignore=shutil.ignore_patterns("backbone"))
+    (whole / "run.json").write_text(json.dumps(info))
+    records = load_split(tiny_rsg_dir, "TERRa", "val")
+    a, b = (np.asarray(load(r).predictions("TERRa", records)[2]) for r in (run, whole))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

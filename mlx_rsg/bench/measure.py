@@ -27,6 +27,11 @@ OUT_DIR/bench.json (format "mlx-rsg-bench", version 1):
     delta_tasks: {task: score - the baseline's score},
     flips: {task: fraction of predictions that differ from the baseline's},
     flip_rate: all tasks pooled (one prediction = one record; one answer for MuSeRC),
+    flip_directions: {task: {"<baseline answer>-><this run's answer>": count}, most first},
+    delta_se: {rounds, tasks: {task: SE}, total: SE} of the deltas, by a paired bootstrap over
+              records (compare.py; null for the baseline),
+    flips_by_margin: {edges, decisions, flipped, tasks}: per bin of the baseline's margin, over
+              the label tasks (compare.py; null for the baseline),
     class_report: {task: {label: {precision, recall, f1, support}}}  (not RuCoS),
     size_bytes: {backbone, trainable, total}  (weight files on disk),
     memory: {mlx_peak_bytes (mx.get_peak_memory), rss_peak_bytes (getrusage high-water, reset
@@ -54,6 +59,14 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_rsg.accel import blas
+from mlx_rsg.bench.compare import (
+    flat_predictions,
+    flip_counts,
+    flip_directions,
+    flips_by_margin,
+    metrics,
+    paired_bootstrap,
+)
 from mlx_rsg.bench.config import BenchConfig
 from mlx_rsg.bench.report import write_chart, write_markdown
 from mlx_rsg.data import available_splits
@@ -62,7 +75,7 @@ from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object
 from mlx_rsg.metrics import class_report
 from mlx_rsg.options import check_bounds
-from mlx_rsg.predict import data_records, load, per_record, score_units
+from mlx_rsg.predict import data_records, load, score_units
 from mlx_rsg.progress import Progress
 from mlx_rsg.run import RunRef, disk_size, open_runs, quantization, resolve_backbone
 from mlx_rsg.submission import read_submission, write_submission
@@ -72,7 +85,6 @@ from mlx_rsg.tasks import (
     decode,
     make_units,
     official_name,
-    score_task,
     total_score,
 )
 from mlx_rsg.version import __version__
@@ -109,12 +121,17 @@ def check_runs(baseline: str, variants: list[str]) -> list[RunRef]:
 
 
 def _architecture(ref: RunRef) -> dict[str, Any]:
-    """What quantization keeps and another model changes: type, width, depth, vocabulary."""
+    """What quantization keeps and another model changes: type, width, the blocks the
+    classifier runs (a feature-layer run's quantized copy stores no others), vocabulary."""
     root = resolve_backbone(ref.path, ref.info, verify=False)
     config = read_json_object(root / "config.json", f"{root}: no config.json")
     config = config.get("text_config", config)
-    return {k: config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers",
-                                        "vocab_size")}  # fmt: skip
+    arch = {k: config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers",
+                                       "vocab_size")}  # fmt: skip
+    feature_layer = ref.info["classifier"].get("feature_layer")
+    if isinstance(feature_layer, int) and isinstance(arch["num_hidden_layers"], int):
+        arch["num_hidden_layers"] = min(arch["num_hidden_layers"], feature_layer)
+    return arch
 
 
 def _describe(arch: dict[str, Any]) -> str:
@@ -182,25 +199,6 @@ def is_fixture(data_dir: str, task: str, named: tuple[str, ...] = ()) -> bool:
 # --------------------------------------------------------------------------- predictions
 
 
-def flat_predictions(task: str, records: list, preds) -> tuple[list, list]:
-    """(gold, predicted) with one entry per scored decision: a record, or a MuSeRC answer."""
-    spec = REGISTRY[task]
-    pairs = [d for r, p in zip(records, per_record(records, preds), strict=True)
-             for d in spec.decisions(r, p)]  # fmt: skip
-    return [g for g, _ in pairs], [p for _, p in pairs]
-
-
-def flip_counts(task: str, records: list, preds, base_preds) -> tuple[int, int]:
-    _, a = flat_predictions(task, records, preds)
-    _, b = flat_predictions(task, records, base_preds)
-    return sum(x != y for x, y in zip(a, b, strict=True)), len(a)
-
-
-def _scored(task: str, records: list, preds) -> dict[str, float]:
-    metrics = {k: float(v) for k, v in score_task(task, records, preds).items()}
-    return {**metrics, "score": float(np.mean(list(metrics.values())))}
-
-
 def check_submission(zip_path: Path, records: dict[str, list], preds: dict, scores: dict) -> None:
     """Write the official submission, read it back, rescore; the scores must be identical."""
     write_submission(zip_path, {t: (records[t], preds[t]) for t in records})
@@ -208,7 +206,7 @@ def check_submission(zip_path: Path, records: dict[str, list], preds: dict, scor
     for task, recs in records.items():
         if task not in back:
             raise RuntimeError(f"{zip_path}: {task} missing from the submission zip")
-        again = _scored(task, recs, [back[task][r.idx] for r in recs])
+        again = metrics(task, recs, [back[task][r.idx] for r in recs])
         if again != scores[task]:
             raise RuntimeError(
                 f"{zip_path}: {task}: the submission scores {again}, bench scored {scores[task]}"
@@ -219,13 +217,14 @@ def check_submission(zip_path: Path, records: dict[str, list], preds: dict, scor
 
 
 def predict_all(predictor, records: dict[str, list], batch_size: int, desc: str):
-    """Predictions per task (the Predictor.predictions path) and the pass's wall time."""
+    """Predictions per task (the Predictor.predictions path), their logits per task in unit
+    order, the pass's wall time and its number of units."""
     n_units = sum(len(make_units(t, recs, train=False)) for t, recs in records.items())
     mine = sum(len(make_units(t, predictor.world.shard(recs), train=False))
                for t, recs in records.items())  # fmt: skip
     bar = Progress(mine, desc)
 
-    preds, seconds = {}, 0.0
+    preds, logits_by_task, seconds = {}, {}, 0.0
     for task, recs in records.items():
         t0 = time.perf_counter()
         units, logits = score_units(
@@ -233,9 +232,10 @@ def predict_all(predictor, records: dict[str, list], batch_size: int, desc: str)
             on_batch=lambda rows: bar.update(rows, rows), world=predictor.world,
         )
         preds[task] = decode(task, recs, [u.key for u in units], logits)
+        logits_by_task[task] = logits
         seconds += time.perf_counter() - t0
     bar.close()
-    return preds, seconds, n_units
+    return preds, logits_by_task, seconds, n_units
 
 
 def latency_sample(records: dict[str, list], n: int, seed: int) -> list[tuple[str, Any]]:
@@ -297,8 +297,8 @@ def rss_peak_bytes() -> int:
 # --------------------------------------------------------------------------- the bench
 
 
-def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: Path | None,
-              fixtures, world: World = SINGLE):  # fmt: skip
+def bench_run(ref: RunRef, records, sample, base_preds, base_logits, cfg: BenchConfig,
+              out: Path | None, fixtures, world: World = SINGLE):  # fmt: skip
     """Every measurement for one run directory (`out` None: write no submission). With several
     ranks, rank 0 times the latency sample alone, then all score their shares of the records."""
     gc.collect()
@@ -311,7 +311,8 @@ def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: P
     if world.is_main:
         latency = measure_latency(predictor, sample, cfg.warmup, f"{ref.name} latency")
     world.barrier()
-    preds, seconds, n_units = predict_all(predictor, records, cfg.batch_size, f"{ref.name} predict")
+    preds, logits, seconds, n_units = predict_all(predictor, records, cfg.batch_size,
+                                                  f"{ref.name} predict")  # fmt: skip
     memory = {
         "mlx_peak_bytes": int(mx.get_peak_memory()),
         "rss_peak_bytes": rss_peak_bytes(),
@@ -319,7 +320,7 @@ def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: P
     }
     del predictor
 
-    scores = {t: _scored(t, recs, preds[t]) for t, recs in records.items()}
+    scores = {t: metrics(t, recs, preds[t]) for t, recs in records.items()}
     zip_rel = f"submissions/{ref.name}.zip"
     if out is not None:
         check_submission(out / zip_rel, records, preds, {t: scores[t] for t in records})
@@ -329,6 +330,12 @@ def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: P
         k, n = flip_counts(task, recs, preds[task], base[task])
         flips[task] = k / n if n else 0.0
         flip_n, flip_total = flip_n + k, flip_total + n
+    directions = {t: flip_directions(t, recs, preds[t], base[t]) for t, recs in records.items()}
+    real = [t for t in records if t not in fixtures]
+    against = base_preds is not None  # the baseline's own row compares with nothing
+    delta_se = paired_bootstrap(records, preds, base, real, seed=cfg.seed) if against else None
+    by_margin = (flips_by_margin(records, preds, base, base_logits) if against
+                 else None)  # fmt: skip
     reports = {}
     for task, recs in records.items():
         labels = REGISTRY[task].class_labels
@@ -346,6 +353,9 @@ def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: P
         **_totals(scores, fixtures),
         "flips": flips,
         "flip_rate": flip_n / flip_total if flip_total else 0.0,
+        "flip_directions": directions,
+        "delta_se": delta_se,
+        "flips_by_margin": by_margin,
         "class_report": reports,
         "size_bytes": disk_size(ref),
         "memory": memory,
@@ -358,7 +368,7 @@ def bench_run(ref: RunRef, records, sample, base_preds, cfg: BenchConfig, out: P
         },
         "submission": zip_rel,
     }
-    return row, preds
+    return row, preds, logits
 
 
 def _num(v):
@@ -427,10 +437,12 @@ def bench(
     with out as tmp:
         if tmp is not None:
             (tmp / "submissions").mkdir()
-        base_preds = None
+        base_preds = base_logits = None
         for ref in refs:
-            row, preds = bench_run(ref, records, sample, base_preds, cfg, tmp, fixtures, world)
-            base_preds = base_preds if base_preds is not None else preds
+            row, preds, logits = bench_run(ref, records, sample, base_preds, base_logits, cfg,
+                                           tmp, fixtures, world)  # fmt: skip
+            if base_preds is None:
+                base_preds, base_logits = preds, logits
             result["variants"].append(row)
             log(f"{ref.name}: total {_fmt(row['total'])}, flip rate {row['flip_rate']:.3f}")
         if tmp is None:

@@ -34,7 +34,15 @@ def _quant(q) -> str:
     if not q:
         return "fp32"
     bits = f"q{q.get('bits', '?')} g{q.get('group_size', '?')}"
+    if q.get("bits_per_weight"):
+        bits += f", {q['bits_per_weight']:.2f} b/w"
     return f"{q['recipe']} ({bits})" if q.get("recipe") else bits
+
+
+def _delta(row: dict) -> str:
+    """Δ of the total, with its paired-bootstrap standard error where there is one."""
+    se = (row.get("delta_se") or {}).get("total")
+    return _signed(row["delta"]) + ("" if se is None else f" ± {se:.3f}")
 
 
 def task_header(result: dict, task: str) -> str:
@@ -54,7 +62,7 @@ def write_markdown(result: dict[str, Any]) -> str:
         cells += [_f(row["scores"][t]["score"]) for t in tasks]
         cells += [
             _f(row["total"]),
-            _signed(row["delta"]),
+            _delta(row),
             _f(row["flip_rate"]),
             _mb(row["size_bytes"]["total"]),
             _mb(row["memory"]["mlx_peak_bytes"]),
@@ -76,7 +84,8 @@ def write_markdown(result: dict[str, Any]) -> str:
         )
         + f"; baseline `{result['baseline']}`; {result['env']['device']}.",
         "Per-task cells: the official metric (two-metric tasks averaged). total: their "
-        "unweighted mean over the real-data tasks; Δ fp32: total minus the baseline's; flips: "
+        "unweighted mean over the real-data tasks; Δ fp32: total minus the baseline's, ± its "
+        "standard error (paired bootstrap over records); flips: "
         "share of predictions that differ from the baseline's; size: weight files on disk; "
         "peak: MLX peak memory; RSS: process high-water; p50/p95: one record at batch 1; "
         f"ex/s: records per second at batch {cfg['batch_size']}.",
@@ -97,7 +106,46 @@ def write_markdown(result: dict[str, Any]) -> str:
             + "; ".join(f"{t} ({why})" for t, why in result["skipped"].items())
             + "."
         )
-    return "\n".join(lines + notes + class_tables(result)) + "\n"
+    tables = flip_table(result) + margin_table(result) + class_tables(result)
+    return "\n".join(lines + notes + tables) + "\n"
+
+
+def margin_table(result: dict[str, Any]) -> list[str]:
+    """Per variant: the flip rate in each bin of the baseline's decision margin."""
+    rows = [r for r in result["variants"][1:] if r.get("flips_by_margin")]
+    if not rows:
+        return []
+    edges = rows[0]["flips_by_margin"]["edges"]
+    bins = [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    bins.append(f">= {edges[-1]:g}")
+    tasks = ", ".join(rows[0]["flips_by_margin"]["tasks"])
+    out = ["", f"### Flips by the baseline's margin (top logit minus the next; {tasks})", "",
+           "| run | " + " | ".join(bins) + " |", "|" + "---|" * (len(bins) + 1)]  # fmt: skip
+    for row in rows:
+        m = row["flips_by_margin"]
+        cells = [f"{_f(k / n if n else None, 3)} ({k}/{n})"
+                 for k, n in zip(m["flipped"], m["decisions"], strict=True)]  # fmt: skip
+        out.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return out
+
+
+def flip_table(result: dict[str, Any]) -> list[str]:
+    """Per variant and task: Δ ± SE and the flips by direction (baseline answer -> variant's)."""
+    rows = [r for r in result["variants"][1:] if r.get("delta_se")]
+    if not rows:
+        return []
+    tasks = list(result["tasks"])
+    out = ["", "### Δ per task (± SE) and flips by direction", "",
+           "| run | " + " | ".join(task_header(result, t) for t in tasks) + " |",
+           "|" + "---|" * (len(tasks) + 1)]  # fmt: skip
+    for row in rows:
+        cells = []
+        for t in tasks:
+            moves = ", ".join(f"{k} {n}" for k, n in row["flip_directions"][t].items()) or "none"
+            se = row["delta_se"]["tasks"][t]
+            cells.append(f"{_signed(row['delta_tasks'][t])} ± {se:.3f}; {moves}")
+        out.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return out
 
 
 def class_tables(result: dict[str, Any]) -> list[str]:

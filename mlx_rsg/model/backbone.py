@@ -53,6 +53,21 @@ class Backbone:
         return len(self.layers)
 
 
+def keep_blocks(bb: Backbone, n: int) -> int:
+    """Keep blocks [0, n) of bb, in place, config included: all a classifier reading block n's
+    output (`--feature-layer n`) runs, so the blocks above need not be stored. Per-layer config
+    lists (Gemma 3's `layer_types`) are cut to match. Returns how many blocks were dropped."""
+    old = bb.num_layers
+    if n >= old:
+        return 0
+    bb.decoder.layers = bb.decoder.layers[:n]
+    for key, value in list(bb.config.items()):
+        if isinstance(value, list) and len(value) == old:
+            bb.config[key] = value[:n]
+    bb.config["num_hidden_layers"] = n
+    return old - n
+
+
 def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
     """Load a converted model directory with mlx-lm's own loader, with the CPU fast paths that
     measure faster on this machine (`mlx_rsg.accel.fastpaths`) given to this model only."""
@@ -102,13 +117,14 @@ def check_vocabulary(bb: Backbone, tokenizer, where: str | Path) -> None:
 
 
 def embed(bb: Backbone, tokens: mx.array) -> mx.array:
-    """Token embeddings, scaled as the reference implementation scales them.
+    """Token embeddings in the model's dtype, scaled as the reference implementation scales them.
 
     mlx-lm's Gemma 3 multiplies by sqrt(hidden) rounded to bfloat16 even in float32 (25.25 vs
     25.298 at 640), which moves fp32 hidden states by up to 7.0 from transformers. Transformers
     casts the scale to the embedding dtype, so we do the same: exact in fp32, bf16 in bf16.
     """
     h = bb.decoder.embed_tokens(tokens)
+    h = h.astype(bb.decoder.norm.weight.dtype)  # quantized rows come in their scales' dtype
     if bb.config.get("model_type") in _SCALED_EMBEDDINGS:
         h = h * mx.array(bb.hidden_size**0.5, dtype=h.dtype)
     return h

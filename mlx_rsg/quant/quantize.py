@@ -7,11 +7,14 @@
     RUN_DIR   -> OUT/                  a run directory predict/bench read whole: run.json (method
                                        "freeze", every layer frozen), trainable.safetensors (the
                                        float32 heads only), backbone/ (the trained weights merged
-                                       and quantized, "copied": true), mlx_rsg.json
+                                       and quantized, "copied": true; a --feature-layer run's
+                                       blocks above its layer dropped), mlx_rsg.json
 
 What is quantized: every Linear of the backbone and the embedding table (63% of Gemma-3-270M's
 parameters; classification only gathers from it). Norms and the classification heads stay float32.
 Quantization is mlx-lm's own (`quantize_model` with a predicate), so `mlx_lm.load` reads OUT.
+A recipe may store the scales and biases in 16 bits (`scale_dtype`) and, for a run, correct the
+heads' biases for the shift quantization leaves in their mean logits (`bias_correction.py`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx_lm
-from mlx_lm.utils import save_config, save_model
+from mlx_lm.utils import compute_bits_per_weight, save_config, save_model
 
 from mlx_rsg import predict
 from mlx_rsg.accel.blas import warn_if_slow
@@ -32,10 +36,11 @@ from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object, write_json
 from mlx_rsg.model import methods
-from mlx_rsg.model.backbone import load_checked
+from mlx_rsg.model.backbone import keep_blocks, load_checked
 from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.model_files import MANIFEST, copy_model_dir, weight_hashes, write_manifest
 from mlx_rsg.quant import gptq, rtn
+from mlx_rsg.quant.bias_correction import BiasCorrection
 from mlx_rsg.quant.recipe import Recipe, resolve_recipe
 from mlx_rsg.run import WEIGHTS, mark_merged, read_run_json, resolve_backbone
 from mlx_rsg.version import __version__
@@ -84,6 +89,8 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
         "recipe": recipe.as_dict(),
         "method": recipe.method,
         "calibration": counts.get("calibration"),
+        "bias_correction": counts.get("bias_correction"),
+        "blocks_dropped": counts.get("blocks_dropped", 0),
         "bits_per_weight": counts["bits_per_weight"],
         "quantized_modules": counts["quantized"],
         "skipped_modules": counts["skipped"],
@@ -98,10 +105,29 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
 
 def _quantize_with(model, config: dict, recipe: Recipe, src_dir: Path, calib_data, log,
                    world: World):  # fmt: skip
-    """Round-to-nearest, or GPTQ calibrated on calib_data's train splits: the recipe's method."""
+    """Round-to-nearest, or GPTQ calibrated on calib_data's train splits: the recipe's method;
+    then the scales and biases cast to the recipe's scale_dtype."""
     if recipe.method == "gptq":
-        return gptq.quantize_gptq(model, config, recipe, calib_data, src_dir, log, world)
-    return rtn.quantize_backbone(model, config, recipe)
+        qconfig, counts = gptq.quantize_gptq(model, config, recipe, calib_data, src_dir, log,
+                                             world)  # fmt: skip
+    else:
+        qconfig, counts = rtn.quantize_backbone(model, config, recipe)
+    if recipe.scale_dtype:
+        counts["bits_per_weight"] = cast_scales(model, getattr(mx, recipe.scale_dtype))
+    return qconfig, counts
+
+
+def cast_scales(model, dtype: mx.Dtype) -> float:
+    """Every quantized module's scales and biases in `dtype`, in place (float16 scales take
+    q4 at group 64 from 5 to 4.5 bits per weight); returns the new bits per weight. The layers
+    compute in the input's dtype as before (`embed` casts the gathered rows back)."""
+    for _, module in model.named_modules():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            module.scales = module.scales.astype(dtype)
+            if module.get("biases") is not None:
+                module.biases = module.biases.astype(dtype)
+    mx.eval(model.parameters())
+    return round(float(compute_bits_per_weight(model)), 3)
 
 
 def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib_data=None,
@@ -109,6 +135,8 @@ def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib
     """dst None: compute only (the ranks of a distributed run other than 0)."""
     config = _read_config(model_dir)
     model, _ = load_checked(model_dir)
+    if recipe.bias_correction and log is not None:
+        log(f"{recipe.name}: bias correction skipped: a model directory has no heads to correct")
     qconfig, counts = _quantize_with(model, config, recipe, model_dir, calib_data, log, world)
     if not counts["quantized"]:
         raise UserError(
@@ -136,11 +164,25 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     config = _read_config(src_backbone)
     # resolve_backbone verified it above; the heads as trained (run.json's calibration, copied
     # into dst's, is added when dst is loaded)
-    model = predict.load(run_dir, verify=False, calibrated=False).model
+    predictor = predict.load(run_dir, verify=False, calibrated=False)
+    model = predictor.model
     method = info["classifier"].get("method")
     n_fused = fuse_lora(model)
+    dropped = keep_blocks(model.backbone, model.n_blocks)  # a --feature-layer run's unused blocks
+    if dropped:
+        config = dict(model.backbone.config)
+    correction = None
+    if recipe.bias_correction:  # the float heads' mean logits, before anything is quantized
+        if log is not None:
+            log(f"bias correction: scoring {recipe.bias_correction['units']} train units per task "
+                "with the float heads, then again once quantized")
+        correction = BiasCorrection(model, predictor.tokenizer, calib_data,
+                                    **recipe.bias_correction)  # fmt: skip
     qconfig, counts = _quantize_with(model.lm, config, recipe, src_backbone, calib_data, log,
                                      world)  # fmt: skip
+    if correction is not None:
+        counts["bias_correction"] = correction.apply()
+    counts["blocks_dropped"] = dropped
     if not counts["quantized"]:
         raise UserError(f"{src_backbone}: no layer's width is a multiple of {recipe.group_size}")
     if dst is None:
@@ -167,6 +209,11 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
 # ---------------------------------------------------------------- entry point
 
 
+def _calibrated_by(rec: Recipe) -> str:
+    return ", ".join(([rec.method] if rec.method != "rtn" else [])
+                     + (["bias correction"] if rec.bias_correction else []))  # fmt: skip
+
+
 def quantize(
     source: str | Path,
     out: str | Path,
@@ -189,12 +236,12 @@ def quantize(
     inputs = (source, calib_data)
     check_replaceable(out, force, MANIFEST, inputs)  # before any work; atomic_dir checks again
     rec = resolve_recipe(bits, group_size, recipe)
-    if rec.method != "rtn" and calib_data is None:
-        raise UserError(f"quantize recipe '{rec.name}' is calibrated ({rec.method}): give "
-                        "--calib-data RSG_DIR (its train splits are the calibration set)")
+    if rec.calibrated and calib_data is None:
+        raise UserError(f"quantize recipe '{rec.name}' is calibrated ({_calibrated_by(rec)}): "
+                        "give --calib-data RSG_DIR (its train splits are the calibration set)")
     if calib_data is not None and not Path(calib_data).is_dir():
         raise UserError(f"--calib-data: {calib_data}: no such directory")
-    if rec.method != "rtn":  # calibration runs the model: say it now if the BLAS is slow
+    if rec.calibrated:  # calibration runs the model: say it now if the BLAS is slow
         warn_if_slow(log)
     is_run = (source / "run.json").is_file()
     if not world.is_main:
@@ -218,6 +265,13 @@ def quantize(
         c = counts["calibration"]
         log(f"{rec.method}: calibrated on {c['examples']} train examples ({c['tokens']} tokens, "
             f"{', '.join(c['tasks'])}) in {c['seconds']} s")
+    if counts.get("blocks_dropped"):
+        log(f"the {counts['blocks_dropped']} blocks above the run's --feature-layer dropped "
+            "(never run)")
+    if counts.get("bias_correction"):
+        c = counts["bias_correction"]
+        log(f"bias correction: heads re-centred on {sum(c['units'].values())} train units "
+            f"in {c['seconds']} s")
     log(
         f"quantized {counts['quantized']} modules ({rec.name}: {rec.bits}-bit, group "
         f"{rec.group_size}; {counts['bits_per_weight']} bits per weight) -> {out}"

@@ -1,5 +1,6 @@
 """A quantize recipe (a `quantize/*.toml` file, or q8 / q4 by --bits): bits and group size for
-every module, per-path overrides, the method (rtn | gptq) and its calibration set."""
+every module, per-path overrides, the method (rtn | gptq) and its calibration set, the dtype of
+the scales and biases, and the heads' bias correction (runs only)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ GROUP_SIZES = (32, 64, 128)
 DEFAULT_RECIPE = {8: "q8", 4: "q4"}
 METHODS = ("rtn", "gptq")  # rtn.py, gptq.py
 CALIBRATION = {"examples": 128, "max_len": 128, "seed": 0}
+SCALE_DTYPES = ("float32", "float16", "bfloat16")
+BIAS_CORRECTION = {"units": 128, "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class Recipe:
     overrides: dict[str, dict[str, int]] = field(default_factory=dict)
     method: str = "rtn"
     calibration: dict[str, int] = field(default_factory=lambda: dict(CALIBRATION))
+    scale_dtype: str | None = None  # None: the model's own (float32 scales for a float32 model)
+    bias_correction: dict[str, int] | None = None  # {units, seed}: quant/bias_correction.py
 
     def params_for(self, path: str) -> dict[str, int]:
         for key, p in self.overrides.items():
@@ -46,7 +51,14 @@ class Recipe:
             "overrides": self.overrides,
             "method": self.method,
             **({"calibration": self.calibration} if self.method != "rtn" else {}),
+            **({"scale_dtype": self.scale_dtype} if self.scale_dtype else {}),
+            **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
         }
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the recipe reads --calib-data (GPTQ's Hessians, the heads' bias correction)."""
+        return self.method != "rtn" or self.bias_correction is not None
 
 
 def _check_params(where: str, bits: Any, group_size: Any) -> None:
@@ -77,13 +89,29 @@ def resolve_recipe(
     method = raw.get("method", "rtn")
     if method not in METHODS:
         raise UserError(f"{where}: field 'method': {method!r} is not one of {METHODS}")
-    cal = raw.get("calibration", {})
-    if not isinstance(cal, dict) or set(cal) - set(CALIBRATION) or not all(
-        isinstance(v, int) and v >= 0 for v in cal.values()
-    ):
-        raise UserError(f"{where}: field 'calibration': expected {{examples, max_len, seed}} ints")
+    cal = _int_table(raw, "calibration", CALIBRATION, where)
+    scale_dtype = raw.get("scale_dtype")
+    if scale_dtype is not None and scale_dtype not in SCALE_DTYPES:
+        raise UserError(f"{where}: field 'scale_dtype': {scale_dtype!r} is not one of "
+                        f"{SCALE_DTYPES}")  # fmt: skip
+    correction = None
+    if "bias_correction" in raw:
+        correction = _int_table(raw, "bias_correction", BIAS_CORRECTION, where)
+        if correction["units"] < 1:
+            raise UserError(f"{where}: field 'bias_correction.units': must be >= 1")
     return Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean, method=method,
-                  calibration={**CALIBRATION, **cal})
+                  calibration=cal, scale_dtype=scale_dtype, bias_correction=correction)
+
+
+def _int_table(raw: dict, key: str, defaults: dict[str, int], where: str) -> dict[str, int]:
+    """raw[key] (a table of non-negative ints, keys from `defaults`) over the defaults."""
+    table = raw.get(key, {})
+    if not isinstance(table, dict) or set(table) - set(defaults) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in table.values()
+    ):
+        raise UserError(f"{where}: field '{key}': expected a table of non-negative ints "
+                        f"({', '.join(defaults)})")  # fmt: skip
+    return {**defaults, **table}
 
 
 def _overrides(overrides: Any, where: str, bits: int, group_size: int) -> dict[str, dict]:

@@ -48,7 +48,7 @@ from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object, write_json
 from mlx_rsg.model import methods
-from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
+from mlx_rsg.model.backbone import check_vocabulary, keep_blocks, load_backbone, load_tokenizer
 from mlx_rsg.model.batching import examples_in, loss_fn, shard_range, take_rows
 from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.dropout import batch_rows
@@ -571,21 +571,33 @@ def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> di
                                for t, c in final["calibration"].items()}  # fmt: skip
     info["tasks"] = task_info(list(loop.data))
     if fuse or copy_backbone:
-        tmp = run_dir / ".backbone.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if fuse:
-            n = fuse_lora(model)
-            write_backbone(model.backbone, model_dir, tmp)
-            save_weights(run_dir / WEIGHTS, trainable_weights(model))
-            mark_merged(info, model.backbone.num_layers, cfg.method, n)
-            log(f"fused {n} LoRA layers into backbone/")
-        else:
-            copy_model_dir(model_dir, tmp)
-        shutil.rmtree(run_dir / "backbone", ignore_errors=True)
-        tmp.rename(run_dir / "backbone")
-        info["backbone"] = {**info["backbone"], "copied": True}
+        _write_own_backbone(loop, model_dir, fuse, info)
     write_json(run_dir / "run.json", info)
     return _write_metrics(run_dir, cfg, loop.position, final)
+
+
+def _write_own_backbone(loop: _Loop, model_dir: Path, fuse: bool, info: dict) -> None:
+    """RUN_DIR/backbone (--fuse, --copy-backbone): LoRA fused in, and only the blocks the
+    classifier runs (a `--feature-layer` run's blocks above its layer are dropped)."""
+    model, run_dir, log = loop.model, loop.run_dir, loop.log
+    tmp = run_dir / ".backbone.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dropped = keep_blocks(model.backbone, model.n_blocks)
+    if fuse or dropped:
+        n = fuse_lora(model)
+        write_backbone(model.backbone, model_dir, tmp)
+        if fuse:
+            save_weights(run_dir / WEIGHTS, trainable_weights(model))
+            mark_merged(info, model.backbone.num_layers, loop.cfg.method, n)
+            log(f"fused {n} LoRA layers into backbone/")
+        if dropped:
+            log(f"backbone/: the {dropped} blocks above --feature-layer {model.n_blocks} dropped "
+                "(never run)")  # fmt: skip
+    else:
+        copy_model_dir(model_dir, tmp)
+    shutil.rmtree(run_dir / "backbone", ignore_errors=True)
+    tmp.rename(run_dir / "backbone")
+    info["backbone"] = {**info["backbone"], "copied": True}
 
 
 def _score_val_once(loop: _Loop) -> dict[str, Any]:
