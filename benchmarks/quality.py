@@ -79,36 +79,20 @@ def rescore(predictions: Path, data: Path) -> dict[str, Any]:
 def paired_difference(predictions: Path, other: Path, data: Path, reps: int = 1000,
                       seed: int = 0) -> dict[str, Any]:
     """Scores of `predictions` minus `other`'s on val, per task and in total, each with its
-    standard error over `reps` resamplings of every task's records (the same draw for both)."""
-    import numpy as np
-
+    standard error over `reps` resamplings of every task's records (the same draw for both:
+    `mlx_rsg.bench.compare.paired_bootstrap`, as bench reports it)."""
+    from mlx_rsg.bench.compare import metrics, paired_bootstrap
     from mlx_rsg.submission import read_submission
-    from mlx_rsg.tasks import score_task, task_score
 
     mine, theirs = read_submission(predictions), read_submission(other)
-    rng = np.random.default_rng(seed)
-    tasks: dict[str, Any] = {}
-    draws = []
-    for task in mine:
-        if task not in theirs:
-            continue
-        records = val_records(data, task)
-
-        def diff(rows, task=task, records=records) -> float:
-            sample = [records[i] for i in rows]
-            a = [mine[task][r.idx] for r in sample]
-            b = [theirs[task][r.idx] for r in sample]
-            return (task_score(task, score_task(task, sample, a))
-                    - task_score(task, score_task(task, sample, b)))  # fmt: skip
-
-        n = len(records)
-        boot = np.array([diff(rng.integers(0, n, n)) for _ in range(reps)])
-        tasks[task] = {"difference": diff(range(n)), "se": float(boot.std(ddof=1))}
-        draws.append(boot)
-    total = np.mean(draws, axis=0)
+    records = {t: val_records(data, t) for t in mine if t in theirs}
+    a, b = {t: mine[t] for t in records}, {t: theirs[t] for t in records}
+    se = paired_bootstrap(records, a, b, list(records), rounds=reps, seed=seed)
+    tasks = {t: {"difference": metrics(t, recs, a[t])["score"] - metrics(t, recs, b[t])["score"],
+                 "se": se["tasks"][t]} for t, recs in records.items()}  # fmt: skip
     return {"against": str(other), "reps": reps, "tasks": tasks,
-            "total": float(np.mean([v["difference"] for v in tasks.values()])),
-            "total_se": float(total.std(ddof=1))}  # fmt: skip
+            "total": sum(v["difference"] for v in tasks.values()) / len(tasks),
+            "total_se": se["total"]}  # fmt: skip
 
 
 def main() -> None:

@@ -157,6 +157,48 @@ def scaling(results: Path) -> str:
     return _benchmark_table("scaling_table", "table", _load(results, "scaling.json"))
 
 
+QUANTIZE_LEVERS = "quality/quantize-1ep/bench.json"
+
+
+def one_way_share(directions: dict[str, dict[str, int]]) -> float:
+    """The share of a variant's flips that is net movement one way: per task and answer pair,
+    |a->b - b->a|, summed, over all flips (0: as many each way; 1: all one way)."""
+    net = total = 0
+    for moves in directions.values():
+        total += sum(moves.values())
+        pairs: dict[tuple, int] = {}
+        for key, n in moves.items():
+            a, b = key.split("->")
+            pair = (a, b) if a < b else (b, a)
+            pairs[pair] = pairs.get(pair, 0) + (n if pair == (a, b) else -n)
+        net += sum(abs(v) for v in pairs.values())
+    return net / total if total else 0.0
+
+
+def quantize_levers(results: Path) -> str:
+    """docs/quantization.md: the 4-bit levers on one run, side by side (bench.json)."""
+    bench = _load(results, QUANTIZE_LEVERS)
+    tasks = [t for t in TASKS if t in bench["tasks"]]
+    rows = []
+    for v in bench["variants"][1:]:
+        q = v["quantization"]
+        se = v["delta_se"]["total"]
+        rows.append([q["recipe"], f"{q['bits_per_weight']:.2f}",
+                     f"{100 * v['delta']:+.2f} ± {100 * se:.2f}",
+                     f"{100 * v['flip_rate']:.1f} %",
+                     f"{100 * one_way_share(v['flip_directions']):.0f} %",
+                     *(f"{100 * v['flips'][t]:.1f}" for t in tasks),
+                     f"{v['throughput']['examples_per_s']:.2f}"])  # fmt: skip
+    units = sum(t["units"] for t in bench["tasks"].values())
+    table = _table(["recipe", "bits / weight", "Δ total (points) ± SE", "decisions changed",
+                    "one way", *(f"{t} %" for t in tasks), "records/s"], rows)  # fmt: skip
+    return (f"{table}\n\n{len(tasks)} tasks, {units} val units drawn whole with seed "
+            f"{bench['config']['seed']} (`--max-per-task {bench['config']['max_per_task']}`); "
+            f"baseline `{bench['baseline']}` scores {bench['variants'][0]['total']:.3f} on them "
+            f"at {bench['variants'][0]['throughput']['examples_per_s']:.2f} records/s (batch "
+            f"{bench['config']['batch_size']}).")
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "quality": quality,
     "real-command": real_command,
@@ -166,6 +208,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "bench-train": bench_train,
     "scaling": scaling,
     "curve": curve,
+    "quantize-levers": quantize_levers,
 }
 MARKED = re.compile(r"(<!-- render:([\w-]+) -->\n)(.*?)(<!-- /render:\2 -->)", re.S)
 

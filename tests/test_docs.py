@@ -71,3 +71,13 @@ def test_every_link_resolves(page):
         assert linked.exists(), f"{page.name}: {target}: no such file"
         if anchor:
             assert anchor in _anchors(linked.read_text()), f"{page.name}: {target}: no such heading"
+
+
+def test_one_way_share_of_flips_by_hand():
+    """34 one way and 4 back is (34 - 4) / 38 of the flips net; equal counts none; a task
+    whose flips all go one way counts whole, pooled with the others by flip count."""
+    share = render_docs.one_way_share
+    assert share({"TERRa": {"a->b": 34, "b->a": 4}}) == pytest.approx(30 / 38)
+    assert share({"TERRa": {"a->b": 3, "b->a": 3}}) == 0
+    assert share({"RCB": {"x->y": 2, "y->x": 1, "x->z": 1}, "RUSSE": {}}) == pytest.approx(2 / 4)
+    assert share({}) == 0

@@ -141,3 +141,32 @@ def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_roo
             assert got["tasks"][task]["score"] == pytest.approx(s["score"], abs=1e-12)
     fp32 = read_submission(bench_dir / bench["variants"][0]["submission"])
     assert fp32 == read_submission(run_zip)
+
+
+def test_the_committed_quantize_levers_rescore_to_their_bench(real_rsg_root):
+    """docs/quantization.md's levers table (bench --max-per-task 250): every variant's zip holds
+    predictions for the drawn val records only, and those records score what bench.json says;
+    the fp32 zip agrees with the run's own full-val zip on every record it holds."""
+    import json
+
+    from quality import val_records
+
+    from mlx_rsg.submission import read_submission
+    from mlx_rsg.tasks import score_task, task_score, total_score
+
+    bench_dir = RESULTS / "quality" / "quantize-1ep"
+    bench = json.loads((bench_dir / "bench.json").read_text())
+    assert len(bench["variants"]) == 9
+    for v in bench["variants"]:
+        back = read_submission(bench_dir / v["submission"])
+        per_task = {}
+        for task, preds in back.items():
+            records = [r for r in val_records(real_rsg_root, task) if r.idx in preds]
+            assert len(records) == bench["tasks"][task]["records"] == len(preds), task
+            per_task[task] = score_task(task, records, preds)
+            assert task_score(task, per_task[task]) == pytest.approx(
+                v["scores"][task]["score"], abs=1e-12), (v["name"], task)
+        assert total_score(per_task) == pytest.approx(v["total"], abs=1e-12)
+    fp32 = read_submission(bench_dir / bench["variants"][0]["submission"])
+    run = read_submission(EARLIER / "1ep.zip")
+    assert all(fp32[t][i] == run[t][i] for t in fp32 for i in fp32[t])

@@ -41,13 +41,15 @@ def test_wheel_ships_recipes_where_recipes_py_looks():
 
 def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     """`--recipe path/to/x.toml` reads the user's file; the levers docs/quantization.md measured
-    (benchmarks/quantize_recipes/) resolve with the fields they were measured with."""
+    (benchmarks/quantize_recipes/, and the shipped q4-gptq-long-bc) resolve with the fields they
+    were measured with."""
     from pathlib import Path
 
     from mlx_rsg.quant.recipe import resolve_recipe
 
     here = Path(__file__).resolve().parent.parent / "benchmarks" / "quantize_recipes"
     recipes = {p.stem: resolve_recipe(recipe=str(p)) for p in sorted(here.glob("*.toml"))}
+    recipes["q4-gptq-long-bc"] = resolve_recipe(recipe="q4-gptq-long-bc")  # shipped
     assert recipes["q4-h-e5"].scale_dtype == "float16"
     assert recipes["q4-h-e5"].params_for("model.embed_tokens") == {"bits": 5, "group_size": 128}
     assert recipes["q4-gptq-long-bc"].calibration["examples"] == 512
