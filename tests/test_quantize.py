@@ -373,12 +373,14 @@ def test_cli_corrupt_or_mismatched_model_dir(tiny_model_dir, tmp_path, damage, n
         (["--recipe", "{tmp}/dtype.toml"], ["dtype.toml", "scale_dtype", "float64"]),
         (["--recipe", "{tmp}/bc.toml"], ["bc.toml", "bias_correction", "non-negative ints"]),
         (["--recipe", "{tmp}/zero.toml"], ["zero.toml", "bias_correction.units", ">= 1"]),
+        (["--recipe", "{tmp}/typo.toml"], ["typo.toml", "field 'bias_corection'", "not a recipe"]),
     ],
 )
 def test_cli_bad_recipe_choices(tiny_model_dir, tmp_path, args, needles):  # noqa: F811
     (tmp_path / "dtype.toml").write_text('bits = 4\nscale_dtype = "float64"\n')
     (tmp_path / "bc.toml").write_text('bits = 4\n[bias_correction]\nunits = "all"\n')
     (tmp_path / "zero.toml").write_text("bits = 4\n[bias_correction]\nunits = 0\n")
+    (tmp_path / "typo.toml").write_text("bits = 4\n[bias_corection]\nunits = 64\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     out = tmp_path / "out"
     _one_error_line(_cli(tiny_model_dir, *args, "-o", out), *needles)

@@ -18,6 +18,8 @@ METHODS = ("rtn", "gptq")  # rtn.py, gptq.py
 CALIBRATION = {"examples": 128, "max_len": 128, "seed": 0}
 SCALE_DTYPES = ("float32", "float16", "bfloat16")
 BIAS_CORRECTION = {"units": 128, "seed": 0}
+FIELDS = {"name", "bits", "group_size", "overrides", "method", "calibration", "scale_dtype",
+          "bias_correction"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,10 @@ def resolve_recipe(
         recipe = DEFAULT_RECIPE[bits]
     raw = load_recipe("quantize", recipe)
     where = f"quantize recipe '{recipe}'"
+    unknown = sorted(set(raw) - FIELDS)
+    if unknown:
+        raise UserError(f"{where}: field '{unknown[0]}': not a recipe field (one of "
+                        f"{', '.join(sorted(FIELDS))})")  # fmt: skip
     name = raw.get("name", recipe)
     r_bits = bits if bits is not None else raw.get("bits")
     r_group = group_size if group_size is not None else raw.get("group_size", 64)
@@ -135,7 +141,7 @@ class QuantizeOptions:
     bits: int | None = opt(None, "q4 or q8 recipe.", choices=[4, 8])
     group_size: int | None = opt(None, "Weights per scale/bias.", choices=list(GROUP_SIZES),
                                  default_help="the recipe's, 64")  # fmt: skip
-    recipe: str | None = opt(None, "A quantize/*.toml recipe, e.g. q4-mixed.")
+    recipe: str | None = opt(None, "A quantize/*.toml recipe (e.g. q4-mixed) or path/to/own.toml.")
     force: bool = opt(False, "Overwrite OUT.")
     calib_data: str | None = opt(
         None, "RSG_DIR whose train splits calibrate a gptq recipe (e.g. q4-gptq).", path=True
