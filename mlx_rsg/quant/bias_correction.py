@@ -20,35 +20,27 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mlx_rsg.data import available_splits, load_split
+from mlx_rsg.data import load_split
+from mlx_rsg.data.sample import examples_in, sample_examples, tasks_with_train
 from mlx_rsg.errors import UserError
 from mlx_rsg.predict import score_units
-from mlx_rsg.tasks import REGISTRY, make_units
+from mlx_rsg.tasks import REGISTRY
 
 BATCH_SIZE = 8
 
 
 def sample_records(data_dir: str | Path, heads: list[str], units: int,
                    seed: int) -> dict[str, list]:  # fmt: skip
-    """Train records drawn at random, whole, until they hold `units` units (or the split ends),
-    for every task that has a head and a train split. Counted in units because a head's mean is
-    over units, and tasks differ: a MuSeRC passage holds ~24 answers, a TERRa record one."""
-    tasks = [t for t in REGISTRY if t in heads and "train" in available_splits(data_dir, t)]
+    """Train records drawn whole until they hold `units` units (or the split ends), for every
+    task that has a head and a train split: `data.sample.sample_examples`, the draw `bench
+    --max-per-task` makes. Counted in units because a head's mean is over units, and tasks
+    differ: a MuSeRC passage holds ~24 answers, a TERRa record one."""
+    tasks = tasks_with_train(Path(data_dir), tuple(t for t in REGISTRY if t in heads))
     if not tasks:
         raise UserError(f"--calib-data: {data_dir}: no train split of the run's tasks "
                         f"({', '.join(heads)}) to correct the heads' biases on")  # fmt: skip
-    rng = np.random.default_rng(seed)
-    out = {}
-    for task in tasks:
-        records = load_split(data_dir, task, "train")
-        picked, n = [], 0
-        for i in rng.permutation(len(records)):
-            if n >= units:
-                break
-            picked.append(int(i))
-            n += len(make_units(task, [records[i]], train=False))
-        out[task] = [records[i] for i in sorted(picked)]
-    return out
+    return {t: sample_examples(t, load_split(data_dir, t, "train"), units, seed, "train")
+            for t in tasks}  # fmt: skip
 
 
 def head_means(model, tokenizer, records: dict[str, list]) -> dict[str, np.ndarray]:
@@ -93,7 +85,7 @@ class BiasCorrection:
         return {
             **self.settings,
             "records": {t: len(r) for t, r in self.records.items()},
-            "units": {t: len(make_units(t, r, train=False)) for t, r in self.records.items()},
+            "units": {t: sum(examples_in(t, x) for x in r) for t, r in self.records.items()},
             "shifts": shifts,
             "seconds": round(self.seconds + time.perf_counter() - start, 1),
         }
