@@ -88,14 +88,12 @@ def _fail(message: str) -> None:
 
 
 def _world():
-    """The ranks mlx.launch started (a single process otherwise); bars only on rank 0; ranks on
-    one machine share its cores."""
-    from mlx_rsg import progress
+    """The ranks mlx.launch started (a single process otherwise); ranks on one machine share its
+    cores."""
     from mlx_rsg.accel.cpu_parallel import share_cores
     from mlx_rsg.distributed import launched
 
     world = launched()
-    progress.ENABLED = world.is_main
     if world.size > 1:
         share_cores(world.local_size())
     return world

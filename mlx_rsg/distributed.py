@@ -27,6 +27,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.progress import RANK_VARIABLES
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ SINGLE = World()
 @cache
 def launched() -> World:
     """The world `mlx.launch` (or mpirun) started this process in; SINGLE otherwise."""
-    if not any(k in os.environ for k in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")):
+    if not any(k in os.environ for k in RANK_VARIABLES):
         return SINGLE
     group = mx.distributed.init()
     return World(group) if group.size() > 1 else SINGLE

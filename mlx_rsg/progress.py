@@ -7,11 +7,18 @@ of the first update on, and the bar says `ETA ?` until there is a steady batch t
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-# Bars drawn at all: off in the ranks other than 0 of a distributed run (cli), so one bar shows.
-ENABLED = True
+# What mlx.launch (and mpirun) set in every process it starts (`distributed.launched` reads them).
+RANK_VARIABLES = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def drawn_here() -> bool:
+    """Whether this process draws bars: not in the ranks other than 0 of a distributed run, so
+    that one bar shows."""
+    return all(os.environ.get(k, "0") == "0" for k in RANK_VARIABLES)
 
 
 class Progress:
@@ -21,6 +28,7 @@ class Progress:
         self.total, self.desc = total, desc
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        self.enabled = drawn_here()
         self.done = done  # items already done before this bar (a resumed epoch)
         self.examples = 0
         self.loss: float | None = None
@@ -50,7 +58,7 @@ class Progress:
         return rate, elapsed / (self.done - done0) * (self.total - self.done)
 
     def _draw(self) -> None:
-        if not ENABLED:
+        if not self.enabled:
             return
         rate, eta = self.rate_and_eta()
         width = 20
@@ -65,7 +73,7 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.tty and ENABLED:
+        if self.tty and self.enabled:
             self.stream.write("\n")
             self.stream.flush()
 

@@ -35,3 +35,19 @@ def test_a_resumed_bar_counts_from_where_it_was():
 def test_fmt_time():
     assert progress.fmt_time(59) == "0:59"
     assert progress.fmt_time(3725) == "1:02:05"
+
+
+def test_only_rank_0_of_a_launched_run_draws(monkeypatch):
+    """Ranks other than 0 (mlx.launch's MLX_RANK, or mpirun's) draw nothing; a plain process and
+    rank 0 draw. Read per bar from the environment: no flag set process-wide."""
+    cases = [("MLX_RANK", "1", False), ("MLX_RANK", "0", True),
+             ("OMPI_COMM_WORLD_RANK", "2", False), (None, None, True)]
+    for variable, rank, drawn in cases:
+        for k in progress.RANK_VARIABLES:
+            monkeypatch.delenv(k, raising=False)
+        if variable:
+            monkeypatch.setenv(variable, rank)
+        out = io.StringIO()
+        bar = Progress(2, "val", stream=out)
+        bar.update(2, 2)
+        assert bool(out.getvalue()) == drawn, (variable, rank)

@@ -15,6 +15,7 @@ machines it does not: see docs/benchmarks.md), and no other model in the process
 
 from __future__ import annotations
 
+import functools
 import math
 
 import mlx.core as mx
@@ -23,7 +24,6 @@ from mlx_lm.models.base import scaled_dot_product_attention as stock_attention
 
 LOG2E = 1.4426950408889634
 _TAYLOR = tuple(math.log(2) ** k / math.factorial(k) for k in range(8))  # 2^f, f in [0, 1)
-_MASKS: dict[tuple[int, int], mx.array] = {}
 
 
 def _exp2(y: mx.array) -> mx.array:
@@ -56,14 +56,17 @@ def _softmax_vjp(primals, cotangent, output):
     return (p * (g - mx.sum(g * p, axis=-1, keepdims=True))).astype(cotangent.dtype)
 
 
+@functools.lru_cache(maxsize=64)  # a batch's lengths repeat; a server sees many, so bounded
+def causal_mask(q_len: int, k_len: int) -> mx.array:
+    """Additive causal mask: query i sees keys up to i + (k_len - q_len)."""
+    return mx.triu(mx.full((q_len, k_len), -mx.inf), k=k_len - q_len + 1)
+
+
 def _additive_mask(mask, q_len: int, k_len: int):
     if mask is None:
         return None
-    if isinstance(mask, str):  # "causal": query i sees keys up to i + (k_len - q_len)
-        key = (q_len, k_len)
-        if key not in _MASKS:
-            _MASKS[key] = mx.triu(mx.full((q_len, k_len), -mx.inf), k=k_len - q_len + 1)
-        return _MASKS[key]
+    if isinstance(mask, str):  # "causal"
+        return causal_mask(q_len, k_len)
     if mask.dtype == mx.bool_:
         return mx.where(mask, 0.0, -mx.inf)
     return mask
