@@ -21,6 +21,7 @@ RESULTS = Path(__file__).parent / "results"
 POINTS = [
     ("records per task, 384 tokens", "quality/earlier/640.json"),
     ("records per task, 384 tokens", "quality/earlier/1000.json"),
+    ("shared passages, budgets per task, 640 tokens", "quality/earlier/half.json"),
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/1ep.json"),
     ("shared passages, budgets per task, 640 tokens", "quality.json"),
 ]
@@ -58,15 +59,15 @@ def chart(result: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for recipe in dict.fromkeys(p["recipe"] for p in result["points"]):
-        pts = sorted((p["minutes"], p["total"], p["epochs"]) for p in result["points"]
-                     if p["recipe"] == recipe)  # fmt: skip
-        ax.plot([m for m, _, _ in pts], [t for _, t, _ in pts], marker="o", label=recipe)
-        for minutes, total, epochs in pts:
-            ax.annotate(f"{epochs} ep.", (minutes, total), textcoords="offset points",
+        pts = sorted((p["minutes"], p["total"], p["epochs"], Path(p["file"]).stem)
+                     for p in result["points"] if p["recipe"] == recipe)  # fmt: skip
+        ax.plot([m for m, *_ in pts], [t for _, t, *_ in pts], marker="o", label=recipe)
+        for minutes, total, epochs, run in pts:
+            ax.annotate(f"{run}: {epochs} ep.", (minutes, total), textcoords="offset points",
                         xytext=(6, -10), fontsize=8)  # fmt: skip
     ax.axvline(90, color="grey", linestyle=":", label="the 90-minute budget")
     ax.set_xscale("log", base=2)
-    ticks = [60, 75, 90, 120, 150]
+    ticks = [45, 60, 75, 90, 120, 150]
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("wall minutes on 2 CPU cores (training, dev and the val pass)")
