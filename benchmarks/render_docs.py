@@ -158,6 +158,7 @@ def scaling(results: Path) -> str:
 
 
 QUANTIZE_LEVERS = "quality/quantize-1ep/bench.json"
+QUANTIZE_DWQ = "quality/quantize-1ep-dwq/bench.json"
 
 
 def one_way_share(directions: dict[str, dict[str, int]]) -> float:
@@ -176,8 +177,16 @@ def one_way_share(directions: dict[str, dict[str, int]]) -> float:
 
 
 def quantize_levers(results: Path) -> str:
-    """docs/quantization.md: the 4-bit levers on one run, side by side (bench.json)."""
-    bench = _load(results, QUANTIZE_LEVERS)
+    """docs/quantization.md: the cheap 4-bit levers on one run, side by side (bench.json)."""
+    return _levers_table(_load(results, QUANTIZE_LEVERS))
+
+
+def quantize_dwq(results: Path) -> str:
+    """docs/quantization.md: q4-dwq on the same run and units as the levers."""
+    return _levers_table(_load(results, QUANTIZE_DWQ))
+
+
+def _levers_table(bench: dict) -> str:
     tasks = [t for t in TASKS if t in bench["tasks"]]
     rows = []
     for v in bench["variants"][1:]:
@@ -199,6 +208,32 @@ def quantize_levers(results: Path) -> str:
             f"{bench['config']['batch_size']}).")
 
 
+DISTILL_RUNS = "quality/quantize-1ep/distill"
+
+
+def distill_lr(results: Path) -> str:
+    """docs/quantization.md: one step on the scales and biases (benchmarks/distill_lr.py)."""
+    return _benchmark_table("distill_lr", "table", _load(results, "distill_lr.json"))
+
+
+def distill_runs(results: Path) -> str:
+    """docs/quantization.md: `[distill]` on the one-epoch run, from each quantization's manifest
+    (the `distill` entry of its mlx_rsg.json, kept under results/)."""
+    rows = []
+    for path in sorted((results / DISTILL_RUNS).glob("*.json")):
+        d = json.loads(path.read_text())["distill"]
+        held = [e["all"] for e in d["kl"]["holdout"]["by_epoch"]]
+        train = d["kl"]["train"]
+        rows.append([f"{d['lr']:.0e}", d["units_per_task"], d["epochs"], d["steps"],
+                     f"{held[0]:.5f}", ", ".join(f"{k:.5f}" for k in held[1:]),
+                     d["kept_epoch"] or "none (as rounded)",
+                     f"{train['before']['all']:.5f} → {train['after']['all']:.5f}",
+                     f"{d['seconds'] / 60:.1f}"])  # fmt: skip
+    return _table(["lr", "units per task", "epochs", "steps", "held-out KL, rounded",
+                   "held-out KL after each epoch", "epoch kept", "train KL", "minutes"],
+                  rows)  # fmt: skip
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "quality": quality,
     "real-command": real_command,
@@ -209,6 +244,9 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "scaling": scaling,
     "curve": curve,
     "quantize-levers": quantize_levers,
+    "quantize-dwq": quantize_dwq,
+    "distill-lr": distill_lr,
+    "distill-runs": distill_runs,
 }
 MARKED = re.compile(r"(<!-- render:([\w-]+) -->\n)(.*?)(<!-- /render:\2 -->)", re.S)
 

@@ -85,6 +85,10 @@ def test_cache_keeps_one_float_copy_and_follows_weight_changes():
     _, other = _layer(128, 64, 8, 64, True, seed=1)
     q.update(other.parameters())  # new weights must not reuse the stale dequantized copy
     assert (mx.abs(q(x) - _mlx_kernel(q, x)) <= _rounding_bound(q, x)).all().item()
+    q(x)
+    q.scales = q.scales * 1.5  # learned scales (quant/distill.py), the codes unchanged
+    q.biases = q.biases - 0.01
+    assert (mx.abs(q(x) - _mlx_kernel(q, x)) <= _rounding_bound(q, x)).all().item()
 
 
 @pytest.mark.parametrize("bits,limit", [(8, 0.01), (4, 0.15)])

@@ -143,8 +143,9 @@ def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_roo
     assert fp32 == read_submission(run_zip)
 
 
-def test_the_committed_quantize_levers_rescore_to_their_bench(real_rsg_root):
-    """docs/quantization.md's levers table (bench --max-per-task 250): every variant's zip holds
+@pytest.mark.parametrize("name,variants", [("quantize-1ep", 9), ("quantize-1ep-dwq", 2)])
+def test_the_committed_quantize_levers_rescore_to_their_bench(real_rsg_root, name, variants):
+    """docs/quantization.md's levers tables (bench --max-per-task 250): every variant's zip holds
     predictions for the drawn val records only, and those records score what bench.json says;
     the fp32 zip agrees with the run's own full-val zip on every record it holds."""
     import json
@@ -154,9 +155,9 @@ def test_the_committed_quantize_levers_rescore_to_their_bench(real_rsg_root):
     from mlx_rsg.submission import read_submission
     from mlx_rsg.tasks import score_task, task_score, total_score
 
-    bench_dir = RESULTS / "quality" / "quantize-1ep"
+    bench_dir = RESULTS / "quality" / name
     bench = json.loads((bench_dir / "bench.json").read_text())
-    assert len(bench["variants"]) == 9
+    assert len(bench["variants"]) == variants
     for v in bench["variants"]:
         back = read_submission(bench_dir / v["submission"])
         per_task = {}

@@ -280,6 +280,128 @@ def test_bias_correction_gives_the_quantized_heads_the_float_means(lora_run, tmp
         == {t: m.tolist() for t, m in want.items()}
 
 
+def _head_kl(predictor, teacher, records: dict) -> float:
+    """Mean KL(teacher || predictor) per example over `records`' units, recomputed here."""
+    from mlx_rsg.quant import distill
+
+    predictor.model.eval()
+    teacher.model.eval()
+    total, n = 0.0, 0
+    for batch in distill.task_batches(teacher.model, teacher.tokenizer, records, 4):
+        t = distill.log_probs(teacher.model(batch), batch)
+        s = distill.log_probs(predictor.model(batch), batch)
+        total += distill.kl_sum(s, t).item()
+        n += len(set(batch.groups.tolist())) if batch.groups is not None else len(batch.keys)
+    return total / n
+
+
+def test_distillation_lowers_the_heads_kl_and_keeps_the_codes(lora_run, tmp_path):
+    """[distill] on a 2-bit backbone: the KL between the float run's heads and the quantized
+    ones, recomputed here on the training records and on held-out ones, falls below plain
+    round-to-nearest's; only scales and biases moved (the codes are round-to-nearest's, the
+    heads the float run's); the manifest says what it measured; mlx-lm loads the backbone."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from mlx_rsg import predict
+    from mlx_rsg.quant import distill
+
+    run, data = lora_run
+    body = "bits = 2\ngroup_size = 32\n"
+    plain = quantize(run, tmp_path / "q2", recipe=_recipe(tmp_path / "q2.toml", body))
+    learned = quantize(run, tmp_path / "q2d", calib_data=data, recipe=_recipe(
+        tmp_path / "q2d.toml", body + "[distill]\nunits = 8\nholdout = 6\nepochs = 4\n"
+        "batch_size = 4\nlr = 0.0003\nseed = 1\n"))  # fmt: skip
+    manifest = json.loads((learned / "mlx_rsg.json").read_text())["distill"]
+    assert manifest["units"] == {"PARus": 8, "TERRa": 8}
+    assert manifest["holdout_units"] == {"PARus": 6, "TERRa": 6}
+    assert manifest["steps"] == 4 * 4 and manifest["trainable"] > 0 and manifest["kept_epoch"] > 0
+    ref = predict.load(run, calibrated=False)
+    train, held = distill.draw_records(data, list(ref.model.heads), 8, 6, 1)
+    assert not {r.idx for r in train["TERRa"]} & {r.idx for r in held["TERRa"]}
+    kl = {name: {p: _head_kl(predict.load(out, calibrated=False), ref, recs)
+                 for p, recs in (("train", train), ("holdout", held))}
+          for name, out in (("plain", plain), ("learned", learned))}  # fmt: skip
+    assert kl["learned"]["train"] < 0.5 * kl["plain"]["train"], kl
+    assert kl["learned"]["holdout"] < kl["plain"]["holdout"], kl
+    assert manifest["kl"]["train"]["after"]["all"] == pytest.approx(kl["learned"]["train"],
+                                                                    rel=1e-3)  # fmt: skip
+    a = mx.load(str(plain / "backbone" / "model.safetensors"))
+    b = mx.load(str(learned / "backbone" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        same = mx.array_equal(a[key], b[key]).item()
+        assert same == (not key.endswith((".scales", ".biases"))), key
+    heads = mx.load(str(learned / "trainable.safetensors"))
+    for key, value in mx.load(str(plain / "trainable.safetensors")).items():
+        assert mx.array_equal(value, heads[key]).item(), key
+    load(str(learned / "backbone"))
+
+
+def test_distillation_that_does_not_help_keeps_the_rounded_model(lora_run, tmp_path):
+    """A learning rate far too large makes every epoch worse on the held-out units: the rounded
+    scales are kept, bit for bit round-to-nearest's."""
+    import mlx.core as mx
+
+    run, data = lora_run
+    body = "bits = 2\ngroup_size = 32\n"
+    plain = quantize(run, tmp_path / "q2", recipe=_recipe(tmp_path / "q2.toml", body))
+    wild = quantize(run, tmp_path / "q2w", calib_data=data, recipe=_recipe(
+        tmp_path / "q2w.toml", body + "[distill]\nunits = 8\nholdout = 6\nepochs = 2\nlr = 5.0\n"))
+    manifest = json.loads((wild / "mlx_rsg.json").read_text())["distill"]
+    assert manifest["kept_epoch"] == 0
+    assert all(e["all"] > manifest["kl"]["holdout"]["before"]["all"]
+               for e in manifest["kl"]["holdout"]["by_epoch"][1:])  # fmt: skip
+    a = mx.load(str(plain / "backbone" / "model.safetensors"))
+    b = mx.load(str(wild / "backbone" / "model.safetensors"))
+    assert all(mx.array_equal(a[k], b[k]).item() for k in a)
+
+
+def test_sensitivity_raises_the_modules_that_move_the_heads_within_the_budget(lora_run, tmp_path):
+    """[sensitivity] on a 2-bit backbone with a budget between all-2-bit and all-8-bit: the
+    modules it raises to 8 bits are those of highest estimated sensitivity, the written model's
+    bits per weight are within the budget (and mlx-lm loads its per-path widths), and the estimate
+    ranks truly: raising the module of the largest estimated effect alone lowers the heads' KL
+    more than raising the one of the smallest alone."""
+    from mlx_lm import load
+
+    from mlx_rsg import predict
+    from mlx_rsg.quant import distill
+
+    run, data = lora_run
+    body = "bits = 2\ngroup_size = 32\n"
+    plain = quantize(run, tmp_path / "q2", recipe=_recipe(tmp_path / "q2.toml", body))
+    low = json.loads((plain / "mlx_rsg.json").read_text())["bits_per_weight"]
+    budget = round(low + 1.0, 3)
+    mixed = quantize(run, tmp_path / "q2s", calib_data=data, recipe=_recipe(
+        tmp_path / "q2s.toml", body + f"[sensitivity]\nunits = 8\nbudget = {budget}\n"))
+    manifest = json.loads((mixed / "mlx_rsg.json").read_text())
+    sens, raised = manifest["sensitivity"]["sensitivity"], manifest["sensitivity"]["raised"]
+    assert raised and len(raised) < len(sens)
+    assert low < manifest["bits_per_weight"] <= budget
+    config = json.loads((mixed / "backbone" / "config.json").read_text())["quantization"]
+    assert {p for p in sens if config.get(p, {}).get("bits") == 8} == set(raised)
+    load(str(mixed / "backbone"))
+    sizes = manifest["sensitivity"]["parameters"]  # sensitivity is per million parameters
+    ranked = sorted(sens, key=lambda p: sens[p] * sizes[p], reverse=True)
+    ref = predict.load(run, calibrated=False)
+    records, _ = distill.draw_records(data, list(ref.model.heads), 8, 0, 0)
+    kl = {}
+    for name in (ranked[0], ranked[-1]):
+        out = quantize(run, tmp_path / name, recipe=_recipe(
+            tmp_path / f"{name}.toml", body + f'[overrides]\n"{name}" = {{ bits = 8 }}\n'))
+        kl[name] = _head_kl(predict.load(out, calibrated=False), ref, records)
+    assert kl[ranked[0]] < kl[ranked[-1]], (kl, sens)
+
+
+def test_distill_needs_calibration_data(lora_run, tmp_path):
+    run, _ = lora_run
+    recipe = _recipe(tmp_path / "d.toml", "bits = 4\n[distill]\nunits = 4\n")
+    _one_error_line(_cli(run, "--recipe", recipe, "--group-size", 32, "-o", tmp_path / "out"),
+                    "distill", "--calib-data")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 def test_bias_correction_needs_calibration_data(lora_run, tmp_path):
     run, _ = lora_run
     recipe = _recipe(tmp_path / "bc.toml", "bits = 4\n[bias_correction]\nunits = 4\n")
@@ -371,8 +493,11 @@ def test_cli_corrupt_or_mismatched_model_dir(tiny_model_dir, tmp_path, damage, n
         (["--recipe", "q4", "--group-size", "128"], ["multiple of group size 128"]),
         (["--recipe", "{tmp}/none.toml"], ["none.toml", "no such quantize recipe file"]),
         (["--recipe", "{tmp}/dtype.toml"], ["dtype.toml", "scale_dtype", "float64"]),
-        (["--recipe", "{tmp}/bc.toml"], ["bc.toml", "bias_correction", "non-negative ints"]),
+        (["--recipe", "{tmp}/bc.toml"], ["bc.toml", "bias_correction.units", "an int >= 0"]),
         (["--recipe", "{tmp}/zero.toml"], ["zero.toml", "bias_correction.units", ">= 1"]),
+        (["--recipe", "{tmp}/lr.toml"], ["lr.toml", "distill.lr", "a number > 0"]),
+        (["--recipe", "{tmp}/epoch.toml"], ["epoch.toml", "distill.epoch", "not one of"]),
+        (["--recipe", "{tmp}/high.toml"], ["high.toml", "sensitivity.high_bits", "above 4"]),
         (["--recipe", "{tmp}/typo.toml"], ["typo.toml", "field 'bias_corection'", "not a recipe"]),
     ],
 )
@@ -380,6 +505,9 @@ def test_cli_bad_recipe_choices(tiny_model_dir, tmp_path, args, needles):  # noq
     (tmp_path / "dtype.toml").write_text('bits = 4\nscale_dtype = "float64"\n')
     (tmp_path / "bc.toml").write_text('bits = 4\n[bias_correction]\nunits = "all"\n')
     (tmp_path / "zero.toml").write_text("bits = 4\n[bias_correction]\nunits = 0\n")
+    (tmp_path / "lr.toml").write_text("bits = 4\n[distill]\nlr = nan\n")
+    (tmp_path / "epoch.toml").write_text("bits = 4\n[distill]\nepoch = 2\n")
+    (tmp_path / "high.toml").write_text("bits = 4\n[sensitivity]\nhigh_bits = 4\n")
     (tmp_path / "typo.toml").write_text("bits = 4\n[bias_corection]\nunits = 64\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     out = tmp_path / "out"

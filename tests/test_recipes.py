@@ -56,5 +56,12 @@ def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     assert all(r.bias_correction == {"units": 128, "seed": 0}
                for name, r in recipes.items() if name.endswith("-bc"))  # fmt: skip
     assert all(r.name == name for name, r in recipes.items())
+    dwq, sens = resolve_recipe(recipe="q4-dwq"), recipes["q4-sens-dwq"]
+    assert dwq.distill == sens.distill == {"units": 32, "holdout": 32, "epochs": 1,
+                                           "batch_size": 4, "lr": 1e-7, "temperature": 1.0,
+                                           "seed": 0}  # fmt: skip
+    assert isinstance(dwq.distill["lr"], float) and isinstance(dwq.distill["units"], int)
+    assert sens.sensitivity == {"units": 64, "budget": 5.0, "high_bits": 8, "seed": 0}
+    assert dwq.calibrated and sens.calibrated and sens.scale_dtype == "float16"
     with pytest.raises(UserError, match="no such quantize recipe file"):
         recipe_path("quantize", str(here / "missing.toml"))

@@ -51,13 +51,15 @@ def shared_dequant() -> Iterator[None]:
 def dequantized_weight(layer: nn.QuantizedLinear, cache: bool = False) -> mx.array:
     """The layer's weight as float (out, in), optionally kept on the layer for the next call."""
     w = layer["weight"]
+    # the arrays it was made from: learned scales (quant/distill.py) make a new one
+    made_from = (w, layer["scales"], layer.get("biases"))
     if cache:
         hit = layer.__dict__.get(_CACHE_ATTR)
-        if hit is not None and hit[0] is w:
+        if hit is not None and _same(hit[0], made_from):
             return hit[1]
     if _SHARED:
         hit = _SHARED[-1].get(id(layer))
-        if hit is not None and hit[0] is w:
+        if hit is not None and _same(hit[0], made_from):
             return hit[1]
     if layer.mode == "affine" and layer.bits in (4, 8) and w.dtype == mx.uint32:
         dq = unpack_affine(w, layer["scales"], layer["biases"], layer.group_size, layer.bits)
@@ -72,10 +74,14 @@ def dequantized_weight(layer: nn.QuantizedLinear, cache: bool = False) -> mx.arr
         )
     if cache:
         mx.eval(dq)
-        object.__setattr__(layer, _CACHE_ATTR, (w, dq))  # bypass Module's parameter dict
+        object.__setattr__(layer, _CACHE_ATTR, (made_from, dq))  # outside the parameter dict
     if _SHARED:
-        _SHARED[-1][id(layer)] = (w, dq)
+        _SHARED[-1][id(layer)] = (made_from, dq)
     return dq
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return all(x is y for x, y in zip(a, b, strict=True))
 
 
 def unpack_affine(

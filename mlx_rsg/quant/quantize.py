@@ -13,8 +13,9 @@
 What is quantized: every Linear of the backbone and the embedding table (63% of Gemma-3-270M's
 parameters; classification only gathers from it). Norms and the classification heads stay float32.
 Quantization is mlx-lm's own (`quantize_model` with a predicate), so `mlx_lm.load` reads OUT.
-A recipe may store the scales and biases in 16 bits (`scale_dtype`) and, for a run, correct the
-heads' biases for the shift quantization leaves in their mean logits (`bias_correction.py`).
+A recipe may store the scales and biases in 16 bits (`scale_dtype`) and, for a run, learn the
+scales and biases until the heads give the float run's probabilities (`distill.py`) and correct
+the heads' biases for the shift quantization leaves in their mean logits (`bias_correction.py`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.model_files import MANIFEST, copy_model_dir, weight_hashes, write_manifest
 from mlx_rsg.quant import gptq, rtn
 from mlx_rsg.quant.bias_correction import BiasCorrection
+from mlx_rsg.quant.distill import Distillation
 from mlx_rsg.quant.recipe import Recipe, resolve_recipe
+from mlx_rsg.quant.sensitivity import Sensitivity
 from mlx_rsg.run import WEIGHTS, mark_merged, read_run_json, resolve_backbone
 from mlx_rsg.version import __version__
 from mlx_rsg.weights import save_weights, weights_outside_backbone
@@ -89,6 +92,8 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
         "recipe": recipe.as_dict(),
         "method": recipe.method,
         "calibration": counts.get("calibration"),
+        "sensitivity": counts.get("sensitivity"),
+        "distill": counts.get("distill"),
         "bias_correction": counts.get("bias_correction"),
         "blocks_dropped": counts.get("blocks_dropped", 0),
         "bits_per_weight": counts["bits_per_weight"],
@@ -104,14 +109,17 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
 
 
 def _quantize_with(model, config: dict, recipe: Recipe, src_dir: Path, calib_data, log,
-                   world: World):  # fmt: skip
+                   world: World, distill: Distillation | None = None):  # fmt: skip
     """Round-to-nearest, or GPTQ calibrated on calib_data's train splits: the recipe's method;
-    then the scales and biases cast to the recipe's scale_dtype."""
+    then the distillation of the scales and biases (a run's), then the scales and biases cast
+    to the recipe's scale_dtype."""
     if recipe.method == "gptq":
         qconfig, counts = gptq.quantize_gptq(model, config, recipe, calib_data, src_dir, log,
                                              world)  # fmt: skip
     else:
         qconfig, counts = rtn.quantize_backbone(model, config, recipe)
+    if distill is not None:
+        counts["distill"] = distill.apply(log)
     if recipe.scale_dtype:
         counts["bits_per_weight"] = cast_scales(model, getattr(mx, recipe.scale_dtype))
     return qconfig, counts
@@ -135,8 +143,11 @@ def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib
     """dst None: compute only (the ranks of a distributed run other than 0)."""
     config = _read_config(model_dir)
     model, _ = load_checked(model_dir)
-    if recipe.bias_correction and log is not None:
-        log(f"{recipe.name}: bias correction skipped: a model directory has no heads to correct")
+    levers = ((recipe.bias_correction, "bias correction"), (recipe.distill, "distill"),
+              (recipe.sensitivity, "sensitivity"))  # fmt: skip
+    for lever, name in levers:
+        if lever and log is not None:
+            log(f"{recipe.name}: {name} skipped: a model directory has no heads to match")
     qconfig, counts = _quantize_with(model, config, recipe, model_dir, calib_data, log, world)
     if not counts["quantized"]:
         raise UserError(
@@ -150,6 +161,27 @@ def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib
 
 
 # ---------------------------------------------------------------- run directories
+
+
+def _measure_float(model, tokenizer, recipe: Recipe, calib_data, log) -> tuple:
+    """What the recipe's levers measure on the float run before anything is quantized: the
+    sensitivities (which give the recipe its overrides), the heads' mean logits (bias
+    correction), the heads' probabilities (distillation). Returns (recipe, each or None)."""
+    say = log or (lambda _: None)
+    sensitivity = correction = distill = None
+    if recipe.sensitivity:
+        say(f"sensitivity: each module's effect on the heads, on "
+            f"{recipe.sensitivity['units']} train units per task")
+        sensitivity = Sensitivity(model, tokenizer, calib_data, recipe, **recipe.sensitivity)
+        recipe = sensitivity.recipe(recipe)
+    if recipe.bias_correction:
+        say(f"bias correction: scoring {recipe.bias_correction['units']} train units per task "
+            "with the float heads, then again once quantized")
+        correction = BiasCorrection(model, tokenizer, calib_data, **recipe.bias_correction)
+    if recipe.distill:
+        say(f"distill: scoring {recipe.distill['units']} train units per task with the float heads")
+        distill = Distillation(model, tokenizer, calib_data, **recipe.distill)
+    return recipe, sensitivity, correction, distill
 
 
 def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=None, log=None,
@@ -171,18 +203,15 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     dropped = keep_blocks(model.backbone, model.n_blocks)  # a --feature-layer run's unused blocks
     if dropped:
         config = dict(model.backbone.config)
-    correction = None
-    if recipe.bias_correction:  # the float heads' mean logits, before anything is quantized
-        if log is not None:
-            log(f"bias correction: scoring {recipe.bias_correction['units']} train units per task "
-                "with the float heads, then again once quantized")
-        correction = BiasCorrection(model, predictor.tokenizer, calib_data,
-                                    **recipe.bias_correction)  # fmt: skip
+    recipe, sensitivity, correction, distill = _measure_float(model, predictor.tokenizer,
+                                                              recipe, calib_data, log)  # fmt: skip
     qconfig, counts = _quantize_with(model.lm, config, recipe, src_backbone, calib_data, log,
-                                     world)  # fmt: skip
+                                     world, distill)  # fmt: skip
     if correction is not None:
         counts["bias_correction"] = correction.apply()
     counts["blocks_dropped"] = dropped
+    if sensitivity is not None:
+        counts["sensitivity"] = sensitivity.record
     if not counts["quantized"]:
         raise UserError(f"{src_backbone}: no layer's width is a multiple of {recipe.group_size}")
     if dst is None:
@@ -268,6 +297,16 @@ def quantize(
     if counts.get("blocks_dropped"):
         log(f"the {counts['blocks_dropped']} blocks above the run's --feature-layer dropped "
             "(never run)")
+    if counts.get("sensitivity"):
+        c = counts["sensitivity"]
+        log(f"sensitivity: {len(c['raised'])} modules at {c['high_bits']} bits within "
+            f"{c['budget']} bits per weight ({c['seconds']} s)")
+    if counts.get("distill"):
+        c = counts["distill"]
+        held = c["kl"]["holdout"]
+        log(f"distill: {c['steps']} steps on {sum(c['units'].values())} train units in "
+            f"{c['seconds']} s; held-out KL {held['before'].get('all', 0):.5f} -> "
+            f"{held['after'].get('all', 0):.5f}")
     if counts.get("bias_correction"):
         c = counts["bias_correction"]
         log(f"bias correction: heads re-centred on {sum(c['units'].values())} train units "

@@ -1,9 +1,11 @@
 """A quantize recipe (a `quantize/*.toml` file, or q8 / q4 by --bits): bits and group size for
 every module, per-path overrides, the method (rtn | gptq) and its calibration set, the dtype of
-the scales and biases, and the heads' bias correction (runs only)."""
+the scales and biases, and for a run the classifier-aware distillation of the scales and biases
+and the heads' bias correction."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +20,14 @@ METHODS = ("rtn", "gptq")  # rtn.py, gptq.py
 CALIBRATION = {"examples": 128, "max_len": 128, "seed": 0}
 SCALE_DTYPES = ("float32", "float16", "bfloat16")
 BIAS_CORRECTION = {"units": 128, "seed": 0}
+# quant/distill.py; a float default takes a finite number > 0, an int one an int >= 0
+# lr: one Adam-sized step of 1e-6 already overshoots on Gemma-3-270M (benchmarks/distill_lr.py)
+DISTILL = {"units": 32, "holdout": 32, "epochs": 1, "batch_size": 4, "lr": 1e-7,
+           "temperature": 1.0, "seed": 0}  # fmt: skip
+# quant/sensitivity.py: `budget` in bits per weight as mlx-lm counts them
+SENSITIVITY = {"units": 64, "budget": 5.0, "high_bits": 8, "seed": 0}
 FIELDS = {"name", "bits", "group_size", "overrides", "method", "calibration", "scale_dtype",
-          "bias_correction"}  # fmt: skip
+          "bias_correction", "distill", "sensitivity"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class Recipe:
     calibration: dict[str, int] = field(default_factory=lambda: dict(CALIBRATION))
     scale_dtype: str | None = None  # None: the model's own (float32 scales for a float32 model)
     bias_correction: dict[str, int] | None = None  # {units, seed}: quant/bias_correction.py
+    distill: dict[str, float] | None = None  # DISTILL's fields: quant/distill.py
+    sensitivity: dict[str, float] | None = None  # SENSITIVITY's fields: quant/sensitivity.py
 
     def params_for(self, path: str) -> dict[str, int]:
         for key, p in self.overrides.items():
@@ -55,12 +65,16 @@ class Recipe:
             **({"calibration": self.calibration} if self.method != "rtn" else {}),
             **({"scale_dtype": self.scale_dtype} if self.scale_dtype else {}),
             **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
+            **({"distill": self.distill} if self.distill else {}),
+            **({"sensitivity": self.sensitivity} if self.sensitivity else {}),
         }
 
     @property
     def calibrated(self) -> bool:
-        """Whether the recipe reads --calib-data (GPTQ's Hessians, the heads' bias correction)."""
-        return self.method != "rtn" or self.bias_correction is not None
+        """Whether the recipe reads --calib-data (GPTQ's Hessians, sensitivities, distillation,
+        the heads' bias correction)."""
+        levers = (self.bias_correction, self.distill, self.sensitivity)
+        return self.method != "rtn" or any(x is not None for x in levers)
 
 
 def _check_params(where: str, bits: Any, group_size: Any) -> None:
@@ -95,29 +109,56 @@ def resolve_recipe(
     method = raw.get("method", "rtn")
     if method not in METHODS:
         raise UserError(f"{where}: field 'method': {method!r} is not one of {METHODS}")
-    cal = _int_table(raw, "calibration", CALIBRATION, where)
+    cal = _table(raw, "calibration", CALIBRATION, where)
     scale_dtype = raw.get("scale_dtype")
     if scale_dtype is not None and scale_dtype not in SCALE_DTYPES:
         raise UserError(f"{where}: field 'scale_dtype': {scale_dtype!r} is not one of "
                         f"{SCALE_DTYPES}")  # fmt: skip
     correction = None
     if "bias_correction" in raw:
-        correction = _int_table(raw, "bias_correction", BIAS_CORRECTION, where)
-        if correction["units"] < 1:
-            raise UserError(f"{where}: field 'bias_correction.units': must be >= 1")
+        correction = _table(raw, "bias_correction", BIAS_CORRECTION, where)
+        _at_least_one(correction, "bias_correction", ("units",), where)
+    distill = None
+    if "distill" in raw:
+        distill = _table(raw, "distill", DISTILL, where)
+        _at_least_one(distill, "distill", ("units", "epochs", "batch_size"), where)
+    sensitivity = None
+    if "sensitivity" in raw:
+        sensitivity = _table(raw, "sensitivity", SENSITIVITY, where)
+        _at_least_one(sensitivity, "sensitivity", ("units",), where)
+        if sensitivity["high_bits"] not in BITS or sensitivity["high_bits"] <= r_bits:
+            raise UserError(f"{where}: field 'sensitivity.high_bits': "
+                            f"{sensitivity['high_bits']} is not one of {BITS} above {r_bits}")
     return Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean, method=method,
-                  calibration=cal, scale_dtype=scale_dtype, bias_correction=correction)
+                  calibration=cal, scale_dtype=scale_dtype, bias_correction=correction,
+                  distill=distill, sensitivity=sensitivity)  # fmt: skip
 
 
-def _int_table(raw: dict, key: str, defaults: dict[str, int], where: str) -> dict[str, int]:
-    """raw[key] (a table of non-negative ints, keys from `defaults`) over the defaults."""
+def _table(raw: dict, key: str, defaults: dict, where: str) -> dict:
+    """raw[key] over the defaults: a table of keys from `defaults`, each an int >= 0 where the
+    default is an int, a finite number > 0 where it is a float."""
     table = raw.get(key, {})
-    if not isinstance(table, dict) or set(table) - set(defaults) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in table.values()
-    ):
-        raise UserError(f"{where}: field '{key}': expected a table of non-negative ints "
-                        f"({', '.join(defaults)})")  # fmt: skip
-    return {**defaults, **table}
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: field '{key}': expected a table ({', '.join(defaults)})")
+    for name, value in table.items():
+        if name not in defaults:
+            raise UserError(f"{where}: field '{key}.{name}': not one of {', '.join(defaults)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            ok = False
+        elif isinstance(defaults[name], float):
+            ok = math.isfinite(value) and value > 0
+        else:
+            ok = isinstance(value, int) and value >= 0
+        if not ok:
+            want = "a number > 0" if isinstance(defaults[name], float) else "an int >= 0"
+            raise UserError(f"{where}: field '{key}.{name}': {value!r} is not {want}")
+    return {**defaults, **{k: type(defaults[k])(v) for k, v in table.items()}}
+
+
+def _at_least_one(table: dict, key: str, names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        if table[name] < 1:
+            raise UserError(f"{where}: field '{key}.{name}': must be >= 1")
 
 
 def _overrides(overrides: Any, where: str, bits: int, group_size: int) -> dict[str, dict]:
