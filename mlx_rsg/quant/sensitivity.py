@@ -7,8 +7,9 @@ low-bit weights, dotted with (low-bit weight - high-bit weight), per million par
 sensitive layers go to the high width until a bits-per-weight budget is spent. Here the KL is the
 one distillation matches (`distill.py`): every task head's probabilities, float run -> all
 quantizable modules rounded to the recipe's width at once, on unlabelled train units. Modules are
-then taken in order of sensitivity per extra bit until the next one would pass the budget; they
-become the recipe's per-path overrides, ahead of its own.
+then taken in order of sensitivity per extra bit until the next one would pass the budget (the
+greedy rule, not a knapsack: a smaller module further down is not tried); they become the
+recipe's per-path overrides, ahead of its own.
 """
 
 from __future__ import annotations
@@ -53,8 +54,7 @@ def bits_per_weight(sizes: dict[str, int], widths: dict[str, dict], other: int,
     return (bits + 32 * other) / (sum(sizes.values()) + other)
 
 
-def sensitivities(model, tokenizer, batches: list, recipe: Recipe,
-                  high_bits: int) -> dict[str, float]:  # fmt: skip
+def sensitivities(model, batches: list, recipe: Recipe, high_bits: int) -> dict[str, float]:
     """Each quantizable module's first-order KL increase from its low-bit rounding (all modules
     rounded at once), per million parameters. Leaves the model frozen, its weights as before."""
     modules = quantizable(model.lm, recipe)
@@ -119,7 +119,7 @@ class Sensitivity:
         start = time.perf_counter()
         train, _ = draw_records(data_dir, list(model.heads), units, 0, seed)
         batches = task_batches(model, tokenizer, train, BATCH_SIZE)
-        self.sens = sensitivities(model, tokenizer, batches, recipe, high_bits)
+        self.sens = sensitivities(model, batches, recipe, high_bits)
         modules = quantizable(model.lm, recipe)
         sizes = {p: m.weight.size for p, m in modules.items()}
         other = sum(v.size for _, v in tree_flatten(model.lm.parameters())) - sum(sizes.values())
