@@ -54,6 +54,16 @@ def lora_run(tiny_model_dir, tmp_path_factory):  # noqa: F811
     return root / "run", data
 
 
+Q2 = "bits = 2\ngroup_size = 32\n"  # 2 bits: quantization moves the tiny run's heads a lot
+
+
+@pytest.fixture(scope="module")
+def rounded_2bit(lora_run, tmp_path_factory):
+    """The LoRA run rounded to 2 bits (recipe Q2): what the calibrated levers are compared with."""
+    root = tmp_path_factory.mktemp("q2")
+    return quantize(lora_run[0], root / "q2", recipe=_recipe(root / "q2.toml", Q2))
+
+
 def _val_logits(predictor, data: Path) -> dict:
     import numpy as np
 
@@ -244,7 +254,8 @@ def test_16_bit_scales_halve_the_scales_and_keep_the_outputs(tiny_model_dir, tmp
     assert np.abs(a - b).max() < 1e-2 * np.abs(a).max()
 
 
-def test_bias_correction_gives_the_quantized_heads_the_float_means(lora_run, tmp_path):
+def test_bias_correction_gives_the_quantized_heads_the_float_means(lora_run, rounded_2bit,
+                                                                    tmp_path):
     """A recipe with [bias_correction] (on a 2-bit backbone, so quantization moves the heads a
     lot): on the sampled train records the corrected heads' mean logits equal the float run's,
     which the uncorrected 2-bit run's do not; the shifts are in the manifest; no label is read
@@ -257,10 +268,9 @@ def test_bias_correction_gives_the_quantized_heads_the_float_means(lora_run, tmp
     from mlx_rsg.quant import bias_correction as bc
 
     run, data = lora_run
-    body = 'bits = 2\ngroup_size = 32\n'
-    plain = quantize(run, tmp_path / "q2", recipe=_recipe(tmp_path / "q2.toml", body))
+    plain = rounded_2bit
     fixed = quantize(run, tmp_path / "q2bc", calib_data=data, recipe=_recipe(
-        tmp_path / "q2bc.toml", body + "[bias_correction]\nunits = 12\nseed = 3\n"))
+        tmp_path / "q2bc.toml", Q2 + "[bias_correction]\nunits = 12\nseed = 3\n"))
     manifest = json.loads((fixed / "mlx_rsg.json").read_text())["bias_correction"]
     # a PARus record is two units (its choices): 6 records hold 12
     assert manifest["records"] == {"PARus": 6, "TERRa": 12}
@@ -295,7 +305,7 @@ def _head_kl(predictor, teacher, records: dict) -> float:
     return total / n
 
 
-def test_distillation_lowers_the_heads_kl_and_keeps_the_codes(lora_run, tmp_path):
+def test_distillation_lowers_the_heads_kl_and_keeps_the_codes(lora_run, rounded_2bit, tmp_path):
     """[distill] on a 2-bit backbone: the KL between the float run's heads and the quantized
     ones, recomputed here on the training records and on held-out ones, falls below plain
     round-to-nearest's; only scales and biases moved (the codes are round-to-nearest's, the
@@ -307,10 +317,9 @@ def test_distillation_lowers_the_heads_kl_and_keeps_the_codes(lora_run, tmp_path
     from mlx_rsg.quant import distill
 
     run, data = lora_run
-    body = "bits = 2\ngroup_size = 32\n"
-    plain = quantize(run, tmp_path / "q2", recipe=_recipe(tmp_path / "q2.toml", body))
+    plain = rounded_2bit
     learned = quantize(run, tmp_path / "q2d", calib_data=data, recipe=_recipe(
-        tmp_path / "q2d.toml", body + "[distill]\nunits = 8\nholdout = 6\nepochs = 4\n"
+        tmp_path / "q2d.toml", Q2 + "[distill]\nunits = 8\nholdout = 6\nepochs = 4\n"
         "batch_size = 4\nlr = 0.0003\nseed = 1\n"))  # fmt: skip
     manifest = json.loads((learned / "mlx_rsg.json").read_text())["distill"]
     assert manifest["units"] == {"PARus": 8, "TERRa": 8}
@@ -338,16 +347,15 @@ def test_distillation_lowers_the_heads_kl_and_keeps_the_codes(lora_run, tmp_path
     load(str(learned / "backbone"))
 
 
-def test_distillation_that_does_not_help_keeps_the_rounded_model(lora_run, tmp_path):
+def test_distillation_that_does_not_help_keeps_the_rounded_model(lora_run, rounded_2bit, tmp_path):
     """A learning rate far too large makes every epoch worse on the held-out units: the rounded
     scales are kept, bit for bit round-to-nearest's."""
     import mlx.core as mx
 
     run, data = lora_run
-    body = "bits = 2\ngroup_size = 32\n"
-    plain = quantize(run, tmp_path / "q2", recipe=_recipe(tmp_path / "q2.toml", body))
+    plain = rounded_2bit
     wild = quantize(run, tmp_path / "q2w", calib_data=data, recipe=_recipe(
-        tmp_path / "q2w.toml", body + "[distill]\nunits = 8\nholdout = 6\nepochs = 2\nlr = 5.0\n"))
+        tmp_path / "q2w.toml", Q2 + "[distill]\nunits = 8\nholdout = 6\nepochs = 2\nlr = 5.0\n"))
     manifest = json.loads((wild / "mlx_rsg.json").read_text())["distill"]
     assert manifest["kept_epoch"] == 0
     assert all(e["all"] > manifest["kl"]["holdout"]["before"]["all"]
@@ -357,7 +365,9 @@ def test_distillation_that_does_not_help_keeps_the_rounded_model(lora_run, tmp_p
     assert all(mx.array_equal(a[k], b[k]).item() for k in a)
 
 
-def test_sensitivity_raises_the_modules_that_move_the_heads_within_the_budget(lora_run, tmp_path):
+def test_sensitivity_raises_the_modules_that_move_the_heads_within_the_budget(lora_run,
+                                                                              rounded_2bit,
+                                                                              tmp_path):
     """[sensitivity] on a 2-bit backbone with a budget between all-2-bit and all-8-bit: the
     modules it raises to 8 bits are those of highest estimated sensitivity, the written model's
     bits per weight are within the budget (and mlx-lm loads its per-path widths), and the estimate
@@ -369,12 +379,11 @@ def test_sensitivity_raises_the_modules_that_move_the_heads_within_the_budget(lo
     from mlx_rsg.quant import distill
 
     run, data = lora_run
-    body = "bits = 2\ngroup_size = 32\n"
-    plain = quantize(run, tmp_path / "q2", recipe=_recipe(tmp_path / "q2.toml", body))
+    plain = rounded_2bit
     low = json.loads((plain / "mlx_rsg.json").read_text())["bits_per_weight"]
     budget = round(low + 1.0, 3)
     mixed = quantize(run, tmp_path / "q2s", calib_data=data, recipe=_recipe(
-        tmp_path / "q2s.toml", body + f"[sensitivity]\nunits = 8\nbudget = {budget}\n"))
+        tmp_path / "q2s.toml", Q2 + f"[sensitivity]\nunits = 8\nbudget = {budget}\n"))
     manifest = json.loads((mixed / "mlx_rsg.json").read_text())
     sens, raised = manifest["sensitivity"]["sensitivity"], manifest["sensitivity"]["raised"]
     assert raised and len(raised) < len(sens)
@@ -389,7 +398,7 @@ def test_sensitivity_raises_the_modules_that_move_the_heads_within_the_budget(lo
     kl = {}
     for name in (ranked[0], ranked[-1]):
         out = quantize(run, tmp_path / name, recipe=_recipe(
-            tmp_path / f"{name}.toml", body + f'[overrides]\n"{name}" = {{ bits = 8 }}\n'))
+            tmp_path / f"{name}.toml", Q2 + f'[overrides]\n"{name}" = {{ bits = 8 }}\n'))
         kl[name] = _head_kl(predict.load(out, calibrated=False), ref, records)
     assert kl[ranked[0]] < kl[ranked[-1]], (kl, sens)
 

@@ -20,11 +20,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mlx_rsg.data import load_split
-from mlx_rsg.data.sample import examples_in, sample_examples, tasks_with_train
-from mlx_rsg.errors import UserError
+from mlx_rsg.data.sample import examples_in
 from mlx_rsg.predict import score_units
-from mlx_rsg.tasks import REGISTRY
+from mlx_rsg.quant.distill import draw_records
 
 BATCH_SIZE = 8
 
@@ -32,15 +30,8 @@ BATCH_SIZE = 8
 def sample_records(data_dir: str | Path, heads: list[str], units: int,
                    seed: int) -> dict[str, list]:  # fmt: skip
     """Train records drawn whole until they hold `units` units (or the split ends), for every
-    task that has a head and a train split: `data.sample.sample_examples`, the draw `bench
-    --max-per-task` makes. Counted in units because a head's mean is over units, and tasks
-    differ: a MuSeRC passage holds ~24 answers, a TERRa record one."""
-    tasks = tasks_with_train(Path(data_dir), tuple(t for t in REGISTRY if t in heads))
-    if not tasks:
-        raise UserError(f"--calib-data: {data_dir}: no train split of the run's tasks "
-                        f"({', '.join(heads)}) to correct the heads' biases on")  # fmt: skip
-    return {t: sample_examples(t, load_split(data_dir, t, "train"), units, seed, "train")
-            for t in tasks}  # fmt: skip
+    task that has a head and a train split: distillation's draw, without held-out records."""
+    return draw_records(data_dir, heads, units, 0, seed, "to correct the heads' biases on")[0]
 
 
 def head_means(model, tokenizer, records: dict[str, list]) -> dict[str, np.ndarray]:

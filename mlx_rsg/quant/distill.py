@@ -38,15 +38,17 @@ from mlx_rsg.progress import Progress
 from mlx_rsg.tasks import REGISTRY, make_units
 
 
-def draw_records(data_dir: str | Path, heads: list[str], units: int, holdout: int,
-                 seed: int) -> tuple[dict[str, list], dict[str, list]]:  # fmt: skip
+def draw_records(data_dir: str | Path, heads: list[str], units: int, holdout: int, seed: int,
+                 purpose: str = "to distil the heads on") -> tuple[dict, dict]:  # fmt: skip
     """Per task with a head and a train split: records drawn whole until they hold `units`
-    units (the draw bias correction and `bench --max-per-task` make), and apart from those,
-    records holding `holdout` units (none when 0)."""
+    units (`data.sample.sample_examples`, the draw `bench --max-per-task` makes), and apart from
+    those, records holding `holdout` units (none when 0). Counted in units because the heads are
+    matched per unit, and tasks differ: a MuSeRC passage holds ~24 answers, a TERRa record one.
+    `purpose` ends the error line when there is nothing to draw."""
     tasks = tasks_with_train(Path(data_dir), tuple(t for t in REGISTRY if t in heads))
     if not tasks:
         raise UserError(f"--calib-data: {data_dir}: no train split of the run's tasks "
-                        f"({', '.join(heads)}) to distil the heads on")  # fmt: skip
+                        f"({', '.join(heads)}) {purpose}")  # fmt: skip
     train, held = {}, {}
     for task in tasks:
         pool = load_split(data_dir, task, "train")
