@@ -152,6 +152,11 @@ def _benchmark_table(script: str, name: str, result: dict) -> str:
     return getattr(module, name)(result)
 
 
+def precision(results: Path) -> str:
+    """docs/training.md: train --dtype bfloat16 against float32 (bench_precision.py)."""
+    return _benchmark_table("bench_precision", "table", _load(results, "precision.json"))
+
+
 def scaling(results: Path) -> str:
     """docs/scaling.md: the computed data-parallel step costs, in scaling_table.py's own table."""
     return _benchmark_table("scaling_table", "table", _load(results, "scaling.json"))
@@ -159,6 +164,7 @@ def scaling(results: Path) -> str:
 
 QUANTIZE_LEVERS = "quality/quantize-1ep/bench.json"
 QUANTIZE_DWQ = "quality/quantize-1ep-dwq/bench.json"
+QUANTIZE_GPTQ_DWQ = "quality/quantize-1ep-gptq-dwq/bench.json"
 
 
 def one_way_share(directions: dict[str, dict[str, int]]) -> float:
@@ -184,6 +190,11 @@ def quantize_levers(results: Path) -> str:
 def quantize_dwq(results: Path) -> str:
     """docs/quantization.md: q4-dwq on the same run and units as the levers."""
     return _levers_table(_load(results, QUANTIZE_DWQ))
+
+
+def quantize_gptq_dwq(results: Path) -> str:
+    """docs/quantization.md: q4-gptq-long-dwq on the same run and units as the levers."""
+    return _levers_table(_load(results, QUANTIZE_GPTQ_DWQ))
 
 
 def _levers_table(bench: dict) -> str:
@@ -221,15 +232,17 @@ def distill_runs(results: Path) -> str:
     (the `distill` entry of its mlx_rsg.json, kept under results/)."""
     rows = []
     for path in sorted((results / DISTILL_RUNS).glob("*.json")):
-        d = json.loads(path.read_text())["distill"]
+        manifest = json.loads(path.read_text())
+        d = manifest["distill"]
         held = [e["all"] for e in d["kl"]["holdout"]["by_epoch"]]
         train = d["kl"]["train"]
-        rows.append([f"{d['lr']:.0e}", d["units_per_task"], d["epochs"], d["steps"],
+        start = "GPTQ" if manifest.get("method") == "gptq" else "round-to-nearest"
+        rows.append([start, f"{d['lr']:.0e}", d["units_per_task"], d["epochs"], d["steps"],
                      f"{held[0]:.5f}", ", ".join(f"{k:.5f}" for k in held[1:]),
                      d["kept_epoch"] or "none (as rounded)",
                      f"{train['before']['all']:.5f} → {train['after']['all']:.5f}",
                      f"{d['seconds'] / 60:.1f}"])  # fmt: skip
-    return _table(["lr", "units per task", "epochs", "steps", "held-out KL, rounded",
+    return _table(["from", "lr", "units per task", "epochs", "steps", "held-out KL, rounded",
                    "held-out KL after each epoch", "epoch kept", "train KL", "minutes"],
                   rows)  # fmt: skip
 
@@ -245,8 +258,10 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "curve": curve,
     "quantize-levers": quantize_levers,
     "quantize-dwq": quantize_dwq,
+    "quantize-gptq-dwq": quantize_gptq_dwq,
     "distill-lr": distill_lr,
     "distill-runs": distill_runs,
+    "precision": precision,
 }
 MARKED = re.compile(r"(<!-- render:([\w-]+) -->\n)(.*?)(<!-- /render:\2 -->)", re.S)
 
