@@ -71,6 +71,32 @@ def test_reference_blas_gets_one_warning_line_with_the_fix():
     assert "reference BLAS" in lines[0] and lines[0].endswith("Fix: unset MLX_RSG_BLAS")
 
 
+@linux
+def test_mlx_imported_first_is_one_line_at_import_with_the_fix():
+    """A notebook's order: `import mlx.core` first. No BLAS can replace the wheel's then (MLX's
+    GEMMs are bound to it); the import says so in one line, and loading a model does not repeat
+    it. The other order, and MLX_RSG_BLAS=none, print nothing at import."""
+    code = """
+        import mlx.core as mx
+        import mlx_rsg
+        from mlx_rsg.accel import blas
+        print(blas.LOADED is None, blas.fix_hint(), blas.warn_if_slow())
+        """
+    done = _python(code)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("warning: mlx was imported before mlx_rsg, so MLX's CPU matrix")
+    assert lines[0].endswith("fix: import mlx_rsg before mlx, in a fresh process (restart the "
+                             "notebook's kernel)")  # fmt: skip
+    assert done.stdout.split() == ["True", "import", "mlx_rsg", "before", "mlx,", "in", "a",
+                                   "fresh", "process", "None"]  # fmt: skip
+    for first, env in (("import mlx_rsg\nimport mlx.core", {}),
+                       ("import mlx.core\nimport mlx_rsg", {"MLX_RSG_BLAS": "none"})):
+        done = _python(first, **env)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
 def test_a_fast_blas_prints_nothing(monkeypatch):
     """The decision, at a speed the real BLAS reaches (measuring it here would depend on what
     else the machine runs; the slow side is measured for real above)."""
@@ -173,6 +199,7 @@ def test_an_unwritable_cache_falls_back_without_crashing(tmp_path):
 def test_fix_hint_follows_the_reason(monkeypatch):
     for errors, hint in [
         (["MLX_RSG_BLAS=none"], "unset MLX_RSG_BLAS"),
+        ([blas.IMPORTED_LATE], "import mlx_rsg before mlx"),
         (["scipy-openblas32 is not installed"], "pip install scipy-openblas32"),
         (["no C compiler (cc, gcc or clang) to build the cblas shim"], "apt install gcc"),
     ]:

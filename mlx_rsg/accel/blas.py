@@ -14,7 +14,10 @@ with RTLD_GLOBAL *before* `import mlx`, takes over every GEMM. Where it comes fr
 4. a system OpenBLAS (Debian/Ubuntu `libopenblas0-pthread`, Fedora `openblas`).
 
 `mlx_rsg/__init__.py` imports this module first. Nothing here imports mlx at import time;
-`gemm_gflops` and `warn_if_slow` do, once MLX is loaded.
+`gemm_gflops` and `warn_if_slow` do, once MLX is loaded. If the process imported mlx before
+mlx_rsg (what most notebooks do), nothing can replace the BLAS any more — the dynamic linker
+bound MLX's GEMMs to its wheel's library, which comes first in the search order — so the import
+prints one line saying so and how to fix it.
 """
 
 from __future__ import annotations
@@ -142,14 +145,20 @@ def _library(path: str) -> Loaded:
     return Loaded(Path(path).name, path, lib)
 
 
+IMPORTED_LATE = "mlx was imported before mlx_rsg"
+
+
 def preload() -> None:
     """Load the first usable BLAS (module docstring); record why others were not used."""
     global LOADED
-    if not sys.platform.startswith("linux") or "mlx.core" in sys.modules or LOADED:
+    if not sys.platform.startswith("linux") or LOADED:
         return
     env = os.environ.get("MLX_RSG_BLAS")
     if env == "none":
         ERRORS.append("MLX_RSG_BLAS=none")
+        return
+    if "mlx.core" in sys.modules:
+        _imported_late()
         return
     found = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))[:1]
     found += [p for p in _SYSTEM_OPENBLAS if os.path.exists(p)]
@@ -163,6 +172,20 @@ def preload() -> None:
             ERRORS.append(str(e))
         except OSError as e:  # e.g. a read-only cache directory
             ERRORS.append(f"cannot build the cblas shim in {cache_dir() / 'blas'}: {e}")
+
+
+def _imported_late() -> None:
+    """MLX is loaded already, with the BLAS its wheel linked: the dynamic linker resolved its
+    GEMMs to that library, and one loaded now would come after it. Say so, once, at import."""
+    ERRORS.append(IMPORTED_LATE)
+    import mlx.core as mx
+
+    if mx.default_device() == mx.cpu:
+        _WARNED.append(True)  # this line says it; loading a model does not say it again
+        print(f"warning: {IMPORTED_LATE}, so MLX's CPU matrix multiplies run on the reference "
+              "BLAS bundled with mlx[cpu] (~6 GFLOP/s instead of ~200); fix: import mlx_rsg "
+              "before mlx, in a fresh process (restart the notebook's kernel)",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 def describe() -> str:
@@ -223,6 +246,8 @@ def fix_hint() -> str:
     """What to do about a slow BLAS, from why ours was not loaded."""
     if "MLX_RSG_BLAS=none" in ERRORS:
         return "unset MLX_RSG_BLAS"
+    if IMPORTED_LATE in ERRORS:
+        return "import mlx_rsg before mlx, in a fresh process"
     if any("scipy-openblas32 is not installed" in e for e in ERRORS):
         return "pip install scipy-openblas32"
     if any("cannot build the cblas shim in" in e for e in ERRORS):
