@@ -159,7 +159,8 @@ def classify_forward(bb):
             keys=list(range(n)),
             ids=[("TERRa", i) for i in range(n)],
         )
-        return model_rows(lambda b, h0: model.features(b, h0), batch)  # (B, 1, D)
+        return model_rows(lambda b, h0: model.features(b, h0), batch,
+                          parts=model.backbone.runtime.row_parts)  # (B, 1, D)
 
     return run
 

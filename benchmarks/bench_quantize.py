@@ -75,14 +75,14 @@ def _drop_cache(bb) -> None:
 def forward(bb, mode: str):
     import mlx.core as mx
 
-    from mlx_rsg.accel.cpu_parallel import row_parallel
+    from mlx_rsg.accel.cpu_parallel import cpu_cores, row_parallel
     from mlx_rsg.model.backbone import hidden_states
 
     def fwd(tokens):
         return hidden_states(bb, tokens)
 
     def run(tokens):
-        out = row_parallel(fwd, tokens) if mode == "rows" else fwd(tokens)
+        out = row_parallel(fwd, tokens, parts=cpu_cores()) if mode == "rows" else fwd(tokens)
         mx.eval(out)
         return out
 
@@ -149,7 +149,7 @@ def main() -> None:
 
         def setup(setting: str, bb) -> None:
             fastpaths.apply(bb.model, bb.config, use={"quant": setting != "kernel"})
-            fast_quant.set_cache(setting == "cache")
+            fast_quant.keep_dequantized(bb.model, setting == "cache")
 
         fp32 = forward(models["fp32"], "single")
         ref = {id(t): fp32(t) for t in (tokens, small, one)}
@@ -177,7 +177,6 @@ def main() -> None:
                     }
                 _drop_cache(bb)
                 log(f"round {rnd + 1}: {name:>16} {mode:>12} {toks.shape[0] / sec:7.2f} ex/s")
-        fast_quant.set_cache(False)
 
     runs = []
     for (name, mode), sec in best.items():

@@ -11,6 +11,7 @@ from mlx_lm.utils import save_config
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_file, check_safetensors, read_json_object
+from mlx_rsg.model.precision import set_weights, trained_weights
 from mlx_rsg.model_files import copy_model_dir
 
 
@@ -21,7 +22,9 @@ def save_weights(path: Path, arrays: dict) -> None:
 
 
 def trainable_weights(model) -> dict:
-    return dict(tree_flatten(model.trainable_parameters()))
+    """What a run stores of a model: its trainable weights, float32 masters where it computes
+    in half precision (`model/precision.py`)."""
+    return trained_weights(model)
 
 
 def load_trainable(model, path: Path) -> None:
@@ -32,7 +35,7 @@ def load_trainable(model, path: Path) -> None:
     bad = [k for k, v in weights.items() if k not in params or params[k].shape != v.shape]
     if bad:
         raise UserError(f"{path}: weights do not fit the model built from run.json: {bad[0]}")
-    model.load_weights(list(weights.items()), strict=False)
+    set_weights(model, weights)
 
 
 def write_backbone(bb, src_dir: Path, dst: Path) -> None:

@@ -10,13 +10,6 @@ from tiny_model import tiny_model_dir  # noqa: F401
 from mlx_rsg.accel import fast_quant
 
 
-@pytest.fixture(autouse=True)
-def _no_cache():
-    fast_quant.set_cache(False)
-    yield
-    fast_quant.set_cache(False)
-
-
 def _layer(n_in: int, n_out: int, bits: int, group: int, bias: bool, seed: int = 0):
     mx.random.seed(seed)
     lin = nn.Linear(n_in, n_out, bias=bias)
@@ -77,7 +70,8 @@ def test_cache_keeps_one_float_copy_and_follows_weight_changes():
     _, q = _layer(128, 64, 8, 64, True)
     x = mx.random.normal((32, 128))
     y0 = q(x)
-    fast_quant.set_cache(True)
+    assert fast_quant._CACHE_ATTR not in q.__dict__  # not kept by default
+    fast_quant.keep_dequantized(q, True)
     y1 = q(x)
     assert mx.array_equal(y0, y1).item()
     assert q.__dict__[fast_quant._CACHE_ATTR][1].shape == (64, 128)

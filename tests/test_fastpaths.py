@@ -11,6 +11,7 @@ from mlx_lm.models import gemma3_text
 from tiny_model import tiny_model_dir  # noqa: F401
 
 from mlx_rsg.accel import fastpaths
+from mlx_rsg.accel.fast_half import FastHalfLinear
 from mlx_rsg.accel.fastpaths import Shapes, Timing
 from mlx_rsg.arch.fast_attention import FastAttention
 from mlx_rsg.arch.fast_gelu import FastMLP
@@ -39,7 +40,7 @@ def _fake_measure(monkeypatch, timings: dict[str, Timing]) -> list:
 
 def test_measure_times_every_path_for_real():
     got = fastpaths.measure(TINY)
-    assert set(got) >= {"attention", "gelu", "quant"}
+    assert set(got) >= {"attention", "gelu", "quant", "half"}
     for t in got.values():
         assert t.stock_ms > 0 and t.fast_ms > 0
 
@@ -49,9 +50,10 @@ def test_decisions_follow_the_speedup_and_are_cached_per_machine(auto, monkeypat
         "attention": Timing(stock_ms=20.0, fast_ms=240.0),  # the Xeon + MKL case: much slower
         "gelu": Timing(stock_ms=56.0, fast_ms=5.0),
         "quant": Timing(stock_ms=10.0, fast_ms=9.8),  # within MIN_SPEEDUP: stock stays
+        "half": Timing(stock_ms=160.0, fast_ms=4.0),
         "rows": Timing(stock_ms=100.0, fast_ms=80.0),
     })  # fmt: skip
-    want = {"attention": False, "gelu": True, "quant": False, "rows": True}
+    want = {"attention": False, "gelu": True, "quant": False, "half": True, "rows": True}
     assert fastpaths.decide(TINY) == want
     assert fastpaths.decide(TINY) == want
     assert len(calls) == 1  # the second decision came from the cache
@@ -80,9 +82,10 @@ def test_a_damaged_cache_is_measured_again(auto, monkeypatch):
 
 
 @pytest.mark.parametrize("value, want", [
-    ("all", {"attention": True, "gelu": True, "quant": True, "rows": True}),
-    ("none", {"attention": False, "gelu": False, "quant": False, "rows": False}),
-    ("gelu, rows", {"attention": False, "gelu": True, "quant": False, "rows": True}),
+    ("all", dict.fromkeys(fastpaths.PATHS, True)),
+    ("none", dict.fromkeys(fastpaths.PATHS, False)),
+    ("gelu, rows", {"attention": False, "gelu": True, "quant": False, "half": False,
+                    "rows": True}),
 ])  # fmt: skip
 def test_environment_overrides_without_timing(auto, monkeypatch, value, want):
     calls = _fake_measure(monkeypatch, {})
@@ -132,24 +135,27 @@ TINY_CONFIG = {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_siz
 
 def test_report_prints_each_path(auto, monkeypatch):
     calls = _fake_measure(monkeypatch, {"attention": Timing(20.0, 240.0), "gelu": Timing(56.0, 5.0),
-                                        "quant": Timing(10.0, 1.0)})  # fmt: skip
+                                        "quant": Timing(10.0, 1.0),
+                                        "half": Timing(160.0, 4.0)})  # fmt: skip
     lines = []
     fastpaths.report(TINY_CONFIG, quantized=True, log=lines.append)
     assert lines[0].split() == ["attention", "stock", "20.0", "ms", "fast", "240.0", "ms",
                                 "0.08x", "->", "stock"]  # fmt: skip
     assert lines[1].endswith("11.20x  -> fast")
-    assert lines[3].split()[:2] == ["rows", "n/a"]
+    assert lines[3].endswith("40.00x  -> fast")
+    assert lines[4].split()[:2] == ["rows", "n/a"]
     # Another architecture: the Gemma 3 kernels are not timed and say so; so is an fp32 model.
     lines.clear()
     fastpaths.report({**TINY_CONFIG, "model_type": "llama"}, quantized=False, log=lines.append)
     assert lines[0] == "  attention n/a (Gemma 3 only; llama runs mlx-lm's own)"
     assert lines[1].startswith("  gelu      n/a (Gemma 3 only")
     assert lines[2] == "  quant     n/a (the model is not quantized)"
-    assert calls[-1] == ("rows",)
+    assert calls[-1] == ("rows",)  # `half` is cached from the Gemma report: the same shapes
 
 
 def test_a_llama_model_gets_no_gemma_kernels(tmp_path):
-    """apply() leaves another architecture's modules as mlx-lm built them."""
+    """apply() gives another architecture no Gemma kernel: its MLP and attention stay mlx-lm's
+    (its Linear layers get the half-precision path, as every model's do)."""
     from mlx_lm.models import llama
 
     args = llama.ModelArgs(model_type="llama", hidden_size=32, num_hidden_layers=1,
@@ -158,8 +164,9 @@ def test_a_llama_model_gets_no_gemma_kernels(tmp_path):
     model = llama.Model(args)
     use = fastpaths.apply(model, {"model_type": "llama", "hidden_size": 32,
                                   "num_attention_heads": 4}, use=None)  # fmt: skip
-    assert set(use) == {"rows"}  # conftest: MLX_RSG_FAST_PATHS=all, still no Gemma kernels
+    assert set(use) == {"half", "rows"}  # conftest: MLX_RSG_FAST_PATHS=all; no Gemma kernels
     assert type(model.model.layers[0].mlp) is llama.MLP
+    assert type(model.model.layers[0].mlp.up_proj) is FastHalfLinear
 
 
 def test_mlx_and_mlx_lm_unchanged_after_load_and_predict(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
@@ -215,3 +222,41 @@ def test_the_quantized_path_is_timed_at_a_width_that_fits_the_group():
     t = fastpaths.time_quant(narrow)
     assert t is not None and t.stock_ms > 0 and t.fast_ms > 0
     assert fastpaths.time_quant(Shapes(hidden=32, intermediate=48)) is None
+
+
+def test_two_models_in_one_process_keep_their_own_runtime(tiny_model_dir, monkeypatch):  # noqa: F811
+    """What one loaded model decided (fast paths, row splitting, kept dequantized weights)
+    changes nothing for another loaded in the same process, before or after it."""
+    import mlx.nn as nn
+    from mlx_lm.utils import load_model
+
+    from mlx_rsg.accel import cpu_parallel, fast_quant, runtime
+    from mlx_rsg.model.backbone import load_backbone
+
+    first = load_backbone(tiny_model_dir)  # MLX_RSG_FAST_PATHS=all in the tests: rows too
+    model, config = load_model(tiny_model_dir)
+    nn.quantize(model, group_size=64, bits=8, class_predicate=lambda _, m: isinstance(m, nn.Linear)
+                and m.weight.shape[1] % 64 == 0)  # fmt: skip
+    monkeypatch.setenv("MLX_RSG_DEQUANT_CACHE", "1")
+    second = runtime.place(model, config, use={"attention": False, "rows": False, "quant": True})
+    assert first.runtime.row_parts == cpu_parallel.cpu_cores() and second.row_parts == 1
+    assert first.runtime.fast_paths["attention"] and not second.fast_paths["attention"]
+    assert type(first.layers[0].self_attn) is FastAttention
+    assert type(model.model.layers[0].self_attn) is gemma3_text.Attention
+    assert second.keep_dequantized and not first.runtime.keep_dequantized
+    kept = [m.__dict__.get(fast_quant._KEEP_ATTR) for m in model.modules()
+            if isinstance(m, nn.QuantizedLinear)]  # fmt: skip
+    assert kept and all(kept)
+    # scoring asks the model it scores how many row chunks to make
+    asked = []
+    monkeypatch.setattr(cpu_parallel, "_in_chunks", lambda make, rows, parts: asked.append(parts))
+    cpu_parallel.model_rows(type("M", (), {"backbone": first})(), _batch())
+    assert asked == [first.runtime.row_parts]
+
+
+def _batch():
+    from mlx_rsg.model.batching import Batch
+
+    return Batch(tokens=mx.zeros((4, 3), dtype=mx.int32), lengths=mx.full((4,), 3), head="TERRa",
+                 task="TERRa", labels=None, keys=list(range(4)),
+                 ids=[("TERRa", i) for i in range(4)])  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,12 +25,6 @@ from typing import Any
 import mlx.core as mx
 
 from mlx_rsg.model.batching import segments_within
-
-_STREAMS: list = []
-# Whether inference splits rows when the caller does not say: set per machine by
-# mlx_rsg.accel.fastpaths (the `rows` fast path) when a model loads.
-ROWS = {"enabled": True}
-
 
 # Processes sharing this machine's cores: the ranks of a distributed run on one host.
 _SHARERS = {"processes": 1}
@@ -70,30 +65,31 @@ def blas_threads(n: int) -> Iterator[None]:
         blas.set_threads(before)
 
 
-def _streams(n: int) -> list:
-    while len(_STREAMS) < n:
-        _STREAMS.append(mx.new_stream(mx.cpu))
-    return _STREAMS[:n]
+@functools.cache  # a CPU stream is a thread of MLX's: made once per process, reused by all
+def _stream(i: int):
+    return mx.new_stream(mx.cpu)
 
 
-def row_parallel(fn: Callable[..., mx.array], *arrays: mx.array, parts: int | None = None):
+def row_parallel(fn: Callable[..., mx.array], *arrays: mx.array, parts: int):
     """fn(*arrays) computed and evaluated as `parts` row chunks in parallel; rows concatenated.
 
-    Every array is split along axis 0. `parts` None: one per core where `mlx_rsg.accel.fastpaths`
-    found that faster on this machine. Falls back to one evaluated call on a GPU, with one core,
-    or with fewer rows than parts.
+    Every array is split along axis 0. `parts`: a model's `Runtime.row_parts` (one per core
+    where the `rows` fast path measured faster on this machine, else 1). Falls back to one
+    evaluated call on a GPU, with one part, or with fewer rows than parts.
     """
     return _in_chunks(lambda lo, hi: fn(*(a[lo:hi] for a in arrays)), arrays[0].shape[0], parts)
 
 
 def model_rows(model, batch, h0: mx.array | None = None, parts: int | None = None) -> mx.array:
-    """model(batch, h0) for an inference batch, as row chunks in parallel (evaluated).
+    """model(batch, h0) for an inference batch, as row chunks in parallel (evaluated); `parts`
+    None: the model's own `Runtime.row_parts`.
 
     Every field of the batch dataclass that has one entry per row (arrays, lists) is cut; the
     rest (head, task) is shared. Choice groups may be cut apart: inference scores every row on
     its own; groups only matter to the loss and to decoding.
     """
     rows = batch.tokens.shape[0]
+    parts = model.backbone.runtime.row_parts if parts is None else parts
 
     def call(lo: int, hi: int) -> mx.array:
         part = _cut_batch(batch, rows, lo, hi)
@@ -102,7 +98,7 @@ def model_rows(model, batch, h0: mx.array | None = None, parts: int | None = Non
     return _in_chunks(call, rows, parts)
 
 
-def batch_rows(fn: Callable[[Any], mx.array], batch, parts: int | None = None) -> mx.array:
+def batch_rows(fn: Callable[[Any], mx.array], batch, parts: int) -> mx.array:
     """fn(batch) for an inference batch whose rows fn treats independently, as row chunks in
     parallel (evaluated), the batch cut as `model_rows` cuts it."""
     rows = batch.tokens.shape[0]
@@ -126,9 +122,7 @@ def _cut_batch(batch, rows: int, lo: int, hi: int):
     )
 
 
-def _in_chunks(make: Callable[[int, int], mx.array], rows: int, parts: int | None) -> mx.array:
-    if parts is None:
-        parts = cpu_cores() if ROWS["enabled"] else 1
+def _in_chunks(make: Callable[[int, int], mx.array], rows: int, parts: int) -> mx.array:
     parts = min(parts, rows)
     if parts <= 1 or mx.default_device() != mx.cpu:
         out = make(0, rows)
@@ -139,8 +133,8 @@ def _in_chunks(make: Callable[[int, int], mx.array], rows: int, parts: int | Non
     bounds = [rows * i // parts for i in range(parts + 1)]
     outs = []
     with shared_dequant():  # a quantized layer's weight is dequantized once, for every chunk
-        for stream, lo, hi in zip(_streams(parts), bounds, bounds[1:], strict=False):
-            with mx.stream(stream):
+        for i, lo, hi in zip(range(parts), bounds, bounds[1:], strict=False):
+            with mx.stream(_stream(i)):
                 outs.append(make(lo, hi))
     with blas_threads(1):
         mx.eval(outs)

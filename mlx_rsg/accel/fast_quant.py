@@ -10,8 +10,9 @@ dequantizes only the rows it reads).
 
 The dequantized weight is not kept by default: keeping it holds a float32 copy of every Linear
 (more memory than the whole q8 model) to save a little of a batched forward but about half of a
-short batch-1 one (benchmarks/bench_quantize.py measures both). `set_cache(True)` or the
-environment variable MLX_RSG_DEQUANT_CACHE=1 keeps it per layer when memory does not matter.
+short batch-1 one (benchmarks/bench_quantize.py measures both). `keep_dequantized(model, True)`,
+or the environment variable MLX_RSG_DEQUANT_CACHE=1 when a model loads (`runtime.place`), keeps
+it per layer of that model when memory does not matter.
 
 `FastQuantizedLinear` is nn.QuantizedLinear with this path; `mlx_rsg.accel.fastpaths` gives it to
 our models' quantized layers where it measures faster, and no other model in the process is touched.
@@ -20,16 +21,17 @@ our models' quantized layers where it measures faster, and no other model in the
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 import mlx.core as mx
 import mlx.nn as nn
 
 MIN_ROWS = 4  # below this MLX's quantized kernel is as fast or faster (measured, table above)
-_SETTINGS = {"cache": os.environ.get("MLX_RSG_DEQUANT_CACHE") == "1"}
 _CACHE_ATTR = "_mlx_rsg_dequantized"  # in the instance __dict__, outside the parameter tree
-_SHARED: list[dict] = []  # open shared_dequant() scopes, innermost last
+_KEEP_ATTR = "_mlx_rsg_keep_dequantized"  # the layer's model keeps its dequantized weights
+# the innermost open shared_dequant() scope's weights (None outside one); per thread and task
+_SHARED: ContextVar[dict | None] = ContextVar("mlx_rsg_shared_dequant", default=None)
 
 
 @contextlib.contextmanager
@@ -41,11 +43,11 @@ def shared_dequant() -> Iterator[None]:
     q8 0.92x). Leave the block before evaluating: the graphs hold what they need, so the shared
     weights live no longer than without sharing.
     """
-    _SHARED.append({})
+    token = _SHARED.set({})
     try:
         yield
     finally:
-        _SHARED.pop()
+        _SHARED.reset(token)
 
 
 def dequantized_weight(layer: nn.QuantizedLinear, cache: bool = False) -> mx.array:
@@ -57,8 +59,9 @@ def dequantized_weight(layer: nn.QuantizedLinear, cache: bool = False) -> mx.arr
         hit = layer.__dict__.get(_CACHE_ATTR)
         if hit is not None and _same(hit[0], made_from):
             return hit[1]
-    if _SHARED:
-        hit = _SHARED[-1].get(id(layer))
+    shared = _SHARED.get()
+    if shared is not None:
+        hit = shared.get(id(layer))
         if hit is not None and _same(hit[0], made_from):
             return hit[1]
     if layer.mode == "affine" and layer.bits in (4, 8) and w.dtype == mx.uint32:
@@ -75,8 +78,8 @@ def dequantized_weight(layer: nn.QuantizedLinear, cache: bool = False) -> mx.arr
     if cache:
         mx.eval(dq)
         object.__setattr__(layer, _CACHE_ATTR, (made_from, dq))  # outside the parameter dict
-    if _SHARED:
-        _SHARED[-1][id(layer)] = (made_from, dq)
+    if shared is not None:
+        shared[id(layer)] = (made_from, dq)
     return dq
 
 
@@ -105,18 +108,21 @@ def _use_fast(x: mx.array) -> bool:
 
 class FastQuantizedLinear(nn.QuantizedLinear):
     """nn.QuantizedLinear that dequantizes and runs one float GEMM for MIN_ROWS+ rows on the CPU;
-    `cache` (default: MLX_RSG_DEQUANT_CACHE=1) keeps the dequantized weight on the layer."""
+    `keep_dequantized` keeps the dequantized weight on the layer."""
 
     def __call__(self, x: mx.array) -> mx.array:
         if not _use_fast(x):
             return super().__call__(x)
-        w = dequantized_weight(self, cache=_SETTINGS["cache"])
+        w = dequantized_weight(self, cache=self.__dict__.get(_KEEP_ATTR, False))
         y = x @ w.astype(x.dtype).T
         if "bias" in self:
             y = y + self["bias"]
         return y
 
 
-def set_cache(cache: bool) -> None:
-    """Keep (True) or recompute (False) the dequantized weights from the next call on."""
-    _SETTINGS["cache"] = cache
+def keep_dequantized(model: nn.Module, keep: bool) -> None:
+    """Keep (True) or recompute (False) the dequantized weights of `model`'s quantized layers
+    from their next call on; other models are not touched."""
+    for m in model.modules():
+        if isinstance(m, nn.QuantizedLinear):
+            object.__setattr__(m, _KEEP_ATTR, keep)  # outside the parameter tree

@@ -5,10 +5,13 @@
 | `attention` | `fast_attention.FastAttention` (poly exp2 softmax) | mlx-lm's Gemma 3 attention   |
 | `gelu`      | `fast_gelu.FastMLP` (rational tanh, fused)         | mlx-lm's Gemma 3 MLP         |
 | `quant`     | `fast_quant.FastQuantizedLinear` (dequant + GEMM)  | MLX's CPU `quantized_matmul` |
+| `half`      | `fast_half.FastHalfLinear` (float32 GEMM)          | MLX's CPU bf16 / fp16 GEMM   |
 | `rows`      | `cpu_parallel`: a row chunk per core and stream    | one stream, threaded BLAS    |
 
-`attention` and `gelu` are written for Gemma 3's modules; other architectures get the other two
-(`why_not` says so, and `mlx-rsg info MODEL` prints it).
+`attention` and `gelu` are written for Gemma 3's modules; other architectures get the others
+(`why_not` says so, and `mlx-rsg info MODEL` prints it). `half` is given to every model's Linear
+layers, float32 ones too (they run MLX's own call): a classifier casts its backbone to its
+`dtype` after loading (`model/precision.py`).
 
 Each gives the same numbers up to rounding (tested in its module); which is faster depends on
 the CPU, the BLAS and whether MLX finds `g++` to fuse compiled kernels (the fast attention ran
@@ -42,7 +45,8 @@ from mlx_lm.models.base import create_attention_mask
 
 from mlx_rsg.accel import blas
 from mlx_rsg.accel.blas import cache_dir
-from mlx_rsg.accel.cpu_parallel import ROWS, cpu_cores, row_parallel
+from mlx_rsg.accel.cpu_parallel import cpu_cores, row_parallel
+from mlx_rsg.accel.fast_half import FastHalfLinear
 from mlx_rsg.accel.fast_quant import FastQuantizedLinear
 from mlx_rsg.accel.memory import freed_buffers_kept
 from mlx_rsg.arch.fast_attention import FastAttention, attention, stock_attention
@@ -50,7 +54,7 @@ from mlx_rsg.arch.fast_gelu import FastMLP, gelu_mul, stock_gelu_mul
 from mlx_rsg.io import atomic_file
 from mlx_rsg.version import __version__
 
-PATHS = ("attention", "gelu", "quant", "rows")
+PATHS = ("attention", "gelu", "quant", "half", "rows")
 MIN_SPEEDUP = 1.05  # below this the stock kernel stays: within noise, and it is MLX's own
 _GEMMA = {"gemma3", "gemma3_text"}
 
@@ -162,6 +166,19 @@ def time_quant(s: Shapes, bits: int = 4, group_size: int = 64, rows: int = 32) -
     return Timing(t["stock"], t["fast"])
 
 
+def time_half(s: Shapes, rows: int = 256) -> Timing:
+    """A bfloat16 projection of the model's widths on a batch's rows."""
+    layer = nn.Linear(s.hidden, s.intermediate, bias=False)
+    layer.set_dtype(mx.bfloat16)
+    x = mx.random.normal((rows, s.hidden)).astype(mx.bfloat16)
+    mx.eval(layer.parameters(), x)
+    t = _best_ms({
+        "stock": lambda: nn.Linear.__call__(layer, x),
+        "fast": lambda: FastHalfLinear.__call__(layer, x),
+    }, rounds=3)  # fmt: skip
+    return Timing(t["stock"], t["fast"])
+
+
 def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True) -> Timing | None:
     """A forward through the model's depth of Gemma 3 blocks (with the attention and GELU that
     will run): one stream vs a row chunk per core. Splitting rows has a fixed cost per call
@@ -213,7 +230,8 @@ def measure(
                 chosen = {p: p in out and out[p].use for p in ("attention", "gelu")}
                 timing = time_rows(shapes, chosen["attention"], chosen["gelu"])
             else:
-                timers = {"attention": time_attention, "gelu": time_gelu, "quant": time_quant}
+                timers = {"attention": time_attention, "gelu": time_gelu, "quant": time_quant,
+                          "half": time_half}  # fmt: skip
                 timing = timers[name](shapes)
             if timing is not None:
                 out[name] = timing
@@ -341,10 +359,9 @@ def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, boo
         _swap(model, gemma3_text.MLP, FastMLP, use["gelu"])
     if "quant" in use:
         _swap(model, nn.QuantizedLinear, FastQuantizedLinear, use["quant"])
-    if "rows" in use:
-
-        ROWS["enabled"] = use["rows"]
-    return use
+    if "half" in use:
+        _swap(model, nn.Linear, FastHalfLinear, use["half"])
+    return use  # `rows` is for the caller: runtime.place keeps it on the model's Runtime
 
 
 def why_not(path: str, config: dict[str, Any], quantized: bool) -> str | None:

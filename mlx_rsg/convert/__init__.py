@@ -3,9 +3,8 @@ GGUF file (gguf.py), with per-architecture recipes in the top-level `convert/` f
 
 from dataclasses import dataclass
 
+from mlx_rsg.model.config import DTYPES
 from mlx_rsg.options import opt
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass

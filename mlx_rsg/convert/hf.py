@@ -48,7 +48,12 @@ from mlx_rsg.io import (
     read_json_object,
     remove_stale,
 )
-from mlx_rsg.model.backbone import Backbone, check_vocabulary, load_tokenizer
+from mlx_rsg.model.backbone import (
+    Backbone,
+    check_architecture,
+    check_vocabulary,
+    load_tokenizer,
+)
 from mlx_rsg.model_files import MANIFEST, sha256_file, write_manifest
 from mlx_rsg.version import __version__
 
@@ -294,6 +299,7 @@ def _convert_hf_dir(
         origin["sha256"] = {f.name: sha256_file(f) for f in weights}
 
     model, config = _load_float_model(src, config, origin)
+    check_architecture(model, config, src)
     check_vocabulary(Backbone(model=model, config=config), load_tokenizer(src), src)
     _cast(model, dtype)
     config["torch_dtype"] = dtype

@@ -11,7 +11,7 @@ pad; pooling picks real positions only. No padding mask is needed.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.utils import load_model
 from mlx_lm.utils import load_tokenizer as _load
 
-from mlx_rsg.accel import blas, fastpaths
+from mlx_rsg.accel import blas, runtime
+from mlx_rsg.accel.runtime import Runtime
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import check_safetensors
 
@@ -35,6 +36,7 @@ class Backbone:
 
     model: nn.Module  # the mlx-lm Model (its `.model` is the decoder stack)
     config: dict[str, Any]
+    runtime: Runtime = field(default_factory=Runtime)  # what runs where (accel/runtime.py)
 
     @property
     def decoder(self) -> nn.Module:
@@ -70,11 +72,13 @@ def keep_blocks(bb: Backbone, n: int) -> int:
 
 def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
     """Load a converted model directory with mlx-lm's own loader, with the CPU fast paths that
-    measure faster on this machine (`mlx_rsg.accel.fastpaths`) given to this model only."""
+    measure faster on this machine (`mlx_rsg.accel.fastpaths`) given to this model only, and
+    its Runtime (`mlx_rsg.accel.runtime`)."""
     blas.warn_if_slow()  # once per process: a reference BLAS makes everything 20-40x slower
     model, config = load_checked(Path(path), lazy=lazy)
-    fastpaths.apply(model, config, log=lambda m: print(m, file=sys.stderr, flush=True))
-    return Backbone(model=model, config=config)
+    check_architecture(model, config, path)
+    placed = runtime.place(model, config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    return Backbone(model=model, config=config, runtime=placed)
 
 
 def load_checked(model_dir: Path, lazy: bool = False) -> tuple[nn.Module, dict[str, Any]]:
@@ -89,6 +93,27 @@ def load_checked(model_dir: Path, lazy: bool = False) -> tuple[nn.Module, dict[s
     except Exception as e:  # noqa: BLE001 - mlx-lm raises ValueError, TypeError, KeyError...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{model_dir}: cannot load the model: {msg}") from None
+
+
+def check_architecture(model: nn.Module, config: dict[str, Any], where: str | Path) -> None:
+    """Refuse, in one line, a model whose layers mlx-rsg cannot call: it runs an mlx-lm decoder
+    block by block (`model.model.embed_tokens`, `.layers`, `.norm`, each layer called as
+    `layer(h, mask, cache)`), which a state-space or hybrid model (Mamba, RWKV, ...) does not
+    have. Checked on a 3-token forward when a model is converted or loaded, so it fails there,
+    not mid-training."""
+    kind = config.get("model_type", "?")
+    decoder = model.get("model") if isinstance(model, dict) else None
+    missing = [k for k in ("embed_tokens", "layers", "norm")
+               if not isinstance(decoder, dict) or k not in decoder]  # fmt: skip
+    why = f"no decoder.{missing[0]}" if missing else None
+    if why is None:
+        try:
+            mx.eval(hidden_states(Backbone(model=model, config=config), mx.array([[1, 2, 3]])))
+        except Exception as e:  # noqa: BLE001 - any failure means we cannot run its layers
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    if why is not None:
+        raise UserError(f"{where}: mlx-rsg cannot run a {kind!r} model block by block ({why}); "
+                        "it runs decoder-only transformers (docs/cli.md#architectures)")
 
 
 def load_tokenizer(path: str | Path):

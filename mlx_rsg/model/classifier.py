@@ -26,7 +26,7 @@ import numpy as np
 
 from mlx_rsg.arch import top_block
 from mlx_rsg.errors import UserError
-from mlx_rsg.model import methods, shared_prefix
+from mlx_rsg.model import methods, precision, shared_prefix
 from mlx_rsg.model.backbone import Backbone, embed, final_norm, layer_window, run_layers
 from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.model.dropout import Dropout
@@ -67,6 +67,7 @@ class RSGClassifier(nn.Module):
             head.bias = mx.zeros_like(head.bias)
             self.heads[name] = head
         self.dropout = Dropout(cfg.dropout)
+        precision.to_dtype(self, cfg.dtype)  # the heads stay float32
 
     def trainable_start(self) -> int:
         """The first block whose output training can change; blocks below it never do."""
@@ -115,6 +116,7 @@ class RSGClassifier(nn.Module):
         return batch.task if batch.task in self.heads else batch.head
 
     def head_logits(self, features: mx.array, head: str) -> mx.array:
-        """Logits of `head` on pooled features (B, S, hidden): RMS-normalised, dropout, linear."""
-        x = mx.fast.rms_norm(features, None, 1e-6)
+        """Logits of `head` on pooled features (B, S, hidden): RMS-normalised, dropout, linear,
+        in float32 whatever the backbone computes in."""
+        x = mx.fast.rms_norm(features.astype(mx.float32), None, 1e-6)
         return self.heads[head](self.dropout(x.reshape(x.shape[0], -1)))

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from mlx_rsg.errors import UserError
 from mlx_rsg.tasks import REGISTRY, official_name
 
+DTYPES = ("float32", "bfloat16", "float16")  # what a model's weights and activations can be in
+
 
 @dataclass
 class ClassifierConfig:
@@ -29,6 +31,7 @@ class ClassifierConfig:
     grad_checkpoint: bool = False  # recompute the trained blocks' activations in backward
     feature_layer: int | None = None  # heads: pool block N's output (1-based; None: the last)
     prompt: str = "plain"  # tasks.PROMPTS: how units end (runs before it have "plain")
+    dtype: str = "float32"  # DTYPES: the backbone's compute dtype (heads: float32; precision.py)
 
     def max_len_for(self, task: str) -> int:
         """The task's token budget; LiDiRus, scored with TERRa's head, gets TERRa's."""

@@ -7,7 +7,8 @@ and the frozen blocks are skipped. `fill` stores the units of records that share
 ahead of their batches, running the passage once (`model/shared_prefix.py`).
 
 In RAM by default; with `cache_dir` the rows go to one append-only file that is memory-mapped
-back (~330 KB per 128-token example at 640 hidden in fp32), so the cache can exceed RAM. The file
+back (~330 KB per 128-token example at 640 hidden in float32, half that in bfloat16: rows
+are kept in the model's compute dtype), so the cache can exceed RAM. The file
 belongs to one cache object: a new, uniquely named file, removed when the cache is, so a cache
 never holds another model's, tokenisation's or process's rows (two trains sharing a --cache-dir
 each get their own).
@@ -28,6 +29,7 @@ from mlx_rsg.accel.cpu_parallel import row_parallel
 from mlx_rsg.io import remove_stale
 from mlx_rsg.model import shared_prefix
 from mlx_rsg.model.batching import make_batches
+from mlx_rsg.model.precision import mx_rows, numpy_dtype, numpy_rows
 from mlx_rsg.progress import Progress
 
 
@@ -41,7 +43,7 @@ class PrefixCache:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             remove_stale(Path(cache_dir), "prefix-")  # files of killed runs
-            fd, name = tempfile.mkstemp(prefix=f"prefix-{os.getpid()}-", suffix=".f32",
+            fd, name = tempfile.mkstemp(prefix=f"prefix-{os.getpid()}-", suffix=".rows",
                                         dir=cache_dir)  # fmt: skip
             self.path = Path(name)
             self._file = os.fdopen(fd, "ab")
@@ -63,18 +65,23 @@ class PrefixCache:
         self.misses += len(missing)
         self.hits += len(batch.ids) - len(missing)
         if len(missing) == len(batch.ids):
-            h = row_parallel(self.model.prefix, batch.tokens)
+            h = row_parallel(self.model.prefix, batch.tokens, parts=self._parts)
             self._store(batch.ids, lengths, h)
             return h
         if missing:
-            h = row_parallel(self.model.prefix, batch.tokens[mx.array(missing)])
+            h = row_parallel(self.model.prefix, batch.tokens[mx.array(missing)],
+                             parts=self._parts)  # fmt: skip
             self._store([batch.ids[j] for j in missing], [lengths[j] for j in missing], h)
         L = batch.tokens.shape[1]
         dims = self.model.backbone.hidden_size
-        out = np.zeros((len(batch.ids), L, dims), np.float32)
+        out = np.zeros((len(batch.ids), L, dims), numpy_dtype(self._dtype))
         for j, i in enumerate(batch.ids):
             out[j, : lengths[j]] = self._get(i)
-        return mx.array(out).astype(self._dtype)
+        return mx_rows(out, self._dtype)
+
+    @property
+    def _parts(self) -> int:
+        return self.model.backbone.runtime.row_parts
 
     def fill(self, encoded: Sequence, batch_size: int, desc: str | None = None) -> None:
         """Store the rows of the units (batching.EncodedUnit) not stored yet whose record's units
@@ -98,16 +105,17 @@ class PrefixCache:
 
     def _store(self, ids, lengths, h: mx.array) -> None:
         self._dtype = h.dtype
-        rows = np.array(h.astype(mx.float32))
+        rows = numpy_rows(h)
         self._store_rows(ids, [r[:n] for r, n in zip(rows, lengths, strict=True)])
 
     def _store_rows(self, ids, rows: list[np.ndarray]) -> None:
-        """Store each id's unpadded float32 rows (L, D)."""
+        """Store each id's unpadded rows (L, D), in the compute dtype (`precision.numpy_rows`)."""
+        kind = numpy_dtype(self._dtype)
         for i, r in zip(ids, rows, strict=True):
             if self.path is None:
-                self.rows[i] = np.array(r, np.float32)
+                self.rows[i] = np.array(r, kind)
             else:
-                self._file.write(np.ascontiguousarray(r, np.float32).tobytes())
+                self._file.write(np.ascontiguousarray(r, kind).tobytes())
                 self.index[i] = (self._written, len(r))
                 self._written += len(r)
         if self.path is not None:
@@ -119,7 +127,8 @@ class PrefixCache:
         start, n = self.index[example_id]
         if self._map is None or start + n > self._map.shape[0]:
             dims = self.model.backbone.hidden_size
-            self._map = np.memmap(self.path, np.float32, "r", shape=(self._written, dims))
+            kind = numpy_dtype(self._dtype)
+            self._map = np.memmap(self.path, kind, "r", shape=(self._written, dims))
         return self._map[start : start + n]
 
 

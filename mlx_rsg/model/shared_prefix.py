@@ -39,6 +39,7 @@ from mlx_rsg.model.backbone import embed, final_norm, layer_window
 from mlx_rsg.model.batching import common_prefix_len, take_rows
 from mlx_rsg.model.methods.mlp_adapter import block_hooks
 from mlx_rsg.model.pooling import pool, pooling_weights
+from mlx_rsg.model.precision import numpy_rows
 
 __all__ = ["MIN_SHARED", "PrefixState", "common_prefix_len", "group_shared", "segment_features"]
 
@@ -171,7 +172,7 @@ def shared_logits(model, state: PrefixState, batch) -> mx.array:
         features = _pooled(model, part, state.hidden, own, state.length)
         return model.head_logits(features, model.head_for(part))
 
-    return batch_rows(run, batch)
+    return batch_rows(run, batch, model.backbone.runtime.row_parts)
 
 
 def _pooled(model, batch, prefix: mx.array, own: mx.array, n: int) -> mx.array:
@@ -188,11 +189,10 @@ def _pooled(model, batch, prefix: mx.array, own: mx.array, n: int) -> mx.array:
 
 def shared_rows(state: PrefixState, batch) -> list[np.ndarray]:
     """Each unit's whole hidden states after block `state.end` (prefix rows then suffix rows),
-    unpadded, as float32 numpy: what the frozen-prefix cache stores."""
+    unpadded, as numpy in the compute dtype: what the frozen-prefix cache stores."""
     suffix = suffix_batch(batch, state.length)
-    h = state.suffix_hidden(suffix.tokens).astype(mx.float32)
-    head = np.array(state.hidden[0].astype(mx.float32))
-    tails = np.array(h)
+    head = numpy_rows(state.hidden[0])
+    tails = numpy_rows(state.suffix_hidden(suffix.tokens))
     return [
         np.concatenate([head, tail[:n]]) for tail, n in zip(tails, suffix.lengths.tolist(),
                                                              strict=True)

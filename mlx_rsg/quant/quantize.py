@@ -11,7 +11,8 @@
                                        blocks above its layer dropped), mlx_rsg.json
 
 What is quantized: every Linear of the backbone and the embedding table (63% of Gemma-3-270M's
-parameters; classification only gathers from it). Norms and the classification heads stay float32.
+parameters; classification only gathers from it). Norms stay in the model's dtype (float32, or a
+`train --dtype bfloat16` run's bfloat16), the classification heads float32.
 Quantization is mlx-lm's own (`quantize_model` with a predicate), so `mlx_lm.load` reads OUT.
 A recipe may store the scales and biases in 16 bits (`scale_dtype`) and, for a run, learn the
 scales and biases until the heads give the float run's probabilities (`distill.py`) and correct
@@ -29,6 +30,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
+from mlx.utils import tree_flatten
 from mlx_lm.utils import compute_bits_per_weight, save_config, save_model
 
 from mlx_rsg import predict
@@ -99,7 +101,10 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
         "bits_per_weight": counts["bits_per_weight"],
         "quantized_modules": counts["quantized"],
         "skipped_modules": counts["skipped"],
-        "kept_float32": ["norms", "classification heads"],
+        # norms stay in the model's own dtype (a `train --dtype bfloat16` run's: bfloat16)
+        "kept_float32": (["norms"] if counts["norms_dtype"] == "float32" else [])
+        + ["classification heads"],
+        "norms_dtype": counts["norms_dtype"],
         "versions": {
             "mlx_rsg": __version__,
             "mlx": mx.__version__,
@@ -122,6 +127,8 @@ def _quantize_with(model, config: dict, recipe: Recipe, src_dir: Path, calib_dat
         counts["distill"] = distill.apply(log)
     if recipe.scale_dtype:
         counts["bits_per_weight"] = cast_scales(model, getattr(mx, recipe.scale_dtype))
+    norms = [v.dtype for k, v in tree_flatten(model.parameters()) if k.endswith("norm.weight")]
+    counts["norms_dtype"] = str(norms[0]).removeprefix("mlx.core.") if norms else "float32"
     return qconfig, counts
 
 

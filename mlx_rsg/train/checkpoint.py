@@ -16,6 +16,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import write_json
+from mlx_rsg.model.precision import set_weights
 from mlx_rsg.run import WEIGHTS
 from mlx_rsg.weights import save_weights, trainable_weights
 
@@ -96,7 +97,7 @@ def read_checkpoint(run_dir: Path, model, optimizer) -> Position:
     path = _last_checkpoint(run_dir)
     if path is None:
         raise UserError(f"{run_dir}: no checkpoint to resume from (checkpoints/LAST missing)")
-    model.load_weights(list(mx.load(str(path / WEIGHTS)).items()), strict=False)
+    set_weights(model, mx.load(str(path / WEIGHTS)))
     optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
     position = json.loads((path / "position.json").read_text())
     _set_rng_state(position.pop("rng"))
@@ -107,7 +108,7 @@ def broadcast_state(world, model, optimizer, position: Position, resumed: bool) 
     """Rank 0's trainable weights on every rank; after a resume (read by rank 0 only, which holds
     the run directory) also its optimizer state, position and RNG states."""
     weights = world.broadcast_arrays(trainable_weights(model) if world.is_main else None)
-    model.load_weights(list(weights.items()), strict=False)
+    set_weights(model, weights)
     if not resumed:
         return position
     state = world.broadcast_arrays(dict(tree_flatten(optimizer.state)) if world.is_main else None)

@@ -54,8 +54,9 @@ from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.dropout import batch_rows
 from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.model.label_words import label_word_heads
-from mlx_rsg.model.methods.lora import fuse_lora
+from mlx_rsg.model.methods.lora import default_targets, fuse_lora
 from mlx_rsg.model.offsets import calibrated
+from mlx_rsg.model.precision import set_weights
 from mlx_rsg.model_files import copy_model_dir, weight_hashes
 from mlx_rsg.predict import evaluate
 from mlx_rsg.progress import Progress
@@ -220,6 +221,7 @@ class _Loop:
         check_vocabulary(bb, tokenizer, model_dir)
         heads = heads_for(cfg.tasks)
         ccfg = classifier_config(cfg, bb.num_layers)
+        ccfg.lora_targets = default_targets(ccfg.lora_targets, bb.config["model_type"])
         # lengths from the splits as they are (a refit trains on dev too, at the same lengths)
         ccfg.task_max_len = tuple(f"{t}={n}" for t, n in max_lens(cfg, data, tokenizer).items())
         if phase.phase == "refit":
@@ -493,7 +495,7 @@ def _load_best(loop: _Loop) -> None:
     """The weights the run keeps (the best epoch's, or the refit's), on every rank."""
     world = loop.world
     best = dict(mx.load(str(loop.run_dir / WEIGHTS))) if world.is_main else None
-    loop.model.load_weights(list(world.broadcast_arrays(best).items()), strict=False)
+    set_weights(loop.model, world.broadcast_arrays(best))
     loop.model.eval()
 
 

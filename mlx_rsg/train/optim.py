@@ -9,8 +9,9 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.optimizers as optim
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from mlx_rsg.model.precision import masters, trained_weights
 from mlx_rsg.train.config import TrainConfig
 
 
@@ -50,13 +51,25 @@ def compiled_update(model, optimizer) -> Callable[[Any, int], None]:
     trained weight on one core; compiled they fuse into one pass (docs/benchmarks.md). Build it
     after any state is restored
     (the compiled graph holds on to the optimizer's state containers).
-    """
 
-    optimizer.init(model.trainable_parameters())
-    state = [model.state, optimizer.state]
+    A model computing in half precision (`model/precision.py`) is stepped through its float32
+    masters: the gradients in float32, AdamW's state in float32, the model's weights the
+    masters rounded.
+    """
+    kept = masters(model).arrays
+    optimizer.init(tree_unflatten(list(trained_weights(model).items())))
+    state = [model.state, optimizer.state, kept]
 
     @partial(mx.compile, inputs=state, outputs=state)
     def step(grads, k):
-        optimizer.update(model, tree_map(lambda g: g / k, grads))
+        if not kept:
+            optimizer.update(model, tree_map(lambda g: g / k, grads))
+            return
+        dtypes = {p: v.dtype for p, v in tree_flatten(model.trainable_parameters())}
+        params = tree_unflatten(list(trained_weights(model).items()))
+        grads = tree_map(lambda g: g.astype(mx.float32) / k, grads)
+        new = tree_flatten(optimizer.apply_gradients(grads, params))
+        kept.update({p: v for p, v in new if p in kept})
+        model.update(tree_unflatten([(p, v.astype(dtypes[p])) for p, v in new]))
 
     return lambda grads, k: step(grads, mx.array(k, dtype=mx.float32))

@@ -9,7 +9,20 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from mlx_rsg.errors import UserError
+from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.model.methods.base import Method
+
+# Model types whose attention projections are one fused Linear: where the default targets
+# (q_proj, v_proj) do not exist, LoRA goes on the fused one, as PEFT's default targets do.
+FUSED_ATTENTION = {"phi3": ("qkv_proj",)}
+
+
+def default_targets(targets: tuple[str, ...], model_type: str) -> tuple[str, ...]:
+    """`targets`, or the fused projection of a model type that has no q_proj / v_proj when
+    `targets` are the defaults."""
+    if tuple(targets) == ClassifierConfig().lora_targets and model_type in FUSED_ATTENTION:
+        return FUSED_ATTENTION[model_type]
+    return tuple(targets)
 
 
 def lora_keys(layer: nn.Module, targets: tuple[str, ...], model_type: str) -> list[str]:
