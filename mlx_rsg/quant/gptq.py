@@ -171,6 +171,9 @@ def gptq_quantize_backbone(
     if bb.decoder.embed_tokens.weight.shape[-1] % embed_group_size:
         raise UserError(f"gptq: embedding width is not a multiple of {embed_group_size}")
 
+    # mlx-lm's GPTQ picks the layers it quantizes by their exact type (nn.Linear): our CPU fast
+    # class for half precision would make it skip every one of them silently
+    fastpaths.apply(bb.model, bb.config, use={"half": False})
     current = _Current()
     wrapper = _ClassifierForward(bb, current)
     quiet = contextlib.redirect_stderr(_Sink()) if log is None else contextlib.nullcontext()
