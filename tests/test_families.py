@@ -1,7 +1,7 @@
 """Decoder families a user would pick for Russian, each as a tiny random checkpoint written by
 transformers (no download): `convert`, our layer-by-layer forward against transformers', training
-with each method, a prediction through `mlx_rsg.load`, 8-bit quantization, one server for all;
-and a model mlx-rsg cannot run, refused at `convert`."""
+with each method, a prediction through `mlx_rsg.load`, 8- and 4-bit quantization, one server for
+all; and a model mlx-rsg cannot run, refused at `convert`."""
 
 from __future__ import annotations
 
@@ -105,16 +105,19 @@ def test_every_method_trains_and_predicts(families, freeze_runs, tiny_rsg_dir, t
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_a_quantized_run_predicts_as_its_float_run(freeze_runs, tmp_path, name):
+@pytest.mark.parametrize("recipe, tolerance", [("q8", 0.02), ("q4", 0.1)])
+def test_a_quantized_run_predicts_as_its_float_run(freeze_runs, tmp_path, name, recipe,
+                                                   tolerance):  # fmt: skip
     import mlx_rsg
     from mlx_rsg.quant.quantize import quantize
 
-    q8 = quantize(freeze_runs[name], tmp_path / "q8", recipe="q8", log=lambda m: None)
+    out = quantize(freeze_runs[name], tmp_path / recipe, recipe=recipe, log=lambda m: None)
     records = [{**RECORD, "idx": i, "premise": f"{RECORD['premise']} {i}"} for i in range(6)]
     want = mlx_rsg.load(freeze_runs[name]).predict("TERRa", records)
-    for got, ref in zip(mlx_rsg.load(q8).predict("TERRa", records), want, strict=True):
+    for got, ref in zip(mlx_rsg.load(out).predict("TERRa", records), want, strict=True):
         _check_prediction(got)
-        assert got["probs"]["entailment"] == pytest.approx(ref["probs"]["entailment"], abs=0.02)
+        assert got["probs"]["entailment"] == pytest.approx(ref["probs"]["entailment"],
+                                                           abs=tolerance)  # fmt: skip
 
 
 def test_one_server_serves_every_family(freeze_runs):
