@@ -164,7 +164,8 @@ def scaling(results: Path) -> str:
 
 QUANTIZE_LEVERS = "quality/quantize-1ep/bench.json"
 QUANTIZE_DWQ = "quality/quantize-1ep-dwq/bench.json"
-QUANTIZE_GPTQ_DWQ = "quality/quantize-1ep-gptq-dwq/bench.json"
+QUANTIZE_GPTQ_DWQ = ("quality/quantize-1ep-gptq-dwq/bench.json",
+                     "quality/quantize-1ep-gptq-dwq-lr3e-8/bench.json")
 
 
 def one_way_share(directions: dict[str, dict[str, int]]) -> float:
@@ -193,8 +194,11 @@ def quantize_dwq(results: Path) -> str:
 
 
 def quantize_gptq_dwq(results: Path) -> str:
-    """docs/quantization.md: q4-gptq-long-dwq on the same run and units as the levers."""
-    return _levers_table(_load(results, QUANTIZE_GPTQ_DWQ))
+    """docs/quantization.md: distillation from GPTQ at two step sizes, on the same run and units
+    as the levers (one bench per recipe, the same baseline and units: one table)."""
+    first, *more = (_load(results, name) for name in QUANTIZE_GPTQ_DWQ)
+    merged = {**first, "variants": first["variants"] + [b["variants"][1] for b in more]}
+    return _levers_table(merged)
 
 
 def _levers_table(bench: dict) -> str:
