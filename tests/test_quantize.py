@@ -403,19 +403,13 @@ def test_sensitivity_raises_the_modules_that_move_the_heads_within_the_budget(lo
     assert kl[ranked[0]] < kl[ranked[-1]], (kl, sens)
 
 
-def test_distill_needs_calibration_data(lora_run, tmp_path):
+@pytest.mark.parametrize("table, named", [("distill", "distill"),
+                                          ("bias_correction", "bias correction")])
+def test_calibrated_levers_need_calibration_data(lora_run, tmp_path, table, named):
     run, _ = lora_run
-    recipe = _recipe(tmp_path / "d.toml", "bits = 4\n[distill]\nunits = 4\n")
+    recipe = _recipe(tmp_path / "r.toml", f"bits = 4\n[{table}]\nunits = 4\n")
     _one_error_line(_cli(run, "--recipe", recipe, "--group-size", 32, "-o", tmp_path / "out"),
-                    "distill", "--calib-data")  # fmt: skip
-    assert not (tmp_path / "out").exists()
-
-
-def test_bias_correction_needs_calibration_data(lora_run, tmp_path):
-    run, _ = lora_run
-    recipe = _recipe(tmp_path / "bc.toml", "bits = 4\n[bias_correction]\nunits = 4\n")
-    _one_error_line(_cli(run, "--recipe", recipe, "--group-size", 32, "-o", tmp_path / "out"),
-                    "bias correction", "--calib-data")  # fmt: skip
+                    named, "--calib-data")  # fmt: skip
     assert not (tmp_path / "out").exists()
 
 

@@ -245,11 +245,6 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
 # ---------------------------------------------------------------- entry point
 
 
-def _calibrated_by(rec: Recipe) -> str:
-    return ", ".join(([rec.method] if rec.method != "rtn" else [])
-                     + (["bias correction"] if rec.bias_correction else []))  # fmt: skip
-
-
 def quantize(
     source: str | Path,
     out: str | Path,
@@ -273,8 +268,9 @@ def quantize(
     check_replaceable(out, force, MANIFEST, inputs)  # before any work; atomic_dir checks again
     rec = resolve_recipe(bits, group_size, recipe)
     if rec.calibrated and calib_data is None:
-        raise UserError(f"quantize recipe '{rec.name}' is calibrated ({_calibrated_by(rec)}): "
-                        "give --calib-data RSG_DIR (its train splits are the calibration set)")
+        levers = ", ".join(rec.calibrated_by)
+        raise UserError(f"quantize recipe '{rec.name}' is calibrated ({levers}): give "
+                        "--calib-data RSG_DIR (its train splits are the calibration set)")
     if calib_data is not None and not Path(calib_data).is_dir():
         raise UserError(f"--calib-data: {calib_data}: no such directory")
     if rec.calibrated:  # calibration runs the model: say it now if the BLAS is slow

@@ -71,10 +71,17 @@ class Recipe:
 
     @property
     def calibrated(self) -> bool:
-        """Whether the recipe reads --calib-data (GPTQ's Hessians, sensitivities, distillation,
-        the heads' bias correction)."""
-        levers = (self.bias_correction, self.distill, self.sensitivity)
-        return self.method != "rtn" or any(x is not None for x in levers)
+        """Whether the recipe reads --calib-data."""
+        return bool(self.calibrated_by)
+
+    @property
+    def calibrated_by(self) -> list[str]:
+        """What reads --calib-data: GPTQ's Hessians, sensitivities, distillation, the heads'
+        bias correction."""
+        levers = {"sensitivity": self.sensitivity, "distill": self.distill,
+                  "bias correction": self.bias_correction}  # fmt: skip
+        return (([self.method] if self.method != "rtn" else [])
+                + [name for name, table in levers.items() if table is not None])
 
 
 def _check_params(where: str, bits: Any, group_size: Any) -> None:
