@@ -157,13 +157,8 @@ def time_quant(s: Shapes, bits: int = 4, group_size: int = 64, rows: int = 32) -
     n_in, n_out = fitting[0]
     layer = nn.QuantizedLinear.from_linear(nn.Linear(n_in, n_out, bias=False),
                                            group_size=group_size, bits=bits)  # fmt: skip
-    x = mx.random.normal((rows, n_in))
-    mx.eval(layer.parameters(), x)
-    t = _best_ms({
-        "stock": lambda: nn.QuantizedLinear.__call__(layer, x),
-        "fast": lambda: FastQuantizedLinear.__call__(layer, x),
-    }, rounds=3)  # fmt: skip
-    return Timing(t["stock"], t["fast"])
+    return _time_layer(layer, mx.random.normal((rows, n_in)), nn.QuantizedLinear,
+                       FastQuantizedLinear)  # fmt: skip
 
 
 def time_half(s: Shapes, rows: int = 256) -> Timing:
@@ -171,11 +166,14 @@ def time_half(s: Shapes, rows: int = 256) -> Timing:
     layer = nn.Linear(s.hidden, s.intermediate, bias=False)
     layer.set_dtype(mx.bfloat16)
     x = mx.random.normal((rows, s.hidden)).astype(mx.bfloat16)
+    return _time_layer(layer, x, nn.Linear, FastHalfLinear)
+
+
+def _time_layer(layer: nn.Module, x: mx.array, stock: type, fast: type) -> Timing:
+    """One layer on x with its stock class's call against its fast subclass's."""
     mx.eval(layer.parameters(), x)
-    t = _best_ms({
-        "stock": lambda: nn.Linear.__call__(layer, x),
-        "fast": lambda: FastHalfLinear.__call__(layer, x),
-    }, rounds=3)  # fmt: skip
+    t = _best_ms({"stock": lambda: stock.__call__(layer, x),
+                  "fast": lambda: fast.__call__(layer, x)}, rounds=3)  # fmt: skip
     return Timing(t["stock"], t["fast"])
 
 
