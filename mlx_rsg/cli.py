@@ -408,7 +408,7 @@ def bench_command(baseline, variants, data_dir, out_dir, **options) -> None:
 @config_options(QuickstartConfig, only=("source",))
 @click.option("--force", is_flag=True, help="Start over instead of reusing finished steps.")
 def quickstart_command(data_dir, work_dir, force, **options) -> None:
-    """convert -> train heads on every task -> quantize 8/4-bit -> bench, CPU-sized (~11 min)."""
+    """convert -> train heads on every task -> quantize 8/4-bit -> bench, CPU-sized (minutes)."""
     from mlx_rsg.quickstart import quickstart
 
     _runs_a_model()
@@ -429,3 +429,17 @@ def serve_command(run_dirs, **options) -> None:
 
     _runs_a_model()
     serve(list(run_dirs), config_from_options(ServeConfig, options))
+
+
+# ------------------------------------------------------------------------------- launch
+
+
+@main.command("launch", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+def launch_command(args) -> None:
+    """mlx.launch ARGS (its options, then -- and the command every rank runs), with an exit code:
+    2 and the failing rank's error as the last line when any rank failed, 0 when all succeeded
+    (mlx.launch itself exits 0 either way)."""
+    from mlx_rsg.launch import launch
+
+    sys.exit(launch(list(args)))

@@ -32,9 +32,11 @@ from mlx_rsg.progress import RANK_VARIABLES
 
 @dataclass(frozen=True)
 class World:
-    """The processes one command runs on; `group` is None for a single process."""
+    """The processes one command runs on; `group` is None for a single process. `device` is
+    where its collectives run (`collective_device`)."""
 
     group: Any = None
+    device: Any = mx.cpu
 
     @property
     def rank(self) -> int:
@@ -55,7 +57,7 @@ class World:
     def all_sum(self, x: mx.array) -> mx.array:
         if self.group is None:
             return x
-        return mx.distributed.all_sum(x, group=self.group, stream=mx.cpu)
+        return mx.distributed.all_sum(x, group=self.group, stream=self.device)
 
     def sum_tree(self, tree: Any) -> Any:
         """Element-wise sum over ranks of a tree of arrays (gradients): MLX's chunked
@@ -80,7 +82,7 @@ class World:
         if self.group is None:
             return 1
         mine = int.from_bytes(hashlib.sha256(socket.gethostname().encode()).digest()[:3], "little")
-        hosts = mx.distributed.all_gather(mx.array([mine]), group=self.group, stream=mx.cpu)
+        hosts = mx.distributed.all_gather(mx.array([mine]), group=self.group, stream=self.device)
         return int((hosts == mine).sum().item())
 
     def barrier(self) -> None:
@@ -90,7 +92,7 @@ class World:
     def all_max(self, value: int) -> int:
         if self.group is None:
             return value
-        high = mx.distributed.all_max(mx.array([value]), group=self.group, stream=mx.cpu)
+        high = mx.distributed.all_max(mx.array([value]), group=self.group, stream=self.device)
         return int(high.item())
 
     def broadcast_bytes(self, data: bytes | None) -> bytes:
@@ -126,8 +128,8 @@ class World:
             return
         digest = np.frombuffer(hashlib.sha256(value.encode()).digest()[:16], np.int32).copy()
         mine = mx.array(digest)
-        high = mx.distributed.all_max(mine, group=self.group, stream=mx.cpu)
-        low = mx.distributed.all_min(mine, group=self.group, stream=mx.cpu)
+        high = mx.distributed.all_max(mine, group=self.group, stream=self.device)
+        low = mx.distributed.all_min(mine, group=self.group, stream=self.device)
         if not bool(mx.all(high == low).item()):
             raise UserError(
                 f"the {self.size} ranks were started with different {what}; every rank must run "
@@ -144,7 +146,14 @@ def launched() -> World:
     if not any(k in os.environ for k in RANK_VARIABLES):
         return SINGLE
     group = mx.distributed.init()
-    return World(group) if group.size() > 1 else SINGLE
+    return World(group, collective_device()) if group.size() > 1 else SINGLE
+
+
+def collective_device() -> mx.Device:
+    """Where a job's sums, gathers and maxima run: NCCL (MLX's CUDA backend, which mlx.launch
+    starts with NCCL_HOST_IP set) reduces on the GPU; ring, MPI and JACCL reduce on the CPU, as
+    mlx-lm's collectives do. Gradients go through `average_gradients`, which picks its own."""
+    return mx.gpu if "NCCL_HOST_IP" in os.environ else mx.cpu
 
 
 def lost_peer(error: BaseException) -> bool:

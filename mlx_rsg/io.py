@@ -162,6 +162,16 @@ def _umask() -> int:
     return mask
 
 
+def _sibling(out: Path, make):
+    """`make` (tempfile.mkdtemp or mkstemp) of a hidden temporary sibling of `out`; a refusal
+    (a read-only or full disk, no permission) names `out`, what the user asked to write, not
+    the temporary name."""
+    try:
+        return make(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(out)) from e
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, force: bool = False, marker: str | None = None,
                inputs: tuple = ()) -> Iterator[Path]:  # fmt: skip
@@ -174,7 +184,7 @@ def atomic_dir(out: str | os.PathLike, force: bool = False, marker: str | None =
     recover(out)
     check_replaceable(out, force, marker, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    tmp = Path(_sibling(out, tempfile.mkdtemp))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; outputs get the usual permissions
     try:
         yield tmp
@@ -196,7 +206,7 @@ def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out.parent, f".{out.name}.tmp-")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)
+    fd, tmp = _sibling(out, tempfile.mkstemp)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
     try:
         encoding = None if "b" in mode else "utf-8"

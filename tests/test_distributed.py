@@ -54,6 +54,17 @@ def _units(groups: list) -> list[EncodedUnit]:
     ]
 
 
+def test_collectives_run_on_the_gpu_only_under_nccl(monkeypatch):
+    """NCCL (started by mlx.launch with NCCL_HOST_IP) reduces GPU arrays on the GPU; the ring,
+    MPI and JACCL backends reduce on the CPU stream."""
+    from mlx_rsg.distributed import collective_device
+
+    monkeypatch.delenv("NCCL_HOST_IP", raising=False)
+    assert collective_device() == mx.cpu
+    monkeypatch.setenv("NCCL_HOST_IP", "10.0.0.1")
+    assert collective_device() == mx.gpu
+
+
 def test_shard_range_splits_rows_evenly_and_never_a_choice_group():
     batch = collate(_units([0, 0, 1, 1, 2, 2, 3, 3]))
     assert [shard_range(batch, r, 2) for r in range(2)] == [(0, 4), (4, 8)]
@@ -240,6 +251,35 @@ def test_a_rank_that_fails_takes_the_job_down(tiny_model_dir, tiny_rsg_dir, tmp_
     assert f"error: rank 1: {missing}: data not found" in out.stderr
     assert "Traceback" not in out.stderr
     assert not run.exists()  # rank 0 stopped before writing anything
+
+
+@needs_launch
+def test_mlx_rsg_launch_exits_2_with_the_failing_ranks_error_last(tiny_model_dir, tiny_rsg_dir,
+                                                                   tmp_path):
+    """mlx.launch exits 0 when ranks fail; `mlx-rsg launch` (the same launcher underneath) exits
+    2 and ends with the cause, not with the other rank's lost connection or the ring's lines."""
+    run, missing = tmp_path / "run", tmp_path / "missing"
+    cmd = per_rank_shell("train", str(tiny_model_dir), "--data", "DATA", "-o", str(run), *FLAGS,
+                         rank1={"DATA": (str(tiny_rsg_dir), str(missing))})  # fmt: skip
+    out = subprocess.run(mlx_rsg_cmd("launch", "-n", "2", "--", *cmd), capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.rstrip("\n").splitlines()[-1] == f"error: rank 1: {missing}: data not found"
+    assert "Traceback" not in out.stderr and not run.exists()
+
+
+@needs_launch
+@pytest.mark.parametrize("code, expected, last", [
+    ("print('ok')", 0, None),
+    ("import sys; sys.exit(3)", 2, "error: rank 0 exited with code 3"),  # no error line of its own
+])  # fmt: skip
+def test_mlx_rsg_launch_exit_code_follows_the_ranks(code, expected, last):
+    rank0_only = f"import os\nif os.environ.get('MLX_RANK') == '0':\n    {code}"
+    out = subprocess.run(mlx_rsg_cmd("launch", "-n", "2", "--", sys.executable, "-c", rank0_only),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == expected, out.stderr[-3000:]
+    if last:
+        assert out.stderr.rstrip("\n").splitlines()[-1] == last
 
 
 # ------------------------------------------------- predict, bench and gptq on 2 ranks

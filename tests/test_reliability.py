@@ -290,19 +290,41 @@ def test_convert_names_a_config_field_of_the_wrong_type(tiny_model_dir, tmp_path
 
 
 def test_a_read_only_output_is_one_line(run_dir, tmp_path):
+    """Writing into a directory this process may not write to: one line naming the output.
+    Root writes through permissions, so as root the directory is made read-only by a bind
+    mount in a mount namespace of the command's own (`unshare -m`)."""
     import os
+    import shlex
 
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
+    argv = ["quantize", run_dir, "--bits", "8", "-o", ro / "q8"]
     try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as a user who can write anywhere (root)")
-        res = _cli("quantize", run_dir, "--bits", "8", "-o", ro / "q8")
-        assert res.returncode == 2 and "Permission denied" in res.stderr
-        assert "Traceback" not in res.stderr
+        if not os.access(ro, os.W_OK):
+            res, reason = _cli(*argv), "Permission denied"
+        elif shutil.which("unshare") and _can_bind_read_only(tmp_path):
+            code = "import sys; from mlx_rsg.cli import main; main(sys.argv[1:])"
+            line = shlex.join([sys.executable, "-c", code, *map(str, argv)])
+            mount = f"mount --bind -o ro {shlex.quote(str(ro))} {shlex.quote(str(ro))}"
+            res = subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && exec {line}"],
+                                 capture_output=True, text=True)  # fmt: skip
+            reason = "Read-only file system"
+        else:
+            pytest.skip("root, and no mount namespace to make a directory read-only in")
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.splitlines()[-1] == f"error: {ro / 'q8'}: {reason}", res.stderr
+        assert "Traceback" not in res.stderr and not (ro / "q8").exists()
     finally:
         ro.chmod(0o755)
+
+
+def _can_bind_read_only(tmp_path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    out = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {probe} {probe}"],
+                         capture_output=True)  # fmt: skip
+    return out.returncode == 0
 
 
 # (command line with D = an existing directory, what the command calls first that may meet the
@@ -318,6 +340,7 @@ OS_ERROR_SITES = [
     (["bench", "D", "--data", "D"], "mlx_rsg.bench.measure", "bench"),
     (["quickstart", "--data", "D"], "mlx_rsg.quickstart", "quickstart"),
     (["serve", "D"], "mlx_rsg.serve.server", "serve"),
+    (["launch", "-n", "1", "--", "true"], "mlx_rsg.launch", "launch"),
 ]
 
 
