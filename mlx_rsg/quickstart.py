@@ -43,17 +43,11 @@ class QuickstartConfig:
     seed: int = 0
 
 
-# Each step's share of the whole run, measured (docs/cli.md: `mlx-rsg quickstart`), printed as each
-# step starts so a newcomer can tell how far along it is. The run's total depends on the CPU.
-STEP_SHARES = {
-    "convert": 0.04,
-    "train": 0.24,
-    "quantize q8": 0.02,
-    "quantize q4": 0.02,
-    "quantize q4-gptq": 0.23,  # calibration: Hessians over 128 examples, then GPTQ per Linear
-    "bench": 0.47,  # four runs, each: 24 batch-1 latency samples and a pass over ~640 examples
-}
-MEASURED_MINUTES = 11  # the whole quickstart on 2 cores (docs/cli.md), for the first line
+# A whole quickstart's `quickstart.json` (its step minutes, machine and table), committed: each step
+# says its share of that run's time as it starts, so a newcomer can tell how far along it is. The
+# total depends on the CPU; docs/cli.md renders the same file.
+MEASURED = Path(__file__).with_name("quickstart_measured.json")
+RESULT = "quickstart.json"  # what a quickstart writes into WORK_DIR
 
 # What the quickstart's closing lines point to: the best score per minute measured
 # (docs/training.md, "Score against minutes"), one epoch of the real run's recipe, inside 90
@@ -78,37 +72,54 @@ def _done_run(path: Path) -> bool:
     return info.get("status") == "done" and (path / "trainable.safetensors").is_file()
 
 
+def measured() -> dict | None:
+    """The committed quickstart's result (None if the file is missing or unreadable)."""
+    try:
+        result = json.loads(MEASURED.read_text(encoding="utf-8"))
+        return result if isinstance(result.get("steps"), dict) and result.get("minutes") else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _share(step: str) -> str:
-    share = STEP_SHARES.get(step)
-    return "" if share is None else f"(~{100 * share:.0f}% of the quickstart's time)"
+    result = measured()
+    if result is None or step not in result["steps"]:
+        return ""
+    return f"(~{100 * result['steps'][step] / result['minutes']:.0f}% of the quickstart's time)"
 
 
-def _timed(label: str, fn, *args):
+def _timed(steps: dict[str, float], label: str, fn, *args):
+    """Run one step, say how long it took and record its minutes under `label`, unless the step
+    returned False (it reused a finished output: no measurement)."""
     t0 = time.perf_counter()
     out = fn(*args)
-    _log(f"      {label} took {(time.perf_counter() - t0) / 60:.1f} min")
+    minutes = (time.perf_counter() - t0) / 60
+    _log(f"      {label} took {minutes:.1f} min")
+    if out is not False:
+        steps[label] = round(minutes, 2)
     return out
 
 
-def step_convert(cfg: QuickstartConfig, model_dir: Path) -> None:
+def step_convert(cfg: QuickstartConfig, model_dir: Path) -> bool:
     from mlx_rsg.convert.hf import convert
     from mlx_rsg.model_files import MANIFEST
 
     if (model_dir / MANIFEST).is_file():
         _log(f"[1/4] convert: using {model_dir}")
-        return
+        return False
     _log(f"[1/4] convert {cfg.source} -> {model_dir} {_share('convert')}")
     convert(cfg.source, model_dir, dtype="float32", force=model_dir.exists())
+    return True
 
 
-def step_train(cfg: QuickstartConfig, model_dir: Path, data_dir: Path, run_dir: Path) -> None:
+def step_train(cfg: QuickstartConfig, model_dir: Path, data_dir: Path, run_dir: Path) -> bool:
     from mlx_rsg.data.sample import tasks_with_train
     from mlx_rsg.train import TRAIN_TASKS, TrainConfig, train
     from mlx_rsg.train.loop import num_layers
 
     if _done_run(run_dir):
         _log(f"[2/4] train: using {run_dir}")
-        return
+        return False
     tasks = tasks_with_train(data_dir, TRAIN_TASKS)
     depth = num_layers(model_dir)
     layer = feature_layer(cfg, depth)
@@ -129,6 +140,7 @@ def step_train(cfg: QuickstartConfig, model_dir: Path, data_dir: Path, run_dir: 
         seed=cfg.seed,
     )
     train(model_dir, data_dir, run_dir, tcfg, force=run_dir.exists(), log=_log)
+    return True
 
 
 def feature_layer(cfg: QuickstartConfig, depth: int) -> int:
@@ -136,14 +148,15 @@ def feature_layer(cfg: QuickstartConfig, depth: int) -> int:
     return min(depth, max(1, round(cfg.feature_depth * depth)))
 
 
-def step_quantize(run_dir: Path, out: Path, recipe: str, data_dir: Path) -> None:
+def step_quantize(run_dir: Path, out: Path, recipe: str, data_dir: Path) -> bool:
     from mlx_rsg.quant.quantize import quantize
 
     if _done_run(out):
         _log(f"[3/4] quantize: using {out}")
-        return
+        return False
     _log(f"[3/4] quantize {recipe} -> {out} {_share(f'quantize {recipe}')}")
     quantize(run_dir, out, recipe=recipe, force=out.exists(), calib_data=data_dir)
+    return True
 
 
 def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig, force: bool):
@@ -161,23 +174,26 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
     work.mkdir(parents=True, exist_ok=True)
     model_dir, runs = work / "model", work / "runs"
     t0 = time.perf_counter()
-    _log(f"quickstart: 4 steps, {MEASURED_MINUTES} min measured on 2 CPU cores with a fast BLAS; "
-         "each step says its share of the time")  # fmt: skip
-    _timed("convert", step_convert, cfg, model_dir)
-    _timed("train", step_train, cfg, model_dir, data_dir, runs / "fp32")
+    _announce()
+    steps: dict[str, float] = {}
+    _timed(steps, "convert", step_convert, cfg, model_dir)
+    _timed(steps, "train", step_train, cfg, model_dir, data_dir, runs / "fp32")
     variants = []
     for recipe in cfg.recipes:
-        _timed(f"quantize {recipe}", step_quantize, runs / "fp32", runs / recipe, recipe, data_dir)
-        variants.append(str(runs / recipe))
+        out = runs / recipe
+        _timed(steps, f"quantize {recipe}", step_quantize, runs / "fp32", out, recipe, data_dir)
+        variants.append(str(out))
     _log(f"[4/4] bench fp32 vs {', '.join(cfg.recipes)} {_share('bench')}")
     # The same val records training evaluated on (same cap, same seed), so bench's fp32 total
     # is the training run's total with LiDiRus.
     bcfg = BenchConfig(max_per_task=cfg.max_eval_per_task, force=True, seed=cfg.seed)
     args = (str(runs / "fp32"), variants, str(data_dir), str(work / "bench"), bcfg, _log)
-    result = _timed("bench", bench, *args)
+    result = _timed(steps, "bench", bench, *args)
     minutes = (time.perf_counter() - t0) / 60
-    table = (work / "bench" / "bench.md").read_text(encoding="utf-8")
-    print(table.split("### Per-class")[0].strip())
+    table = (work / "bench" / "bench.md").read_text(encoding="utf-8").split("### Per-class")[0]
+    if len(steps) == 3 + len(cfg.recipes):  # every step ran: a whole measurement
+        _write_result(work / RESULT, cfg, steps, minutes, table.strip())
+    print(table.strip())
     print(f"\n{_same_records_note(runs / 'fp32', result, cfg)}")
     print(f"quickstart: {minutes:.1f} min; everything is in {work}/ (bench/bench.md for details)")
     print(
@@ -185,13 +201,36 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
         f"features, ~{cfg.max_train_per_task} training examples per task, scored on "
         f"~{cfg.max_eval_per_task} val examples per task. "
         "The full recipe (docs/training.md) trains the top blocks, chooses its thresholds on "
-        "a dev split carved out of train and scores all of val once "
-        "(~85 min on 2 cores; --epochs 2 scores higher in ~140):\n  "
+        "a dev split carved out of train and scores all of val once (its minutes and score on "
+        "2 cores: docs/training.md, \"Score against minutes\"; --epochs 2 scores higher in "
+        "1.7x the time):\n  "
         + FULL_RECIPE.format(model=model_dir, data=data_dir)
     )
     serve = f"mlx-rsg serve {runs / 'fp32'} {' '.join(variants)} --data {data_dir}"
     print(f"\nTry the runs on a page or over HTTP: {serve}   (then open http://127.0.0.1:8000/)")
     return result
+
+
+def _announce() -> None:
+    result = measured()
+    if result is None:
+        _log("quickstart: 4 steps")
+        return
+    cpu = result.get("machine", {})
+    _log(f"quickstart: 4 steps, {result['minutes']:.0f} min measured on {cpu.get('cores', '?')} "
+         "CPU cores with a fast BLAS; each step says its share of the time")  # fmt: skip
+
+
+def _write_result(path: Path, cfg: QuickstartConfig, steps: dict, minutes: float, table: str):
+    """WORK_DIR/quickstart.json: what this quickstart cost per step, where, and its table (the
+    committed MEASURED is one of these)."""
+    from dataclasses import asdict
+
+    from mlx_rsg.accel.fastpaths import machine
+    from mlx_rsg.io import write_json
+
+    write_json(path, {"benchmark": "quickstart", "minutes": round(minutes, 2), "steps": steps,
+                      "machine": machine(), "config": asdict(cfg), "table": table})  # fmt: skip
 
 
 def _check_replaceable(work: Path, data_dir: Path) -> None:
@@ -207,7 +246,7 @@ def _check_replaceable(work: Path, data_dir: Path) -> None:
                         "delete it with --force")  # fmt: skip
 
 
-_OURS = {"model", "runs", "bench"}  # what a quickstart writes into WORK_DIR
+_OURS = {"model", "runs", "bench", RESULT}  # what a quickstart writes into WORK_DIR
 
 
 def _same_records_note(run_dir: Path, result: dict, cfg: QuickstartConfig) -> str:

@@ -8,7 +8,7 @@ import json
 import pytest
 from tiny_model import build_tiny_model
 
-from mlx_rsg.quickstart import QuickstartConfig, feature_layer, quickstart
+from mlx_rsg.quickstart import MEASURED, QuickstartConfig, feature_layer, quickstart
 
 
 def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, capsys):
@@ -58,10 +58,20 @@ def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, cap
         line = next(ln for ln in out.err.splitlines() if ln.startswith(step))
         assert "% of the quickstart's time)" in line, line
     assert "      train took " in out.err
+    # What it cost per step is written beside the runs, in the form of the committed timing that
+    # the shares above and docs/cli.md come from.
+    timing = json.loads((work / "quickstart.json").read_text())
+    assert list(timing["steps"]) == ["convert", "train", "quantize q8", "quantize q4",
+                                     "quantize q4-gptq", "bench"]  # fmt: skip
+    assert 0 < sum(timing["steps"].values()) <= timing["minutes"] + 0.05
+    assert timing["table"] in out.out and timing["machine"]["cores"] >= 1
+    assert set(json.loads(MEASURED.read_text())) == set(timing)
 
-    # Finished steps are reused: no retraining, the run dir is untouched.
+    # Finished steps are reused: no retraining, the run dir is untouched, and the timing stays
+    # the whole run's (a reused step is no measurement).
     mtime = (work / "runs" / "fp32" / "trainable.safetensors").stat().st_mtime_ns
     quickstart(tiny_rsg_dir, work, cfg, force=False)
+    assert json.loads((work / "quickstart.json").read_text()) == timing
     err = capsys.readouterr().err
     assert "[1/4] convert: using" in err and "[2/4] train: using" in err
     assert err.count("[3/4] quantize: using") == 3
