@@ -120,14 +120,19 @@ def _finished(run: Path, flags: list[str]) -> bool:
 
 
 def table(result: dict) -> str:
+    """One row per configuration: its flags, cost, the epoch dev chose, dev as trained and
+    calibrated (blank for runs from before calibrated selection), val once."""
     tasks = list(result["runs"][0]["val"]["tasks"]) if result["runs"] else []
-    head = "| config | trainable params | minutes | dev (chosen on) | " + " | ".join(tasks)
-    lines = [head + " | val mean |", "|---" * (len(tasks) + 5) + "|"]
+    head = ["config", "flags", "trainable params", "minutes", "epoch", "dev", "dev calibrated",
+            *tasks, "val mean"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in result["runs"]:
-        cells = " | ".join(f"{r['val']['tasks'][t]:.3f}" for t in tasks)
-        lines.append(f"| {r['name']} | {r['trainable_parameters']:,} | "
-                     f"{r['seconds'] / 60:.1f} | {r['dev']['score']:.3f} | {cells} | "
-                     f"{r['val']['total']:.3f} |")  # fmt: skip
+        calibrated = r.get("dev_calibrated") or {}
+        cells = [r["name"], f"`{' '.join(r['flags'])}`", f"{r['trainable_parameters']:,}",
+                 f"{r['seconds'] / 60:.1f}", r.get("best_epoch", ""), f"{r['dev']['score']:.3f}",
+                 f"{calibrated['score']:.3f}" if "score" in calibrated else "",
+                 *(f"{r['val']['tasks'][t]:.3f}" for t in tasks), f"{r['val']['total']:.3f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 

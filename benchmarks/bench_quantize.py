@@ -231,5 +231,35 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(result: dict) -> str:
+    """The variants as columns, the modes as rows (docs/quantization.md renders it)."""
+    runs = {(r["variant"], r["mode"]): r for r in result["runs"]}
+    variants = ["fp32", "q8 fast", "q4 fast", "q8 fast+cache", "q4 fast+cache"]
+    names = ["fp32", "q8", "q4", "q8 + cache", "q4 + cache", "MLX kernel (q8 / q4)"]
+
+    def cell(variant: str, mode: str, latency: bool = False) -> str:
+        r = runs[(variant, mode)]
+        value = f"{r['ms_per_example']:.0f}" if latency else f"{r['examples_per_s']:.2f}"
+        return value if variant == "fp32" else f"{value} ({r['vs_fp32']:.2f}x)"
+
+    kernel = [runs[(f"q{b} mlx-kernel", "kernel-shape")] for b in (8, 4)]
+    rows = [
+        [f"{result['batch']}×{result['seq']} batch, rows, ex/s (vs fp32)",
+         *(cell(v, "rows") for v in variants), ""],
+        [f"{result['batch']}×{result['seq']} batch, one stream, ex/s",
+         *(cell(v, "single") for v in variants),
+         f"{kernel[0]['examples_per_s']:.2f} / {kernel[1]['examples_per_s']:.2f} at "
+         f"{result['kernel_batch']}×{result['seq']} ({kernel[1]['vs_fp32']:.2f}x)"],
+        [f"1×{result['latency_seq']} latency, ms", *(cell(v, "latency", True) for v in variants),
+         ""],
+        ["weights in memory, MB", *(f"{runs[(v, 'single')]['weights_mb']:.0f}"
+                                     + (f" + {runs[(v, 'single')]['cache_mb']:.0f}"
+                                        if runs[(v, "single")]["cache_mb"] else "")
+                                     for v in variants), ""],
+    ]  # fmt: skip
+    lines = ["| Gemma-3-270M | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 if __name__ == "__main__":
     main()

@@ -331,52 +331,80 @@ def _quiet(msg: str) -> None:
 # ----------------------------------------------------------------------------------- report
 
 
-def table(result: dict) -> str:
-    lines = ["## Dev split: dev records with a near-copy in train", "",
-             "| task | train records | groups | single-record draw | grouped draw |",
-             "|---|---|---|---|---|"]  # fmt: skip
+def leakage_table(result: dict) -> str:
+    """Dev records with a near-copy in train, drawn record by record (old) and by group."""
+    lines = ["| task | train records | groups of near-copies | dev records with a near-copy in "
+             "train: single-record draw (old) | grouped draw |", "|---|---|---|---|---|"]
     for t, r in result["leakage"].items():
-        lines.append(f"| {t} | {r['train_records']} | {r['groups']} | "
+        lines.append(f"| {t} | {r['train_records']:,} | {r['groups']:,} | "
                      f"{r['leaked_records']} of {r['dev_records']} | "
                      f"{r['leaked_groups']} of {r['dev_groups']} |")  # fmt: skip
-    lines += ["", "## Lengths: share of scored units cut", "",
-              "| task | fitted on train | val cut | test cut | fitted on every split | val cut "
-              "| test cut |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def lengths_table(result: dict) -> str:
+    """The share of scored units cut at lengths fitted on train vs on every split scored."""
+    lines = ["| task | length fitted on train | val cut | test cut | fitted on every split scored "
+             "| val cut | test cut |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for t, r in result["truncation"].items():
         cut = [f"{100 * r[k]:.1f} %" if k in r else "-"
                for k in ("val_cut_train_fit", "test_cut_train_fit", "val_cut_all_fit",
                          "test_cut_all_fit")]  # fmt: skip
         lines.append(f"| {t} | {r['train_fit']} | {cut[0]} | {cut[1]} | {r['all_splits_fit']} | "
                      f"{cut[2]} | {cut[3]} |")  # fmt: skip
-    p = result["rcb_premises"]
-    lines += ["", f"RCB val units over {p['max_len']} tokens: {p['cut']} of {p['val_units']}; "
-              f"the premise's last sentence kept in {p['end_cut']} when cut at the end (old), "
-              f"{p['start_cut']} when cut at the start.",  # fmt: skip
-              f"RUSSE test spans ending inside a word: {result['russe']['partial_official']} of "
-              f"{result['russe']['spans']} as the official offsets say, "
-              f"{result['russe']['partial_snapped']} snapped."]  # fmt: skip
-    lines += ["", "## Decisions on dev (cross-fitted: chosen on one half, scored on the other)",
-              "", "| task | as trained | old rule (best threshold) | Platt | new rule (one-SE "
-              "search) |", "|---|---|---|---|---|"]  # fmt: skip
-    for t, r in result["decisions"].items():
-        cells = [f"{r[k]:.3f}" if r.get(k) is not None else "-"
-                 for k in ("old_rule", "platt", "new_rule")]  # fmt: skip
-        lines.append(f"| {t} | {r['as_trained']:.3f} | " + " | ".join(cells) + " |")
+    p, russe = result["rcb_premises"], result["russe"]
+    lines += ["", f"RCB val units over {p['max_len']} tokens: {p['cut']} of {p['val_units']}; the "
+              f"premise's last sentence kept in {p['end_cut']} of them when the premise is cut at "
+              f"its end (old), in {p['start_cut']} when cut at its start. RUSSE's test file: "
+              f"{russe['partial_official']:,} of its {russe['spans']:,} spans end inside a word "
+              f"as the official offsets say, {russe['partial_snapped']} once snapped to the "
+              "word."]  # fmt: skip
+    return "\n".join(lines)
+
+
+RULES = {"as_trained": "as trained (offsets 0)",
+         "old_rule": "old: the best of ~200 thresholds (LiDiRus: TERRa's)",
+         "platt": "Platt's threshold (accuracy tasks)",
+         "new_rule": "new: nearest 0 within one SE of the best"}  # fmt: skip
+
+
+def decisions_table(result: dict) -> str:
+    """Each decision rule per task, cross-fitted on dev (a row per rule)."""
+    tasks = list(result["decisions"])
+    lines = ["| decision rule, cross-fitted on dev | " + " | ".join(tasks) + " |",
+             "|---" * (len(tasks) + 1) + "|"]  # fmt: skip
+    for key, name in RULES.items():
+        cells = [result["decisions"][t].get(key) for t in tasks]
+        lines.append(f"| {name} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells)
+                     + " |")  # fmt: skip
     m, d = result["decisions"]["MuSeRC"], result["decisions"]["DaNetQA"]
-    lines += ["", "MuSeRC as trained, decoded answer by answer "
-              f"{m['as_trained_answer_by_answer']:.3f}, "
-              f"per question {m['as_trained']:.3f}. DaNetQA dev (train's prior) with the new "
-              f"rule {d['new_rule_in_sample']:.3f}, with the prior shift "
-              f"({d['prior_shift']:+.3f}) "
+    lines += ["", f"MuSeRC as trained, decoded per question (at least one true answer each) "
+              f"{m['as_trained']:.3f}, answer by answer {m['as_trained_answer_by_answer']:.3f}. "
+              f"DaNetQA's dev (train's prior) with the new rule {d['new_rule_in_sample']:.3f}, "
+              f"with the prior shift ({d['prior_shift']:+.3f}) "
               f"{d['new_rule_in_sample_with_prior_shift']:.3f}."]  # fmt: skip
-    lines += ["", "## Span context (RWSD + RUSSE trained alone)", "",
-              "| units | epoch | minutes | RWSD as trained | RWSD Platt | RUSSE as trained | "
-              "RUSSE Platt |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def span_table(result: dict) -> str:
+    """RWSD and RUSSE trained alone, with and without the question's last token."""
+    lines = ["| units | epoch | minutes | RWSD as trained | RWSD Platt | RUSSE as trained | "
+             "RUSSE Platt |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in result["span_context"].items():
         cells = [f"{r[t][k]:.3f}" for t in ("RWSD", "RUSSE")
                  for k in ("as_trained", "platt_cross_fitted")]  # fmt: skip
         lines.append(f"| {name} | {r['epoch']} | {r['minutes']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def table(result: dict) -> str:
+    return "\n\n".join([
+        "## Dev split: dev records with a near-copy in train", leakage_table(result),
+        "## Lengths: share of scored units cut", lengths_table(result),
+        "## Decisions on dev (cross-fitted: chosen on one half, scored on the other)",
+        decisions_table(result),
+        "## Span context (RWSD + RUSSE trained alone)", span_table(result),
+    ])  # fmt: skip
 
 
 def main() -> None:

@@ -57,6 +57,81 @@ def quality(results: Path) -> str:
     )
 
 
+SCORES_HEAD = ["", "LiDiRus (MCC)", *TASKS[1:], "**total**"]
+QUALITY = "quality/"  # where quality.py's comparison zips live, as their JSON names them
+
+
+def _scores_row(label: str, q: dict) -> list:
+    return [label, *(f"{q['tasks'][t]['score']:.3f}" for t in TASKS), f"{q['total']:.3f}"]
+
+
+def _difference_row(q: dict) -> list:
+    d = q["difference"]
+    against = d["against"].split(QUALITY, 1)[-1].removesuffix(".zip")
+    return [f"minus `{against}` (paired bootstrap SE)",
+            *(f"{d['tasks'][t]['difference']:+.3f} ({d['tasks'][t]['se']:.3f})" for t in TASKS),
+            f"{d['total']:+.3f} ({d['total_se']:.3f})"]  # fmt: skip
+
+
+def _constant_row(q: dict) -> list:
+    return ["best constant answer", *(f"{q['tasks'][t]['majority']:.3f}" for t in TASKS),
+            f"{q['majority_total']:.3f}"]  # fmt: skip
+
+
+def real_run(results: Path) -> str:
+    """docs/training.md: the real run's val scores, its paired difference to the run it was
+    compared with, and the best constant answers (quality.json)."""
+    q = _load(results, "quality.json")
+    return _table(SCORES_HEAD, [_scores_row("**this run**", q), _difference_row(q),
+                                _constant_row(q)])  # fmt: skip
+
+
+EARLIER_RUNS = [  # docs/training.md: the runs before the real one, each re-scored by a test
+    ("the fixes, epoch 3 by dev loss (`earlier/fixes`)", "quality/earlier/fixes.json"),
+    ("before the fixes (`earlier/1000`, epoch 3)", "quality/earlier/1000.json"),
+    ("the fixes with `--refit` (`earlier/fixes-refit`)", "quality/earlier/fixes-refit.json"),
+    ("before the fixes, epoch 1 (`earlier/1000-epoch1`)", "quality/earlier/1000-epoch1.json"),
+    ("640 per task (`earlier/640`)", "quality/earlier/640.json"),
+]
+
+
+def earlier_runs(results: Path) -> str:
+    """docs/training.md: the earlier runs' val scores; the first with its paired difference."""
+    (label, name), *more = EARLIER_RUNS
+    first = _load(results, name)
+    rows = [_scores_row(label, first), _difference_row(first)]
+    rows += [_scores_row(label, _load(results, name)) for label, name in more]
+    return _table(SCORES_HEAD, [*rows, _constant_row(first)])
+
+
+def _epochs(q: dict) -> str:
+    """A run's dev scores per epoch (as trained), their mean, calibrated mean and log-loss; the
+    chosen epoch in bold, then its calibrated task scores."""
+    run = q["run"]
+    tasks = list(run["history"][0]["tasks"])
+    rows = []
+    for h in run["history"]:
+        chosen = h["epoch"] == run["best_epoch"]
+        loss = f"{h['dev_loss']['mean']:.4f}"
+        rows.append([f"**{h['epoch']} (chosen)**" if chosen else h["epoch"],
+                     *(f"{h['tasks'][t]['score']:.3f}" for t in tasks), f"{h['score']:.3f}",
+                     f"{h['calibrated']['score']:.3f}", f"**{loss}**" if chosen else loss])
+    best = run["history"][run["best_epoch"] - 1]["calibrated"]["tasks"]
+    rows.append([f"{run['best_epoch']}, calibrated", *(f"{best[t]:.3f}" for t in tasks),
+                 "", "", ""])  # fmt: skip
+    return _table(["epoch", *tasks, "dev mean", "calibrated", "dev log-loss"], rows)
+
+
+def real_epochs(results: Path) -> str:
+    """docs/training.md: the real run's dev scores per epoch (quality.json's run)."""
+    return _epochs(_load(results, "quality.json"))
+
+
+def fixes_epochs(results: Path) -> str:
+    """docs/training.md: the run with the fixes, per epoch."""
+    return _epochs(_load(results, "quality/earlier/fixes.json"))
+
+
 def real_command(results: Path) -> str:
     """The real run's training command (quality.json), wrapped at options, in a code block with
     the conversion before it and a quantized copy benchmarked after it."""
@@ -251,6 +326,43 @@ def distill_runs(results: Path) -> str:
                   rows)  # fmt: skip
 
 
+def quantize_1000(results: Path) -> str:
+    """docs/quantization.md: bench's own table for the run before the fixes and its variants."""
+    from mlx_rsg.bench.report import write_markdown
+
+    return write_markdown(_load(results, "quality/earlier/quantize-1000/bench.json")).split(
+        "\n\n")[0]
+
+
+def _script_table(script: str, name: str, function: str = "table") -> Callable[[Path], str]:
+    """A benchmark script's own table of its result file."""
+    return lambda results: _benchmark_table(script, function, _load(results, name))
+
+
+QUICKSTART = ROOT / "mlx_rsg" / "quickstart_measured.json"  # the quickstart's own timing file
+
+
+def quickstart_steps(results: Path) -> str:
+    """docs/cli.md: the committed quickstart's minutes per step, where it ran."""
+    q = json.loads(QUICKSTART.read_text())
+    rows = [[step, f"{m:.1f}", f"{100 * m / q['minutes']:.0f} %"] for step, m in q["steps"].items()]
+    m = q["machine"]
+    return (f"{_table(['step', 'minutes', 'share'], rows)}\n\n{q['minutes']:.1f} min in all on "
+            f"{m['cpu']}, {m['cores']} cores, {m['blas'].split(':')[0]}, MLX {m['mlx']}.")
+
+
+def quickstart_minutes(results: Path) -> str:
+    """README: the committed quickstart's wall time, in one line."""
+    q = json.loads(QUICKSTART.read_text())
+    return (f"{q['minutes']:.1f} min on a {q['machine']['cores']}-core Linux box "
+            f"({q['machine']['cpu']}).")
+
+
+def quickstart_output(results: Path) -> str:
+    """docs/cli.md: the main table that committed quickstart printed (bench's, before its notes)."""
+    return json.loads(QUICKSTART.read_text())["table"].split("\n\n")[0]
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "quality": quality,
     "real-command": real_command,
@@ -266,6 +378,27 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "distill-lr": distill_lr,
     "distill-runs": distill_runs,
     "precision": precision,
+    "real-run": real_run,
+    "real-epochs": real_epochs,
+    "earlier-runs": earlier_runs,
+    "fixes-epochs": fixes_epochs,
+    "quantize-1000": quantize_1000,
+    "quickstart-steps": quickstart_steps,
+    "quickstart-output": quickstart_output,
+    "quickstart-minutes": quickstart_minutes,
+    "shared-prefix": _script_table("bench_shared_prefix", "shared_prefix.json"),
+    "shared-train": _script_table("bench_shared_train", "shared_train.json"),
+    "scoring": _script_table("bench_scoring", "scoring.json"),
+    "serve": _script_table("bench_serve", "serve.json"),
+    "distributed": _script_table("bench_distributed", "distributed.json"),
+    "fast-quant": _script_table("bench_quantize", "quantize.json", "summary"),
+    "ablation": _script_table("ablation", "ablation.json"),
+    "ablation-sweep": _script_table("ablation", "ablation_sweep.json"),
+    "label-words": _script_table("ablation", "label_words.json"),
+    "dev-fixes-leakage": _script_table("dev_fixes", "dev_fixes.json", "leakage_table"),
+    "dev-fixes-lengths": _script_table("dev_fixes", "dev_fixes.json", "lengths_table"),
+    "dev-fixes-decisions": _script_table("dev_fixes", "dev_fixes.json", "decisions_table"),
+    "dev-fixes-span": _script_table("dev_fixes", "dev_fixes.json", "span_table"),
 }
 MARKED = re.compile(r"(<!-- render:([\w-]+) -->\n)(.*?)(<!-- /render:\2 -->)", re.S)
 
