@@ -386,6 +386,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "quickstart-steps": quickstart_steps,
     "quickstart-output": quickstart_output,
     "quickstart-minutes": quickstart_minutes,
+    "blas": _script_table("bench_blas", "blas.json"),
     "shared-prefix": _script_table("bench_shared_prefix", "shared_prefix.json"),
     "shared-train": _script_table("bench_shared_train", "shared_train.json"),
     "scoring": _script_table("bench_scoring", "scoring.json"),
