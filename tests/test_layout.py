@@ -104,3 +104,26 @@ print(",".join(heavy) or "none")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     assert out.strip() == "none"
+
+
+def long_functions(root: Path, limit: int) -> list[str]:
+    """`module:function (lines)` for every function of `root` longer than `limit` lines."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    module = ".".join(path.relative_to(root).with_suffix("").parts)
+                    out.append(f"{module}:{node.name} ({lines})")
+    return out
+
+
+def test_no_function_is_longer_than_a_screen():
+    """60 lines, decorators and docstring included (ruff holds complexity and statements)."""
+    assert long_functions(PACKAGE, 60) == []
+
+
+def test_the_length_check_finds_a_long_function(tmp_path):
+    (tmp_path / "m.py").write_text("def f():\n" + "    x = 1\n" * 61)
+    assert long_functions(tmp_path, 60) == ["m:f (62)"]

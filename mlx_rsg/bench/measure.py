@@ -324,26 +324,9 @@ def bench_run(ref: RunRef, records, sample, base_preds, base_logits, cfg: BenchC
     zip_rel = f"submissions/{ref.name}.zip"
     if out is not None:
         check_submission(out / zip_rel, records, preds, {t: scores[t] for t in records})
-    flips, flip_n, flip_total = {}, 0, 0
-    base = base_preds if base_preds is not None else preds
-    for task, recs in records.items():
-        k, n = flip_counts(task, recs, preds[task], base[task])
-        flips[task] = k / n if n else 0.0
-        flip_n, flip_total = flip_n + k, flip_total + n
-    directions = {t: flip_directions(t, recs, preds[t], base[t]) for t, recs in records.items()}
-    real = [t for t in records if t not in fixtures]
     against = base_preds is not None  # the baseline's own row compares with nothing
-    delta_se = paired_bootstrap(records, preds, base, real, seed=cfg.seed) if against else None
-    by_margin = (flips_by_margin(records, preds, base, base_logits) if against
-                 else None)  # fmt: skip
-    reports = {}
-    for task, recs in records.items():
-        labels = REGISTRY[task].class_labels
-        if labels is not None:
-
-            gold, pred = flat_predictions(task, recs, preds[task])
-            rep = class_report(gold, pred, labels)
-            reports[task] = {str(k): {m: _num(v) for m, v in r.items()} for k, r in rep.items()}
+    compared = _against_baseline(records, preds, base_preds if against else preds, base_logits,
+                                 fixtures, cfg.seed, against)  # fmt: skip
     n_records = sum(len(r) for r in records.values())
     row = {
         "name": ref.name,
@@ -351,12 +334,8 @@ def bench_run(ref: RunRef, records, sample, base_preds, base_logits, cfg: BenchC
         "quantization": quantization(ref),
         "scores": scores,
         **_totals(scores, fixtures),
-        "flips": flips,
-        "flip_rate": flip_n / flip_total if flip_total else 0.0,
-        "flip_directions": directions,
-        "delta_se": delta_se,
-        "flips_by_margin": by_margin,
-        "class_report": reports,
+        **compared,
+        "class_report": _class_reports(records, preds),
         "size_bytes": disk_size(ref),
         "memory": memory,
         "latency_ms": latency,
@@ -369,6 +348,38 @@ def bench_run(ref: RunRef, records, sample, base_preds, base_logits, cfg: BenchC
         "submission": zip_rel,
     }
     return row, preds, logits
+
+
+def _against_baseline(records, preds, base, base_logits, fixtures, seed: int,
+                      against: bool) -> dict[str, Any]:  # fmt: skip
+    """A run's decisions against the baseline's: flips per task, overall and by direction, the
+    paired-bootstrap SE of each delta, and the flips by the baseline's margin."""
+    flips, flip_n, flip_total = {}, 0, 0
+    for task, recs in records.items():
+        k, n = flip_counts(task, recs, preds[task], base[task])
+        flips[task] = k / n if n else 0.0
+        flip_n, flip_total = flip_n + k, flip_total + n
+    real = [t for t in records if t not in fixtures]
+    return {
+        "flips": flips,
+        "flip_rate": flip_n / flip_total if flip_total else 0.0,
+        "flip_directions": {t: flip_directions(t, recs, preds[t], base[t])
+                            for t, recs in records.items()},  # fmt: skip
+        "delta_se": paired_bootstrap(records, preds, base, real, seed=seed) if against else None,
+        "flips_by_margin": flips_by_margin(records, preds, base, base_logits) if against else None,
+    }
+
+
+def _class_reports(records, preds) -> dict[str, Any]:
+    """Per-class precision / recall / F1 of every label task."""
+    reports = {}
+    for task, recs in records.items():
+        labels = REGISTRY[task].class_labels
+        if labels is not None:
+            gold, pred = flat_predictions(task, recs, preds[task])
+            rep = class_report(gold, pred, labels)
+            reports[task] = {str(k): {m: _num(v) for m, v in r.items()} for k, r in rep.items()}
+    return reports
 
 
 def _num(v):

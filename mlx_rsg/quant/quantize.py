@@ -287,6 +287,12 @@ def quantize(
             counts = _quantize_model_dir(source, tmp, rec, calib_data, log, world)
         manifest = _manifest(source, "run" if is_run else "model", rec, counts)
         write_manifest(tmp, manifest)
+    _report(counts, rec, out, log)
+    return out
+
+
+def _report(counts: dict, rec: Recipe, out: Path, log) -> None:
+    """What a quantization did, a line per lever that ran."""
     if counts["skipped"]:
         log(
             f"warning: {len(counts['skipped'])} modules kept float32 (input width not a multiple "
@@ -318,4 +324,3 @@ def quantize(
         f"quantized {counts['quantized']} modules ({rec.name}: {rec.bits}-bit, group "
         f"{rec.group_size}; {counts['bits_per_weight']} bits per weight) -> {out}"
     )
-    return out

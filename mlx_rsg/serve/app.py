@@ -87,48 +87,13 @@ def make_app(
     cfg: ServeConfig,
     examples: dict[str, dict[str, Any]],
 ) -> FastAPI:
+    """The server's routes over its runs and batcher: the page and information, /v1/predict,
+    and every error as one JSON line."""
     app = FastAPI(title="mlx-rsg", version=__version__,
                   description="Russian SuperGLUE classifiers trained with mlx-rsg.")  # fmt: skip
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_kb * 1024)
-    page = resources.files("mlx_rsg.serve").joinpath("page.html").read_text(encoding="utf-8")
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse({"error": e.message}, status_code=e.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        what = f"{request.method} {request.url.path}"
-        return JSONResponse({"error": f"{what}: {e.detail}"}, status_code=e.status_code)
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_gone(request: Request, e: ClientDisconnect) -> Response:
-        # nobody is left to answer: one line in the server's log, not an ASGI traceback
-        logging.getLogger("uvicorn.error").warning(
-            "%s %s: the client disconnected before sending its whole body; dropped",
-            request.method, request.url.path)  # fmt: skip
-        return Response(status_code=400)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page)
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        """Up; the runs served; requests waiting; requests scored so far and the batches they
-        took; the process's peak resident memory."""
-        return {"status": "ok", "models": list(runs), "pending": batcher.pending(),
-                "requests": batcher.jobs, "batches": batcher.batches,
-                "rss_peak_bytes": rss_peak_bytes()}  # fmt: skip
-
-    @app.get("/v1/models", response_model=ModelsResponse)
-    async def models() -> dict[str, Any]:
-        return {"models": [r.description for r in runs.values()]}
-
-    @app.get("/v1/examples")
-    async def example_records() -> dict[str, Any]:
-        """An example record per task, in the official format (what the page pre-fills)."""
-        return examples
+    _error_handlers(app)
+    _info_routes(app, runs, batcher, examples)
 
     body_schema = {"content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
                    "required": True}  # fmt: skip
@@ -165,6 +130,54 @@ def make_app(
                              "ms": round(ms, 2)})  # fmt: skip
 
     return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error as one JSON line: ours, FastAPI's, and a client gone mid-body."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse({"error": e.message}, status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        what = f"{request.method} {request.url.path}"
+        return JSONResponse({"error": f"{what}: {e.detail}"}, status_code=e.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, e: ClientDisconnect) -> Response:
+        # nobody is left to answer: one line in the server's log, not an ASGI traceback
+        logging.getLogger("uvicorn.error").warning(
+            "%s %s: the client disconnected before sending its whole body; dropped",
+            request.method, request.url.path)  # fmt: skip
+        return Response(status_code=400)
+
+
+def _info_routes(app: FastAPI, runs: dict[str, ServedRun], batcher: MicroBatcher,
+                 examples: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+    """The page, /health, the runs served and the example records."""
+    page = resources.files("mlx_rsg.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Up; the runs served; requests waiting; requests scored so far and the batches they
+        took; the process's peak resident memory."""
+        return {"status": "ok", "models": list(runs), "pending": batcher.pending(),
+                "requests": batcher.jobs, "batches": batcher.batches,
+                "rss_peak_bytes": rss_peak_bytes()}  # fmt: skip
+
+    @app.get("/v1/models", response_model=ModelsResponse)
+    async def models() -> dict[str, Any]:
+        return {"models": [r.description for r in runs.values()]}
+
+    @app.get("/v1/examples")
+    async def example_records() -> dict[str, Any]:
+        """An example record per task, in the official format (what the page pre-fills)."""
+        return examples
 
 
 def _settle(future: asyncio.Future, result: Any) -> None:
