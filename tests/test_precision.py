@@ -24,6 +24,7 @@ from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.predict import evaluate
 from mlx_rsg.tasks import make_units
+from mlx_rsg.train import loss_scale
 
 # Per-batch training losses of a bfloat16 run against the float32 run of the same batches. The
 # tiny model's losses are ~0.4-1.1; bfloat16 rounds every activation to ~3 significant digits and
@@ -85,9 +86,12 @@ def test_a_reloaded_bfloat16_run_scores_what_training_scored(runs, tiny_rsg_dir)
     assert {t: got[t]["score"] for t in kept} == {t: s["score"] for t, s in kept.items()}
 
 
-def test_resume_in_bfloat16_equals_the_uninterrupted_run(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
-    """The checkpoint holds the float32 masters: resuming from rounded weights would not."""
-    cfg = tiny_train_config(dtype="bfloat16", epochs=2, checkpoint_every=2)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_resume_in_half_precision_equals_the_uninterrupted_run(tiny_model_dir, tiny_rsg_dir,  # noqa: F811
+                                                               tmp_path, dtype):  # fmt: skip
+    """The checkpoint holds the float32 masters (resuming from rounded weights would not) and,
+    in float16, the loss scale and its counters."""
+    cfg = tiny_train_config(dtype=dtype, epochs=2, checkpoint_every=2)
     full, run = tmp_path / "full", tmp_path / "stopped"
     T.train(tiny_model_dir, tiny_rsg_dir, full, cfg, log=lambda m: None)
     stop = len(losses(full)) // 2 + 3  # mid epoch 2, past a mid-epoch checkpoint
@@ -134,10 +138,74 @@ def test_a_float32_model_has_no_masters_and_casts_up(tiny_model_dir):  # noqa: F
 
 
 def test_an_unknown_dtype_is_one_line():
-    with pytest.raises(UserError, match="--dtype: 'float64' is not one of float32, bfloat16$"):
+    with pytest.raises(UserError, match="--dtype: 'float64' is not one of float32, bfloat16, "
+                       "float16$"):  # fmt: skip
         tiny_train_config(dtype="float64").validate()
-    with pytest.raises(UserError, match=r"'float16' .* \(float16 needs loss scaling\)"):
-        tiny_train_config(dtype="float16").validate()
+
+
+# ---------------------------------------------------------------- float16: the loss scaled
+
+
+@pytest.fixture(scope="module")
+def float16_run(tiny_model_dir, tiny_rsg_dir, runs_f32, tmp_path_factory):  # noqa: F811
+    run = tmp_path_factory.mktemp("f16") / "float16"
+    cfg = tiny_train_config(dtype="float16", epochs=2, method="freeze")
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, log=lambda m: None)
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs_f32(tiny_model_dir, tiny_rsg_dir, tmp_path_factory):  # noqa: F811
+    run = tmp_path_factory.mktemp("f32") / "float32"
+    cfg = tiny_train_config(dtype="float32", epochs=2, method="freeze")
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, log=lambda m: None)
+    return run
+
+
+def test_float16_losses_track_float32_at_its_loss_scale(runs_f32, float16_run):
+    f32, f16 = losses(runs_f32), losses(float16_run)
+    assert [r[:2] for r in f16] == [r[:2] for r in f32]
+    diff = np.abs(np.array([r[2] for r in f16]) - np.array([r[2] for r in f32]))
+    assert diff.mean() < MEAN_TOLERANCE and diff.max() < MAX_TOLERANCE, (diff.mean(), diff.max())
+    assert diff.max() > 0
+    history = json.loads((float16_run / "metrics.json").read_text())["history"]
+    assert history[-1]["loss_scale"] == {"scale": loss_scale.INITIAL_SCALE, "skipped_steps": 0}
+    assert "loss_scale" not in json.loads((runs_f32 / "metrics.json").read_text())["history"][-1]
+    saved = mx.load(str(float16_run / "trainable.safetensors"))
+    assert {v.dtype for v in saved.values()} == {mx.float32}  # masters
+    params = dict(tree_flatten(mlx_rsg.load(float16_run).model.parameters()))
+    assert {params[k].dtype for k in saved if not k.startswith("heads.")} == {mx.float16}
+
+
+def test_an_overflowing_loss_scale_skips_steps_and_halves(tiny_model_dir, tiny_rsg_dir,  # noqa: F811
+                                                          tmp_path, monkeypatch):  # fmt: skip
+    """Started at 2^40, the float16 backward overflows: those steps are skipped and the scale
+    halves until the gradients are finite; training then goes on as usual."""
+    monkeypatch.setattr(loss_scale, "INITIAL_SCALE", 2.0**40)
+    cfg = tiny_train_config(dtype="float16", epochs=2, method="freeze")
+    T.train(tiny_model_dir, tiny_rsg_dir, tmp_path / "run", cfg, log=lambda m: None)
+    entry = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][-1]
+    skipped = entry["loss_scale"]["skipped_steps"]
+    assert 0 < skipped < entry["step"]
+    assert entry["loss_scale"]["scale"] == 2.0 ** (40 - skipped)  # halved once per skip
+    assert all(np.isfinite(r[2]) for r in losses(tmp_path / "run"))
+
+
+def test_the_loss_scale_rule():
+    """Finite gradients: applied, and the scale doubles after GROWTH_INTERVAL of them in a
+    row; one overflow: skipped, the scale halved and the count restarted."""
+    from mlx_rsg.train.checkpoint import Position
+
+    pos = Position(loss_scale=8.0)
+    finite, overflow = {"w": mx.ones(3)}, {"w": mx.array([1.0, mx.inf, 0.0])}
+    for _ in range(loss_scale.GROWTH_INTERVAL - 1):
+        assert loss_scale.update_scale(pos, finite)
+    assert pos.loss_scale == 8.0
+    assert loss_scale.update_scale(pos, finite) and pos.loss_scale == 16.0
+    assert pos.finite_steps == 0
+    assert not loss_scale.update_scale(pos, {"w": mx.array([mx.nan])})
+    assert not loss_scale.update_scale(pos, overflow)
+    assert (pos.loss_scale, pos.skipped_steps, pos.finite_steps) == (4.0, 2, 0)
 
 
 def test_a_bfloat16_run_quantizes_and_predicts_close_to_itself(runs, tmp_path):

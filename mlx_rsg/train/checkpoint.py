@@ -36,6 +36,10 @@ class Position:
     # refit["epochs"] epochs, with the calibration chosen on dev at its start
     phase: str = "select"
     refit: dict[str, Any] | None = None
+    # float16's loss scale, its finite steps in a row and the steps it skipped (loss_scale.py)
+    loss_scale: float = 1.0
+    finite_steps: int = 0
+    skipped_steps: int = 0
 
 
 def _rng_state() -> dict[str, Any]:

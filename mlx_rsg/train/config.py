@@ -15,7 +15,7 @@ from mlx_rsg.tasks import PROMPTS, REGISTRY, TRAIN_TASKS, official_name
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 PROBABILITY = Bounds(0, 1, high_open=True)  # a dropout rate
 HEAD_INITS = ("zero", "label-words")  # how heads start (model/label_words.py)
-TRAIN_DTYPES = tuple(d for d in DTYPES if d != "float16")  # no loss scaling (yet)
+TRAIN_DTYPES = DTYPES  # float16 with dynamic loss scaling (train/loss_scale.py)
 
 
 @dataclass
@@ -137,8 +137,8 @@ class TrainConfig:
     dtype: str = opt(
         "float32", "What the backbone computes in (weights and activations; the prefix cache "
         "keeps its rows in it too). The heads and the loss stay float32, and the trained weights "
-        "are learned as float32 masters (saved as such). float16 is not offered: its gradients "
-        "underflow without loss scaling; bfloat16 has its size and float32's range.",
+        "are learned as float32 masters (saved as such). float16 (Macs without bfloat16) scales "
+        "its loss dynamically so its gradients do not underflow; bfloat16 needs no scaling.",
         choices=list(TRAIN_DTYPES),
     )  # fmt: skip
     cache_dir: str | None = opt(
@@ -167,9 +167,7 @@ class TrainConfig:
             raise UserError("--head-init label-words: needs --prompt answer (the label words "
                             "answer its question)")  # fmt: skip
         if self.dtype not in TRAIN_DTYPES:
-            why = " (float16 needs loss scaling)" if self.dtype == "float16" else ""
-            raise UserError(f"--dtype: {self.dtype!r} is not one of {', '.join(TRAIN_DTYPES)}"
-                            f"{why}")  # fmt: skip
+            raise UserError(f"--dtype: {self.dtype!r} is not one of {', '.join(TRAIN_DTYPES)}")
         if self.refit and not self.dev_per_task:
             raise UserError("--refit: needs --dev-per-task (the epochs to train are chosen on dev)")
         if self.feature_layer is not None and (self.method != "heads" or self.feature_layer < 1):

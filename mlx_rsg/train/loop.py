@@ -85,6 +85,7 @@ from mlx_rsg.train.checkpoint import (
     write_checkpoint,
 )
 from mlx_rsg.train.config import TrainConfig, classifier_config, heads_for
+from mlx_rsg.train.loss_scale import initial_scale, update_scale
 from mlx_rsg.train.optim import compiled_update, make_optimizer
 from mlx_rsg.train.plan import (
     TaskData,
@@ -254,7 +255,9 @@ class _Loop:
             sub = (lambda s: str(Path(cfg.cache_dir) / s)) if cfg.cache_dir else (lambda s: None)
             loop.cache = PrefixCache(model, cache_dir=sub("train"))
             loop.eval_cache = PrefixCache(model, cache_dir=sub("eval"))
-        loop.value_and_grad = nn.value_and_grad(model, lambda m, b, h0: loss_fn(m, b, h0))
+        if not resume:
+            loop.position.loss_scale = initial_scale(cfg.dtype)
+        loop.value_and_grad = loop.scaled_value_and_grad()
         loop.update = compiled_update(model, loop.optimizer)
         loop.t_start = time.perf_counter() - loop.position.train_seconds
         return loop
@@ -294,6 +297,16 @@ class _Loop:
         self.log("heads at their label words, x RMS " + ", ".join(f"{h} {s:.1f}" for h, s in
                                                                    scales.items()))  # fmt: skip
 
+    def scaled_value_and_grad(self):
+        """(loss, examples), gradients of the model's trainable parameters, both at the current
+        loss scale (1 unless float16: `loss_scale.py`)."""
+
+        def scaled(model, batch, h0):
+            loss, n = loss_fn(model, batch, h0)
+            return loss * self.position.loss_scale, n
+
+        return nn.value_and_grad(self.model, scaled)
+
     def run_epoch(self, epoch: int, stop_after_batches: int | None) -> bool:
         """Train the rest of `epoch`; False if stopped early by `stop_after_batches`."""
 
@@ -319,7 +332,7 @@ class _Loop:
             accum = grads if accum is None else tree_map(mx.add, accum, grads)
             n_accum += 1
             mx.eval(loss, accum)
-            loss_value = loss.item()
+            loss_value = loss.item() / pos.loss_scale
             if not math.isfinite(loss_value):  # nothing to gain from going on: stop, say where
                 raise UserError(
                     f"{self.run_dir}: the training loss is {loss_value} at batch {pos.batch} "
@@ -332,7 +345,9 @@ class _Loop:
             pos.batch_in_epoch = i + 1
             bar.update(1, int(n), loss_value)
             if n_accum == cfg.grad_accum or i == len(batches) - 1:
-                self.update(world.sum_tree(accum), n_accum)
+                grads, scale = world.sum_tree(accum), pos.loss_scale
+                if cfg.dtype != "float16" or update_scale(pos, grads):  # else: overflow, skip
+                    self.update(grads, n_accum * scale)
                 mx.eval(self.model.parameters(), self.optimizer.state)
                 accum, n_accum = None, 0
                 pos.step += 1
@@ -407,6 +422,9 @@ class _Loop:
                 criterion = -mean
         entry["train_loss"] = self.losses.mean_loss(epoch)
         entry["seconds"] = round(time.perf_counter() - self.t_start, 1)
+        if cfg.dtype == "float16":
+            entry["loss_scale"] = {"scale": pos.loss_scale, "skipped_steps": pos.skipped_steps}
+            line += f"; loss scale {pos.loss_scale:g} ({pos.skipped_steps} steps skipped)"
         pos.history.append(entry)
         self.log(line)
         main = self.world.is_main
@@ -445,7 +463,7 @@ class _Loop:
         if self.cache is not None:
             self.cache.model = self.model
         self.eval_cache = None
-        self.value_and_grad = nn.value_and_grad(self.model, lambda m, b, h0: loss_fn(m, b, h0))
+        self.value_and_grad = self.scaled_value_and_grad()
         self.update = compiled_update(self.model, self.optimizer)
         if world.is_main:
             _write_metrics(self.run_dir, cfg, pos, final=None)
