@@ -23,6 +23,7 @@ POINTS = [
     ("records per task, 384 tokens", "quality/earlier/1000.json"),
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/half.json"),
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/1ep.json"),
+    ("shared passages, budgets per task, 640 tokens", "quality/earlier/2ep.json"),
     ("shared passages, budgets per task, 640 tokens", "quality.json"),
 ]
 

@@ -127,6 +127,11 @@ def real_epochs(results: Path) -> str:
     return _epochs(_load(results, "quality.json"))
 
 
+def two_epochs(results: Path) -> str:
+    """docs/training.md: the two-epoch run inside 90 minutes, per epoch."""
+    return _epochs(_load(results, "quality/earlier/2ep.json"))
+
+
 def fixes_epochs(results: Path) -> str:
     """docs/training.md: the run with the fixes, per epoch."""
     return _epochs(_load(results, "quality/earlier/fixes.json"))
@@ -382,6 +387,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "real-epochs": real_epochs,
     "earlier-runs": earlier_runs,
     "fixes-epochs": fixes_epochs,
+    "2ep-epochs": two_epochs,
     "quantize-1000": quantize_1000,
     "quickstart-steps": quickstart_steps,
     "quickstart-output": quickstart_output,

@@ -202,8 +202,8 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
         f"~{cfg.max_eval_per_task} val examples per task. "
         "The full recipe (docs/training.md) trains the top blocks, chooses its thresholds on "
         "a dev split carved out of train and scores all of val once (its minutes and score on "
-        "2 cores: docs/training.md, \"Score against minutes\"; --epochs 2 scores higher in "
-        "1.7x the time):\n  "
+        "2 cores, and what a second epoch adds: docs/training.md, \"Score against minutes\"):"
+        "\n  "
         + FULL_RECIPE.format(model=model_dir, data=data_dir)
     )
     serve = f"mlx-rsg serve {runs / 'fp32'} {' '.join(variants)} --data {data_dir}"
