@@ -217,29 +217,20 @@ def bench_train(results: Path) -> str:
     return _table(["loop", "ex/s", "total s", "s per epoch", "vs torch"], rows)
 
 
-def curve(results: Path) -> str:
-    """docs/training.md: the real runs' val totals by wall minutes, in curve.py's own table."""
-    return _benchmark_table("curve", "table", _load(results, "curve.json"))
 
+def _script_table(script: str, name: str, function: str = "table") -> Callable[[Path], str]:
+    """The table `function` of benchmarks/SCRIPT.py makes of its result file `name` (scripts
+    import results_io beside them)."""
 
-def _benchmark_table(script: str, name: str, result: dict) -> str:
-    """A benchmark script's own table function (scripts import results_io beside them)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        module = __import__(script)
-    finally:
-        sys.path.pop(0)
-    return getattr(module, name)(result)
+    def table(results: Path) -> str:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        try:
+            module = __import__(script)
+        finally:
+            sys.path.pop(0)
+        return getattr(module, function)(_load(results, name))
 
-
-def precision(results: Path) -> str:
-    """docs/training.md: train --dtype bfloat16 against float32 (bench_precision.py)."""
-    return _benchmark_table("bench_precision", "table", _load(results, "precision.json"))
-
-
-def scaling(results: Path) -> str:
-    """docs/scaling.md: the computed data-parallel step costs, in scaling_table.py's own table."""
-    return _benchmark_table("scaling_table", "table", _load(results, "scaling.json"))
+    return table
 
 
 QUANTIZE_LEVERS = "quality/quantize-1ep/bench.json"
@@ -306,10 +297,6 @@ def _levers_table(bench: dict) -> str:
 DISTILL_RUNS = "quality/quantize-1ep/distill"
 
 
-def distill_lr(results: Path) -> str:
-    """docs/quantization.md: one step on the scales and biases (benchmarks/distill_lr.py)."""
-    return _benchmark_table("distill_lr", "table", _load(results, "distill_lr.json"))
-
 
 def distill_runs(results: Path) -> str:
     """docs/quantization.md: `[distill]` on the one-epoch run, from each quantization's manifest
@@ -339,9 +326,6 @@ def quantize_1000(results: Path) -> str:
         "\n\n")[0]
 
 
-def _script_table(script: str, name: str, function: str = "table") -> Callable[[Path], str]:
-    """A benchmark script's own table of its result file."""
-    return lambda results: _benchmark_table(script, function, _load(results, name))
 
 
 QUICKSTART = ROOT / "mlx_rsg" / "quickstart_measured.json"  # the quickstart's own timing file
@@ -375,14 +359,14 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "speed": speed,
     "bench-inference": bench_inference,
     "bench-train": bench_train,
-    "scaling": scaling,
-    "curve": curve,
+    "scaling": _script_table("scaling_table", "scaling.json"),
+    "curve": _script_table("curve", "curve.json"),
     "quantize-levers": quantize_levers,
     "quantize-dwq": quantize_dwq,
     "quantize-gptq-dwq": quantize_gptq_dwq,
-    "distill-lr": distill_lr,
+    "distill-lr": _script_table("distill_lr", "distill_lr.json"),
     "distill-runs": distill_runs,
-    "precision": precision,
+    "precision": _script_table("bench_precision", "precision.json"),
     "real-run": real_run,
     "real-epochs": real_epochs,
     "earlier-runs": earlier_runs,

@@ -16,7 +16,7 @@ import click
 
 from mlx_rsg.bench.config import BenchConfig
 from mlx_rsg.convert import ConvertOptions
-from mlx_rsg.errors import UserError
+from mlx_rsg.errors import PEER_LOST, UserError
 from mlx_rsg.options import AT_LEAST_0, AT_LEAST_1, config_from_options, config_options, number_type
 from mlx_rsg.quant.recipe import QuantizeOptions
 from mlx_rsg.quickstart import QuickstartConfig
@@ -46,8 +46,7 @@ class _Group(click.Group):
 
             if not lost_peer(e):
                 raise
-            _fail("lost the connection to another rank: it stopped (its error is above) or its "
-                  "machine went away")  # fmt: skip
+            _fail(f"{PEER_LOST}: it stopped (its error is above) or its machine went away")
 
 
 # errors of writing: a copy that fails names its destination (shutil sets filename to the source)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# How a rank whose peer went away ends (the CLI's line; `mlx-rsg launch` tells it from the cause)
+PEER_LOST = "lost the connection to another rank"
+
 
 class UserError(Exception):
     """Bad input or environment the user can fix. The message is shown as-is."""

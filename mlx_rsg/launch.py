@@ -17,10 +17,11 @@ import subprocess
 import sys
 from typing import BinaryIO
 
+from mlx_rsg.errors import PEER_LOST
+
 LAUNCHER = "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"
 ERROR = re.compile(r"error: rank (\d+): (.*)")
 NODE = re.compile(r"Node with rank (\d+) (exited with code -?\d+|was killed)")
-PEER_LOST = "lost the connection to another rank"  # distributed.py's line for a peer's failure
 
 
 def launch(args: list[str], relay: BinaryIO | None = None) -> int:

@@ -324,9 +324,7 @@ def bench_run(ref: RunRef, records, sample, base_preds, base_logits, cfg: BenchC
     zip_rel = f"submissions/{ref.name}.zip"
     if out is not None:
         check_submission(out / zip_rel, records, preds, {t: scores[t] for t in records})
-    against = base_preds is not None  # the baseline's own row compares with nothing
-    compared = _against_baseline(records, preds, base_preds if against else preds, base_logits,
-                                 fixtures, cfg.seed, against)  # fmt: skip
+    compared = _against_baseline(records, preds, base_preds, base_logits, fixtures, cfg.seed)
     n_records = sum(len(r) for r in records.values())
     row = {
         "name": ref.name,
@@ -350,10 +348,13 @@ def bench_run(ref: RunRef, records, sample, base_preds, base_logits, cfg: BenchC
     return row, preds, logits
 
 
-def _against_baseline(records, preds, base, base_logits, fixtures, seed: int,
-                      against: bool) -> dict[str, Any]:  # fmt: skip
+def _against_baseline(records, preds, base_preds, base_logits, fixtures,
+                      seed: int) -> dict[str, Any]:  # fmt: skip
     """A run's decisions against the baseline's: flips per task, overall and by direction, the
-    paired-bootstrap SE of each delta, and the flips by the baseline's margin."""
+    paired-bootstrap SE of each delta, and the flips by the baseline's margin. The baseline's
+    own row (`base_preds` None) compares with itself: no flips, no SE, no margins."""
+    against = base_preds is not None
+    base = base_preds if against else preds
     flips, flip_n, flip_total = {}, 0, 0
     for task, recs in records.items():
         k, n = flip_counts(task, recs, preds[task], base[task])

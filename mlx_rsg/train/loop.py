@@ -85,7 +85,7 @@ from mlx_rsg.train.checkpoint import (
     write_checkpoint,
 )
 from mlx_rsg.train.config import TrainConfig, classifier_config, heads_for
-from mlx_rsg.train.loss_scale import initial_scale, update_scale
+from mlx_rsg.train.loss_scale import dynamic, initial_scale, update_scale
 from mlx_rsg.train.optim import compiled_update, make_optimizer
 from mlx_rsg.train.plan import (
     TaskData,
@@ -346,7 +346,7 @@ class _Loop:
             bar.update(1, int(n), loss_value)
             if n_accum == cfg.grad_accum or i == len(batches) - 1:
                 grads, scale = world.sum_tree(accum), pos.loss_scale
-                if cfg.dtype != "float16" or update_scale(pos, grads):  # else: overflow, skip
+                if not dynamic(cfg.dtype) or update_scale(pos, grads):  # else: overflow, skip
                     self.update(grads, n_accum * scale)
                 mx.eval(self.model.parameters(), self.optimizer.state)
                 accum, n_accum = None, 0
@@ -422,7 +422,7 @@ class _Loop:
                 criterion = -mean
         entry["train_loss"] = self.losses.mean_loss(epoch)
         entry["seconds"] = round(time.perf_counter() - self.t_start, 1)
-        if cfg.dtype == "float16":
+        if dynamic(cfg.dtype):
             entry["loss_scale"] = {"scale": pos.loss_scale, "skipped_steps": pos.skipped_steps}
             line += f"; loss scale {pos.loss_scale:g} ({pos.skipped_steps} steps skipped)"
         pos.history.append(entry)

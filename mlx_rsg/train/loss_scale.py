@@ -22,9 +22,14 @@ INITIAL_SCALE = 2.0**16
 GROWTH_INTERVAL = 2000
 
 
+def dynamic(dtype: str) -> bool:
+    """Whether a run computing in `dtype` scales its loss: float16 only."""
+    return dtype == "float16"
+
+
 def initial_scale(dtype: str) -> float:
-    """The scale a run starts with: only float16 scales its loss."""
-    return INITIAL_SCALE if dtype == "float16" else 1.0
+    """The scale a run starts with."""
+    return INITIAL_SCALE if dynamic(dtype) else 1.0
 
 
 def all_finite(grads: Any) -> bool:
