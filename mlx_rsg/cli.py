@@ -87,14 +87,15 @@ def _fail(message: str) -> None:
 
 
 def _world():
-    """The ranks mlx.launch started (a single process otherwise); ranks on one machine share its
-    cores."""
-    from mlx_rsg.accel.cpu_parallel import share_cores
+    """The ranks mlx.launch started (a single process otherwise). Ranks on one machine share its
+    cores: each process's BLAS (one per process, this command's to set) gets its rank's share;
+    the models it loads split their rows by the same share (`World.cores`)."""
+    from mlx_rsg.accel import blas
     from mlx_rsg.distributed import launched
 
     world = launched()
-    if world.size > 1:
-        share_cores(world.local_size())
+    if world.local_ranks > 1 and blas.get_threads() is not None:
+        blas.set_threads(world.cores)
     return world
 
 
@@ -302,9 +303,9 @@ def predict_command(run_dir, task, input_path, data_dir, split, task_list, submi
     _runs_a_model()
     _check_predict_flags(task, input_path, data_dir, split, submission)
     records = predict.read_records(input_path, task) if input_path is not None else None
-    predictor = predict.load(run_dir)
+    world = _world()
+    predictor = predict.load(run_dir, world=world)
     predictor.batch_size = batch_size
-    predictor.world = world = _world()
     if records is not None:
         rows = predictor.predict(task, records)
         for row in rows if world.is_main else ():

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -26,6 +26,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 
+from mlx_rsg.accel.cpu_parallel import cpu_cores
 from mlx_rsg.errors import UserError
 from mlx_rsg.progress import RANK_VARIABLES
 
@@ -33,10 +34,17 @@ from mlx_rsg.progress import RANK_VARIABLES
 @dataclass(frozen=True)
 class World:
     """The processes one command runs on; `group` is None for a single process. `device` is
-    where its collectives run (`collective_device`)."""
+    where its collectives run (`collective_device`); `local_ranks`: how many of them run on
+    this rank's machine, sharing its cores."""
 
     group: Any = None
     device: Any = mx.cpu
+    local_ranks: int = 1
+
+    @property
+    def cores(self) -> int:
+        """The cores this rank may keep busy (row chunks, BLAS threads): its machine's share."""
+        return cpu_cores(self.local_ranks)
 
     @property
     def rank(self) -> int:
@@ -77,8 +85,8 @@ class World:
             out[positions] = rows
         return out if self.group is None else np.array(self.all_sum(mx.array(out)))
 
-    def local_size(self) -> int:
-        """How many ranks run on this rank's machine (same host name)."""
+    def count_local(self) -> int:
+        """How many ranks run on this rank's machine (same host name): a collective."""
         if self.group is None:
             return 1
         mine = int.from_bytes(hashlib.sha256(socket.gethostname().encode()).digest()[:3], "little")
@@ -146,7 +154,10 @@ def launched() -> World:
     if not any(k in os.environ for k in RANK_VARIABLES):
         return SINGLE
     group = mx.distributed.init()
-    return World(group, collective_device()) if group.size() > 1 else SINGLE
+    if group.size() == 1:
+        return SINGLE
+    world = World(group, collective_device())
+    return replace(world, local_ranks=world.count_local())
 
 
 def collective_device() -> mx.Device:

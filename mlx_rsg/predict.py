@@ -261,15 +261,18 @@ def as_record(task: str, obj, line: int | None = None):
     return parse_record(task, obj, path="<input>", line=line)
 
 
-def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True) -> Predictor:
+def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True,
+         world: World = SINGLE) -> Predictor:  # fmt: skip
     """Load a run directory: backbone (checked against its sha256), heads and trained weights,
-    with run.json's calibration added to the heads' biases (`calibrated=False`: as trained)."""
+    with run.json's calibration added to the heads' biases (`calibrated=False`: as trained).
+    `world`: the ranks that will score shares of the records, on this rank's share of the
+    cores."""
     run_dir = Path(run_dir)
     info = read_run_json(run_dir)
     if not (run_dir / WEIGHTS).is_file():
         raise UserError(f"{run_dir}: no {WEIGHTS} (training has not finished an epoch yet)")
     model_dir = resolve_backbone(run_dir, info, verify=verify)
-    bb = load_backbone(model_dir)
+    bb = load_backbone(model_dir, cores=world.cores)
     tokenizer = load_tokenizer(model_dir)
     check_vocabulary(bb, tokenizer, model_dir)
     ccfg = dataclass_from_dict(ClassifierConfig, info["classifier"])  # typed by read_run_json
@@ -282,7 +285,9 @@ def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True) -> P
     if "TERRa" in info["tasks"] and "LiDiRus" not in info["tasks"]:
         # The diagnostic is predicted and scored with the TERRa head.
         info["tasks"]["LiDiRus"] = task_info(["LiDiRus"])["LiDiRus"]
-    return Predictor(model, tokenizer, info, run_dir)
+    predictor = Predictor(model, tokenizer, info, run_dir)
+    predictor.world = world
+    return predictor
 
 
 def read_records(path: str, task: str) -> list:

@@ -282,6 +282,32 @@ def test_mlx_rsg_launch_exit_code_follows_the_ranks(code, expected, last):
         assert out.stderr.rstrip("\n").splitlines()[-1] == last
 
 
+SHARE_CHILD = """
+import sys
+from mlx_rsg.cli import _world
+from mlx_rsg.accel import blas
+from mlx_rsg.model.backbone import load_backbone
+world = _world()
+bb = load_backbone(sys.argv[1], cores=world.cores)
+print("share", world.local_ranks, world.cores, bb.runtime.cores, bb.runtime.row_parts,
+      blas.get_threads(), flush=True)
+"""
+
+
+@needs_launch
+def test_ranks_on_one_machine_split_its_cores(tiny_model_dir):
+    """Two ranks on one host: each knows it shares the machine, its model's row chunks and its
+    BLAS threads take half the cores (MLX_RSG_FAST_PATHS=all in the tests: rows on)."""
+    from mlx_rsg.accel import blas
+    from mlx_rsg.accel.cpu_parallel import cpu_cores
+
+    out = launch(sys.executable, "-c", SHARE_CHILD, str(tiny_model_dir), timeout=120)
+    rows = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("share ")]
+    half = str(cpu_cores(2))
+    threads = half if blas.get_threads() is not None else "None"
+    assert rows == [["2", half, half, half, threads]] * 2, out.stderr[-3000:]
+
+
 # ------------------------------------------------- predict, bench and gptq on 2 ranks
 
 

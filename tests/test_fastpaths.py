@@ -30,7 +30,7 @@ def auto(tmp_path, monkeypatch):
 def _fake_measure(monkeypatch, timings: dict[str, Timing]) -> list:
     calls = []
 
-    def measure(shapes, paths, known=None):
+    def measure(shapes, paths, known=None, cores=None):
         calls.append(paths)
         return {p: timings[p] for p in paths if p in timings}
 
@@ -240,6 +240,10 @@ def test_two_models_in_one_process_keep_their_own_runtime(tiny_model_dir, monkey
     monkeypatch.setenv("MLX_RSG_DEQUANT_CACHE", "1")
     second = runtime.place(model, config, use={"attention": False, "rows": False, "quant": True})
     assert first.runtime.row_parts == cpu_parallel.cpu_cores() and second.row_parts == 1
+    # a rank sharing the machine: its own row chunks, the first model's unchanged
+    ranked = load_backbone(tiny_model_dir, cores=1)
+    assert ranked.runtime.cores == ranked.runtime.row_parts == 1
+    assert first.runtime.row_parts == first.runtime.cores == cpu_parallel.cpu_cores()
     assert first.runtime.fast_paths["attention"] and not second.fast_paths["attention"]
     assert type(first.layers[0].self_attn) is FastAttention
     assert type(model.model.layers[0].self_attn) is gemma3_text.Attention

@@ -26,27 +26,15 @@ import mlx.core as mx
 
 from mlx_rsg.model.batching import segments_within
 
-# Processes sharing this machine's cores: the ranks of a distributed run on one host.
-_SHARERS = {"processes": 1}
 
-
-def cpu_cores() -> int:
-    """The cores this process may keep busy: the machine's, split among the ranks on it."""
+def cpu_cores(sharers: int = 1) -> int:
+    """The cores a process may keep busy: the machine's (its affinity), split among the
+    `sharers` processes on it (the ranks of a distributed run on one host: `World.cores`)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         cores = os.cpu_count() or 1
-    return max(1, cores // _SHARERS["processes"])
-
-
-def share_cores(processes: int) -> None:
-    """`processes` ranks run on this machine: each takes its share of the cores for its row
-    chunks and its BLAS threads (more would oversubscribe the cores)."""
-    from mlx_rsg.accel import blas
-
-    _SHARERS["processes"] = max(1, processes)
-    if blas.get_threads() is not None:
-        blas.set_threads(cpu_cores())
+    return max(1, cores // max(1, sharers))
 
 
 @contextlib.contextmanager

@@ -177,14 +177,16 @@ def _time_layer(layer: nn.Module, x: mx.array, stock: type, fast: type) -> Timin
     return Timing(t["stock"], t["fast"])
 
 
-def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True) -> Timing | None:
+def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True,
+              cores: int | None = None) -> Timing | None:  # fmt: skip
     """A forward through the model's depth of Gemma 3 blocks (with the attention and GELU that
     will run): one stream vs a row chunk per core. Splitting rows has a fixed cost per call
     (streams, BLAS threads, the join) and a gain per block, so a short stack misjudges it (on
     this project's 2-core box: 0.86x at 2 blocks, 0.99x at 6, 1.05x for the 18-layer model).
     Timed at 2 and 6 synthetic blocks, extrapolated linearly to `s.layers` (a single block was
-    too noisy to extrapolate from)."""
-    if cpu_cores() < 2:
+    too noisy to extrapolate from). `cores`: the process's (default: the machine's)."""
+    cores = cores or cpu_cores()
+    if cores < 2:
         return None
     stack = [_block(s) for _ in range(6)]
     for block in stack:
@@ -202,7 +204,7 @@ def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True) ->
 
     t = _best_ms({
         f"{kind}{depth}": (lambda d=depth: forward(h, d)) if kind == "stock"
-        else (lambda d=depth: row_parallel(lambda x: forward(x, d), h, parts=cpu_cores()))
+        else (lambda d=depth: row_parallel(lambda x: forward(x, d), h, parts=cores))
         for kind in ("stock", "fast") for depth in (2, 6)
     }, rounds=3)  # fmt: skip
 
@@ -214,9 +216,8 @@ def time_rows(s: Shapes, fast_attention: bool = True, fast_gelu: bool = True) ->
     return Timing(at_depth("stock"), at_depth("fast"))
 
 
-def measure(
-    shapes: Shapes, paths: tuple[str, ...] = PATHS, known: dict[str, Timing] | None = None
-) -> dict[str, Timing]:
+def measure(shapes: Shapes, paths: tuple[str, ...] = PATHS, known: dict[str, Timing] | None = None,
+            cores: int | None = None) -> dict[str, Timing]:  # fmt: skip
     """Time each of `paths` against stock on `shapes` (rows: only with 2+ cores, on synthetic
     Gemma 3 blocks of the model's dimensions, with the attention and GELU that `known` or this
     measurement chose)."""
@@ -226,7 +227,7 @@ def measure(
             if name == "rows":
                 # the kernels that will run: stock where not measured (other architectures)
                 chosen = {p: p in out and out[p].use for p in ("attention", "gelu")}
-                timing = time_rows(shapes, chosen["attention"], chosen["gelu"])
+                timing = time_rows(shapes, chosen["attention"], chosen["gelu"], cores)
             else:
                 timers = {"attention": time_attention, "gelu": time_gelu, "quant": time_quant,
                           "half": time_half}  # fmt: skip
@@ -239,11 +240,12 @@ def measure(
 # --------------------------------------------------------------------------- the cache
 
 
-def machine() -> dict[str, Any]:
-    """What a timing depends on besides the shapes."""
+def machine(cores: int | None = None) -> dict[str, Any]:
+    """What a timing depends on besides the shapes; `cores`: the process's (default: the
+    machine's)."""
     return {
         "cpu": cpu_model(),
-        "cores": cpu_cores(),
+        "cores": cores or cpu_cores(),
         "mlx": mx.__version__,
         "mlx_rsg": __version__,
         "blas": blas.describe(),
@@ -288,16 +290,18 @@ def _cached(data: dict[str, Any], mkey: str, shapes: Shapes) -> dict[str, Timing
     }
 
 
-def timings(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None) -> dict[str, Timing]:
-    """Cached timings of `paths` on this machine, measuring (and caching) the missing ones."""
-    data, mkey = _read_cache(), _machine_key(machine())
+def timings(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None,
+            cores: int | None = None) -> dict[str, Timing]:  # fmt: skip
+    """Cached timings of `paths` on this machine for a process with `cores` (default: all),
+    measuring (and caching) the missing ones."""
+    data, mkey = _read_cache(), _machine_key(machine(cores))
     have = _cached(data, mkey, shapes)
     missing = tuple(p for p in paths if p not in have)
     if missing:
         if log:
             log(f"fast paths: timing {', '.join(missing)} against stock MLX on this machine "
                 "(once; cached)")  # fmt: skip
-        have.update(measure(shapes, missing, known=have))
+        have.update(measure(shapes, missing, known=have, cores=cores))
         data = _read_cache()  # again: another process may have added its own timings meanwhile
         data.setdefault(mkey, {})[shapes.key()] = {
             "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -326,14 +330,16 @@ def _override() -> set[str] | None:
     return {p.strip() for p in value.split(",") if p.strip()}
 
 
-def decide(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None) -> dict[str, bool]:
-    """Which of `paths` to use on this machine (False for all of them on a GPU)."""
+def decide(shapes: Shapes, paths: tuple[str, ...] = PATHS, log=None,
+           cores: int | None = None) -> dict[str, bool]:  # fmt: skip
+    """Which of `paths` to use on this machine, for a process with `cores` of its cores
+    (default: all; False for every path on a GPU)."""
     if mx.default_device() != mx.cpu:
         return dict.fromkeys(paths, False)
     forced = _override()
     if forced is not None:
         return {p: p in forced for p in paths}
-    measured = timings(shapes, paths, log)
+    measured = timings(shapes, paths, log, cores)
     return {p: p in measured and measured[p].use for p in paths}
 
 
@@ -344,13 +350,14 @@ def _swap(model: nn.Module, stock: type, fast: type, use: bool) -> None:
             m.__class__ = fast if use else stock
 
 
-def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, bool] | None = None):
-    """Decide (or take `use`) and give model's modules the fast classes that win here; returns
-    {path: used}."""
+def apply(model: nn.Module, config: dict[str, Any], log=None, use: dict[str, bool] | None = None,
+          cores: int | None = None):  # fmt: skip
+    """Decide (or take `use`) and give model's modules the fast classes that win here, for a
+    process with `cores` (default: all of the machine's); returns {path: used}."""
     quantized = any(isinstance(m, nn.QuantizedLinear) for m in model.modules())
     if use is None:
         relevant = tuple(p for p in PATHS if not why_not(p, config, quantized))
-        use = decide(Shapes.of(config), relevant, log)
+        use = decide(Shapes.of(config), relevant, log, cores)
     if "attention" in use:
         _swap(model, gemma3_text.Attention, FastAttention, use["attention"])
     if "gelu" in use:

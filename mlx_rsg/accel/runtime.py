@@ -3,6 +3,7 @@
     device      MLX's default device at load ("cpu" or "gpu")
     blas        what MLX's CPU GEMMs run on (the dynamic linker's choice: one per process)
     fast_paths  which CPU fast paths its modules got (`fastpaths.apply`; none on a GPU)
+    cores       the cores it may keep busy: the machine's, or a rank's share (`World.cores`)
     row_parts   inference batches are split into this many row chunks, one per core (`rows`)
     keep_dequantized  its quantized layers keep their dequantized weights (MLX_RSG_DEQUANT_CACHE=1)
 
@@ -28,14 +29,18 @@ class Runtime:
     device: str = "cpu"
     blas: str = ""
     fast_paths: dict[str, bool] = field(default_factory=dict)
+    cores: int = 1
     row_parts: int = 1
     keep_dequantized: bool = False
 
 
-def place(model: nn.Module, config: dict, log=None, use: dict[str, bool] | None = None) -> Runtime:
-    """Decide (or take `use`) the fast paths for `model` and give them to its modules; the
-    Runtime that says what was decided."""
-    used = fastpaths.apply(model, config, log=log, use=use)
+def place(model: nn.Module, config: dict, log=None, use: dict[str, bool] | None = None,
+          cores: int | None = None) -> Runtime:  # fmt: skip
+    """Decide (or take `use`) the fast paths for `model`, run by a process that may keep `cores`
+    busy (default: all of the machine's), and give them to its modules; the Runtime that says
+    what was decided."""
+    cores = cores or cpu_cores()
+    used = fastpaths.apply(model, config, log=log, use=use, cores=cores)
     keep = os.environ.get("MLX_RSG_DEQUANT_CACHE") == "1"
     fast_quant.keep_dequantized(model, keep)
     on_cpu = mx.default_device() == mx.cpu
@@ -43,6 +48,7 @@ def place(model: nn.Module, config: dict, log=None, use: dict[str, bool] | None 
         device="cpu" if on_cpu else "gpu",
         blas=blas.describe() if on_cpu else "",
         fast_paths=used,
-        row_parts=cpu_cores() if on_cpu and used.get("rows") else 1,
+        cores=cores,
+        row_parts=cores if on_cpu and used.get("rows") else 1,
         keep_dequantized=keep,
     )

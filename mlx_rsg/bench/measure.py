@@ -142,10 +142,10 @@ def _heads(info: dict) -> str:
     return ", ".join(f"{k}:{v}" for k, v in info["heads"].items())
 
 
-def load_run(ref: RunRef):
+def load_run(ref: RunRef, world: World = SINGLE):
     """mlx_rsg.load, with unreadable weight files turned into a one-line error."""
     try:
-        predictor = load(ref.path)
+        predictor = load(ref.path, world=world)
     except UserError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
@@ -305,8 +305,7 @@ def bench_run(ref: RunRef, records, sample, base_preds, base_logits, cfg: BenchC
     mx.clear_cache()
     rss_reset = reset_rss_peak()
     mx.reset_peak_memory()
-    predictor = load_run(ref)
-    predictor.world = world
+    predictor = load_run(ref, world)
     latency = None
     if world.is_main:
         latency = measure_latency(predictor, sample, cfg.warmup, f"{ref.name} latency")

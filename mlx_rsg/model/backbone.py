@@ -70,14 +70,16 @@ def keep_blocks(bb: Backbone, n: int) -> int:
     return old - n
 
 
-def load_backbone(path: str | Path, lazy: bool = False) -> Backbone:
+def load_backbone(path: str | Path, lazy: bool = False, cores: int | None = None) -> Backbone:
     """Load a converted model directory with mlx-lm's own loader, with the CPU fast paths that
     measure faster on this machine (`mlx_rsg.accel.fastpaths`) given to this model only, and
-    its Runtime (`mlx_rsg.accel.runtime`)."""
+    its Runtime (`mlx_rsg.accel.runtime`). `cores`: what the process may keep busy (default:
+    the machine's; a distributed rank passes `World.cores`)."""
     blas.warn_if_slow()  # once per process: a reference BLAS makes everything 20-40x slower
     model, config = load_checked(Path(path), lazy=lazy)
     check_architecture(model, config, path)
-    placed = runtime.place(model, config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    placed = runtime.place(model, config, log=lambda m: print(m, file=sys.stderr, flush=True),
+                           cores=cores)
     return Backbone(model=model, config=config, runtime=placed)
 
 

@@ -203,7 +203,7 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     config = _read_config(src_backbone)
     # resolve_backbone verified it above; the heads as trained (run.json's calibration, copied
     # into dst's, is added when dst is loaded)
-    predictor = predict.load(run_dir, verify=False, calibrated=False)
+    predictor = predict.load(run_dir, verify=False, calibrated=False, world=world)
     model = predictor.model
     method = info["classifier"].get("method")
     n_fused = fuse_lora(model)

@@ -217,7 +217,7 @@ class _Loop:
         if world.size > 1:
             fingerprint = _fingerprint(hashes, cfg, resume, data)
             world.check_same("flags, model files or data", fingerprint)
-        bb = load_backbone(model_dir)
+        bb = load_backbone(model_dir, cores=world.cores)
         tokenizer = load_tokenizer(model_dir)
         check_vocabulary(bb, tokenizer, model_dir)
         heads = heads_for(cfg.tasks)
@@ -457,7 +457,8 @@ class _Loop:
         pos.epoch = pos.batch_in_epoch = 0
         self.data = with_dev_trained(self.data)
         self.plans.clear()
-        self.model = _new_model(load_backbone(model_dir), self.model.cfg, cfg)
+        bb = load_backbone(model_dir, cores=self.world.cores)
+        self.model = _new_model(bb, self.model.cfg, cfg)
         self.init_heads()
         self.optimizer = make_optimizer(cfg, self.total_steps())
         if self.cache is not None:
