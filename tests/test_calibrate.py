@@ -135,6 +135,37 @@ def test_cli_gptq_model_dir_round_trip(model64, tiny_rsg_dir, tmp_path):
     assert h.shape == (1, 4, 64) and mx.isfinite(h).all().item()
 
 
+def test_gptq_keeps_a_modules_own_width_rounded_to_nearest(model64, tiny_rsg_dir, tmp_path):
+    """A recipe giving some Linears their own width (an override, or `[sensitivity]`'s 8-bit
+    choices) with method gptq: those are rounded to nearest at it, GPTQ quantizes the rest at
+    the recipe's width, and the config says each width (mlx_lm.load reads it back)."""
+    import mlx_lm
+    from click.testing import CliRunner
+
+    from mlx_rsg.cli import main
+
+    recipe = tmp_path / "mixed-gptq.toml"
+    recipe.write_text('name = "mixed-gptq"\nmethod = "gptq"\nbits = 4\ngroup_size = 32\n'
+                      '[calibration]\nexamples = 32\nmax_len = 64\n'
+                      '[overrides]\n"self_attn.o_proj" = { bits = 8 }\n')  # fmt: skip
+    out = tmp_path / "q"
+    r = CliRunner().invoke(main, ["quantize", str(model64), "--recipe", str(recipe),
+                                  "--calib-data", str(tiny_rsg_dir), "-o", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    lm, _, config = mlx_lm.load(str(out), return_config=True)
+    float_lm, _ = mlx_lm.load(str(model64))
+    for i, layer in enumerate(lm.model.layers):
+        o_proj, q_proj = layer.self_attn.o_proj, layer.self_attn.q_proj
+        assert (o_proj.bits, q_proj.bits) == (8, 4)
+        assert config["quantization"][f"model.layers.{i}.self_attn.o_proj"]["bits"] == 8
+        w, scales, biases = mx.quantize(float_lm.model.layers[i].self_attn.o_proj.weight,
+                                        group_size=32, bits=8)  # fmt: skip
+        assert mx.array_equal(o_proj.weight, w).item() and mx.allclose(o_proj.scales, scales)
+        rtn, _, _ = mx.quantize(float_lm.model.layers[i].self_attn.q_proj.weight, group_size=32,
+                                bits=4)  # fmt: skip
+        assert not mx.array_equal(q_proj.weight, rtn).item()  # GPTQ moved the 4-bit codes
+
+
 def test_gptq_run_dir_predicts(tiny_model_dir, tmp_path):
     """A trained (LoRA) run quantized by GPTQ is a standalone run predict reads, with the
     calibration set in its manifest."""

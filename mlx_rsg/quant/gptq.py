@@ -28,7 +28,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.quant import gptq
 from mlx_lm.utils import compute_bits_per_weight
 
@@ -194,6 +194,24 @@ def gptq_quantize_backbone(
     return bb.model, config
 
 
+def _round_own_widths(bb: Backbone, recipe) -> dict[str, dict[str, int]]:
+    """Round to nearest, in place, every Linear the recipe gives a width of its own (an override,
+    or `[sensitivity]`'s 8-bit choices): mlx-lm's GPTQ runs at one width and quantizes only the
+    Linears left. Their Hessians are then collected through these rounded modules, as the model
+    will run. Returns {config path: width}."""
+    default = {"bits": recipe.bits, "group_size": recipe.group_size}
+    own = {}
+    for path, m in tree_flatten(bb.decoder.leaf_modules(), is_leaf=nn.Module.is_module):
+        params = recipe.params_for(f"model.{path}")
+        if isinstance(m, nn.Linear) and params != default:
+            if m.weight.shape[-1] % params["group_size"]:
+                raise UserError(f"gptq: model.{path} input width {m.weight.shape[-1]} is not a "
+                                f"multiple of group size {params['group_size']}")
+            own[path] = m.to_quantized(**params)
+    bb.decoder.update_modules(tree_unflatten(list(own.items())))
+    return {f"model.{path}": recipe.params_for(f"model.{path}") for path in own}
+
+
 class _Sink:
     def write(self, _s: str) -> int:
         return 0
@@ -225,11 +243,7 @@ def quantize_gptq(
     quantize.quantize_backbone (model quantized in place; returns (config, counts)), with the
     calibration set described in counts["calibration"] for the manifest."""
     bb = Backbone(model=model, config=config)
-    default = {"bits": recipe.bits, "group_size": recipe.group_size}
-    for path, m in tree_flatten(bb.decoder.leaf_modules(), is_leaf=nn.Module.is_module):
-        if isinstance(m, nn.Linear) and recipe.params_for(f"model.{path}") != default:
-            raise UserError(f"quantize recipe '{recipe.name}': method 'gptq' takes one bits/"
-                            f"group_size for every Linear (override matches model.{path})")
+    own = _round_own_widths(bb, recipe)
     emb = recipe.params_for("model.embed_tokens")
     cal = recipe.calibration
     data_dir = Path(calib_data)
@@ -246,6 +260,8 @@ def quantize_gptq(
         world=world,
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    for key in ("quantization", "quantization_config"):
+        qconfig[key].update({path: {**p, "mode": "affine"} for path, p in own.items()})
     head = getattr(model, "lm_head", None)  # untied LM heads (not Gemma): unused here, so RTN
     if isinstance(head, nn.Linear) and head.weight.shape[-1] % emb["group_size"] == 0:
         model.lm_head = head.to_quantized(group_size=emb["group_size"], bits=emb["bits"])
