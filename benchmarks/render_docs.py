@@ -223,20 +223,26 @@ def _script_table(script: str, name: str, function: str = "table") -> Callable[[
     import results_io beside them)."""
 
     def table(results: Path) -> str:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        try:
-            module = __import__(script)
-        finally:
-            sys.path.pop(0)
-        return getattr(module, function)(_load(results, name))
+        return getattr(_script(script), function)(_load(results, name))
 
     return table
+
+
+def _script(script: str):
+    """benchmarks/SCRIPT.py as a module."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(script)
+    finally:
+        sys.path.pop(0)
 
 
 QUANTIZE_LEVERS = "quality/quantize-1ep/bench.json"
 QUANTIZE_DWQ = "quality/quantize-1ep-dwq/bench.json"
 QUANTIZE_GPTQ_DWQ = ("quality/quantize-1ep-gptq-dwq/bench.json",
                      "quality/quantize-1ep-gptq-dwq-lr3e-8/bench.json")
+QUANTIZE_HEADS = ("quality/quantize-1ep-sens/bench.json", "quality/quantize-1ep-t025/bench.json")
+SENSITIVITY = "quality/quantize-1ep/distill/sens16-lr1e-7.json"
 
 
 def one_way_share(directions: dict[str, dict[str, int]]) -> float:
@@ -266,10 +272,41 @@ def quantize_dwq(results: Path) -> str:
 
 def quantize_gptq_dwq(results: Path) -> str:
     """docs/quantization.md: distillation from GPTQ at two step sizes, on the same run and units
-    as the levers (one bench per recipe, the same baseline and units: one table)."""
-    first, *more = (_load(results, name) for name in QUANTIZE_GPTQ_DWQ)
-    merged = {**first, "variants": first["variants"] + [b["variants"][1] for b in more]}
-    return _levers_table(merged)
+    as the levers."""
+    return _levers_table(_merged(results, QUANTIZE_GPTQ_DWQ))
+
+
+def quantize_heads(results: Path) -> str:
+    """docs/quantization.md: sensitivity-chosen 8-bit modules and distillation at a low
+    temperature, on the same run and units as the levers."""
+    return _levers_table(_merged(results, QUANTIZE_HEADS))
+
+
+def _merged(results: Path, names: tuple[str, ...]) -> dict:
+    """Benches of the same baseline on the same units (one per recipe or two) as one."""
+    return _script("quantize_chart").merged([_load(results, name) for name in names])
+
+
+def sensitivity_choice(results: Path) -> str:
+    """docs/quantization.md: which modules `[sensitivity]` kept at 8 bits on the one-epoch run,
+    by kind (from the quantization's manifest)."""
+    sens = json.loads((results / SENSITIVITY).read_text())["sensitivity"]
+    kinds: dict[str, dict] = {}
+    for path, value in sens["sensitivity"].items():
+        kind = kinds.setdefault(path.rsplit(".", 1)[-1], {"n": 0, "raised": 0, "top": [],
+                                                          "params": 0})  # fmt: skip
+        kind["n"] += 1
+        kind["raised"] += path in sens["raised"]
+        kind["top"].append(value)
+        kind["params"] += sens["parameters"][path] if path in sens["raised"] else 0
+    rows = [[k, f"{v['raised']} of {v['n']}", f"{max(v['top']):.3f}",
+             f"{sorted(v['top'])[len(v['top']) // 2]:.3f}", f"{v['params'] / 1e6:.1f}"]
+            for k, v in sorted(kinds.items(), key=lambda kv: -max(kv[1]["top"]))]  # fmt: skip
+    return (_table(["module", "kept at 8 bits", "largest sensitivity", "median",
+                    "8-bit parameters (M)"], rows)  # fmt: skip
+            + f"\n\n{sens['units_per_task']} train units per task, budget {sens['budget']} bits "
+            f"per weight, {sens['seconds'] / 60:.1f} min; sensitivity: KL increase per million "
+            "parameters, first order.")
 
 
 def _levers_table(bench: dict) -> str:
@@ -308,12 +345,15 @@ def distill_runs(results: Path) -> str:
         held = [e["all"] for e in d["kl"]["holdout"]["by_epoch"]]
         train = d["kl"]["train"]
         start = "GPTQ" if manifest.get("method") == "gptq" else "round-to-nearest"
-        rows.append([start, f"{d['lr']:.0e}", d["units_per_task"], d["epochs"], d["steps"],
+        if manifest.get("sensitivity"):
+            start += f", {len(manifest['sensitivity']['raised'])} modules at 8 bits"
+        rows.append([start, f"{d['lr']:.0e}", f"{d['temperature']:g}", d["units_per_task"],
+                     d["epochs"], d["steps"],
                      f"{held[0]:.5f}", ", ".join(f"{k:.5f}" for k in held[1:]),
                      d["kept_epoch"] or "none (as rounded)",
                      f"{train['before']['all']:.5f} → {train['after']['all']:.5f}",
                      f"{d['seconds'] / 60:.1f}"])  # fmt: skip
-    return _table(["from", "lr", "units per task", "epochs", "steps", "held-out KL, rounded",
+    return _table(["from", "lr", "T", "units per task", "epochs", "steps", "held-out KL, rounded",
                    "held-out KL after each epoch", "epoch kept", "train KL", "minutes"],
                   rows)  # fmt: skip
 
@@ -364,6 +404,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "quantize-levers": quantize_levers,
     "quantize-dwq": quantize_dwq,
     "quantize-gptq-dwq": quantize_gptq_dwq,
+    "quantize-heads": quantize_heads,
+    "sensitivity-choice": sensitivity_choice,
     "distill-lr": _script_table("distill_lr", "distill_lr.json"),
     "distill-runs": distill_runs,
     "precision": _script_table("bench_precision", "precision.json"),

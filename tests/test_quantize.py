@@ -403,6 +403,33 @@ def test_sensitivity_raises_the_modules_that_move_the_heads_within_the_budget(lo
     assert kl[ranked[0]] < kl[ranked[-1]], (kl, sens)
 
 
+def test_sensitivity_then_gptq_then_bias_correction(lora_run, rounded_2bit, tmp_path):
+    """q4-gptq-long-sens-bc's combination, on the tiny run at 2 bits: the modules [sensitivity]
+    raises are rounded to nearest at 8 bits, GPTQ quantizes the rest at 2, the heads' biases are
+    corrected, the bits per weight stay within the budget, and the run predicts."""
+    from mlx_lm import load
+
+    from mlx_rsg import predict
+
+    run, data = lora_run
+    low = json.loads((rounded_2bit / "mlx_rsg.json").read_text())["bits_per_weight"]
+    budget = round(low + 1.0, 3)
+    out = quantize(run, tmp_path / "q2gs", calib_data=data, recipe=_recipe(
+        tmp_path / "q2gs.toml", Q2 + 'method = "gptq"\n[calibration]\nexamples = 16\n'
+        f"max_len = 64\n[sensitivity]\nunits = 8\nbudget = {budget}\n"
+        "[bias_correction]\nunits = 8\n"))  # fmt: skip
+    manifest = json.loads((out / "mlx_rsg.json").read_text())
+    raised = manifest["sensitivity"]["raised"]
+    assert manifest["method"] == "gptq" and raised and manifest["bias_correction"]
+    assert low < manifest["bits_per_weight"] <= budget
+    config = json.loads((out / "backbone" / "config.json").read_text())["quantization"]
+    assert {p for p in manifest["sensitivity"]["sensitivity"]
+            if config.get(p, {}).get("bits") == 8} == set(raised)  # fmt: skip
+    load(str(out / "backbone"))  # mlx-lm reads the per-path widths
+    rows = predict.load(out).predict("TERRa", [{"idx": 0, "premise": "а", "hypothesis": "б"}])
+    assert rows[0]["label"] in ("entailment", "not_entailment")
+
+
 @pytest.mark.parametrize("table, named", [("distill", "distill"),
                                           ("bias_correction", "bias correction")])
 def test_calibrated_levers_need_calibration_data(lora_run, tmp_path, table, named):

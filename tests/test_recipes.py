@@ -41,15 +41,16 @@ def test_wheel_ships_recipes_where_recipes_py_looks():
 
 def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     """`--recipe path/to/x.toml` reads the user's file; the levers docs/quantization.md measured
-    (benchmarks/quantize_recipes/, and the shipped q4-gptq-long-bc) resolve with the fields they
-    were measured with."""
+    (benchmarks/quantize_recipes/, and the shipped q4-gptq-long-bc and q4-gptq-long-sens-bc)
+    resolve with the fields they were measured with."""
     from pathlib import Path
 
     from mlx_rsg.quant.recipe import resolve_recipe
 
     here = Path(__file__).resolve().parent.parent / "benchmarks" / "quantize_recipes"
     recipes = {p.stem: resolve_recipe(recipe=str(p)) for p in sorted(here.glob("*.toml"))}
-    recipes["q4-gptq-long-bc"] = resolve_recipe(recipe="q4-gptq-long-bc")  # shipped
+    for shipped in ("q4-gptq-long-bc", "q4-gptq-long-sens-bc"):
+        recipes[shipped] = resolve_recipe(recipe=shipped)
     assert recipes["q4-h-e5"].scale_dtype == "float16"
     assert recipes["q4-h-e5"].params_for("model.embed_tokens") == {"bits": 5, "group_size": 128}
     assert recipes["q4-gptq-long-bc"].calibration["examples"] == 512
@@ -61,7 +62,10 @@ def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
                                            "batch_size": 4, "lr": 1e-7, "temperature": 1.0,
                                            "seed": 0}  # fmt: skip
     assert isinstance(dwq.distill["lr"], float) and isinstance(dwq.distill["units"], int)
-    assert sens.sensitivity == {"units": 64, "budget": 5.0, "high_bits": 8, "seed": 0}
+    assert sens.sensitivity == {"units": 16, "budget": 5.0, "high_bits": 8, "seed": 0}
+    assert recipes["q4-gptq-long-sens-bc"].sensitivity == sens.sensitivity
+    assert recipes["q4-gptq-long-sens-bc"].calibration == recipes["q4-gptq-long-bc"].calibration
+    assert recipes["q4-dwq-t025"].distill == {**dwq.distill, "temperature": 0.25}
     assert dwq.calibrated and sens.calibrated and sens.scale_dtype == "float16"
     with pytest.raises(UserError, match="no such quantize recipe file"):
         recipe_path("quantize", str(here / "missing.toml"))
