@@ -10,7 +10,7 @@ import pytest
 from mlx_lm.models import gemma3_text
 from tiny_model import tiny_model_dir  # noqa: F401
 
-from mlx_rsg.accel import fastpaths
+from mlx_rsg.accel import cpu_parallel, fastpaths
 from mlx_rsg.accel.fast_half import FastHalfLinear
 from mlx_rsg.accel.fastpaths import Shapes, Timing
 from mlx_rsg.arch.fast_attention import FastAttention
@@ -69,9 +69,12 @@ def test_decisions_follow_the_speedup_and_are_cached_per_machine(auto, monkeypat
 def test_another_machine_times_again(auto, monkeypatch):
     calls = _fake_measure(monkeypatch, {"gelu": Timing(10.0, 1.0)})
     fastpaths.decide(TINY, ("gelu",))
-    monkeypatch.setattr(fastpaths, "machine", lambda: {"cpu": "another", "blas": "MKL"})
-    fastpaths.decide(TINY, ("gelu",))
+    # a rank with another share of the cores is another machine to time on
+    fastpaths.decide(TINY, ("gelu",), cores=cpu_parallel.cpu_cores() + 1)
     assert len(calls) == 2
+    monkeypatch.setattr(fastpaths, "machine", lambda cores=None: {"cpu": "another", "blas": "MKL"})
+    fastpaths.decide(TINY, ("gelu",))
+    assert len(calls) == 3
 
 
 def test_a_damaged_cache_is_measured_again(auto, monkeypatch):
@@ -230,7 +233,7 @@ def test_two_models_in_one_process_keep_their_own_runtime(tiny_model_dir, monkey
     import mlx.nn as nn
     from mlx_lm.utils import load_model
 
-    from mlx_rsg.accel import cpu_parallel, fast_quant, runtime
+    from mlx_rsg.accel import fast_quant, runtime
     from mlx_rsg.model.backbone import load_backbone
 
     first = load_backbone(tiny_model_dir)  # MLX_RSG_FAST_PATHS=all in the tests: rows too
