@@ -241,7 +241,8 @@ QUANTIZE_LEVERS = "quality/quantize-1ep/bench.json"
 QUANTIZE_DWQ = "quality/quantize-1ep-dwq/bench.json"
 QUANTIZE_GPTQ_DWQ = ("quality/quantize-1ep-gptq-dwq/bench.json",
                      "quality/quantize-1ep-gptq-dwq-lr3e-8/bench.json")
-QUANTIZE_HEADS = ("quality/quantize-1ep-sens/bench.json", "quality/quantize-1ep-t025/bench.json")
+QUANTIZE_HEADS = ("quality/quantize-1ep-sens/bench.json", "quality/quantize-1ep-sens64/bench.json",
+                  "quality/quantize-1ep-t025/bench.json")
 SENSITIVITY = "quality/quantize-1ep/distill/sens16-lr1e-7.json"
 
 

@@ -146,7 +146,9 @@ def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_roo
 @pytest.mark.parametrize("name,variants", [("quantize-1ep", 9), ("quantize-1ep-dwq", 2),
                                                 ("quantize-1ep-gptq-dwq", 2),
                                                 ("quantize-1ep-gptq-dwq-lr3e-8", 2),
-                                                ("quantize-1ep-sens", 3), ("quantize-1ep-t025", 2)])
+                                                ("quantize-1ep-sens", 3),
+                                                ("quantize-1ep-sens64", 2),
+                                                ("quantize-1ep-t025", 2)])
 def test_the_committed_quantize_levers_rescore_to_their_bench(real_rsg_root, name, variants):
     """docs/quantization.md's levers tables (bench --max-per-task 250): every variant's zip holds
     predictions for the drawn val records only, and those records score what bench.json says;
