@@ -294,15 +294,14 @@ def sensitivity_choice(results: Path) -> str:
     sens = json.loads((results / SENSITIVITY).read_text())["sensitivity"]
     kinds: dict[str, dict] = {}
     for path, value in sens["sensitivity"].items():
-        kind = kinds.setdefault(path.rsplit(".", 1)[-1], {"n": 0, "raised": 0, "top": [],
+        kind = kinds.setdefault(path.rsplit(".", 1)[-1], {"raised": 0, "values": [],
                                                           "params": 0})  # fmt: skip
-        kind["n"] += 1
         kind["raised"] += path in sens["raised"]
-        kind["top"].append(value)
+        kind["values"].append(value)
         kind["params"] += sens["parameters"][path] if path in sens["raised"] else 0
-    rows = [[k, f"{v['raised']} of {v['n']}", f"{max(v['top']):.3f}",
-             f"{sorted(v['top'])[len(v['top']) // 2]:.3f}", f"{v['params'] / 1e6:.1f}"]
-            for k, v in sorted(kinds.items(), key=lambda kv: -max(kv[1]["top"]))]  # fmt: skip
+    rows = [[k, f"{v['raised']} of {len(v['values'])}", f"{max(v['values']):.3f}",
+             f"{sorted(v['values'])[len(v['values']) // 2]:.3f}", f"{v['params'] / 1e6:.1f}"]
+            for k, v in sorted(kinds.items(), key=lambda kv: -max(kv[1]["values"]))]  # fmt: skip
     return (_table(["module", "kept at 8 bits", "largest sensitivity", "median",
                     "8-bit parameters (M)"], rows)  # fmt: skip
             + f"\n\n{sens['units_per_task']} train units per task, budget {sens['budget']} bits "

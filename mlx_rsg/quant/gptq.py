@@ -165,9 +165,8 @@ def gptq_quantize_backbone(
     if bits not in (2, 4, 8) or embed_bits not in (2, 3, 4, 5, 6, 8):
         raise UserError(f"gptq: bits {bits} not in (2, 4, 8)")
     for path, m in tree_flatten(bb.decoder.leaf_modules(), is_leaf=nn.Module.is_module):
-        if isinstance(m, nn.Linear) and m.weight.shape[-1] % group_size:
-            raise UserError(f"gptq: {path} input width {m.weight.shape[-1]} is not a multiple "
-                            f"of group size {group_size}")
+        if isinstance(m, nn.Linear):
+            _check_group(path, m, group_size)
     if bb.decoder.embed_tokens.weight.shape[-1] % embed_group_size:
         raise UserError(f"gptq: embedding width is not a multiple of {embed_group_size}")
 
@@ -205,16 +204,22 @@ def _round_own_widths(bb: Backbone, recipe) -> dict[str, dict[str, int]]:
     Linears left. Their Hessians are then collected through these rounded modules, as the model
     will run. Returns {config path: width}."""
     default = {"bits": recipe.bits, "group_size": recipe.group_size}
-    own = {}
+    rounded, widths = [], {}
     for path, m in tree_flatten(bb.decoder.leaf_modules(), is_leaf=nn.Module.is_module):
         params = recipe.params_for(f"model.{path}")
         if isinstance(m, nn.Linear) and params != default:
-            if m.weight.shape[-1] % params["group_size"]:
-                raise UserError(f"gptq: model.{path} input width {m.weight.shape[-1]} is not a "
-                                f"multiple of group size {params['group_size']}")
-            own[path] = m.to_quantized(**params)
-    bb.decoder.update_modules(tree_unflatten(list(own.items())))
-    return {f"model.{path}": recipe.params_for(f"model.{path}") for path in own}
+            _check_group(path, m, params["group_size"])
+            rounded.append((path, m.to_quantized(**params)))
+            widths[f"model.{path}"] = params
+    bb.decoder.update_modules(tree_unflatten(rounded))
+    return widths
+
+
+def _check_group(path: str, linear: nn.Linear, group_size: int) -> None:
+    """GPTQ and rounding both quantize in groups along a Linear's input."""
+    if linear.weight.shape[-1] % group_size:
+        raise UserError(f"gptq: {path} input width {linear.weight.shape[-1]} is not a multiple "
+                        f"of group size {group_size}")
 
 
 class _Sink:
