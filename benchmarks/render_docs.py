@@ -331,6 +331,38 @@ def _levers_table(bench: dict) -> str:
             f"{bench['config']['batch_size']}).")
 
 
+QLORA_BENCH = "quality/qlora-240/bench.json"
+QLORA_LORA_BENCH = "quality/qlora-240/lora/bench.json"  # the float LoRA run and its q4 alone
+
+
+def qlora_bench(results: Path) -> str:
+    """docs/quantization.md: 4-bit by training on the 4-bit base against rounding a float run
+    after training, all against the float freeze run on the same val records."""
+    bench = _load(results, QLORA_BENCH)
+    rows = []
+    for v in bench["variants"]:
+        q = v.get("quantization")
+        se = v.get("delta_se") or {}
+        bits = "32" if not q else (f"{q['bits_per_weight']:.2f}" if q.get("bits_per_weight")
+                                   else f"{q['bits']}-bit")  # fmt: skip
+        rows.append([f"`{Path(v['name']).name}`", bits,
+                     f"{v['total']:.3f}",
+                     f"{100 * v['delta']:+.2f} ± {100 * se['total']:.2f}" if se else "",
+                     f"{100 * v['flip_rate']:.1f} %" if se else "",
+                     f"{v['size_bytes']['total'] / 1e6:.0f}",
+                     f"{v['throughput']['examples_per_s']:.2f}"])  # fmt: skip
+    units = sum(t["units"] for t in bench["tasks"].values())
+    table = _table(["run", "bits / weight", "val total", "Δ (points) ± SE",
+                    "decisions unlike the baseline's", "size MB", "records/s"], rows)  # fmt: skip
+    own = _load(results, QLORA_LORA_BENCH)["variants"][1]  # against its own float run
+    return (f"{table}\n\n{len(bench['tasks'])} tasks, {units} val units (`--max-per-task "
+            f"{bench['config']['max_per_task']}`, seed {bench['config']['seed']}), batch "
+            f"{bench['config']['batch_size']}; baseline the first row. `{own['name']}` against "
+            f"its own float run (`{QLORA_LORA_BENCH.rsplit('/', 1)[0]}/`): "
+            f"{100 * own['delta']:+.2f} ± {100 * own['delta_se']['total']:.2f} points, "
+            f"{100 * own['flip_rate']:.1f} % of its decisions changed.")
+
+
 DISTILL_RUNS = "quality/quantize-1ep/distill"
 
 
@@ -428,6 +460,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "ablation": _script_table("ablation", "ablation.json"),
     "ablation-sweep": _script_table("ablation", "ablation_sweep.json"),
     "label-words": _script_table("ablation", "label_words.json"),
+    "qlora": _script_table("ablation", "qlora.json"),
+    "qlora-bench": qlora_bench,
     "dev-fixes-leakage": _script_table("dev_fixes", "dev_fixes.json", "leakage_table"),
     "dev-fixes-lengths": _script_table("dev_fixes", "dev_fixes.json", "lengths_table"),
     "dev-fixes-decisions": _script_table("dev_fixes", "dev_fixes.json", "decisions_table"),

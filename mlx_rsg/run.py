@@ -287,18 +287,24 @@ def disk_size(ref: RunRef) -> dict[str, int]:
 def quantization(ref: RunRef) -> dict | None:
     """The backbone config's "quantization" entry (bits, group size) with the recipe's name and
     method, and the bits per weight from the manifest, when the run came from `mlx-rsg
-    quantize`; None for a float model."""
-    cfg = Path(resolve_backbone(ref.path, ref.info, verify=False)) / "config.json"
+    quantize` or was trained on a backbone it made; None for a float model."""
+    root = Path(resolve_backbone(ref.path, ref.info, verify=False))
     try:
-        q = json.loads(cfg.read_text(encoding="utf-8")).get("quantization")
+        q = json.loads((root / "config.json").read_text(encoding="utf-8")).get("quantization")
     except (OSError, json.JSONDecodeError):
         return None
     recipe = (ref.info.get("quantized") or {}).get("recipe") or {}
-    if q and recipe.get("name"):  # the backbone config has bits only: name the recipe too
-        q = {**q, "recipe": recipe["name"], "method": recipe.get("method", "rtn")}
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            manifest = json.loads((ref.path / MANIFEST).read_text(encoding="utf-8"))
-            q["bits_per_weight"] = manifest.get("bits_per_weight")
+    # a run trained on a quantized backbone (QLoRA): the backbone's own manifest says how
+    manifest_path = ref.path / MANIFEST if recipe else root / MANIFEST
+    manifest: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if not isinstance(manifest, dict):
+        manifest = {}
+    recipe = recipe or manifest.get("recipe") or {}
+    if q and isinstance(recipe, dict) and recipe.get("name"):  # config.json has bits only
+        q = {**q, "recipe": recipe["name"], "method": recipe.get("method", "rtn"),
+             "bits_per_weight": manifest.get("bits_per_weight")}  # fmt: skip
     return q
 
 

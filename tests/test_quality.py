@@ -143,16 +143,10 @@ def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_roo
     assert fp32 == read_submission(run_zip)
 
 
-@pytest.mark.parametrize("name,variants", [("quantize-1ep", 9), ("quantize-1ep-dwq", 2),
-                                                ("quantize-1ep-gptq-dwq", 2),
-                                                ("quantize-1ep-gptq-dwq-lr3e-8", 2),
-                                                ("quantize-1ep-sens", 3),
-                                                ("quantize-1ep-sens64", 2),
-                                                ("quantize-1ep-t025", 2)])
-def test_the_committed_quantize_levers_rescore_to_their_bench(real_rsg_root, name, variants):
-    """docs/quantization.md's levers tables (bench --max-per-task 250): every variant's zip holds
-    predictions for the drawn val records only, and those records score what bench.json says;
-    the fp32 zip agrees with the run's own full-val zip on every record it holds."""
+def _drawn_bench_rescores(bench_dir: Path, real_rsg_root: Path) -> dict:
+    """bench.json of a bench on drawn val records (--max-per-task), after checking that every
+    variant's zip holds predictions for the drawn records only and that they score what
+    bench.json says."""
     import json
 
     from quality import val_records
@@ -160,9 +154,7 @@ def test_the_committed_quantize_levers_rescore_to_their_bench(real_rsg_root, nam
     from mlx_rsg.submission import read_submission
     from mlx_rsg.tasks import score_task, task_score, total_score
 
-    bench_dir = RESULTS / "quality" / name
     bench = json.loads((bench_dir / "bench.json").read_text())
-    assert len(bench["variants"]) == variants
     for v in bench["variants"]:
         back = read_submission(bench_dir / v["submission"])
         per_task = {}
@@ -173,6 +165,46 @@ def test_the_committed_quantize_levers_rescore_to_their_bench(real_rsg_root, nam
             assert task_score(task, per_task[task]) == pytest.approx(
                 v["scores"][task]["score"], abs=1e-12), (v["name"], task)
         assert total_score(per_task) == pytest.approx(v["total"], abs=1e-12)
+    return bench
+
+
+@pytest.mark.parametrize("name,variants", [("quantize-1ep", 9), ("quantize-1ep-dwq", 2),
+                                                ("quantize-1ep-gptq-dwq", 2),
+                                                ("quantize-1ep-gptq-dwq-lr3e-8", 2),
+                                                ("quantize-1ep-sens", 3),
+                                                ("quantize-1ep-sens64", 2),
+                                                ("quantize-1ep-t025", 2)])
+def test_the_committed_quantize_levers_rescore_to_their_bench(real_rsg_root, name, variants):
+    """docs/quantization.md's levers tables (bench --max-per-task 250): every variant's zip holds
+    predictions for the drawn val records only, and those records score what bench.json says;
+    the fp32 zip agrees with the run's own full-val zip on every record it holds."""
+    from mlx_rsg.submission import read_submission
+
+    bench_dir = RESULTS / "quality" / name
+    bench = _drawn_bench_rescores(bench_dir, real_rsg_root)
+    assert len(bench["variants"]) == variants
     fp32 = read_submission(bench_dir / bench["variants"][0]["submission"])
     run = read_submission(EARLIER / "1ep.zip")
     assert all(fp32[t][i] == run[t][i] for t in fp32 for i in fp32[t])
+
+
+def test_the_run_trained_on_4_bits_decides_in_bench_as_its_training_scored(real_rsg_root):
+    """docs/quantization.md's QLoRA table (bench --max-per-task 200 of the runs
+    benchmarks/ablation.py trained, scored on the same draw as their --max-eval-per-task 200):
+    every zip scores what bench.json says, and bench's predictions of the float freeze run and
+    of the run trained on the 4-bit base are the val predictions their training wrote."""
+    from mlx_rsg.submission import read_submission
+
+    bench_dir = RESULTS / "quality" / "qlora-240"
+    bench = _drawn_bench_rescores(bench_dir, real_rsg_root)
+    by_name = {Path(v["name"]).name: v for v in bench["variants"]}
+    assert list(by_name) == ["freeze-top4", "freeze-top4-q4", "lora-top4-r8-lr1e-3",
+                             "lora-top4-q4", "qlora-top4-r8-lr1e-3"]  # fmt: skip
+    for name in ("freeze-top4", "qlora-top4-r8-lr1e-3"):
+        trained = read_submission(bench_dir / "trained" / f"{name}.zip")
+        assert read_submission(bench_dir / by_name[name]["submission"]) == trained, name
+    # the float LoRA run against its own rounding: the same two models, the same predictions
+    own = _drawn_bench_rescores(bench_dir / "lora", real_rsg_root)
+    for v in own["variants"]:
+        assert read_submission(bench_dir / "lora" / v["submission"]) == read_submission(
+            bench_dir / by_name[v["name"]]["submission"]), v["name"]

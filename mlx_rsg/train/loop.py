@@ -172,7 +172,9 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
         hashes = weight_hashes(model_dir)
         if hashes != info["backbone"]["sha256"]:
             raise UserError(f"{model_dir}: not the backbone this run was started with")
-    classifier_config(cfg, num_layers(model_dir))  # bad --freeze-layers fails before any work
+    layers = num_layers(model_dir)
+    ccfg = classifier_config(cfg, layers)  # a bad --freeze-layers fails before any work
+    _check_quantized_backbone(model_dir, cfg, methods.get(cfg.method).depth(ccfg, layers), fuse)
     if not resume and world.is_main and run_dir.exists():
         if not force:
             raise UserError(
@@ -181,6 +183,26 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
         check_replaceable_run(run_dir, model_dir, data_dir)
         shutil.rmtree(run_dir)
     return hashes
+
+
+def _check_quantized_backbone(model_dir: Path, cfg: TrainConfig, depth: int, fuse: bool) -> None:
+    """A quantized MODEL_DIR trains LoRA (QLoRA), adapters or heads on its rounded weights, so
+    the run scores, and ships, the quantized model itself. Its weights cannot train, and
+    merging LoRA into them would round the update again."""
+    bits = quantized_bits(model_dir)
+    if bits is None:
+        return
+    if cfg.method == "freeze" and depth:
+        raise UserError(
+            f"--method freeze: {model_dir} is quantized ({bits}-bit), and quantized weights do "
+            "not train; use --method lora on it (QLoRA) or train the float model"
+        )
+    if fuse:
+        raise UserError(
+            f"--fuse: {model_dir} is quantized ({bits}-bit): merging LoRA into its weights "
+            "would round them again and change the decisions val was scored with; omit --fuse "
+            "(--copy-backbone makes the run standalone)"
+        )
 
 
 @dataclass
@@ -518,10 +540,21 @@ def _load_best(loop: _Loop) -> None:
     loop.model.eval()
 
 
+def _model_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    return read_json_object(path, f"{model_dir}: no config.json (not a converted model)")
+
+
+def quantized_bits(model_dir: Path) -> int | None:
+    """The bits of a quantized model directory (mlx-rsg quantize, mlx-lm convert -q), else None."""
+    q = _model_config(model_dir).get("quantization")
+    return q.get("bits") if isinstance(q, dict) else None
+
+
 def num_layers(model_dir: Path) -> int:
     """The converted model's number of decoder blocks (its config.json)."""
     path = model_dir / "config.json"
-    config = read_json_object(path, f"{model_dir}: no config.json (not a converted model)")
+    config = _model_config(model_dir)
     config = config.get("text_config", config)
     n = config.get("num_hidden_layers")
     if n is None:
