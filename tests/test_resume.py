@@ -95,3 +95,25 @@ def test_train_loss_after_resume_counts_the_whole_epoch(tiny_model_dir, tiny_rsg
     by_epoch = [[r[2] for r in losses(full)][i * per_epoch : (i + 1) * per_epoch] for i in (0, 1)]
     np.testing.assert_allclose(want, [np.mean(x) for x in by_epoch], rtol=1e-12)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_resume_refills_the_prefix_cache_in_the_batches_it_was_filled_in(tiny_model_dir,  # noqa: F811
+                                                                          tiny_rsg_dir, tmp_path,  # noqa: F811
+                                                                          monkeypatch):  # fmt: skip
+    """A GEMM's last bits can depend on the batch's shape (seen with OpenBLAS's Haswell kernels:
+    a float16 resume drifted in the fifth decimal). Here the frozen prefix is made to depend on
+    the batch's padded length outright; a resumed run still gives the uninterrupted run's
+    losses, because it recomputes the rows the stopped run had cached in the batches that run
+    computed them in, not in the resumed epoch's."""
+    from mlx_rsg.model.classifier import RSGClassifier
+
+    real = RSGClassifier.prefix
+    monkeypatch.setattr(RSGClassifier, "prefix",
+                        lambda self, tokens: real(self, tokens) * (1 + 1e-3 * tokens.shape[1]))
+    cfg = tiny_train_config(epochs=2, checkpoint_every=2)
+    full, run = tmp_path / "full", tmp_path / "stopped"
+    T.train(tiny_model_dir, tiny_rsg_dir, full, cfg, log=lambda m: None)
+    stop = len(losses(full)) // 2 + 3  # mid epoch 2: its batches regroup epoch 1's units
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, stop_after_batches=stop, log=lambda m: None)
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, resume=True, log=lambda m: None)
+    assert losses(run) == losses(full)

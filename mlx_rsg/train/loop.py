@@ -277,6 +277,8 @@ class _Loop:
             sub = (lambda s: str(Path(cfg.cache_dir) / s)) if cfg.cache_dir else (lambda s: None)
             loop.cache = PrefixCache(model, cache_dir=sub("train"))
             loop.eval_cache = PrefixCache(model, cache_dir=sub("eval"))
+            if resume:
+                loop.refill_cache()
         if not resume:
             loop.position.loss_scale = initial_scale(cfg.dtype)
         loop.value_and_grad = loop.scaled_value_and_grad()
@@ -328,6 +330,29 @@ class _Loop:
             return loss * self.position.loss_scale, n
 
         return nn.value_and_grad(self.model, scaled)
+
+    def refill_cache(self) -> None:
+        """A resumed run's frozen-prefix rows, computed in the batches the stopped run computed
+        them in, in its order: a GEMM's last bits can depend on the batch's shape (OpenBLAS's
+        Haswell kernels), so rows recomputed in the resumed epoch's batches instead would make
+        its losses differ from the uninterrupted run's. Costs what the stopped run spent on
+        them; only the rows it had (a kill loses the in-RAM cache)."""
+        pos, world = self.position, self.world
+        done = [(e, None) for e in range(pos.epoch)] + [(pos.epoch, pos.batch_in_epoch)]
+        for epoch, upto in done:
+            units, batches = self._epoch(epoch)
+            if world.size > 1:  # this rank's rows only, as run_epoch fills and computes them
+                mine = {i for b in batches for i in b.ids[slice(*self._rows(b))]}
+                units = [e for e in units if (e.unit.task, e.unit.key) in mine]
+            self.cache.fill(units, self.cfg.batch_size)
+            for batch in batches[:upto]:
+                start, end = self._rows(batch)
+                if world.size == 1:
+                    self.cache.prefix(batch)
+                elif end > start:
+                    self.cache.prefix(take_rows(batch, start, end))
+        self.log(f"frozen-prefix cache refilled as the stopped run filled it: {len(self.cache)} "
+                 "examples")
 
     def run_epoch(self, epoch: int, stop_after_batches: int | None) -> bool:
         """Train the rest of `epoch`; False if stopped early by `stop_after_batches`."""
