@@ -85,6 +85,14 @@ def test_heads_and_adapters_train_on_the_4bit_backbone_too(q4_dir, tmp_path, met
     assert read_submission(again) == read_submission(run / "val_predictions.zip")
 
 
+def _only_line(result) -> str:
+    """A failed command's output: exit code 2 and exactly one line on stderr, which it returns."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [s for s in result.stderr.splitlines() if s.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def _train_cli(*args):
     from click.testing import CliRunner
 
@@ -106,10 +114,8 @@ def test_what_cannot_train_on_a_quantized_backbone_is_one_line(q4_dir, tiny_rsg_
                                                                flags, needles):  # fmt: skip
     out = tmp_path / "run"
     result = _train_cli(q4_dir, "--data", tiny_rsg_dir, "-o", out, "--tasks", "terra", *flags)
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [s for s in result.stderr.splitlines() if s.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert all(n in lines[0] for n in needles), lines[0]
+    line = _only_line(result)
+    assert line.startswith("error: ") and all(n in line for n in needles), line
     assert not out.exists()
 
 
@@ -121,7 +127,5 @@ def test_a_qlora_run_is_not_quantized_again(qlora_run, tmp_path):
     run, _ = qlora_run
     out = tmp_path / "q8"
     result = CliRunner().invoke(main, ["quantize", str(run), "--bits", "8", "-o", str(out)])
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [s for s in result.stderr.splitlines() if s.strip()]
-    assert len(lines) == 1 and "already quantized" in lines[0], result.stderr
+    assert "already quantized" in _only_line(result)
     assert not out.exists()

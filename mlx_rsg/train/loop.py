@@ -331,6 +331,14 @@ class _Loop:
 
         return nn.value_and_grad(self.model, scaled)
 
+    def _fill_shared(self, units: list, batches: list, desc: str | None = None) -> None:
+        """Cache the rows of the epoch's units whose passage several units share (run once for
+        them all): only this rank's rows of the batches under data parallelism."""
+        if self.world.size > 1:
+            mine = {i for b in batches for i in b.ids[slice(*self._rows(b))]}
+            units = [e for e in units if (e.unit.task, e.unit.key) in mine]
+        self.cache.fill(units, self.cfg.batch_size, desc=desc)
+
     def refill_cache(self) -> None:
         """A resumed run's frozen-prefix rows, computed in the batches the stopped run computed
         them in, in its order: a GEMM's last bits can depend on the batch's shape (OpenBLAS's
@@ -341,10 +349,7 @@ class _Loop:
         done = [(e, None) for e in range(pos.epoch)] + [(pos.epoch, pos.batch_in_epoch)]
         for epoch, upto in done:
             units, batches = self._epoch(epoch)
-            if world.size > 1:  # this rank's rows only, as run_epoch fills and computes them
-                mine = {i for b in batches for i in b.ids[slice(*self._rows(b))]}
-                units = [e for e in units if (e.unit.task, e.unit.key) in mine]
-            self.cache.fill(units, self.cfg.batch_size)
+            self._fill_shared(units, batches)
             for batch in batches[:upto]:
                 start, end = self._rows(batch)
                 if world.size == 1:
@@ -359,11 +364,8 @@ class _Loop:
 
         cfg, pos, world = self.cfg, self.position, self.world
         units, batches = self._epoch(epoch)
-        if self.cache is not None:  # passages shared by several units: their prefix runs once
-            if world.size > 1:  # only this rank's rows of the batches
-                mine = {i for b in batches for i in b.ids[slice(*self._rows(b))]}
-                units = [e for e in units if (e.unit.task, e.unit.key) in mine]
-            self.cache.fill(units, cfg.batch_size, desc="shared passages")
+        if self.cache is not None:
+            self._fill_shared(units, batches, desc="shared passages")
         name = "refit epoch" if pos.phase == "refit" else "epoch"
         bar = Progress(len(batches), f"{name} {epoch + 1}/{self.epochs}", done=pos.batch_in_epoch)
         self.model.train()
