@@ -129,3 +129,21 @@ def test_a_qlora_run_is_not_quantized_again(qlora_run, tmp_path):
     result = CliRunner().invoke(main, ["quantize", str(run), "--bits", "8", "-o", str(out)])
     assert "already quantized" in _only_line(result)
     assert not out.exists()
+
+
+def test_lora_over_quantized_layers_scores_in_one_row_chunk(q4_dir, tiny_model_dir,  # noqa: F811
+                                                             monkeypatch):  # fmt: skip
+    # Row chunks share each quantized layer's dequantized weight across CPU streams; beside
+    # the LoRA branch MLX 0.32 ordered that graph so that two chunks scored at 0.6x one
+    # (docs/quantization.md). A float LoRA model keeps its chunks.
+    from mlx_rsg.model.backbone import load_backbone
+    from mlx_rsg.model.classifier import RSGClassifier
+    from mlx_rsg.model.config import ClassifierConfig
+
+    monkeypatch.setenv("MLX_RSG_FAST_PATHS", "rows")
+    cfg = ClassifierConfig(method="lora", freeze_layers=1)
+    for model_dir, parts in ((q4_dir, 1), (tiny_model_dir, 2)):
+        bb = load_backbone(model_dir, cores=2)
+        assert bb.runtime.row_parts == 2  # the machine's cores, as loaded
+        RSGClassifier(bb, cfg, {"TERRa": 2})
+        assert bb.runtime.row_parts == parts, model_dir

@@ -3,7 +3,7 @@ rank, as in PEFT); mergeable into the backbone's Linear layers (`fuse_lora`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
@@ -66,6 +66,11 @@ class LoRA(Method):
         config = {"rank": cfg.lora_rank, "scale": cfg.lora_alpha / cfg.lora_rank, "dropout": 0.0,
                   "keys": keys}  # fmt: skip
         linear_to_lora_layers(classifier.lm, depth, config)
+        if any(isinstance(m, nn.QuantizedLinear) for m in bb.layers[-depth].modules()):
+            # LoRA over quantized layers (QLoRA) scores in one row chunk: with the LoRA branch
+            # beside each layer's dequantized weight, which the chunks share across CPU streams,
+            # MLX 0.32 orders the graph so that two chunks ran at 0.6x one (docs/quantization.md)
+            bb.runtime = replace(bb.runtime, row_parts=1)
 
 
 METHOD = LoRA("lora", depth_field="lora_layers")
