@@ -104,6 +104,16 @@ def earlier_runs(results: Path) -> str:
     return _table(SCORES_HEAD, [*rows, _constant_row(first)])
 
 
+def q4lora_half(results: Path) -> str:
+    """docs/quantization.md: the QLoRA run of `half`'s recipe, its paired difference against the
+    float `half`, and `half` itself."""
+    q = _load(results, "quality/earlier/q4lora-half.json")
+    half = _load(results, "quality/earlier/half.json")
+    return _table(SCORES_HEAD, [_scores_row("QLoRA on q4 (`earlier/q4lora-half`)", q),
+                                _difference_row(q),
+                                _scores_row("float `freeze` (`earlier/half`)", half)])  # fmt: skip
+
+
 def _epochs(q: dict) -> str:
     """A run's dev scores per epoch (as trained), their mean, calibrated mean and log-loss; the
     chosen epoch in bold, then its calibrated task scores."""
@@ -462,6 +472,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "label-words": _script_table("ablation", "label_words.json"),
     "qlora": _script_table("ablation", "qlora.json"),
     "qlora-bench": qlora_bench,
+    "q4lora-half": q4lora_half,
+    "row-chunks": _script_table("bench_row_chunks", "row_chunks.json"),
     "dev-fixes-leakage": _script_table("dev_fixes", "dev_fixes.json", "leakage_table"),
     "dev-fixes-lengths": _script_table("dev_fixes", "dev_fixes.json", "lengths_table"),
     "dev-fixes-decisions": _script_table("dev_fixes", "dev_fixes.json", "decisions_table"),
