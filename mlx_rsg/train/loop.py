@@ -345,17 +345,15 @@ class _Loop:
         Haswell kernels), so rows recomputed in the resumed epoch's batches instead would make
         its losses differ from the uninterrupted run's. Costs what the stopped run spent on
         them; only the rows it had (a kill loses the in-RAM cache)."""
-        pos, world = self.position, self.world
+        pos = self.position
         done = [(e, None) for e in range(pos.epoch)] + [(pos.epoch, pos.batch_in_epoch)]
         for epoch, upto in done:
             units, batches = self._epoch(epoch)
             self._fill_shared(units, batches)
             for batch in batches[:upto]:
-                start, end = self._rows(batch)
-                if world.size == 1:
-                    self.cache.prefix(batch)
-                elif end > start:
-                    self.cache.prefix(take_rows(batch, start, end))
+                part = self._part(batch)
+                if part is not None:
+                    self.cache.prefix(part)
         self.log(f"frozen-prefix cache refilled as the stopped run filled it: {len(self.cache)} "
                  "examples")
 
@@ -412,14 +410,22 @@ class _Loop:
     def _rows(self, batch) -> tuple[int, int]:
         return shard_range(batch, self.world.rank, self.world.size)
 
+    def _part(self, batch):
+        """This rank's rows of `batch` as its step runs them: the batch itself on one rank, None
+        where another rank has them all."""
+        if self.world.size == 1:
+            return batch
+        start, end = self._rows(batch)
+        return take_rows(batch, start, end) if end > start else None
+
     def _shard_step(self, batch) -> tuple[mx.array, int, Any]:
         """This rank's rows of `batch`: (the whole batch's mean loss, its examples, this rank's
         share of the batch's gradient). Shares are weighted by examples, so their sum over the
         ranks is the gradient one process computes on the whole batch."""
-        start, end = self._rows(batch)
+        start, _ = self._rows(batch)
         total = examples_in(batch)
-        if end > start:
-            part = take_rows(batch, start, end)
+        part = self._part(batch)
+        if part is not None:
             h0 = self.cache.prefix(part) if self.cache is not None else None
             with batch_rows(start, len(batch.keys)):  # the whole batch's dropout masks
                 (loss, n), grads = self.value_and_grad(self.model, part, h0)
