@@ -68,6 +68,12 @@ CONFIGS = {
     "qlora-top4-r8-lr1e-3": ["--method", "lora", "--freeze-layers", "14", "--lora-rank", "8",
                              "--lora-alpha", "16", "--lora-targets", ALL_PROJECTIONS,
                              "--lr", "1e-3"],
+    # The top 4 of the blocks up to 12 or 14 (the blocks above are dropped): the same trained
+    # compute, 2/3 or 7/9 of the frozen prefix's and of every scoring pass's (issue 26).
+    "freeze-top4-block12": ["--method", "freeze", "--feature-layer", "12", "--freeze-layers", "8",
+                            "--lr", "5e-5"],
+    "freeze-top4-block14": ["--method", "freeze", "--feature-layer", "14", "--freeze-layers",
+                            "10", "--lr", "5e-5"],
 }  # fmt: skip
 # name -> the `mlx-rsg quantize --recipe` its backbone is made with from --model (default: --model)
 BASES = {"qlora-top4-r8-lr1e-3": "q4"}
@@ -127,6 +133,7 @@ def run_one(name: str, flags: list[str], args) -> dict:
         "dev": {"score": best["score"], "tasks": {t: v["score"] for t, v in best["tasks"].items()}},
         # what the epoch was chosen on (runs since the calibrated selection)
         "dev_calibrated": best.get("calibrated"),
+        "dev_loss": (best.get("dev_loss") or {}).get("mean"),  # what the epoch is chosen by
         "val": {"total": final["total"],
                 "tasks": {t: v["score"] for t, v in final["tasks"].items()}},
         "calibration": final.get("calibration"),
@@ -147,13 +154,14 @@ def table(result: dict) -> str:
     calibrated (blank for runs from before calibrated selection), val once."""
     tasks = list(result["runs"][0]["val"]["tasks"]) if result["runs"] else []
     head = ["config", "flags", "trainable params", "minutes", "epoch", "dev", "dev calibrated",
-            *tasks, "val mean"]  # fmt: skip
+            "dev log-loss", *tasks, "val mean"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in result["runs"]:
         calibrated = r.get("dev_calibrated") or {}
         cells = [r["name"], f"`{' '.join(r['flags'])}`", f"{r['trainable_parameters']:,}",
                  f"{r['seconds'] / 60:.1f}", r.get("best_epoch", ""), f"{r['dev']['score']:.3f}",
                  f"{calibrated['score']:.3f}" if "score" in calibrated else "",
+                 f"{r['dev_loss']:.4f}" if r.get("dev_loss") is not None else "",
                  *(f"{r['val']['tasks'][t]:.3f}" for t in tasks), f"{r['val']['total']:.3f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

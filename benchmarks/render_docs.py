@@ -471,6 +471,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "ablation-sweep": _script_table("ablation", "ablation_sweep.json"),
     "label-words": _script_table("ablation", "label_words.json"),
     "qlora": _script_table("ablation", "qlora.json"),
+    "ablation-blocks": _script_table("ablation", "ablation_blocks.json"),
     "qlora-bench": qlora_bench,
     "q4lora-half": q4lora_half,
     "row-chunks": _script_table("bench_row_chunks", "row_chunks.json"),

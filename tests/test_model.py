@@ -20,6 +20,7 @@ from mlx_rsg.model.batching import EncodedUnit, collate, encode_units, loss_fn, 
 from mlx_rsg.model.classifier import ClassifierConfig, RSGClassifier
 from mlx_rsg.model.features import PrefixCache
 from mlx_rsg.tasks import Unit
+from mlx_rsg.train.config import classifier_config
 
 HEADS = {"TERRa": 2, "RUSSE": 2, "PARus": 1}
 
@@ -331,9 +332,33 @@ def test_feature_layer_reads_an_earlier_block(tiny_model_dir, tok):
                                rtol=1e-5, atol=1e-5)  # fmt: skip
     whole = model_for(tiny_model_dir, method="heads")
     assert not np.allclose(np.array(whole(batch)), np.array(want), atol=1e-3)
-    for bad in (dict(method="freeze", freeze_layers=1, feature_layer=1),
-                dict(method="heads", feature_layer=3)):  # fmt: skip
-        with pytest.raises(UserError, match="--feature-layer"):
-            model_for(tiny_model_dir, **bad)
-    with pytest.raises(UserError, match="--feature-layer: needs --method heads"):
-        tiny_train_config(method="lora", feature_layer=1).validate()
+    with pytest.raises(UserError, match="--feature-layer: 3 is not a block in 1..2"):
+        model_for(tiny_model_dir, method="heads", feature_layer=3)
+
+
+@pytest.mark.parametrize("method", ["freeze", "lora", "mlp-adapter"])
+def test_a_feature_layer_run_trains_the_top_blocks_of_those_it_keeps(tiny_model_dir, tok, method):
+    """freeze / lora / mlp-adapter with --feature-layer 1 of 2: block 2 is dropped (never run,
+    not in the parameter tree), the method trains block 1 (the top block kept), and before any
+    training the features are those of `heads --feature-layer 1` (LoRA and adapters start as
+    the identity)."""
+    depth = dict(freeze_layers=0, lora_layers=1, adapter_layers=1)
+    model = model_for(tiny_model_dir, method=method, feature_layer=1, **depth)
+    assert (model.backbone.num_layers, model.n_blocks, model.blocks_dropped) == (1, 1, 1)
+    assert model.trainable_start() == 0
+    trained = [k for k, _ in tree_flatten(model.trainable_parameters())
+               if not k.startswith("heads")]  # fmt: skip
+    assert trained and not [k for k in trained if ".layers.1." in k], trained
+    if method != "mlp-adapter":
+        assert all(".layers.0." in k or "norm" in k for k in trained), trained
+    heads = model_for(tiny_model_dir, method="heads", feature_layer=1)
+    units = [nli_unit(0, "Кошка сидит на окне.", "Кошка спит."), nli_unit(1, "Дождь.", "Мы дома.")]
+    batch = collate(encode_units(units, tok, 64))
+    np.testing.assert_allclose(np.array(model.features(batch)), np.array(heads.features(batch)),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    with pytest.raises(UserError, match="--freeze-layers: -1 is not within the model's 1 layers"):
+        model_for(tiny_model_dir, method="freeze", feature_layer=1, freeze_layers=2)
+    with pytest.raises(UserError, match="--feature-layer: 3 > the model's 2 layers"):
+        classifier_config(tiny_train_config(method="freeze", feature_layer=3), 2)
+    default = tiny_train_config(method="lora", feature_layer=1, freeze_layers=None)
+    assert classifier_config(default, 2).freeze_layers == 0  # round(12/26 x 1 block kept)

@@ -111,11 +111,13 @@ def test_run_dir_round_trip(lora_run, tmp_path):
         np.testing.assert_allclose(got[task], want[task], rtol=1e-5, atol=1e-5, err_msg=task)
 
 
-def test_a_heads_run_on_an_inner_block_quantizes_as_it_was(tiny_model_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("method", ["heads", "freeze"])
+def test_a_run_on_an_inner_block_quantizes_as_it_was(tiny_model_dir, tmp_path, method):  # noqa: F811
     """`heads --feature-layer 1` (what the quickstart trains) stays a heads run reading block 1
-    once quantized (no block was trained, nothing is merged), with the fp32 run's logits on a
-    q8 backbone that holds only block 1: the block above it never runs, so it is not stored
-    (config and weights agree, mlx-lm loads it, the file is smaller)."""
+    once quantized (no block was trained, nothing is merged), `freeze --feature-layer 1` a run
+    of block 1 as trained, with the fp32 run's logits on a q8 backbone that holds only block 1:
+    the block above it never runs, so it is not stored (config and weights agree, mlx-lm loads
+    it, the file is smaller)."""
     import numpy as np
     from mlx_lm import load
     from tiny_model import tiny_train_config, write_tiny_rsg
@@ -126,12 +128,13 @@ def test_a_heads_run_on_an_inner_block_quantizes_as_it_was(tiny_model_dir, tmp_p
     from mlx_rsg.quant.rtn import quantize_backbone
 
     data = write_tiny_rsg(tmp_path / "rsg", n_train=16, n_val=8)
-    cfg = tiny_train_config(tasks=("TERRa", "PARus"), method="heads", feature_layer=1, epochs=1)
+    cfg = tiny_train_config(tasks=("TERRa", "PARus"), method=method, feature_layer=1,
+                            freeze_layers=0, epochs=1)  # fmt: skip
     T.train(tiny_model_dir, data, tmp_path / "run", cfg, log=lambda m: None)
     out = quantize(tmp_path / "run", tmp_path / "q8", bits=8, group_size=G)
     whole = quantize(tiny_model_dir, tmp_path / "q8-model", bits=8, group_size=G)
     classifier = json.loads((out / "run.json").read_text())["classifier"]
-    assert (classifier["method"], classifier["feature_layer"]) == ("heads", 1)
+    assert (classifier["method"], classifier["feature_layer"]) == (method, 1)
     assert json.loads((out / "mlx_rsg.json").read_text())["blocks_dropped"] == 1
     assert json.loads((out / "backbone/config.json").read_text())["num_hidden_layers"] == 1
     assert len(load(str(out / "backbone"))[0].model.layers) == 1

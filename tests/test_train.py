@@ -438,23 +438,28 @@ def test_adapters_and_lora_train_through_the_loop(tiny_model_dir, tiny_rsg_dir, 
     assert all(np.isfinite(r["loss"]) for r in losses(run))
 
 
+@pytest.mark.parametrize("method", ["heads", "freeze"])
 def test_a_copied_backbone_keeps_only_the_blocks_a_feature_layer_run_reads(
-    tiny_model_dir, tiny_rsg_dir, tmp_path  # noqa: F811
+    tiny_model_dir, tiny_rsg_dir, tmp_path, method  # noqa: F811
 ):
-    """--copy-backbone of `heads --feature-layer 1`: backbone/ holds block 1 alone (config and
-    weights), and the run predicts from it exactly as from the whole model."""
+    """--copy-backbone of `heads --feature-layer 1`, or of `freeze --feature-layer 1` (block 1,
+    the top block kept, trained): backbone/ holds block 1 alone (config and weights), and the
+    run predicts from it exactly as from the whole model with its trained weights."""
     import shutil
 
     from mlx_rsg.data import load_split
     from mlx_rsg.model_files import weight_hashes
     from mlx_rsg.predict import load
 
-    cfg = tiny_train_config(method="heads", feature_layer=1, epochs=1)
+    cfg = tiny_train_config(method=method, feature_layer=1, freeze_layers=0, epochs=1)
     run = tmp_path / "run"
     T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, copy_backbone=True, log=lambda m: None)
     config = json.loads((run / "backbone/config.json").read_text())
     assert config["num_hidden_layers"] == 1
     assert not [k for k in mx.load(str(run / "backbone/model.safetensors")) if ".layers.1." in k]
+    trained = [k for k in mx.load(str(run / "trainable.safetensors")) if not k.startswith("heads")]
+    assert all(".layers.0." in k or ".norm." in k for k in trained)
+    assert bool(trained) == (method == "freeze")
     info = json.loads((run / "run.json").read_text())
     info["backbone"] = {"path": str(tiny_model_dir), "copied": False,
                         "sha256": weight_hashes(tiny_model_dir)}  # fmt: skip

@@ -11,7 +11,8 @@ Normalised, one head learning rate suits any backbone and training starts at cha
 
 Methods (`ClassifierConfig.method`, one module each in methods/): heads (the backbone frozen; K =
 all layers, so the whole backbone output is cacheable), freeze, lora, mlp-adapter. With
-`feature_layer` F (heads only) the classifier reads block F's output: blocks above F never run.
+`feature_layer` F the classifier reads block F's output: the blocks above F are dropped from the
+backbone (they never run) and a method trains the top blocks of those left.
 
 `prefix(tokens)` is everything below the first trained block, with no dropout, so its output is a
 pure function of the tokens: the training loop caches it (features.PrefixCache) and feeds it back
@@ -27,7 +28,14 @@ import numpy as np
 from mlx_rsg.arch import top_block
 from mlx_rsg.errors import UserError
 from mlx_rsg.model import methods, precision, shared_prefix
-from mlx_rsg.model.backbone import Backbone, embed, final_norm, layer_window, run_layers
+from mlx_rsg.model.backbone import (
+    Backbone,
+    embed,
+    final_norm,
+    keep_blocks,
+    layer_window,
+    run_layers,
+)
 from mlx_rsg.model.config import ClassifierConfig
 from mlx_rsg.model.dropout import Dropout
 from mlx_rsg.model.methods.mlp_adapter import block_hooks
@@ -47,11 +55,13 @@ class RSGClassifier(nn.Module):
         self.lm = backbone.model
         self.cfg = cfg
         n = backbone.num_layers
-        if cfg.feature_layer is not None:  # read an earlier block's output (heads only)
-            if cfg.method != "heads" or not 1 <= cfg.feature_layer <= n:
-                raise UserError(f"--feature-layer: {cfg.feature_layer} needs --method heads and "
-                                f"a block in 1..{n}")  # fmt: skip
-            n = cfg.feature_layer
+        if cfg.feature_layer is not None and not 1 <= cfg.feature_layer <= n:
+            raise UserError(f"--feature-layer: {cfg.feature_layer} is not a block in 1..{n}")
+        # Read an earlier block's output: the blocks above it never run, so they are not kept
+        # (and the methods train the top blocks of what is left).
+        layer = cfg.feature_layer
+        self.blocks_dropped = 0 if layer is None else keep_blocks(backbone, layer)
+        n = backbone.num_layers
         self.n_blocks = n  # the classifier runs blocks [0, n_blocks)
         trained = trained_depth(cfg, n)
         self.k = n - trained

@@ -29,7 +29,7 @@ class ClassifierConfig:
     # TASK=N overrides of max_len (train resolves `auto` into them before building the model)
     task_max_len: tuple[str, ...] = ()
     grad_checkpoint: bool = False  # recompute the trained blocks' activations in backward
-    feature_layer: int | None = None  # heads: pool block N's output (1-based; None: the last)
+    feature_layer: int | None = None  # pool block N's output (1-based; None: the last)
     prompt: str = "plain"  # tasks.PROMPTS: how units end (runs before it have "plain")
     dtype: str = "float32"  # DTYPES: the backbone's compute dtype (heads: float32; precision.py)
 

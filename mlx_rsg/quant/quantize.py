@@ -39,7 +39,7 @@ from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object, write_json
 from mlx_rsg.model import methods
-from mlx_rsg.model.backbone import keep_blocks, load_checked
+from mlx_rsg.model.backbone import load_checked
 from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.model_files import MANIFEST, copy_model_dir, weight_hashes, write_manifest
 from mlx_rsg.quant import gptq, rtn
@@ -207,7 +207,7 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     model = predictor.model
     method = info["classifier"].get("method")
     n_fused = fuse_lora(model)
-    dropped = keep_blocks(model.backbone, model.n_blocks)  # a --feature-layer run's unused blocks
+    dropped = model.blocks_dropped  # a --feature-layer run's unused blocks, not loaded
     if dropped:
         config = dict(model.backbone.config)
     recipe, sensitivity, correction, distill = _measure_float(model, predictor.tokenizer,

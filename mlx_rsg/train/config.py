@@ -128,8 +128,10 @@ class TrainConfig:
         "forward and backward (the same loss and gradients as running each unit whole)."
     )  # fmt: skip
     feature_layer: int | None = opt(
-        None, "heads: pool the output of block N (1..layers) instead of the last block's; the "
-        "blocks above it never run.", default_help="the last block", bounds=AT_LEAST_1
+        None, "Pool the output of block N (1..layers) instead of the last block's: the blocks "
+        "above it are dropped (never run, never stored), and --freeze-layers / --lora-layers / "
+        "--adapter-layers count within the N kept.", default_help="the last block",
+        bounds=AT_LEAST_1
     )  # fmt: skip
     grad_checkpoint: bool = opt(
         False, "Recompute the trained layers' activations in backward (less memory, slower)."
@@ -170,8 +172,6 @@ class TrainConfig:
             raise UserError(f"--dtype: {self.dtype!r} is not one of {', '.join(TRAIN_DTYPES)}")
         if self.refit and not self.dev_per_task:
             raise UserError("--refit: needs --dev-per-task (the epochs to train are chosen on dev)")
-        if self.feature_layer is not None and (self.method != "heads" or self.feature_layer < 1):
-            raise UserError("--feature-layer: needs --method heads and a block number >= 1")
 
     def train_budget(self, task: str) -> int | None:
         """~How many training examples `task` gets: its --task-max-train entry, else
@@ -196,9 +196,14 @@ def parse_task_budgets(spec: tuple[str, ...]) -> dict[str, int | None]:
 
 
 def classifier_config(cfg: TrainConfig, num_layers: int):
-    """The model's config from the training flags; freeze_layers defaults to the reference's
-    frozen fraction (12 of 26 layers -> 8 of 18 for Gemma-3-270M)."""
-
+    """The model's config from the training flags, for a model of `num_layers` blocks;
+    freeze_layers counts within the blocks the classifier keeps (--feature-layer) and defaults to
+    the reference's frozen fraction of them (12 of 26 layers -> 8 of 18 for Gemma-3-270M)."""
+    if cfg.feature_layer is not None:
+        if cfg.feature_layer > num_layers:
+            raise UserError(f"--feature-layer: {cfg.feature_layer} > the model's {num_layers} "
+                            "layers")  # fmt: skip
+        num_layers = cfg.feature_layer
     freeze = cfg.freeze_layers
     if freeze is None:
         freeze = round(REFERENCE_FROZEN_FRACTION * num_layers)

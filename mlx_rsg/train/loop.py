@@ -48,7 +48,7 @@ from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object, write_json
 from mlx_rsg.model import methods
-from mlx_rsg.model.backbone import check_vocabulary, keep_blocks, load_backbone, load_tokenizer
+from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
 from mlx_rsg.model.batching import examples_in, loss_fn, shard_range, take_rows
 from mlx_rsg.model.classifier import RSGClassifier
 from mlx_rsg.model.dropout import batch_rows
@@ -174,6 +174,7 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
             raise UserError(f"{model_dir}: not the backbone this run was started with")
     layers = num_layers(model_dir)
     ccfg = classifier_config(cfg, layers)  # a bad --freeze-layers fails before any work
+    layers = min(layers, cfg.feature_layer or layers)  # the blocks the classifier keeps
     _check_quantized_backbone(model_dir, cfg, methods.get(cfg.method).depth(ccfg, layers), fuse)
     if not resume and world.is_main and run_dir.exists():
         if not force:
@@ -669,7 +670,7 @@ def _write_own_backbone(loop: _Loop, model_dir: Path, fuse: bool, info: dict) ->
     model, run_dir, log = loop.model, loop.run_dir, loop.log
     tmp = run_dir / ".backbone.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    dropped = keep_blocks(model.backbone, model.n_blocks)
+    dropped = model.blocks_dropped
     if fuse or dropped:
         n = fuse_lora(model)
         write_backbone(model.backbone, model_dir, tmp)
