@@ -24,7 +24,8 @@ POINTS = [
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/half.json"),
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/1ep.json"),
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/2ep.json"),
-    ("shared passages, budgets per task, 640 tokens", "quality.json"),
+    ("shared passages, budgets per task, 640 tokens", "quality/earlier/share.json"),
+    ("the same on the first 12 blocks", "quality.json"),
 ]
 
 

@@ -137,6 +137,19 @@ def real_epochs(results: Path) -> str:
     return _epochs(_load(results, "quality.json"))
 
 
+def share_epochs(results: Path) -> str:
+    """docs/training.md: the run on all 18 blocks before the real one, per epoch."""
+    return _epochs(_load(results, "quality/earlier/share.json"))
+
+
+def share_run(results: Path) -> str:
+    """docs/training.md: the run on all 18 blocks before the real one, its paired difference
+    to the run it was compared with, and the best constant answers."""
+    q = _load(results, "quality/earlier/share.json")
+    return _table(SCORES_HEAD, [_scores_row("`earlier/share`", q), _difference_row(q),
+                                _constant_row(q)])  # fmt: skip
+
+
 def two_epochs(results: Path) -> str:
     """docs/training.md: the two-epoch run inside 90 minutes, per epoch."""
     return _epochs(_load(results, "quality/earlier/2ep.json"))
@@ -456,6 +469,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "earlier-runs": earlier_runs,
     "fixes-epochs": fixes_epochs,
     "2ep-epochs": two_epochs,
+    "share-epochs": share_epochs,
+    "share-run": share_run,
     "quantize-1000": quantize_1000,
     "quickstart-steps": quickstart_steps,
     "quickstart-output": quickstart_output,

@@ -4,11 +4,13 @@ second call reuses every finished step."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from tiny_model import build_tiny_model
 
-from mlx_rsg.quickstart import MEASURED, QuickstartConfig, feature_layer, quickstart
+from mlx_rsg.quickstart import FULL_RECIPE, MEASURED, QuickstartConfig, feature_layer, quickstart
 
 
 def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, capsys):
@@ -96,3 +98,12 @@ def test_force_deletes_only_a_quickstart_directory(tiny_rsg_dir, tmp_path):
 @pytest.mark.parametrize("depth, block", [(18, 10), (2, 1), (1, 1), (30, 17), (9, 5)])
 def test_the_heads_read_block_ten_of_eighteen_at_any_depth(depth, block):
     assert feature_layer(QuickstartConfig(), depth) == block
+
+
+def test_the_full_recipe_it_prints_is_the_committed_real_runs():
+    """The command the quickstart suggests at its end is the one that made the committed real
+    run (benchmarks/results/quality.json), with the user's paths."""
+    quality = Path(__file__).parents[1] / "benchmarks" / "results" / "quality.json"
+    command = json.loads(quality.read_text())["run"]["command"].split("  (")[0]
+    command = re.sub(r" -o \S+", " -o runs/g270m", command)
+    assert FULL_RECIPE.format(model="MODEL_DIR", data="../shared/rsg") == command
