@@ -25,6 +25,7 @@ POINTS = [
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/1ep.json"),
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/2ep.json"),
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/share.json"),
+    ("the same on the first 12 blocks", "quality/earlier/block12-half.json"),
     ("the same on the first 12 blocks", "quality.json"),
 ]
 

@@ -104,14 +104,18 @@ def earlier_runs(results: Path) -> str:
     return _table(SCORES_HEAD, [*rows, _constant_row(first)])
 
 
-def q4lora_half(results: Path) -> str:
-    """docs/quantization.md: the QLoRA run of `half`'s recipe, its paired difference against the
-    float `half`, and `half` itself."""
-    q = _load(results, "quality/earlier/q4lora-half.json")
-    half = _load(results, "quality/earlier/half.json")
-    return _table(SCORES_HEAD, [_scores_row("QLoRA on q4 (`earlier/q4lora-half`)", q),
-                                _difference_row(q),
-                                _scores_row("float `freeze` (`earlier/half`)", half)])  # fmt: skip
+def _beside(run: str, label: str, base: str, base_label: str) -> Callable[[Path], str]:
+    """A run's val scores (quality/earlier/RUN.json), its paired difference against the run it
+    was compared with, and that run's scores (BASE.json)."""
+
+    def render(results: Path) -> str:
+        q = _load(results, f"quality/earlier/{run}.json")
+        other = _load(results, f"quality/earlier/{base}.json")
+        rows = [_scores_row(f"{label} (`earlier/{run}`)", q), _difference_row(q),
+                _scores_row(f"{base_label} (`earlier/{base}`)", other)]  # fmt: skip
+        return _table(SCORES_HEAD, rows)
+
+    return render
 
 
 def _epochs(q: dict) -> str:
@@ -488,7 +492,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "qlora": _script_table("ablation", "qlora.json"),
     "ablation-blocks": _script_table("ablation", "ablation_blocks.json"),
     "qlora-bench": qlora_bench,
-    "q4lora-half": q4lora_half,
+    "q4lora-half": _beside("q4lora-half", "QLoRA on q4", "half", "float `freeze`"),
+    "block12-half": _beside("block12-half", "the first 12 blocks", "half", "all 18 blocks"),
     "row-chunks": _script_table("bench_row_chunks", "row_chunks.json"),
     "dev-fixes-leakage": _script_table("dev_fixes", "dev_fixes.json", "leakage_table"),
     "dev-fixes-lengths": _script_table("dev_fixes", "dev_fixes.json", "lengths_table"),
