@@ -174,7 +174,7 @@ def _check_start(model_dir, data_dir, run_dir, cfg, resume, force, fuse, world) 
             raise UserError(f"{model_dir}: not the backbone this run was started with")
     layers = num_layers(model_dir)
     ccfg = classifier_config(cfg, layers)  # a bad --freeze-layers fails before any work
-    layers = min(layers, cfg.feature_layer or layers)  # the blocks the classifier keeps
+    layers = ccfg.feature_layer or layers  # the blocks the classifier keeps (checked above)
     _check_quantized_backbone(model_dir, cfg, methods.get(cfg.method).depth(ccfg, layers), fuse)
     if not resume and world.is_main and run_dir.exists():
         if not force:
