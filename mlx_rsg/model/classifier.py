@@ -61,10 +61,8 @@ class RSGClassifier(nn.Module):
         # (and the methods train the top blocks of what is left).
         layer = cfg.feature_layer
         self.blocks_dropped = 0 if layer is None else keep_blocks(backbone, layer)
-        n = backbone.num_layers
-        self.n_blocks = n  # the classifier runs blocks [0, n_blocks)
-        trained = trained_depth(cfg, n)
-        self.k = n - trained
+        trained = trained_depth(cfg, self.n_blocks)
+        self.k = self.n_blocks - trained
         self.lm.freeze()
         self.adapters = {}  # "block<i>" -> module run after block i (mlp-adapter)
         methods.get(cfg.method).apply(self, trained)
@@ -78,6 +76,11 @@ class RSGClassifier(nn.Module):
             self.heads[name] = head
         self.dropout = Dropout(cfg.dropout)
         precision.to_dtype(self, cfg.dtype)  # the heads stay float32
+
+    @property
+    def n_blocks(self) -> int:
+        """The classifier runs blocks [0, n_blocks): the backbone's, less a feature layer's."""
+        return self.backbone.num_layers
 
     def trainable_start(self) -> int:
         """The first block whose output training can change; blocks below it never do."""
