@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from mlx_rsg.accel import blas  # first: OpenBLAS before anything imports mlx
-from mlx_rsg.model.backbone import embed, final_norm, load_backbone, load_tokenizer, run_layers
+from mlx_rsg.model import backbone as bbm
+
+PUNCTUATION = ",.;:!?«»\"()—-"
 
 
 def token_log_likelihoods(bb, ids: list[int]) -> np.ndarray:
@@ -32,7 +34,7 @@ def token_log_likelihoods(bb, ids: list[int]) -> np.ndarray:
     import mlx.core as mx
 
     tokens = mx.array([ids])
-    h = final_norm(bb, run_layers(bb, embed(bb, tokens)))[0, :-1]
+    h = bbm.final_norm(bb, bbm.run_layers(bb, bbm.embed(bb, tokens)))[0, :-1]
     logits = bb.decoder.embed_tokens.as_linear(h).astype(mx.float32)
     logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     target = mx.array(ids[1:])
@@ -44,12 +46,13 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def pronoun_at(words: list[str], target: dict) -> int:
-    """The pronoun's word index: span2_index, or where span2_text starts nearest to it (16 of
-    the 810 train and val records are off by a word)."""
-    span = target["span2_text"].split(" ")
-    starts = [i for i in range(len(words)) if words[i:i + len(span)] == span]
-    if not starts:  # punctuation glued to the span's last word
-        starts = [i for i in range(len(words)) if words[i] == span[0]]
+    """The pronoun's word index: where span2_text starts nearest to span2_index (16 of the 810
+    train and val records are off by a word), punctuation glued to a word ignored."""
+    def bare(ws: list[str]) -> list[str]:
+        return [w.strip(PUNCTUATION) for w in ws]
+
+    span = bare(target["span2_text"].split(" "))
+    starts = [i for i in range(len(words)) if bare(words[i:i + len(span)]) == span]
     return min(starts, key=lambda i: abs(i - target["span2_index"]), default=target["span2_index"])
 
 
@@ -58,8 +61,7 @@ def scores(bb, tokenizer, record: dict) -> dict[str, float]:
     full: the whole substituted sentence's log-likelihood per token."""
     words = record["text"].split(" ")
     at = pronoun_at(words, record["target"])
-    pronoun = record["target"]["span2_text"].split(" ")[0]
-    glued = words[at][len(pronoun):] if words[at].startswith(pronoun) else ""  # "он," keeps ","
+    glued = words[at][len(words[at].rstrip(PUNCTUATION)):]  # "он," keeps its ","
     head = " ".join(words[:at] + [record["target"]["span1_text"] + glued])
     tail = " ".join(words[at + 1:])
     prefix = encode(tokenizer, head)
@@ -106,9 +108,14 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", action="append", default=None, help="train (default), val")
+    ap.add_argument("--blocks", type=int, default=None,
+                    help="read the LM head after the first N blocks (a --feature-layer N run's "
+                         "backbone) instead of after all of them")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    bb, tokenizer = load_backbone(a.model), load_tokenizer(a.model)
+    bb, tokenizer = bbm.load_backbone(a.model), bbm.load_tokenizer(a.model)
+    if a.blocks is not None:
+        bbm.keep_blocks(bb, a.blocks)
     out = Path(a.out)
     result = {"benchmark": "rwsd_substitution", "model": a.model, "splits": {}}
     if out.exists():  # a split scored later joins the ones already there
@@ -126,7 +133,7 @@ def main() -> None:
             acc = float(np.mean([d == r["label"] for d, r in zip(decided, records, strict=True)]))
             row[key] = {"pairs": n, "pairs_right": right, "pair_accuracy": right / n,
                         "pair_se": math.sqrt(0.25 / n), "accuracy_group_decoded": acc}  # fmt: skip
-        result["splits"][split] = row
+        result["splits"][split if a.blocks is None else f"{split}, first {a.blocks} blocks"] = row
         print(split, json.dumps(row), flush=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
 
