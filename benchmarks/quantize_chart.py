@@ -2,7 +2,7 @@
 share of the float model's decisions it changed, with the Δ of the total beside each point.
 
     pip install -e ".[charts]"        # matplotlib
-    python benchmarks/quantize_chart.py [--bench results/quality/quantize-1ep/bench.json ...]
+    python benchmarks/quantize_chart.py [--bench results/quality/quantize/bench.json ...]
 
 Several --bench files of the same baseline on the same units (one bench per lever) make one
 chart. Writes flips.png beside the first. Nothing here runs a model: it reads what `mlx-rsg bench`
@@ -57,7 +57,7 @@ def chart(bench: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     pts = sorted(points(bench), key=lambda p: p["flips"])
-    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.22 * len(pts)), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 1.6 + 0.22 * len(pts))), dpi=120)
     top = 100 * max(p["flips"] for p in pts)
     label_y = _spread([100 * p["flips"] for p in pts], gap=top / (1.6 * len(pts)))
     for p, y in zip(pts, label_y, strict=True):
@@ -68,7 +68,7 @@ def chart(bench: dict, out: Path) -> None:
                     xytext=(p["bits_per_weight"] + 0.4, y), fontsize=7, va="center",
                     arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"})  # fmt: skip
     ax.set_xlabel("bits per weight (scales and biases included)")
-    ax.set_ylabel("decisions changed vs float32, %")
+    ax.set_ylabel("decisions changed, %")
     ax.set_title(f"Size against flips: variants of {bench['baseline']} "
                  "(Δ total in points ± SE)", fontsize=10)  # fmt: skip
     ax.set_xlim(left=4.5, right=max(p["bits_per_weight"] for p in pts) + 2.5)
@@ -80,7 +80,7 @@ def chart(bench: dict, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", type=Path, nargs="+",
-                    default=[RESULTS / "quality/quantize-1ep/bench.json"])  # fmt: skip
+                    default=[RESULTS / "quality/quantize/bench.json"])  # fmt: skip
     args = ap.parse_args()
     benches = [json.loads(p.read_text()) for p in args.bench]
     chart(merged(benches), args.bench[0].with_name("flips.png"))

@@ -187,18 +187,23 @@ def real_command(results: Path) -> str:
     ])  # fmt: skip
 
 
+REAL_QUANTIZE = "quality/quantize/bench.json"  # the real run and its variants, full val
+
+
 def quantization(results: Path) -> str:
-    """fp32 against its 8- and 4-bit variants on full val (the committed bench.json)."""
-    bench = _load(results, "quality/earlier/quantize-1000/bench.json")
+    """README: the real run against its 8- and 4-bit variants on full val (bench.json)."""
+    bench = _load(results, REAL_QUANTIZE)
     rows = []
     for v in bench["variants"]:
-        quant = v["quantization"]
-        recipe = quant["recipe"] if quant else "fp32"
-        rows.append([recipe, f"{v['total']:.3f}", f"{100 * v['delta']:+.2f}",
+        q = v["quantization"]
+        se = (v.get("delta_se") or {}).get("total")
+        rows.append([q["recipe"] if q else "fp32", f"{q['bits_per_weight']:.2f}" if q else "32",
+                     f"{v['total']:.3f}",
+                     f"{100 * v['delta']:+.2f} ± {100 * se:.2f}" if q else "",
                      f"{100 * v['flip_rate']:.1f} %", round(v["size_bytes"]["total"] / 2**20),
                      f"{v['throughput']['examples_per_s']:.2f}"])  # fmt: skip
-    return _table(["weights", "val total", "Δ fp32 (points)", "decisions changed", "size MB",
-                   "records/s (batch 16)"], rows)  # fmt: skip
+    return _table(["weights", "bits / weight", "val total", "Δ fp32 (points) ± SE",
+                   "decisions changed", "size MB", "records/s (batch 16)"], rows)  # fmt: skip
 
 
 def speed(results: Path) -> str:
@@ -417,12 +422,21 @@ def distill_runs(results: Path) -> str:
                   rows)  # fmt: skip
 
 
-def quantize_1000(results: Path) -> str:
-    """docs/quantization.md: bench's own table for the run before the fixes and its variants."""
+def _bench_table(results: Path, name: str) -> str:
+    """bench's own first table (bench.md's), from its bench.json."""
     from mlx_rsg.bench.report import write_markdown
 
-    return write_markdown(_load(results, "quality/earlier/quantize-1000/bench.json")).split(
-        "\n\n")[0]
+    return write_markdown(_load(results, name)).split("\n\n")[0]
+
+
+def quantize_real(results: Path) -> str:
+    """docs/quantization.md: bench's own table for the real run and its variants."""
+    return _bench_table(results, REAL_QUANTIZE)
+
+
+def quantize_1000(results: Path) -> str:
+    """docs/quantization.md: bench's own table for the run before the fixes and its variants."""
+    return _bench_table(results, "quality/earlier/quantize-1000/bench.json")
 
 
 
@@ -475,6 +489,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "2ep-epochs": two_epochs,
     "share-epochs": share_epochs,
     "share-run": share_run,
+    "quantize-real": quantize_real,
     "quantize-1000": quantize_1000,
     "quickstart-steps": quickstart_steps,
     "quickstart-output": quickstart_output,
@@ -494,6 +509,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "qlora-bench": qlora_bench,
     "q4lora-half": _beside("q4lora-half", "QLoRA on q4", "half", "float `freeze`"),
     "block12-half": _beside("block12-half", "the first 12 blocks", "half", "all 18 blocks"),
+    "block12-quarter": _beside("block12-quarter", "half the units", "block12-half",
+                               "`block12-half`'s units"),
     "row-chunks": _script_table("bench_row_chunks", "row_chunks.json"),
     "dev-fixes-leakage": _script_table("dev_fixes", "dev_fixes.json", "leakage_table"),
     "dev-fixes-lengths": _script_table("dev_fixes", "dev_fixes.json", "lengths_table"),
