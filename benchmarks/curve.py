@@ -25,6 +25,7 @@ POINTS = [
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/1ep.json"),
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/2ep.json"),
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/share.json"),
+    ("the same on the first 12 blocks", "quality/earlier/block12-quarter.json"),
     ("the same on the first 12 blocks", "quality/earlier/block12-half.json"),
     ("the same on the first 12 blocks", "quality.json"),
 ]
@@ -77,7 +78,7 @@ def chart(result: dict, out: Path) -> None:
     ax.set_ylabel("val total, 8 tasks")
     ax.set_title("Gemma-3-270M on RSG: score against minutes")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")  # the corner the points leave most room in
     fig.tight_layout()
     fig.savefig(out)
 
