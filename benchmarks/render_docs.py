@@ -422,6 +422,21 @@ def distill_runs(results: Path) -> str:
                   rows)  # fmt: skip
 
 
+def rwsd_substitution(results: Path) -> str:
+    """docs/training.md: RWSD decided by the base model's likelihood after each candidate."""
+    rows = []
+    for split, r in _load(results, "rwsd_substitution.json")["splits"].items():
+        partial, full = r["partial"], r["full"]
+        rows.append([split, r["records"], f"{r['constant_false']:.3f}",
+                     f"{partial['pairs_right']} of {partial['pairs']} "
+                     f"({partial['pair_accuracy']:.3f} ± {partial['pair_se']:.3f})",
+                     f"{partial['accuracy_group_decoded']:.3f}",
+                     f"{full['accuracy_group_decoded']:.3f}"])  # fmt: skip
+    return _table(["split", "records", "constant False", "pairs ranked right (partial)",
+                   "records right, decided per group (partial)", "the same, full sentence"],
+                  rows)  # fmt: skip
+
+
 def _bench_table(results: Path, name: str) -> str:
     """bench's own first table (bench.md's), from its bench.json."""
     from mlx_rsg.bench.report import write_markdown
@@ -490,6 +505,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "share-epochs": share_epochs,
     "share-run": share_run,
     "quantize-real": quantize_real,
+    "rwsd-substitution": rwsd_substitution,
     "quantize-1000": quantize_1000,
     "quickstart-steps": quickstart_steps,
     "quickstart-output": quickstart_output,
