@@ -49,10 +49,10 @@ class QuickstartConfig:
 MEASURED = Path(__file__).with_name("quickstart_measured.json")
 RESULT = "quickstart.json"  # what a quickstart writes into WORK_DIR
 
-# What the quickstart's closing lines point to: the best score per minute measured
-# (docs/training.md, "Score against minutes"), one epoch of the real run's recipe, inside 90
-# minutes on 2 cores (its second epoch scores more in 1.7x the time).
-FULL_RECIPE = (  # the real run's (docs/training.md): the first 12 blocks, the top 4 trained
+# What the quickstart's closing lines point to: the command of the committed real run
+# (benchmarks/results/quality.json; docs/training.md, "Score against minutes"), the first 12
+# blocks with the top 4 trained, inside 90 minutes on 2 cores.
+FULL_RECIPE = (
     "mlx-rsg train {model} --data {data} -o runs/g270m --method freeze --feature-layer 12 "
     "--freeze-layers 8 --max-train-per-task 1000 "
     "--task-max-train terra=all,danetqa=1400,russe=1600,muserc=1800 --dev-per-task 160 "
