@@ -164,11 +164,17 @@ def fixes_epochs(results: Path) -> str:
     return _epochs(_load(results, "quality/earlier/fixes.json"))
 
 
+def real_train_command(results: Path) -> str:
+    """The real run's training command (quality.json, its note cut off), writing runs/g270m:
+    the name the README's next lines use."""
+    command = _load(results, "quality.json")["run"]["command"].split("  (")[0]
+    return re.sub(r" -o \S+", " -o runs/g270m", command)
+
+
 def real_command(results: Path) -> str:
     """The real run's training command (quality.json), wrapped at options, in a code block with
     the conversion before it and a quantized copy benchmarked after it."""
-    command = _load(results, "quality.json")["run"]["command"].split("  (")[0]
-    command = re.sub(r" -o \S+", " -o runs/g270m", command)  # the name the next lines use
+    command = real_train_command(results)
     lines, line = [], ""
     for part in re.split(r" (?=--)", command):
         if line and len(line) + len(part) > 95:
