@@ -73,15 +73,20 @@ def scores(bb, tokenizer, record: dict) -> dict[str, float]:
     return {"partial": float(logp[len(prefix) - 1:].sum()), "full": float(logp.mean())}
 
 
-def decide(records: list[dict], got: list[dict], key: str) -> list[bool]:
-    """Per text and pronoun the best-scoring candidate is True, the others False; a record alone
-    in its group is False (the more common answer in train)."""
+def pronoun_groups(records: list[dict]) -> list[list[int]]:
+    """Indices of the records that share a text and a pronoun (its position and words)."""
     groups = defaultdict(list)
     for i, r in enumerate(records):
         t = r["target"]
         groups[(r["text"], t["span2_index"], t["span2_text"])].append(i)
+    return list(groups.values())
+
+
+def decide(records: list[dict], got: list[dict], key: str) -> list[bool]:
+    """Per text and pronoun the best-scoring candidate is True, the others False; a record alone
+    in its group is False (the more common answer in train)."""
     out = [False] * len(records)
-    for members in groups.values():
+    for members in pronoun_groups(records):
         if len(members) > 1:
             out[max(members, key=lambda i: got[i][key])] = True
     return out
@@ -89,12 +94,8 @@ def decide(records: list[dict], got: list[dict], key: str) -> list[bool]:
 
 def pairwise(records: list[dict], got: list[dict], key: str) -> tuple[int, int]:
     """Groups of exactly two with one True: how often the True one scores higher."""
-    groups = defaultdict(list)
-    for i, r in enumerate(records):
-        t = r["target"]
-        groups[(r["text"], t["span2_index"], t["span2_text"])].append(i)
     right = n = 0
-    for members in groups.values():
+    for members in pronoun_groups(records):
         labels = [records[i]["label"] for i in members]
         if len(members) == 2 and sum(labels) == 1:
             n += 1
