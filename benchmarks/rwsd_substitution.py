@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mlx_rsg.accel import blas  # first: OpenBLAS before anything imports mlx
+from mlx_rsg.errors import UserError
 from mlx_rsg.model import backbone as bbm
 
 PUNCTUATION = ",.;:!?«»\"()—-"
@@ -108,21 +109,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--split", action="append", default=None, help="train (default), val")
+    ap.add_argument("--split", action="append", default=None, choices=["train", "val"],
+                    help="a labelled split: train (default), val")
     ap.add_argument("--blocks", type=int, default=None,
                     help="read the LM head after the first N blocks (a --feature-layer N run's "
                          "backbone) instead of after all of them")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    bb, tokenizer = bbm.load_backbone(a.model), bbm.load_tokenizer(a.model)
+    splits = a.split or ["train"]
+    for split in splits:
+        if not (Path(a.data) / "RWSD" / f"{split}.jsonl").is_file():
+            ap.error(f"{Path(a.data) / 'RWSD' / f'{split}.jsonl'}: no such file")
+    try:
+        bb, tokenizer = bbm.load_backbone(a.model), bbm.load_tokenizer(a.model)
+    except UserError as e:  # not a converted model: one line, as the CLI says it
+        ap.error(str(e))
     if a.blocks is not None:
+        if not 1 <= a.blocks <= bb.num_layers:
+            ap.error(f"--blocks: {a.blocks} is not a block in 1..{bb.num_layers}")
         bbm.keep_blocks(bb, a.blocks)
     out = Path(a.out)
     result = {"benchmark": "rwsd_substitution", "model": a.model, "splits": {}}
     if out.exists():  # a split scored later joins the ones already there
         result = json.loads(out.read_text())
     result["blas"] = blas.describe()
-    for split in a.split or ["train"]:
+    for split in splits:
         records = [json.loads(line) for line in open(Path(a.data) / "RWSD" / f"{split}.jsonl")]
         t0 = time.time()
         got = [scores(bb, tokenizer, r) for r in records]

@@ -54,3 +54,24 @@ def test_the_scores_are_the_language_models_own_log_likelihoods(tiny_model_dir):
     start = len(tokenizer.encode("the cat saw the dog because the dog"))
     assert got["partial"] == pytest.approx(per_token[start - 1:].sum(), rel=1e-4)
     assert got["full"] == pytest.approx(per_token.mean(), rel=1e-4)
+
+
+def test_bad_arguments_are_one_line_before_any_work(tiny_model_dir, tmp_path, monkeypatch,  # noqa: F811
+                                                    capsys):  # fmt: skip
+    def run(*args: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["rwsd_substitution.py", *args, "--out",
+                                          str(tmp_path / "out.json")])  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            probe.main()
+        assert exit_.value.code != 0
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert run("--model", str(tiny_model_dir), "--data", str(tmp_path)).endswith(
+        f"{tmp_path / 'RWSD' / 'train.jsonl'}: no such file")
+    (tmp_path / "RWSD").mkdir()
+    (tmp_path / "RWSD" / "train.jsonl").write_text("")
+    assert run("--model", str(tmp_path), "--data", str(tmp_path)).startswith(
+        f"rwsd_substitution.py: error: {tmp_path}: cannot load the model")
+    assert run("--model", str(tiny_model_dir), "--data", str(tmp_path), "--blocks", "9").endswith(
+        "--blocks: 9 is not a block in 1..2")
+    assert not (tmp_path / "out.json").exists()
