@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from mlx_rsg.accel import blas  # first: OpenBLAS before anything imports mlx
+from mlx_rsg.data import load_split
 from mlx_rsg.errors import UserError
 from mlx_rsg.model import backbone as bbm
-
-PUNCTUATION = ",.;:!?«»\"()—-"
+from mlx_rsg.model.substitution import group_logits, tail_log_likelihoods
+from mlx_rsg.tasks.rwsd import pronoun_key, substituted
 
 
 def token_log_likelihoods(bb, ids: list[int]) -> np.ndarray:
@@ -42,62 +43,37 @@ def token_log_likelihoods(bb, ids: list[int]) -> np.ndarray:
     return np.array(mx.take_along_axis(logp, target[:, None], axis=-1)[:, 0])
 
 
-def encode(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text)  # with BOS, as the model was trained
+def scores(bb, tokenizer, records: list) -> list[dict[str, float]]:
+    """partial: log P(words after the pronoun | text up to it, the candidate in its place), as
+    `mlx-rsg` decides RWSD by substitution; full: the whole substituted text's log-likelihood
+    per token."""
+    pairs = [substituted(r) for r in records]
+    partial = tail_log_likelihoods(bb, tokenizer, pairs)
+    full = [float(token_log_likelihoods(bb, tokenizer.encode(f"{h} {t}" if t else h)).mean())
+            for h, t in pairs]  # fmt: skip
+    return [{"partial": float(p), "full": f} for p, f in zip(partial, full, strict=True)]
 
 
-def pronoun_at(words: list[str], target: dict) -> int:
-    """The pronoun's word index: where span2_text starts nearest to span2_index (16 of the 810
-    train and val records are off by a word), punctuation glued to a word ignored."""
-    def bare(ws: list[str]) -> list[str]:
-        return [w.strip(PUNCTUATION) for w in ws]
-
-    span = bare(target["span2_text"].split(" "))
-    starts = [i for i in range(len(words)) if bare(words[i:i + len(span)]) == span]
-    return min(starts, key=lambda i: abs(i - target["span2_index"]), default=target["span2_index"])
-
-
-def scores(bb, tokenizer, record: dict) -> dict[str, float]:
-    """partial: log P(words after the pronoun | text up to it, the candidate in its place);
-    full: the whole substituted sentence's log-likelihood per token."""
-    words = record["text"].split(" ")
-    at = pronoun_at(words, record["target"])
-    glued = words[at][len(words[at].rstrip(PUNCTUATION)):]  # "он," keeps its ","
-    head = " ".join(words[:at] + [record["target"]["span1_text"] + glued])
-    tail = " ".join(words[at + 1:])
-    prefix = encode(tokenizer, head)
-    ids = encode(tokenizer, head + " " + tail)
-    if ids[:len(prefix)] != prefix:  # a token across the boundary: score from the last shared one
-        shared = next(i for i, (a, b) in enumerate(zip(prefix, ids, strict=False)) if a != b)
-        prefix = prefix[:shared]
-    logp = token_log_likelihoods(bb, ids)  # logp[t - 1] is token t's
-    return {"partial": float(logp[len(prefix) - 1:].sum()), "full": float(logp.mean())}
-
-
-def pronoun_groups(records: list[dict]) -> list[list[int]]:
+def pronoun_groups(records: list) -> list[list[int]]:
     """Indices of the records that share a text and a pronoun (its position and words)."""
     groups = defaultdict(list)
     for i, r in enumerate(records):
-        t = r["target"]
-        groups[(r["text"], t["span2_index"], t["span2_text"])].append(i)
+        groups[pronoun_key(r)].append(i)
     return list(groups.values())
 
 
-def decide(records: list[dict], got: list[dict], key: str) -> list[bool]:
+def decide(records: list, got: list[dict], key: str) -> list[bool]:
     """Per text and pronoun the best-scoring candidate is True, the others False; a record alone
-    in its group is False (the more common answer in train)."""
-    out = [False] * len(records)
-    for members in pronoun_groups(records):
-        if len(members) > 1:
-            out[max(members, key=lambda i: got[i][key])] = True
-    return out
+    in its group is False (the more common answer in train): `mlx-rsg`'s own decision."""
+    logits = group_logits(records, np.array([g[key] for g in got]))
+    return [bool(row[1] > row[0]) for row in logits]
 
 
-def pairwise(records: list[dict], got: list[dict], key: str) -> tuple[int, int]:
+def pairwise(records: list, got: list[dict], key: str) -> tuple[int, int]:
     """Groups of exactly two with one True: how often the True one scores higher."""
     right = n = 0
     for members in pronoun_groups(records):
-        labels = [records[i]["label"] for i in members]
+        labels = [records[i].label for i in members]
         if len(members) == 2 and sum(labels) == 1:
             n += 1
             true, false = (members if labels[0] else members[::-1])
@@ -134,15 +110,15 @@ def main() -> None:
         result = json.loads(out.read_text())
     result["blas"] = blas.describe()
     for split in splits:
-        records = [json.loads(line) for line in open(Path(a.data) / "RWSD" / f"{split}.jsonl")]
+        records = load_split(a.data, "RWSD", split)
         t0 = time.time()
-        got = [scores(bb, tokenizer, r) for r in records]
+        got = scores(bb, tokenizer, records)
         row = {"records": len(records), "seconds": round(time.time() - t0, 1),
-               "constant_false": sum(not r["label"] for r in records) / len(records)}  # fmt: skip
+               "constant_false": sum(not r.label for r in records) / len(records)}  # fmt: skip
         for key in ("partial", "full"):
             right, n = pairwise(records, got, key)
             decided = decide(records, got, key)
-            acc = float(np.mean([d == r["label"] for d, r in zip(decided, records, strict=True)]))
+            acc = float(np.mean([d == r.label for d, r in zip(decided, records, strict=True)]))
             row[key] = {"pairs": n, "pairs_right": right, "pair_accuracy": right / n,
                         "pair_se": math.sqrt(0.25 / n), "accuracy_group_decoded": acc}  # fmt: skip
         result["splits"][split if a.blocks is None else f"{split}, first {a.blocks} blocks"] = row

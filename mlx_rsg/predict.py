@@ -26,7 +26,7 @@ from mlx_rsg.data.sample import diagnostic_records, sample_examples
 from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.io import jsonl_values
-from mlx_rsg.model import shared_prefix
+from mlx_rsg.model import shared_prefix, substitution
 from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
 from mlx_rsg.model.batching import encode_units, make_batches
 from mlx_rsg.model.classifier import RSGClassifier
@@ -64,8 +64,17 @@ def score_units(
     Without one, units that share a token prefix of `min_shared` tokens or more (default
     `shared_prefix.MIN_SHARED`: a MuSeRC passage, a RuCoS query, a repeated RUSSE or DaNetQA
     text) run it once (`model.shared_prefix`). `on_batch(rows)` is called after each batch.
+    A task the model decides otherwise (`model.substitution`: RWSD by the base LM) gets that
+    decision's logits.
     `world`: each rank scores its share of the records; every rank gets all the logits."""
     prompt = model.cfg.prompt
+    substitution = getattr(model, "substitution", None)
+    if substitution is not None and substitution.task == task:  # every rank: a few records
+        units = make_units(task, records, train=False, prompt=prompt)
+        logits = substitution.logits(records)
+        if on_batch is not None:
+            on_batch(len(units))
+        return units, logits
     if world.size > 1:
         units = make_units(task, records, train=False, prompt=prompt)
         where = {u.key: i for i, u in enumerate(units)}
@@ -262,11 +271,12 @@ def as_record(task: str, obj, line: int | None = None):
 
 
 def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True,
-         world: World = SINGLE) -> Predictor:  # fmt: skip
+         world: World = SINGLE, decisions: bool = True) -> Predictor:  # fmt: skip
     """Load a run directory: backbone (checked against its sha256), heads and trained weights,
-    with run.json's calibration added to the heads' biases (`calibrated=False`: as trained).
-    `world`: the ranks that will score shares of the records, on this rank's share of the
-    cores."""
+    with run.json's calibration added to the heads' biases (`calibrated=False`: as trained)
+    and its decisions (`decisions=False`: every task by its head; RWSD may be decided by
+    substitution, `model/substitution.py`). `world`: the ranks that will score shares of the
+    records, on this rank's share of the cores."""
     run_dir = Path(run_dir)
     info = read_run_json(run_dir)
     if not (run_dir / WEIGHTS).is_file():
@@ -280,6 +290,10 @@ def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True,
     load_trainable(model, run_dir / WEIGHTS)
     if calibrated:
         apply_calibration(model, info.get("calibration", {}))
+    entry = info.get("decisions", {}).get("RWSD", {"by": "head"})
+    if decisions and entry["by"] == "substitution":
+        model.substitution = substitution.build(bb, entry, tokenizer, verify, world.cores,
+                                                _to_stderr, run_dir / "run.json")  # fmt: skip
     mx.eval(model.parameters())
     model.eval()
     if "TERRa" in info["tasks"] and "LiDiRus" not in info["tasks"]:
@@ -288,6 +302,10 @@ def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True,
     predictor = Predictor(model, tokenizer, info, run_dir)
     predictor.world = world
     return predictor
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def read_records(path: str, task: str) -> list:

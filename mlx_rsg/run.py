@@ -86,7 +86,39 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
         msg = f"{ccfg.prompt!r} is not one of {', '.join(PROMPTS)}"
         raise UserError(located(path, None, "classifier.prompt", msg))
     _check_calibration(path, info)
+    _check_decisions(path, info)
     return info
+
+
+def _check_decisions(path: Path, info: dict) -> None:
+    """run.json's `decisions` (optional): how a task is decided when not by its head, as
+    `model/substitution.py` reads it (RWSD by substitution)."""
+    decisions = info.get("decisions", {})
+    if not isinstance(decisions, dict):
+        raise UserError(located(path, None, "decisions", "expected an object"))
+    for task, entry in decisions.items():
+        where = f"decisions.{task}"
+        if task != "RWSD" or "RWSD" not in info["heads"]:
+            raise UserError(located(path, None, where, "only RWSD, a task of the run, has one"))
+        by = entry.get("by") if isinstance(entry, dict) else None
+        if by not in ("head", "substitution"):
+            raise UserError(located(path, None, f"{where}.by", "expected head or substitution"))
+        if by == "head":
+            continue
+        lm = entry.get("lm")
+        if not isinstance(lm, dict) or not isinstance(lm.get("path"), str) \
+                or not isinstance(lm.get("sha256"), dict):
+            raise UserError(located(path, None, f"{where}.lm", "expected path and sha256"))
+        shared = entry.get("shared_blocks")
+        if isinstance(shared, bool) or not isinstance(shared, int) or shared < 0:
+            raise UserError(located(path, None, f"{where}.shared_blocks",
+                                    "expected a number of blocks"))  # fmt: skip
+        q = entry.get("quantize")
+        if q is not None and not (isinstance(q, dict) and all(
+                isinstance(q.get(k), int) and not isinstance(q.get(k), bool)
+                for k in ("bits", "group_size"))):  # fmt: skip
+            raise UserError(located(path, None, f"{where}.quantize",
+                                    "expected bits and group_size"))  # fmt: skip
 
 
 def _check_calibration(path: Path, info: dict) -> None:

@@ -1,59 +1,197 @@
-"""benchmarks/rwsd_substitution.py: where the candidate goes, how records are decided together,
-and that its likelihoods are the language model's own."""
+"""RWSD decided by substitution (model/substitution.py, train/decide.py): where the candidate goes,
+how records are decided together, that the likelihoods are the base language model's own, that a
+trained, reloaded and quantized run decides with it, and the probe (benchmarks/)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
-from tiny_model import tiny_model_dir  # noqa: F401
+from tiny_model import tiny_model_dir, tiny_train_config  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import rwsd_substitution as probe  # noqa: E402
 
+from mlx_rsg import predict  # noqa: E402
+from mlx_rsg import train as T  # noqa: E402
+from mlx_rsg.data import load_split  # noqa: E402
+from mlx_rsg.errors import UserError  # noqa: E402
 from mlx_rsg.model.backbone import load_backbone, load_tokenizer  # noqa: E402
+from mlx_rsg.model.substitution import group_logits, tail_log_likelihoods  # noqa: E402
+from mlx_rsg.quant.quantize import quantize  # noqa: E402
+from mlx_rsg.tasks.rwsd import RWSDRecord, substituted  # noqa: E402
 
 
-def record(text: str, candidate: str, pronoun: str, at: int, label: bool) -> dict:
-    target = {"span1_text": candidate, "span2_text": pronoun, "span2_index": at}
-    return {"text": text, "label": label, "target": target}
+def rec(idx: int, text: str, candidate: str, at: int, pronoun: str, label: bool) -> RWSDRecord:
+    return RWSDRecord(idx, text, 0, candidate, at, pronoun, label)
 
 
-def test_the_pronoun_is_found_where_the_index_is_off_by_a_word():
-    words = "Кот смотрел на пса , потому что он , видимо , устал".split(" ")
-    assert probe.pronoun_at(words, {"span2_text": "он", "span2_index": 7}) == 7
-    assert probe.pronoun_at(words, {"span2_text": "он", "span2_index": 6}) == 7
-    glued = "Кот смотрел на пса, потому что он, видимо, устал".split(" ")
-    assert probe.pronoun_at(glued, {"span2_text": "он", "span2_index": 5}) == 6
+def test_the_candidate_takes_the_pronouns_word_and_its_glued_punctuation():
+    text = "Кубок не помещается в чемодан, потому что он, видимо, слишком большой."
+    # span2 is several words; only the pronoun (its first) is replaced; the index is off by one
+    r = rec(0, text, "Кубок ", 8, "он, видимо", True)
+    assert substituted(r) == ("Кубок не помещается в чемодан, потому что Кубок,",
+                              "видимо, слишком большой.")  # fmt: skip
+    last = rec(1, "Пришёл Иван, и его встретил он", "Иван", 5, "он", False)
+    assert substituted(last) == ("Пришёл Иван, и его встретил Иван", "")
 
 
 def test_records_sharing_a_text_and_a_pronoun_are_decided_together():
     a = "Кот смотрел на пса, потому что он устал."
     b = "Кот смотрел на пса, потому что он был голоден."
-    records = [record(a, "Кот", "он устал", 6, True), record(a, "пса", "он устал", 6, False),
-               record(b, "Кот", "он был", 6, False), record(b, "пса", "он был", 6, True),
-               record(b, "Кот", "он", 6, True)]  # fmt: skip
+    records = [rec(0, a, "Кот", 6, "он устал", True), rec(1, a, "пса", 6, "он устал", False),
+               rec(2, b, "Кот", 6, "он был", False), rec(3, b, "пса", 6, "он был", True),
+               rec(4, b, "Кот", 6, "он", True)]  # fmt: skip
+    logits = group_logits(records, np.array([-1.0, -2.0, -1.0, -3.0, 5.0]))
+    # True leads by the margin over the best other candidate; a record alone is False
+    assert logits[:, 1].tolist() == [1.0, -1.0, 2.0, -2.0, -1.0]
+    assert (logits[:, 0] == 0).all()
     got = [{"partial": s} for s in (-1.0, -2.0, -1.0, -3.0, 5.0)]
-    # the best of each group of two is True; the record alone in its group is False
     assert probe.decide(records, got, "partial") == [True, False, True, False, False]
     assert probe.pairwise(records, got, "partial") == (1, 2)
 
 
 def test_the_scores_are_the_language_models_own_log_likelihoods(tiny_model_dir):  # noqa: F811
     bb, tokenizer = load_backbone(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    r = record("the cat saw the dog because it was tired .", "the dog", "it", 6, True)
-    got = probe.scores(bb, tokenizer, r)
-    ids = tokenizer.encode("the cat saw the dog because the dog was tired .")
-    logits = bb.model(mx.array([ids]))[0].astype(mx.float32)
-    logp = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-    per_token = logp[np.arange(len(ids) - 1), ids[1:]]  # per_token[t - 1] is token t's
-    start = len(tokenizer.encode("the cat saw the dog because the dog"))
-    assert got["partial"] == pytest.approx(per_token[start - 1:].sum(), rel=1e-4)
-    assert got["full"] == pytest.approx(per_token.mean(), rel=1e-4)
+    pairs = [("the cat saw the dog because the dog", "was tired ."),
+             ("a b", "c d e f g h i j k l m n o p"), ("the cat", "")]  # fmt: skip
+    got = tail_log_likelihoods(bb, tokenizer, pairs, batch_size=2)  # padded beside a longer one
+    for (head, tail), value in zip(pairs, got, strict=True):
+        ids = tokenizer.encode(f"{head} {tail}" if tail else head)
+        logits = bb.model(mx.array([ids]))[0].astype(mx.float32)
+        logp = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        per_token = logp[np.arange(len(ids) - 1), ids[1:]]  # per_token[t - 1] is token t's
+        start = len(tokenizer.encode(head))
+        assert value == pytest.approx(per_token[start - 1:].sum(), rel=1e-4, abs=1e-5)
+
+
+SUBJECTS = ["Кот", "Пёс", "Иван", "Мама", "Папа", "Сын", "Дед", "Брат", "Гость"]
+OBJECTS = ["мяч", "стол", "дом", "сад", "лес", "чай", "суп", "хлеб", "сок"]
+
+
+def write_rwsd(root: Path, n_train: int = 12, n_val: int = 4) -> Path:
+    """Schemas as RWSD writes them: two texts differing after the pronoun, each asked about
+    both candidates (4 records per schema)."""
+    def schemas(n: int, offset: int) -> list[dict]:
+        rows = []
+        for k in range(n):
+            s, o = SUBJECTS[(k + offset) % 9], OBJECTS[(2 * k + offset) % 9]
+            for end, subject_true in (("устал", True), ("упал", False)):
+                text = f"{s} смотрел на {o}, потому что он {end}."
+                for cand, label in ((s, subject_true), (f"{o},", not subject_true)):
+                    target = {"span1_text": cand, "span1_index": 0 if cand == s else 3,
+                              "span2_text": "он", "span2_index": 6}  # fmt: skip
+                    rows.append({"idx": len(rows), "text": text, "target": target,
+                                 "label": label})  # fmt: skip
+        return rows
+
+    (root / "RWSD").mkdir(parents=True)
+    for split, rows in (("train", schemas(n_train, 0)), ("val", schemas(n_val, 5))):
+        (root / "RWSD" / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def rwsd_runs(tiny_model_dir, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp("rwsd")
+    data = write_rwsd(root / "data")
+    runs = {}
+    for rule in ("substitution", "dev", "head"):
+        cfg = tiny_train_config(tasks=("RWSD",), epochs=1, dev_per_task=8, rwsd_decision=rule)
+        T.train(tiny_model_dir, data, root / rule, cfg, log=lambda m: None)
+        runs[rule] = root / rule
+    return data, runs
+
+
+def base_decisions(model_dir: Path, records: list) -> list[bool]:
+    """What the untrained base model decides by substitution, computed here from scratch."""
+    bb, tokenizer = load_backbone(model_dir), load_tokenizer(model_dir)
+    scores = tail_log_likelihoods(bb, tokenizer, [substituted(r) for r in records])
+    return [bool(row[1] > 0) for row in group_logits(records, scores)]
+
+
+def test_a_run_decided_by_substitution_predicts_as_the_base_model(rwsd_runs, tiny_model_dir):  # noqa: F811
+    data, runs = rwsd_runs
+    info = json.loads((runs["substitution"] / "run.json").read_text())
+    entry = info["decisions"]["RWSD"]
+    assert entry["by"] == "substitution" and entry["shared_blocks"] == 1  # --freeze-layers 1
+    assert entry["lm"]["path"] == str(Path(tiny_model_dir).resolve())
+    val = load_split(data, "RWSD", "val")
+    expected = base_decisions(tiny_model_dir, val)
+    assert 0 < sum(expected) < len(val)  # one True per pronoun
+    predictor = predict.load(runs["substitution"])
+    got = [row["label"] for row in predictor.predict("RWSD", val)]
+    assert got == expected
+    # and val as training scored it once, with the decision: the same predictions
+    metrics = json.loads((runs["substitution"] / "metrics.json").read_text())
+    accuracy = np.mean([g == r.label for g, r in zip(got, val, strict=True)])
+    assert metrics["final"]["tasks"]["RWSD"]["accuracy"] == pytest.approx(accuracy)
+    # by its head when asked to: the same run loaded without its decisions
+    heads = predict.load(runs["substitution"], decisions=False)
+    assert heads.model.substitution is None
+
+
+def test_dev_chooses_the_higher_of_head_and_substitution(rwsd_runs):
+    _, runs = rwsd_runs
+    entry = json.loads((runs["dev"] / "run.json").read_text())["decisions"]["RWSD"]
+    dev = entry["dev"]
+    assert dev["records"] >= 8 and set(dev) == {"head", "substitution", "records"}
+    assert entry["by"] == ("substitution" if dev["substitution"] > dev["head"] else "head")
+    assert (predict.load(runs["dev"]).model.substitution is not None) == (entry["by"] != "head")
+    head = json.loads((runs["head"] / "run.json").read_text())["decisions"]["RWSD"]
+    assert head == {"by": "head"}
+    assert predict.load(runs["head"]).model.substitution is None
+
+
+def test_a_quantized_run_quantizes_its_language_models_own_blocks(rwsd_runs, tmp_path):
+    data, runs = rwsd_runs
+    out = tmp_path / "q8"
+    quantize(runs["substitution"], out, bits=8, group_size=32)
+    entry = json.loads((out / "run.json").read_text())["decisions"]["RWSD"]
+    assert entry["by"] == "substitution" and entry["quantize"] == {"bits": 8, "group_size": 32}
+    predictor = predict.load(out)
+    lm = predictor.model.substitution.lm
+    assert lm.layers[0] is predictor.model.backbone.layers[0]  # shared, quantized there
+    assert isinstance(lm.layers[1].mlp.down_proj, nn.QuantizedLinear)  # its own, quantized
+    assert lm.layers[1] is not predictor.model.backbone.layers[1]
+    val = load_split(data, "RWSD", "val")
+    float_labels = [row["label"] for row in predict.load(runs["substitution"]).predict("RWSD", val)]
+    q8 = [row["label"] for row in predictor.predict("RWSD", val)]
+    assert np.mean([a == b for a, b in zip(q8, float_labels, strict=True)]) >= 0.75
+
+
+def test_a_damaged_or_missing_decision_is_one_line(rwsd_runs, tmp_path):
+    import shutil
+
+    _, runs = rwsd_runs
+    run = tmp_path / "run"
+    shutil.copytree(runs["substitution"], run)
+    info = json.loads((run / "run.json").read_text())
+
+    def load_with(entry) -> str:
+        (run / "run.json").write_text(json.dumps({**info, "decisions": {"RWSD": entry}}))
+        with pytest.raises(UserError) as e:
+            predict.load(run)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    entry = info["decisions"]["RWSD"]
+    assert "decisions.RWSD.by" in load_with({**entry, "by": "oracle"})
+    assert "decisions.RWSD.shared_blocks" in load_with({**entry, "shared_blocks": "all"})
+    assert "decisions.RWSD.lm" in load_with({**entry, "lm": "elsewhere"})
+    moved = load_with({**entry, "lm": {**entry["lm"], "path": str(tmp_path / "gone")}})
+    assert moved.startswith(f"{run / 'run.json'}: field 'decisions.RWSD.lm.path': ")
+    assert "does not exist" in moved
+    other = load_with({**entry, "lm": {**entry["lm"], "sha256": {"model.safetensors": "0"}}})
+    assert "decisions.RWSD.lm.sha256" in other
+    assert "decisions.RWSD.shared_blocks" in load_with({**entry, "shared_blocks": 7})
 
 
 def test_bad_arguments_are_one_line_before_any_work(tiny_model_dir, tmp_path, monkeypatch,  # noqa: F811

@@ -75,6 +75,7 @@ class RSGClassifier(nn.Module):
             head.bias = mx.zeros_like(head.bias)
             self.heads[name] = head
         self.dropout = Dropout(cfg.dropout)
+        self.substitution = None  # RWSD decided by the base LM (model/substitution.py), not a head
         precision.to_dtype(self, cfg.dtype)  # the heads stay float32
 
     @property

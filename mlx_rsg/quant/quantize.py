@@ -203,7 +203,8 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     config = _read_config(src_backbone)
     # resolve_backbone verified it above; the heads as trained (run.json's calibration, copied
     # into dst's, is added when dst is loaded)
-    predictor = predict.load(run_dir, verify=False, calibrated=False, world=world)
+    predictor = predict.load(run_dir, verify=False, calibrated=False, world=world,
+                             decisions=False)  # fmt: skip
     model = predictor.model
     method = info["classifier"].get("method")
     n_fused = fuse_lora(model)
@@ -236,6 +237,10 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
         "source": info["backbone"].get("path"),
     }
     new["quantized"] = {"from": str(run_dir.resolve()), "recipe": recipe.as_dict()}
+    rwsd = new.get("decisions", {}).get("RWSD", {})
+    if rwsd.get("by") == "substitution":  # its LM's own blocks: quantized as the backbone, on load
+        q = qconfig["quantization"]
+        rwsd["quantize"] = {"bits": q["bits"], "group_size": q["group_size"]}
     write_json(dst / "run.json", new)
     if (run_dir / "metrics.json").is_file():  # the fp32 run's own validation history
         shutil.copy2(run_dir / "metrics.json", dst / "metrics.json")

@@ -69,6 +69,28 @@ def rwsd_spans(r: RWSDRecord) -> tuple[tuple[int, int], tuple[int, int]]:
     return best[1], best[2]
 
 
+GLUED = ",.;:!?«»\"()—-"  # what may follow a pronoun in its word ("он,")
+
+
+def substituted(r: RWSDRecord) -> tuple[str, str]:
+    """The text with span1 (the candidate) in place of the pronoun (span2's first word), cut
+    after that word: (head, tail). Punctuation glued to the pronoun ("он,") stays with the
+    candidate, so every candidate for one pronoun is followed by the same tail
+    (`model/substitution.py`)."""
+    start = rwsd_spans(r)[1][0]
+    space = r.text.find(" ", start)
+    word_end = len(r.text) if space < 0 else space
+    word = r.text[start:word_end]
+    glued = word[len(word.rstrip(GLUED)):]
+    return r.text[:start] + r.span1_text.strip() + glued, r.text[word_end + 1:]
+
+
+def pronoun_key(r: RWSDRecord) -> tuple:
+    """The records that ask about one pronoun of one text (a schema's twins ask about the same
+    pronoun with two candidates): decided together by substitution."""
+    return (r.text, r.span2_index, r.span2_text)
+
+
 @dataclass(frozen=True)
 class RWSD(Task):
     def parse(self, obj: dict, where: Where) -> list[RWSDRecord]:

@@ -16,6 +16,7 @@ REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26
 PROBABILITY = Bounds(0, 1, high_open=True)  # a dropout rate
 HEAD_INITS = ("zero", "label-words")  # how heads start (model/label_words.py)
 TRAIN_DTYPES = DTYPES  # float16 with dynamic loss scaling (train/loss_scale.py)
+RWSD_DECISIONS = ("head", "substitution", "dev")  # model/substitution.py
 
 
 @dataclass
@@ -114,6 +115,13 @@ class TrainConfig:
         "(about twice the training time; dev holds a third of RCB's and a quarter of RWSD's "
         "training data)."
     )  # fmt: skip
+    rwsd_decision: str = opt(
+        "dev", "How RWSD is decided: by its trained head; by `substitution` (no training: the "
+        "base model scores the words after the pronoun with each candidate in its place, "
+        "through all of its blocks, and the best candidate per pronoun is True); or `dev`: "
+        "whichever scores higher on the dev split (the head without one).",
+        choices=list(RWSD_DECISIONS),
+    )  # fmt: skip
     max_negatives: int = opt(4, "RuCoS: wrong entities sampled per query per epoch.",
                              bounds=AT_LEAST_0)  # fmt: skip
     checkpoint_every: int = opt(
@@ -170,6 +178,9 @@ class TrainConfig:
                             "answer its question)")  # fmt: skip
         if self.dtype not in TRAIN_DTYPES:
             raise UserError(f"--dtype: {self.dtype!r} is not one of {', '.join(TRAIN_DTYPES)}")
+        if self.rwsd_decision not in RWSD_DECISIONS:
+            msg = f"{self.rwsd_decision!r} is not one of {', '.join(RWSD_DECISIONS)}"
+            raise UserError(f"--rwsd-decision: {msg}")
         if self.refit and not self.dev_per_task:
             raise UserError("--refit: needs --dev-per-task (the epochs to train are chosen on dev)")
 

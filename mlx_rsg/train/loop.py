@@ -47,7 +47,7 @@ from mlx.utils import tree_map
 from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object, write_json
-from mlx_rsg.model import methods
+from mlx_rsg.model import methods, substitution
 from mlx_rsg.model.backbone import check_vocabulary, load_backbone, load_tokenizer
 from mlx_rsg.model.batching import examples_in, loss_fn, shard_range, take_rows
 from mlx_rsg.model.classifier import RSGClassifier
@@ -85,6 +85,7 @@ from mlx_rsg.train.checkpoint import (
     write_checkpoint,
 )
 from mlx_rsg.train.config import TrainConfig, classifier_config, heads_for
+from mlx_rsg.train.decide import choose_rwsd_decision
 from mlx_rsg.train.loss_scale import dynamic, initial_scale, update_scale
 from mlx_rsg.train.optim import compiled_update, make_optimizer
 from mlx_rsg.train.plan import (
@@ -506,10 +507,12 @@ class _Loop:
                 self.model, self.tokenizer, {t: self.data[t].dev for t in cfg.tasks},
                 cfg.batch_size, self.log, world, train={t: self.data[t].train for t in cfg.tasks},
             )  # fmt: skip
+        rwsd = _rwsd_decision(self, model_dir, calibration)
         epochs = pos.best["epoch"]
         self.log(f"refit: epoch {epochs} chosen on dev; training again on train + dev for "
                  f"{epochs} epoch(s)")  # fmt: skip
-        pos.phase, pos.refit = "refit", {"epochs": epochs, "calibration": calibration}
+        pos.phase = "refit"
+        pos.refit = {"epochs": epochs, "calibration": calibration, "rwsd": rwsd}
         pos.epoch = pos.batch_in_epoch = 0
         self.data = with_dev_trained(self.data)
         self.plans.clear()
@@ -636,19 +639,26 @@ def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> di
     model = loop.model
     final = None
     if cfg.dev_per_task:
-        final = _score_val_once(loop)
-    elif "LiDiRus" in loop.data:
+        final = _score_val_once(loop, model_dir)
+    elif "LiDiRus" in loop.data or "RWSD" in loop.data:
         chosen = loop.position.history[loop.position.best["epoch"] - 1]
-        diag = evaluate(model, loop.tokenizer, {"LiDiRus": loop.data["LiDiRus"].val},
-                        cfg.batch_size, log=log, desc="LiDiRus", world=world)  # fmt: skip
-        per_task = {**chosen["tasks"], **diag["tasks"]}
+        rwsd = _rwsd_decision(loop, model_dir, {})
+        again = {t: loop.data[t].val for t in ("LiDiRus", "RWSD") if t in loop.data}
+        if rwsd["by"] == "head":  # RWSD's val as the best epoch scored it
+            again.pop("RWSD", None)
+        per_task = dict(chosen["tasks"])
+        if again:
+            scored = evaluate(model, loop.tokenizer, again, cfg.batch_size, log=log,
+                              desc=", ".join(again), world=world)["tasks"]  # fmt: skip
+            per_task.update(scored)
+            log(" ".join(f"{t}: {v['score']:.4f}" for t, v in scored.items()))
         final = {
             "tasks": per_task,
             "total": _total(per_task),
+            "rwsd_decision": rwsd,
             "note": "LiDiRus (diagnostic, scored once with the best epoch's TERRa head) "
-            "included in the total",
+            "included in the total; RWSD as decided by --rwsd-decision",
         }
-        log(f"LiDiRus (TERRa head): {diag['tasks']['LiDiRus']['score']:.4f}")
     if not world.is_main:
         return _metrics(cfg, loop.position, final)
     info = read_run_json(run_dir)
@@ -658,6 +668,8 @@ def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> di
         info["calibration"] = {t: {"offsets": c["offsets"], "prior_shift": c["prior_shift"]}
                                for t, c in final["calibration"].items()}  # fmt: skip
     info["tasks"] = task_info(list(loop.data))
+    if final is not None and final.get("rwsd_decision"):
+        info["decisions"] = {"RWSD": final["rwsd_decision"]}
     if fuse or copy_backbone:
         _write_own_backbone(loop, model_dir, fuse, info)
     write_json(run_dir / "run.json", info)
@@ -688,7 +700,17 @@ def _write_own_backbone(loop: _Loop, model_dir: Path, fuse: bool, info: dict) ->
     info["backbone"] = {**info["backbone"], "copied": True}
 
 
-def _score_val_once(loop: _Loop) -> dict[str, Any]:
+def _rwsd_decision(loop: _Loop, model_dir: Path, calibration: dict) -> dict[str, Any]:
+    """How RWSD is decided (--rwsd-decision), chosen on its dev records; {} without RWSD. The
+    model decides that way from here on."""
+    if "RWSD" not in loop.data:
+        return {}
+    return choose_rwsd_decision(loop.model, loop.tokenizer, model_dir, loop.cfg.rwsd_decision,
+                                loop.data["RWSD"].dev, calibration, loop.cfg.batch_size,
+                                loop.log, loop.world)  # fmt: skip
+
+
+def _score_val_once(loop: _Loop, model_dir: Path) -> dict[str, Any]:
     """With a dev split: the calibration chosen on dev (at a refit's start, or now) goes into
     the heads while every task's val split is scored once, LiDiRus with its calibrated copy of
     the TERRa head, and those predictions are written in the official submission format to
@@ -697,14 +719,18 @@ def _score_val_once(loop: _Loop) -> dict[str, Any]:
     cfg, model, tokenizer, data, world = loop.cfg, loop.model, loop.tokenizer, loop.data, loop.world
     pos = loop.position
     if pos.phase == "refit":
-        calibration = pos.refit["calibration"]
-    elif cfg.calibrate:
-        dev = {t: data[t].dev for t in cfg.tasks}
-        train = {t: data[t].train for t in cfg.tasks}
-        calibration = choose_calibration(model, tokenizer, dev, cfg.batch_size, loop.log, world,
-                                         train=train)  # fmt: skip
+        calibration, rwsd = pos.refit["calibration"], pos.refit.get("rwsd", {})
+        if rwsd.get("by") == "substitution":  # chosen at the refit's start, on dev
+            model.substitution = substitution.build(model.backbone, rwsd, tokenizer,
+                                                    verify=False, cores=world.cores)  # fmt: skip
     else:
         calibration = {}
+        if cfg.calibrate:
+            dev = {t: data[t].dev for t in cfg.tasks}
+            train = {t: data[t].train for t in cfg.tasks}
+            calibration = choose_calibration(model, tokenizer, dev, cfg.batch_size, loop.log,
+                                             world, train=train)  # fmt: skip
+        rwsd = _rwsd_decision(loop, model_dir, calibration)
     val = {t: d.val for t, d in data.items() if d.val}
     predictions: dict[str, tuple] = {}
     with calibrated(model, calibration):
@@ -718,6 +744,7 @@ def _score_val_once(loop: _Loop) -> dict[str, Any]:
         "tasks": scores["tasks"],
         "total": _total(scores["tasks"]),
         "calibration": calibration,
+        "rwsd_decision": rwsd,
         "predictions": VAL_PREDICTIONS,
         "note": "val scored once, with the epoch chosen and the decisions calibrated on dev"
         + ("; trained again on train + dev for the chosen epochs" if pos.phase == "refit" else "")

@@ -1,0 +1,154 @@
+"""RWSD decided by the language model itself: put each candidate in the pronoun's place and
+compare how likely the words after the pronoun are (Trinh & Le 2018, "A Simple Method for
+Commonsense Reasoning", partial scoring). The tail is the same for every candidate of one
+pronoun, so its log-likelihoods compare directly; of the records that ask about one pronoun of
+one text (`tasks.rwsd.pronoun_key`: a schema's twins), the best-scoring candidate is True and
+the others False; a record alone in its group is False (the more common answer in train).
+
+Nothing is trained: the run's decision (run.json `decisions`) names the base model the
+classifier was trained from and how many of its bottom blocks the classifier kept as they were
+(`shared_blocks`). The language model is the classifier's embedding and those blocks, shared,
+then the base model's own blocks above them and its final norm, read by the tied embedding as
+its output layer. On Gemma-3-270M it needs all 18 blocks: read after block 12 it is at chance
+(docs/training.md, "RWSD by substitution, measured").
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from mlx_rsg.errors import UserError, located
+from mlx_rsg.model.backbone import Backbone, embed, final_norm, load_backbone, run_layers
+from mlx_rsg.model_files import weight_hashes
+from mlx_rsg.tasks.rwsd import RWSDRecord, pronoun_key, substituted
+
+BATCH = 8  # records per forward: a tail's rows of the 262k-word output are 1 MB each (float32)
+
+
+@dataclass
+class Substitution:
+    """The language model that decides RWSD for a run, and its tokenizer."""
+
+    lm: Backbone
+    tokenizer: Any
+    task: str = "RWSD"
+
+    def logits(self, records: Sequence[RWSDRecord]) -> np.ndarray:
+        """(len(records), 2) logits of the RWSD head's shape (False, True), one row per record
+        (RWSD's one unit per record), as `group_logits` makes them."""
+        pairs = [substituted(r) for r in records]
+        return group_logits(records, tail_log_likelihoods(self.lm, self.tokenizer, pairs))
+
+
+def group_logits(records: Sequence[RWSDRecord], scores: np.ndarray) -> np.ndarray:
+    """Per record (False, True) logits: True leads by how far the record's candidate out-scores
+    the best other candidate for its pronoun (`pronoun_key`); a record alone gets -1 (False),
+    and a tie 0 (False) (no evidence either way: a pronoun that ends the text has no tail)."""
+    out = np.zeros((len(records), 2), dtype=np.float32)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[pronoun_key(r)].append(i)
+    for members in groups.values():
+        for i in members:
+            others = [scores[j] for j in members if j != i]
+            out[i, 1] = scores[i] - max(others) if others else -1.0
+    return out
+
+
+def tail_log_likelihoods(lm: Backbone, tokenizer, pairs: Sequence[tuple[str, str]],
+                         batch_size: int = BATCH) -> np.ndarray:  # fmt: skip
+    """Per (head, tail): log P(tail's tokens | head), the tail's tokens those of head + " " +
+    tail after the head's own (from the last token they share, where one crosses the space)."""
+    rows = []
+    for head, tail in pairs:
+        prefix = tokenizer.encode(head)
+        ids = tokenizer.encode(head + " " + tail) if tail else prefix
+        shared = next((i for i, (a, b) in enumerate(zip(prefix, ids, strict=False)) if a != b),
+                      min(len(prefix), len(ids)))  # fmt: skip
+        rows.append((ids, max(shared, 1)))
+    out = np.zeros(len(rows), dtype=np.float64)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # batches of like lengths
+    for at in range(0, len(order), batch_size):
+        chunk = order[at:at + batch_size]
+        for i, value in zip(chunk, _batch_scores(lm, [rows[i] for i in chunk]), strict=True):
+            out[i] = value
+    return out
+
+
+def _batch_scores(lm: Backbone, rows: list[tuple[list[int], int]]) -> list[float]:
+    """Sum of log P(ids[t] | ids[:t]) for t >= first, per (ids, first), right-padded (causal:
+    a pad never reaches a real position)."""
+    width = max(len(ids) for ids, _ in rows)
+    tokens = mx.array([ids + [0] * (width - len(ids)) for ids, _ in rows])
+    h = final_norm(lm, run_layers(lm, embed(lm, tokens)))
+    where = [(b, t) for b, (ids, first) in enumerate(rows) for t in range(first, len(ids))]
+    if not where:
+        return [0.0] * len(rows)
+    rows_b, pos = mx.array([b for b, _ in where]), mx.array([t - 1 for _, t in where])
+    targets = mx.array([rows[b][0][t] for b, t in where])
+    logits = lm.decoder.embed_tokens.as_linear(h[rows_b, pos]).astype(mx.float32)
+    picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    logp = np.array(picked - mx.logsumexp(logits, axis=-1))
+    sums = [0.0] * len(rows)
+    for (b, _), value in zip(where, logp, strict=True):
+        sums[b] += float(value)
+    return sums
+
+
+def decision_entry(base_dir: Path, shared_blocks: int, dev: dict[str, Any]) -> dict[str, Any]:
+    """run.json's `decisions.RWSD` for a run that decides RWSD by substitution."""
+    base_dir = Path(base_dir).resolve()
+    return {"by": "substitution", "lm": {"path": str(base_dir), "sha256": weight_hashes(base_dir)},
+            "shared_blocks": shared_blocks, "dev": dev}  # fmt: skip
+
+
+def build(
+    classifier_bb: Backbone,
+    entry: dict[str, Any],
+    tokenizer,
+    verify: bool = True,
+    cores: int | None = None,
+    log: Callable[[str], None] | None = None,
+    where: str | Path | None = None,
+) -> Substitution:
+    """The language model of a decision entry: the classifier's embedding and bottom
+    `shared_blocks` blocks (the same weights, quantized where the classifier's are), the base
+    model's blocks above them and final norm; those quantized as `entry["quantize"]` says (a
+    quantized run's: the same bits and group as its backbone). `where`: the run.json it is
+    from, for the errors."""
+    def fail(field: str, msg: str) -> UserError:
+        return UserError(located(where, None, f"decisions.RWSD.{field}", msg))
+
+    path = Path(entry["lm"]["path"])
+    if not path.is_dir():
+        raise fail("lm.path", f"{path} does not exist (RWSD is decided by substitution with the "
+                   "base model it names; move it back)")  # fmt: skip
+    if verify and weight_hashes(path) != entry["lm"]["sha256"]:
+        raise fail("lm.sha256", f"the weights in {path} are not the base model this run's "
+                   "decision was made with")  # fmt: skip
+    lm = load_backbone(path, cores=cores)
+    shared = entry["shared_blocks"]
+    if not 0 <= shared <= min(classifier_bb.num_layers, lm.num_layers):
+        raise fail("shared_blocks", f"{shared} is not a block count of both the classifier and "
+                   "its base model")  # fmt: skip
+    lm.decoder.embed_tokens = classifier_bb.decoder.embed_tokens
+    for i in range(shared):
+        lm.decoder.layers[i] = classifier_bb.layers[i]
+    q = entry.get("quantize")
+    if q:  # a quantized run: its base model's own blocks as its backbone's
+        own = nn.Module()
+        own.layers = lm.decoder.layers[shared:]  # the same block objects: quantized in place
+        nn.quantize(own, group_size=q["group_size"], bits=q["bits"])
+    mx.eval(lm.model.parameters())
+    if log is not None:
+        log(f"RWSD: decided by substitution (blocks 1-{shared} shared with the classifier, "
+            f"{lm.num_layers - shared} of the base model's own)")  # fmt: skip
+    return Substitution(lm, tokenizer)
