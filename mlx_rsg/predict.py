@@ -173,6 +173,12 @@ class Predictor:
             )
         return by_lower[task.lower()]
 
+    def decides_together(self, task: str) -> bool:
+        """Whether a record's prediction depends on the other records of the call: RWSD decided
+        by substitution compares the candidates for one pronoun (`model/substitution.py`)."""
+        sub = self.model.substitution
+        return sub is not None and sub.task == self.task_name(task)
+
     def predictions(self, task: str, records: list) -> tuple[list, list, np.ndarray]:
         """(predictions as tasks.decode returns them, units, logits)."""
         task = self.task_name(task)

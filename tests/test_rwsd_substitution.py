@@ -213,3 +213,42 @@ def test_bad_arguments_are_one_line_before_any_work(tiny_model_dir, tmp_path, mo
     assert run("--model", str(tiny_model_dir), "--data", str(tmp_path), "--blocks", "9").endswith(
         "--blocks: 9 is not a block in 1..2")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_serve_never_decides_one_requests_twins_with_anothers(rwsd_runs):
+    """Two clients ask about the two candidates of one pronoun: each is answered as if alone
+    (a record alone in its group is False), not decided against the other's record."""
+    from mlx_rsg.serve.batcher import Job
+    from mlx_rsg.serve.scoring import score_batch
+
+    data, runs = rwsd_runs
+    predictor = predict.load(runs["substitution"])
+    val = load_split(data, "RWSD", "val")
+    twins = val[:2]
+    assert twins[0].text == twins[1].text and twins[0].span1_text != twins[1].span1_text
+    together = [row["label"] for row in predictor.predict("RWSD", twins)]
+    assert sorted(together) == [False, True]
+    answers: dict[int, object] = {}
+    jobs = [Job("r", "RWSD", [r], 1, lambda rows, i=i: answers.setdefault(i, rows))
+            for i, r in enumerate(twins)]  # fmt: skip
+    score_batch(predictor, jobs)
+    assert [answers[i][0]["label"] for i in (0, 1)] == ["False", "False"]
+
+
+def test_a_finished_run_resumed_gets_its_rwsd_decision(rwsd_runs, tiny_model_dir, tmp_path):  # noqa: F811
+    """A run trained before --rwsd-decision (no such flag in run.json, no decisions) resumed with
+    its own flags runs its final step again, and chooses RWSD's decision on dev."""
+    import shutil
+
+    data, runs = rwsd_runs
+    run = tmp_path / "old"
+    shutil.copytree(runs["head"], run)
+    info = json.loads((run / "run.json").read_text())
+    del info["train"]["rwsd_decision"], info["decisions"]
+    (run / "run.json").write_text(json.dumps(info))
+    cfg = tiny_train_config(tasks=("RWSD",), epochs=1, dev_per_task=8)
+    T.train(tiny_model_dir, data, run, cfg, resume=True, log=lambda m: None)
+    entry = json.loads((run / "run.json").read_text())["decisions"]["RWSD"]
+    assert set(entry["dev"]) == {"head", "substitution", "records"}
+    weights = [(p / "trainable.safetensors").read_bytes() for p in (run, runs["head"])]
+    assert weights[0] == weights[1]  # the epoch's weights as they were

@@ -14,7 +14,12 @@ from mlx_rsg.serve.batcher import Job
 
 def score_batch(predictor: Predictor, jobs: list[Job]) -> None:
     """Answer every job (all of one task). If the batch fails, each job is scored alone, so one
-    request's records cannot fail another's."""
+    request's records cannot fail another's; so is every job of a task whose records are decided
+    together (RWSD by substitution: one request's twins must not meet another's)."""
+    if len(jobs) > 1 and predictor.decides_together(jobs[0].task):
+        for job in jobs:
+            score_batch(predictor, [job])
+        return
     try:
         answers = _score(predictor, jobs[0].task, jobs)
     except Exception as e:  # answered as the job's error; the server goes on
