@@ -136,6 +136,7 @@ def main() -> None:
             "wall_minutes": args.wall_minutes,
             "blas": blas.describe(),
             "calibration": metrics.get("final", {}).get("calibration"),
+            "decisions": run.get("decisions"),
         }
     if args.against:
         result["difference"] = paired_difference(predictions, args.against, args.data)

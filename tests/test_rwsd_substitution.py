@@ -252,3 +252,19 @@ def test_a_finished_run_resumed_gets_its_rwsd_decision(rwsd_runs, tiny_model_dir
     assert set(entry["dev"]) == {"head", "substitution", "records"}
     weights = [(p / "trainable.safetensors").read_bytes() for p in (run, runs["head"])]
     assert weights[0] == weights[1]  # the epoch's weights as they were
+
+
+@pytest.mark.parametrize("rule", ["substitution", "dev"])
+def test_without_a_dev_split(rwsd_runs, tiny_model_dir, tmp_path, rule):  # noqa: F811
+    """No dev split: `dev` has nothing to choose on and keeps the head; `substitution` still
+    decides, and the final val score is the substitution's."""
+    data, _ = rwsd_runs
+    cfg = tiny_train_config(tasks=("RWSD",), epochs=1, rwsd_decision=rule)
+    metrics = T.train(tiny_model_dir, data, tmp_path / "run", cfg, log=lambda m: None)
+    entry = json.loads((tmp_path / "run" / "run.json").read_text())["decisions"]["RWSD"]
+    assert entry["by"] == ("head" if rule == "dev" else "substitution")
+    if rule == "substitution":
+        val = load_split(data, "RWSD", "val")
+        right = np.mean([g == r.label for g, r in
+                         zip(base_decisions(tiny_model_dir, val), val, strict=True)])  # fmt: skip
+        assert metrics["final"]["tasks"]["RWSD"]["accuracy"] == pytest.approx(right)

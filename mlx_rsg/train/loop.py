@@ -644,7 +644,7 @@ def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> di
         chosen = loop.position.history[loop.position.best["epoch"] - 1]
         rwsd = _rwsd_decision(loop, model_dir, {})
         again = {t: loop.data[t].val for t in ("LiDiRus", "RWSD") if t in loop.data}
-        if rwsd["by"] == "head":  # RWSD's val as the best epoch scored it
+        if rwsd.get("by") != "substitution":  # RWSD's val as the best epoch scored it
             again.pop("RWSD", None)
         per_task = dict(chosen["tasks"])
         if again:
@@ -656,8 +656,8 @@ def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> di
             "tasks": per_task,
             "total": _total(per_task),
             "rwsd_decision": rwsd,
-            "note": "LiDiRus (diagnostic, scored once with the best epoch's TERRa head) "
-            "included in the total; RWSD as decided by --rwsd-decision",
+            "note": "the best epoch's val scores; LiDiRus (diagnostic, scored once with the "
+            "best epoch's TERRa head) included in the total; RWSD as --rwsd-decision decides",
         }
     if not world.is_main:
         return _metrics(cfg, loop.position, final)
