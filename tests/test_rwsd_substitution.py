@@ -268,3 +268,18 @@ def test_without_a_dev_split(rwsd_runs, tiny_model_dir, tmp_path, rule):  # noqa
         right = np.mean([g == r.label for g, r in
                          zip(base_decisions(tiny_model_dir, val), val, strict=True)])  # fmt: skip
         assert metrics["final"]["tasks"]["RWSD"]["accuracy"] == pytest.approx(right)
+
+
+def test_a_refit_keeps_the_decision_chosen_before_it(rwsd_runs, tiny_model_dir, tmp_path):  # noqa: F811
+    """--refit chooses the decision on dev before dev is trained on, and scores val with it."""
+    data, _ = rwsd_runs
+    cfg = tiny_train_config(tasks=("RWSD",), epochs=1, dev_per_task=8, refit=True,
+                            rwsd_decision="substitution")  # fmt: skip
+    metrics = T.train(tiny_model_dir, data, tmp_path / "run", cfg, log=lambda m: None)
+    entry = json.loads((tmp_path / "run" / "run.json").read_text())["decisions"]["RWSD"]
+    assert entry["by"] == "substitution" and set(entry["dev"]) == {"head", "substitution",
+                                                                   "records"}  # fmt: skip
+    val = load_split(data, "RWSD", "val")
+    right = np.mean([g == r.label for g, r in
+                     zip(base_decisions(tiny_model_dir, val), val, strict=True)])  # fmt: skip
+    assert metrics["final"]["tasks"]["RWSD"]["accuracy"] == pytest.approx(right)
