@@ -41,7 +41,7 @@ def as_continuation(sentence: str) -> str:
 
 
 def premise_head(premise: str, question: str) -> str:
-    return f"{premise.rstrip().rstrip('.!?…')}, {CONNECTIVES[question]}"
+    return f"{premise.rstrip().rstrip('.!?…').rstrip()}, {CONNECTIVES[question]}"
 
 
 def scores(bb, tokenizer, records: list) -> dict[str, np.ndarray]:

@@ -283,3 +283,22 @@ def test_a_refit_keeps_the_decision_chosen_before_it(rwsd_runs, tiny_model_dir, 
     right = np.mean([g == r.label for g, r in
                      zip(base_decisions(tiny_model_dir, val), val, strict=True)])  # fmt: skip
     assert metrics["final"]["tasks"]["RWSD"]["accuracy"] == pytest.approx(right)
+
+
+def test_the_parus_probe_joins_premise_connective_and_choice(tiny_model_dir):  # noqa: F811
+    import parus_likelihood as parus
+
+    from mlx_rsg.tasks.parus import PARusRecord
+
+    assert parus.premise_head("Трава мокрая.", "cause") == "Трава мокрая, потому что"
+    assert parus.as_continuation("Шёл дождь.") == "шёл дождь."
+    assert parus.as_continuation("МЧС приехало.") == "МЧС приехало."  # an acronym stays
+    bb, tokenizer = load_backbone(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    r = PARusRecord(0, "the cat was tired .", "the dog ran .", "it slept .", "effect", 1)
+    got = parus.scores(bb, tokenizer, [r])
+    given = tail_log_likelihoods(bb, tokenizer, [("the cat was tired, поэтому", "the dog ran ."),
+                                                 ("the cat was tired, поэтому", "it slept .")])
+    prior = tail_log_likelihoods(bb, tokenizer, [("Поэтому", "the dog ran ."),
+                                                 ("Поэтому", "it slept .")])  # fmt: skip
+    assert got["sum"][0] == pytest.approx(given, rel=1e-6)
+    assert got["pmi"][0] == pytest.approx(given - prior, rel=1e-5)
