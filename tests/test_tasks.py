@@ -185,6 +185,21 @@ def test_rwsd_spans_found_by_text_even_with_wrong_word_index():
     assert [tok.decode(ids[s:e]) for s, e in spans] == [" стол", " на нем", "?"]
 
 
+def test_rwsd_spans_end_where_a_word_ends():
+    """A span text that begins a longer word nearer the official index ("его работа" in "его
+    работать", a val record whose index is 17 words off) is not the span."""
+    from mlx_rsg.tasks.rwsd import rwsd_spans, substituted
+
+    text = "Марк заставлял его работать, потому что его работа была прекрасной."
+    r = RWSDRecord(3, text, 0, "Марк", 2, "его работа", False)
+    (_, _), (s2, e2) = rwsd_spans(r)
+    assert (text[s2:e2], s2) == ("его работа", text.index("его работа был"))
+    assert substituted(r) == ("Марк заставлял его работать, потому что Марк",
+                              "работа была прекрасной.")  # fmt: skip
+    cut = RWSDRecord(4, "Он сказал, что чемодан, мал.", 3, "чемодан,", 0, "Он", True)
+    assert rwsd_spans(cut)[0] == (15, 23)  # a span ending in punctuation ends a word too
+
+
 def test_rwsd_spans_reported_span1_first_when_span2_comes_first():
     text = "Когда он вошёл, Иван снял шляпу."
     r = RWSDRecord(2, text, 3, "Иван", 1, "он", True)

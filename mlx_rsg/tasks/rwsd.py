@@ -28,16 +28,21 @@ _WORD = re.compile(r"\S+")
 
 
 def _occurrences(text: str, span_text: str, index: int) -> list[tuple[int, int, int]]:
-    """(distance in words from `index`, start, end) of each place `span_text` starts at a word.
-    The official word indices are sometimes off; the text is what counts."""
+    """(distance in words from `index`, start, end) of each place `span_text` starts at a word,
+    those where it also ends one ("его работа", not in "его работать") if there are any. The
+    official word indices are sometimes off; the text is what counts."""
     words = [m.start() for m in _WORD.finditer(text)]
     span_text = span_text.strip()
-    found = []
+    found, whole = [], []
     for i, start in enumerate(words):
         if span_text and text.startswith(span_text, start):
-            found.append((abs(i - index), start, start + len(span_text)))
+            end = start + len(span_text)
+            found.append((abs(i - index), start, end))
+            if end == len(text) or text[end].isspace() or text[end] in PUNCT or \
+                    not text[end - 1].isalnum():
+                whole.append(found[-1])
     if found:
-        return found
+        return whole or found
     # Not in the text verbatim: fall back to the index's words, trailing punctuation dropped.
     n = max(1, len(span_text.split()))
     i = min(max(index, 0), len(words) - 1) if words else 0
