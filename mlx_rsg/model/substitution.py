@@ -117,7 +117,7 @@ def build(
     verify: bool = True,
     cores: int | None = None,
     log: Callable[[str], None] | None = None,
-    where: str | Path | None = None,
+    where: str | Path = "run.json",
 ) -> Substitution:
     """The language model of a decision entry: the classifier's embedding and bottom
     `shared_blocks` blocks (the same weights, quantized where the classifier's are), the base
@@ -149,6 +149,6 @@ def build(
         nn.quantize(own, group_size=q["group_size"], bits=q["bits"])
     mx.eval(lm.model.parameters())
     if log is not None:
-        log(f"RWSD: decided by substitution (blocks 1-{shared} shared with the classifier, "
-            f"{lm.num_layers - shared} of the base model's own)")  # fmt: skip
+        log(f"RWSD: decided by substitution through {lm.num_layers} blocks, the bottom {shared} "
+            "shared with the classifier")  # fmt: skip
     return Substitution(lm, tokenizer)
