@@ -298,8 +298,8 @@ def load(run_dir: str | Path, verify: bool = True, calibrated: bool = True,
         apply_calibration(model, info.get("calibration", {}))
     entry = info.get("decisions", {}).get("RWSD", {"by": "head"})
     if decisions and entry["by"] == "substitution":
-        model.substitution = substitution.build(bb, entry, tokenizer, verify, world.cores,
-                                                _to_stderr, run_dir / "run.json")  # fmt: skip
+        model.substitution = substitution.build(bb, entry, tokenizer, run_dir, verify,
+                                                world.cores, _to_stderr)  # fmt: skip
     mx.eval(model.parameters())
     model.eval()
     if "TERRa" in info["tasks"] and "LiDiRus" not in info["tasks"]:

@@ -113,12 +113,6 @@ def _check_decisions(path: Path, info: dict) -> None:
         if isinstance(shared, bool) or not isinstance(shared, int) or shared < 0:
             raise UserError(located(path, None, f"{where}.shared_blocks",
                                     "expected a number of blocks"))  # fmt: skip
-        q = entry.get("quantize")
-        if q is not None and not (isinstance(q, dict) and all(
-                isinstance(q.get(k), int) and not isinstance(q.get(k), bool)
-                for k in ("bits", "group_size"))):  # fmt: skip
-            raise UserError(located(path, None, f"{where}.quantize",
-                                    "expected bits and group_size"))  # fmt: skip
 
 
 def _check_calibration(path: Path, info: dict) -> None:
@@ -309,11 +303,18 @@ def open_runs(paths: list[str]) -> list[RunRef]:
 
 
 def disk_size(ref: RunRef) -> dict[str, int]:
-    """Bytes of the weight files on disk: the backbone's, the trained ones, their total."""
+    """Bytes of the weight files on disk: the backbone's, the trained ones, a quantized run's
+    copy of the blocks its RWSD decision runs beyond the backbone's (`model/substitution.py`;
+    a float run reads them from its backbone directory, counted whole), their total."""
     model_dir = resolve_backbone(ref.path, ref.info, verify=False)
     backbone = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
     trainable = (ref.path / WEIGHTS).stat().st_size
-    return {"backbone": backbone, "trainable": trainable, "total": backbone + trainable}
+    lm = ref.info.get("decisions", {}).get("RWSD", {}).get("lm", {})
+    own = 0
+    if lm.get("copied"):
+        own = sum(f.stat().st_size for f in (ref.path / lm["path"]).glob("*.safetensors"))
+    return {"backbone": backbone, "trainable": trainable, "substitution": own,
+            "total": backbone + trainable + own}
 
 
 def quantization(ref: RunRef) -> dict | None:

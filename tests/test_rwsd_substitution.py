@@ -150,21 +150,56 @@ def test_dev_chooses_the_higher_of_head_and_substitution(rwsd_runs):
     assert predict.load(runs["head"]).model.substitution is None
 
 
-def test_a_quantized_run_quantizes_its_language_models_own_blocks(rwsd_runs, tmp_path):
+def test_a_quantized_run_keeps_its_language_models_own_blocks_quantized(rwsd_runs, tmp_path,
+                                                                         tiny_model_dir):  # noqa: F811
+    """quantize writes the blocks the decision runs above the shared ones, quantized as the
+    backbone, into the run: it loads and decides without the base model directory, as the float
+    base's blocks rounded the same way decide."""
+    import shutil
+
+    from mlx_rsg.model import substitution
+    from mlx_rsg.run import disk_size, open_runs
+
     data, runs = rwsd_runs
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    run = tmp_path / "run"
+    shutil.copytree(runs["substitution"], run)
+    info = json.loads((run / "run.json").read_text())
+    info["backbone"]["path"] = info["decisions"]["RWSD"]["lm"]["path"] = str(base)
+    (run / "run.json").write_text(json.dumps(info))
     out = tmp_path / "q8"
-    quantize(runs["substitution"], out, bits=8, group_size=32)
+    quantize(run, out, bits=8, group_size=32)
     entry = json.loads((out / "run.json").read_text())["decisions"]["RWSD"]
-    assert entry["by"] == "substitution" and entry["quantize"] == {"bits": 8, "group_size": 32}
+    assert entry["lm"]["path"] == "substitution" and entry["lm"]["copied"] is True
+    own = mx.load(str(out / "substitution" / "model.safetensors"))
+    assert sorted({k.split(".")[2] for k in own if k.startswith("model.layers.")}) == ["1"]
+    assert "model.norm.weight" in own and not any("embed" in k for k in own)
+    assert own["model.layers.1.mlp.down_proj.weight"].dtype == mx.uint32  # quantized
+    sizes = disk_size(open_runs([str(out)])[0])
+    assert sizes["substitution"] == (out / "substitution" / "model.safetensors").stat().st_size
+    assert sizes["total"] == sizes["backbone"] + sizes["trainable"] + sizes["substitution"]
+
+    val = load_split(data, "RWSD", "val")
+    float_run = predict.load(run)  # its own blocks from the float base, rounded here below
+    with_rounded = substitution.build(float_run.model.backbone, info["decisions"]["RWSD"],
+                                      float_run.tokenizer)  # fmt: skip
+    shutil.rmtree(base)  # the quantized run needs the base model no more
     predictor = predict.load(out)
     lm = predictor.model.substitution.lm
     assert lm.layers[0] is predictor.model.backbone.layers[0]  # shared, quantized there
     assert isinstance(lm.layers[1].mlp.down_proj, nn.QuantizedLinear)  # its own, quantized
-    assert lm.layers[1] is not predictor.model.backbone.layers[1]
-    val = load_split(data, "RWSD", "val")
-    float_labels = [row["label"] for row in predict.load(runs["substitution"]).predict("RWSD", val)]
-    q8 = [row["label"] for row in predictor.predict("RWSD", val)]
-    assert np.mean([a == b for a, b in zip(q8, float_labels, strict=True)]) >= 0.75
+    own_module = nn.Module()
+    own_module.layers = with_rounded.lm.layers[1:]
+    nn.quantize(own_module, group_size=32, bits=8)
+    with_rounded.lm.decoder.embed_tokens = lm.decoder.embed_tokens
+    with_rounded.lm.decoder.layers[0] = lm.layers[0]
+    pairs = [substituted(r) for r in val]
+    got = tail_log_likelihoods(lm, float_run.tokenizer, pairs)
+    want = tail_log_likelihoods(with_rounded.lm, float_run.tokenizer, pairs)
+    assert np.allclose(got, want, rtol=1e-5)
+    labels = [row["label"] for row in predictor.predict("RWSD", val)]
+    assert labels == [bool(row[1] > 0) for row in group_logits(val, got)]
 
 
 def test_a_damaged_or_missing_decision_is_one_line(rwsd_runs, tmp_path):

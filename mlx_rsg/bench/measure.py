@@ -33,7 +33,7 @@ OUT_DIR/bench.json (format "mlx-rsg-bench", version 1):
     flips_by_margin: {edges, decisions, flipped, tasks}: per bin of the baseline's margin, over
               the label tasks (compare.py; null for the baseline),
     class_report: {task: {label: {precision, recall, f1, support}}}  (not RuCoS),
-    size_bytes: {backbone, trainable, total}  (weight files on disk),
+    size_bytes: {backbone, trainable, substitution, total}  (weight files on disk),
     memory: {mlx_peak_bytes (mx.get_peak_memory), rss_peak_bytes (getrusage high-water, reset
              per run where Linux allows), rss_reset: bool},
     latency_ms: {p50, p95, samples, batch_size: 1}  (one record end to end: tokenise, forward,

@@ -83,15 +83,18 @@ def load_backbone(path: str | Path, lazy: bool = False, cores: int | None = None
     return Backbone(model=model, config=config, runtime=placed)
 
 
-def load_checked(model_dir: Path, lazy: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+def load_checked(model_dir: Path, lazy: bool = False,
+                 strict: bool = True) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
     """mlx-lm's `load_model` for every command that loads a model (train, predict, quantize,
     serve, bench), with what can be wrong in the directory as one-line errors: a truncated
     weights file (checked by its header first), a config field of the wrong type, weights that
-    do not fit the config, a `model_file` (custom code mlx-lm rightly does not run)."""
+    do not fit the config, a `model_file` (custom code mlx-lm rightly does not run).
+    `strict=False`: weights the directory lacks keep their initial values, unevaluated with
+    `lazy`, for a caller that puts its own modules there (`model/substitution.py`)."""
     for f in sorted(model_dir.glob("*.safetensors")):
         check_safetensors(f, exact=False)
     try:
-        return load_model(model_dir, lazy=lazy)
+        return load_model(model_dir, lazy=lazy, strict=strict)
     except Exception as e:  # noqa: BLE001 - mlx-lm raises ValueError, TypeError, KeyError...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{model_dir}: cannot load the model: {msg}") from None

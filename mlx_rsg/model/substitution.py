@@ -24,9 +24,12 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten
+from mlx_lm.utils import save_config
 
+from mlx_rsg.accel import runtime
 from mlx_rsg.errors import UserError, located
-from mlx_rsg.model.backbone import Backbone, embed, final_norm, load_backbone, run_layers
+from mlx_rsg.model.backbone import Backbone, embed, final_norm, load_checked, run_layers
 from mlx_rsg.model_files import weight_hashes
 from mlx_rsg.tasks.rwsd import RWSDRecord, pronoun_key, substituted
 
@@ -103,6 +106,9 @@ def _batch_scores(lm: Backbone, rows: list[tuple[list[int], int]]) -> list[float
     return sums
 
 
+OWN_BLOCKS = "substitution"  # a quantized run's directory of the language model's own blocks
+
+
 def decision_entry(base_dir: Path, shared_blocks: int, dev: dict[str, Any]) -> dict[str, Any]:
     """run.json's `decisions.RWSD` for a run that decides RWSD by substitution."""
     base_dir = Path(base_dir).resolve()
@@ -114,41 +120,60 @@ def build(
     classifier_bb: Backbone,
     entry: dict[str, Any],
     tokenizer,
+    run_dir: str | Path | None = None,
     verify: bool = True,
     cores: int | None = None,
     log: Callable[[str], None] | None = None,
-    where: str | Path = "run.json",
 ) -> Substitution:
     """The language model of a decision entry: the classifier's embedding and bottom
-    `shared_blocks` blocks (the same weights, quantized where the classifier's are), the base
-    model's blocks above them and final norm; those quantized as `entry["quantize"]` says (a
-    quantized run's: the same bits and group as its backbone). `where`: the run.json it is
-    from, for the errors."""
+    `shared_blocks` blocks (the same modules, quantized where the classifier's are), then the
+    base model's own blocks above them and its final norm: read from the base model directory
+    (`lm.path`), or, in a quantized run, from its own copy (`lm.copied`: RUN_DIR/substitution,
+    quantized as its backbone, `write_own_blocks`). Only the modules it keeps are loaded."""
+    where = Path(run_dir or ".") / "run.json"
+
     def fail(field: str, msg: str) -> UserError:
         return UserError(located(where, None, f"decisions.RWSD.{field}", msg))
 
-    path = Path(entry["lm"]["path"])
+    ref = entry["lm"]
+    path = Path(run_dir or ".") / ref["path"] if ref.get("copied") else Path(ref["path"])
     if not path.is_dir():
         raise fail("lm.path", f"{path} does not exist (RWSD is decided by substitution with the "
                    "base model it names; move it back)")  # fmt: skip
-    if verify and weight_hashes(path) != entry["lm"]["sha256"]:
-        raise fail("lm.sha256", f"the weights in {path} are not the base model this run's "
-                   "decision was made with")  # fmt: skip
-    lm = load_backbone(path, cores=cores)
+    if verify and weight_hashes(path) != ref["sha256"]:
+        raise fail("lm.sha256", f"the weights in {path} are not the ones this run's decision "
+                   "was made with")  # fmt: skip
+    model, config = load_checked(path, lazy=True, strict=False)
+    lm = Backbone(model=model, config=config)
     shared = entry["shared_blocks"]
     if not 0 <= shared <= min(classifier_bb.num_layers, lm.num_layers):
         raise fail("shared_blocks", f"{shared} is not a block count of both the classifier and "
                    "its base model")  # fmt: skip
+    # the classifier's modules in place of the ones not loaded (never evaluated, never stored)
     lm.decoder.embed_tokens = classifier_bb.decoder.embed_tokens
     for i in range(shared):
         lm.decoder.layers[i] = classifier_bb.layers[i]
-    q = entry.get("quantize")
-    if q:  # a quantized run: its base model's own blocks as its backbone's
-        own = nn.Module()
-        own.layers = lm.decoder.layers[shared:]  # the same block objects: quantized in place
-        nn.quantize(own, group_size=q["group_size"], bits=q["bits"])
+    lm.runtime = runtime.place(lm.model, config, use=dict(classifier_bb.runtime.fast_paths),
+                               cores=cores)  # fmt: skip
     mx.eval(lm.model.parameters())
     if log is not None:
         log(f"RWSD: decided by substitution through {lm.num_layers} blocks, the bottom {shared} "
             "shared with the classifier")  # fmt: skip
     return Substitution(lm, tokenizer)
+
+
+def write_own_blocks(sub: Substitution, shared: int, bits: int, group_size: int,
+                     dst: Path) -> None:  # fmt: skip
+    """A quantized run's copy of its language model's own blocks (above the `shared` ones) and
+    final norm, quantized round-to-nearest at `bits` and `group_size` (the run's backbone's), as
+    a model directory `build` reads with its embedding and shared blocks from the classifier."""
+    lm = sub.lm
+    own = nn.Module()
+    own.layers = lm.decoder.layers[shared:]  # the same block objects: quantized in place
+    nn.quantize(own, group_size=group_size, bits=bits)
+    keep = tuple(f"model.layers.{i}." for i in range(shared, lm.num_layers)) + ("model.norm.",)
+    weights = {k: v for k, v in tree_flatten(lm.model.parameters()) if k.startswith(keep)}
+    dst.mkdir(parents=True)
+    mx.save_safetensors(str(dst / "model.safetensors"), weights)
+    config = {**lm.config, "quantization": {"group_size": group_size, "bits": bits}}
+    save_config(config, config_path=dst / "config.json")

@@ -38,7 +38,7 @@ from mlx_rsg.accel.blas import warn_if_slow
 from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object, write_json
-from mlx_rsg.model import methods
+from mlx_rsg.model import methods, substitution
 from mlx_rsg.model.backbone import load_checked
 from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.model_files import MANIFEST, copy_model_dir, weight_hashes, write_manifest
@@ -238,9 +238,13 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     }
     new["quantized"] = {"from": str(run_dir.resolve()), "recipe": recipe.as_dict()}
     rwsd = new.get("decisions", {}).get("RWSD", {})
-    if rwsd.get("by") == "substitution":  # its LM's own blocks: quantized as the backbone, on load
+    if rwsd.get("by") == "substitution":  # its language model's own blocks, quantized beside
+        sub = substitution.build(model.backbone, rwsd, predictor.tokenizer, run_dir, verify=False)
         q = qconfig["quantization"]
-        rwsd["quantize"] = {"bits": q["bits"], "group_size": q["group_size"]}
+        own = dst / substitution.OWN_BLOCKS
+        substitution.write_own_blocks(sub, rwsd["shared_blocks"], q["bits"], q["group_size"], own)
+        rwsd["lm"] = {"path": substitution.OWN_BLOCKS, "sha256": weight_hashes(own),
+                      "copied": True}  # fmt: skip
     write_json(dst / "run.json", new)
     if (run_dir / "metrics.json").is_file():  # the fp32 run's own validation history
         shutil.copy2(run_dir / "metrics.json", dst / "metrics.json")
