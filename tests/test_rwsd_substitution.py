@@ -337,3 +337,22 @@ def test_the_parus_probe_joins_premise_connective_and_choice(tiny_model_dir):  #
                                                  ("Поэтому", "it slept .")])  # fmt: skip
     assert got["sum"][0] == pytest.approx(given, rel=1e-6)
     assert got["pmi"][0] == pytest.approx(given - prior, rel=1e-5)
+
+
+def test_a_quantized_output_layer_gives_its_log_probabilities_in_chunks(
+    tiny_model_dir,  # noqa: F811
+    monkeypatch,
+):
+    """The dequantized chunks' GEMM (the CPU's fast route) is the quantized layer's own
+    log-softmax, whatever the chunk size."""
+    from mlx_rsg.model import substitution
+
+    bb = load_backbone(tiny_model_dir)
+    nn.quantize(bb.model, group_size=32, bits=4)
+    h = mx.random.normal((5, bb.hidden_size), key=mx.random.key(0))
+    targets = [3, 17, 250, 399, 0]
+    logits = bb.decoder.embed_tokens.as_linear(h).astype(mx.float32)
+    want = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))[np.arange(5), targets]
+    monkeypatch.setattr(substitution, "OUTPUT_CHUNK", 64)  # 400 rows: 7 chunks, the last short
+    got = np.array(substitution.token_log_probs(bb, h, targets))
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-4)
