@@ -27,7 +27,8 @@ POINTS = [
     ("shared passages, budgets per task, 640 tokens", "quality/earlier/share.json"),
     ("the same on the first 12 blocks", "quality/earlier/block12-quarter.json"),
     ("the same on the first 12 blocks", "quality/earlier/block12-half.json"),
-    ("the same on the first 12 blocks", "quality.json"),
+    # the real run as its three budgets compare: RWSD by its head (quality.json: by substitution)
+    ("the same on the first 12 blocks", "quality/earlier/block12-head.json"),
 ]
 
 
