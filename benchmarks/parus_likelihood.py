@@ -21,11 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import probe_cli  # first: OpenBLAS before anything imports mlx
 
-from mlx_rsg.accel import blas  # first: OpenBLAS before anything imports mlx
 from mlx_rsg.data import load_split
-from mlx_rsg.errors import UserError
-from mlx_rsg.model import backbone as bbm
 from mlx_rsg.model.substitution import tail_log_likelihoods
 
 CONNECTIVES = {"cause": "потому что", "effect": "поэтому"}
@@ -59,25 +57,9 @@ def scores(bb, tokenizer, records: list) -> dict[str, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--split", action="append", default=None, choices=["train", "val"],
-                    help="a labelled split: train (default), val")
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args()
-    splits = a.split or ["train"]
-    for split in splits:
-        if not (Path(a.data) / "PARus" / f"{split}.jsonl").is_file():
-            ap.error(f"{Path(a.data) / 'PARus' / f'{split}.jsonl'}: no such file")
-    try:
-        bb, tokenizer = bbm.load_backbone(a.model), bbm.load_tokenizer(a.model)
-    except UserError as e:  # not a converted model: one line, as the CLI says it
-        ap.error(str(e))
+    a, splits, bb, tokenizer = probe_cli.parse(ap, "PARus")
     out = Path(a.out)
-    result = {"benchmark": "parus_likelihood", "model": a.model, "splits": {}}
-    if out.exists():  # a split scored later joins the ones already there
-        result = json.loads(out.read_text())
-    result["blas"] = blas.describe()
+    result = probe_cli.results(out, "parus_likelihood", a.model)
     for split in splits:
         records = load_split(a.data, "PARus", split)
         labels = np.array([r.label for r in records])

@@ -22,10 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import probe_cli  # first: OpenBLAS before anything imports mlx
 
-from mlx_rsg.accel import blas  # first: OpenBLAS before anything imports mlx
 from mlx_rsg.data import load_split
-from mlx_rsg.errors import UserError
 from mlx_rsg.model import backbone as bbm
 from mlx_rsg.model.substitution import group_logits, tail_log_likelihoods
 from mlx_rsg.tasks.rwsd import pronoun_key, substituted
@@ -83,32 +82,16 @@ def pairwise(records: list, got: list[dict], key: str) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--split", action="append", default=None, choices=["train", "val"],
-                    help="a labelled split: train (default), val")
     ap.add_argument("--blocks", type=int, default=None,
                     help="read the LM head after the first N blocks (a --feature-layer N run's "
                          "backbone) instead of after all of them")
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args()
-    splits = a.split or ["train"]
-    for split in splits:
-        if not (Path(a.data) / "RWSD" / f"{split}.jsonl").is_file():
-            ap.error(f"{Path(a.data) / 'RWSD' / f'{split}.jsonl'}: no such file")
-    try:
-        bb, tokenizer = bbm.load_backbone(a.model), bbm.load_tokenizer(a.model)
-    except UserError as e:  # not a converted model: one line, as the CLI says it
-        ap.error(str(e))
+    a, splits, bb, tokenizer = probe_cli.parse(ap, "RWSD")
     if a.blocks is not None:
         if not 1 <= a.blocks <= bb.num_layers:
             ap.error(f"--blocks: {a.blocks} is not a block in 1..{bb.num_layers}")
         bbm.keep_blocks(bb, a.blocks)
     out = Path(a.out)
-    result = {"benchmark": "rwsd_substitution", "model": a.model, "splits": {}}
-    if out.exists():  # a split scored later joins the ones already there
-        result = json.loads(out.read_text())
-    result["blas"] = blas.describe()
+    result = probe_cli.results(out, "rwsd_substitution", a.model)
     for split in splits:
         records = load_split(a.data, "RWSD", split)
         t0 = time.time()
