@@ -26,7 +26,7 @@ import probe_cli  # first: OpenBLAS before anything imports mlx
 
 from mlx_rsg.data import load_split
 from mlx_rsg.model import backbone as bbm
-from mlx_rsg.model.substitution import group_logits, tail_log_likelihoods
+from mlx_rsg.model.substitution import group_logits, tail_log_likelihoods, token_log_probs
 from mlx_rsg.tasks.rwsd import pronoun_key, substituted
 
 
@@ -34,12 +34,8 @@ def token_log_likelihoods(bb, ids: list[int]) -> np.ndarray:
     """log P(ids[t] | ids[:t]) for t = 1 .. len(ids) - 1, from one forward pass."""
     import mlx.core as mx
 
-    tokens = mx.array([ids])
-    h = bbm.final_norm(bb, bbm.run_layers(bb, bbm.embed(bb, tokens)))[0, :-1]
-    logits = bb.decoder.embed_tokens.as_linear(h).astype(mx.float32)
-    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    target = mx.array(ids[1:])
-    return np.array(mx.take_along_axis(logp, target[:, None], axis=-1)[:, 0])
+    h = bbm.final_norm(bb, bbm.run_layers(bb, bbm.embed(bb, mx.array([ids]))))[0, :-1]
+    return np.array(token_log_probs(bb, h, ids[1:]))
 
 
 def scores(bb, tokenizer, records: list) -> list[dict[str, float]]:

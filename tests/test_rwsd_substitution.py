@@ -356,3 +356,24 @@ def test_a_quantized_output_layer_gives_its_log_probabilities_in_chunks(
     monkeypatch.setattr(substitution, "OUTPUT_CHUNK", 64)  # 400 rows: 7 chunks, the last short
     got = np.array(substitution.token_log_probs(bb, h, targets))
     assert np.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_an_untied_output_layer_is_what_the_log_probabilities_read(tiny_model_dir):  # noqa: F811
+    """A model with its own LM head (Qwen, Llama untied) is read through that head, float or
+    quantized, not through its input embedding."""
+    from mlx_rsg.model import substitution
+
+    bb = load_backbone(tiny_model_dir)
+    bb.model.lm_head = nn.Linear(bb.hidden_size, 400, bias=False)
+    h = mx.random.normal((3, bb.hidden_size), key=mx.random.key(1))
+    targets = [5, 99, 321]
+
+    def want() -> np.ndarray:
+        logits = bb.model.lm_head(h).astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return np.array(logp)[np.arange(3), targets]
+
+    assert np.allclose(substitution.token_log_probs(bb, h, targets), want(), atol=1e-5)
+    nn.quantize(bb.model, group_size=32, bits=8)
+    assert isinstance(bb.model.lm_head, nn.QuantizedLinear)
+    assert np.allclose(substitution.token_log_probs(bb, h, targets), want(), atol=1e-4)

@@ -215,20 +215,29 @@ def final_norm(bb: Backbone, h: mx.array) -> mx.array:
     return bb.decoder.norm(h)
 
 
-def output_rows(bb: Backbone, ids: list[int]) -> mx.array:
-    """Rows (len(ids), D) of the language model's output projection, float32: its logit for
-    token i is final_norm(h) . row i. The model's own LM head where it has one, else the input
-    embedding it is tied to (Gemma, SmolLM2); dequantized if quantized."""
+def output_layer(bb: Backbone) -> nn.Module:
+    """The language model's output projection: its own LM head where it has one, else the input
+    embedding it is tied to (Gemma, SmolLM2)."""
     layer = getattr(bb.model, "lm_head", None)
-    layer = bb.decoder.embed_tokens if layer is None else layer
-    idx = mx.array(ids)
+    return bb.decoder.embed_tokens if layer is None else layer
+
+
+def weight_rows(layer: nn.Module, rows: mx.array | slice) -> mx.array:
+    """Rows of a Linear's or Embedding's weight (output rows, input width), float32;
+    dequantized if the layer is quantized."""
     if hasattr(layer, "scales"):  # QuantizedLinear / QuantizedEmbedding
-        biases = layer.biases[idx] if getattr(layer, "biases", None) is not None else None
-        w = mx.dequantize(layer.weight[idx], layer.scales[idx], biases,
+        biases = layer.biases[rows] if getattr(layer, "biases", None) is not None else None
+        w = mx.dequantize(layer.weight[rows], layer.scales[rows], biases,
                           group_size=layer.group_size, bits=layer.bits)  # fmt: skip
     else:
-        w = layer.weight[idx]
+        w = layer.weight[rows]
     return w.astype(mx.float32)
+
+
+def output_rows(bb: Backbone, ids: list[int]) -> mx.array:
+    """Rows (len(ids), D) of the language model's output projection (`output_layer`), float32:
+    its logit for token i is final_norm(h) . row i."""
+    return weight_rows(output_layer(bb), mx.array(ids))
 
 
 def hidden_states(bb: Backbone, tokens: mx.array) -> mx.array:

@@ -8,9 +8,9 @@ the others False; a record alone in its group is False (the more common answer i
 Nothing is trained: the run's decision (run.json `decisions`) names the base model the
 classifier was trained from and how many of its bottom blocks the classifier kept as they were
 (`shared_blocks`). The language model is the classifier's embedding and those blocks, shared,
-then the base model's own blocks above them and its final norm, read by the tied embedding as
-its output layer. On Gemma-3-270M it needs all 18 blocks: read after block 12 it is at chance
-(docs/training.md, "RWSD by substitution, measured").
+then the base model's own blocks above them and its final norm, read by the classifier's
+output layer (its LM head, or the tied embedding). On Gemma-3-270M it needs all 18 blocks: read
+after block 12 it is at chance (docs/training.md, "RWSD by substitution, measured").
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from mlx_rsg.model.backbone import (
     embed,
     final_norm,
     load_checked,
+    output_layer,
     output_rows,
     run_layers,
+    weight_rows,
 )
 from mlx_rsg.model_files import weight_hashes
 from mlx_rsg.tasks.rwsd import RWSDRecord, pronoun_key, substituted
@@ -111,23 +113,21 @@ def _batch_scores(lm: Backbone, rows: list[tuple[list[int], int]]) -> list[float
 
 
 def token_log_probs(lm: Backbone, h: mx.array, targets: list[int]) -> mx.array:
-    """log P(target | final-normed state) per row of h (N, D), through the tied output layer.
-    A quantized one is dequantized OUTPUT_CHUNK rows at a time and multiplied as a plain GEMM:
-    on this CPU MLX's quantized matmul over Gemma's 262,144 output rows took 3.3 s for 20 rows,
-    most of a quantized run's RWSD time (the logits are the same: the rows are what the
-    quantized layer multiplies by)."""
+    """log P(target | final-normed state) per row of h (N, D), through the output layer
+    (`output_layer`: an LM head, or the tied embedding). A quantized one is dequantized
+    OUTPUT_CHUNK rows at a time and multiplied as a plain GEMM: on this CPU MLX's quantized
+    matmul over Gemma's 262,144 output rows took 36.8 s for 8 RWSD records of the real run's q8
+    copy, the chunks 3.7 s (the logits are the same: the rows are what the quantized layer
+    multiplies by)."""
     h = h.astype(mx.float32)
     picked = mx.sum(h * output_rows(lm, targets), axis=-1)
-    out = lm.decoder.embed_tokens
+    out = output_layer(lm)
     if not hasattr(out, "scales"):
-        return picked - mx.logsumexp(out.as_linear(h).astype(mx.float32), axis=-1)
+        logits = out.as_linear(h) if isinstance(out, nn.Embedding) else out(h)
+        return picked - mx.logsumexp(logits.astype(mx.float32), axis=-1)
     total = None
     for start in range(0, out.weight.shape[0], OUTPUT_CHUNK):
-        part = slice(start, start + OUTPUT_CHUNK)
-        biases = out.biases[part] if getattr(out, "biases", None) is not None else None
-        w = mx.dequantize(out.weight[part], out.scales[part], biases, group_size=out.group_size,
-                          bits=out.bits).astype(mx.float32)  # fmt: skip
-        lse = mx.logsumexp(h @ w.T, axis=-1)
+        lse = mx.logsumexp(h @ weight_rows(out, slice(start, start + OUTPUT_CHUNK)).T, axis=-1)
         total = lse if total is None else mx.logaddexp(total, lse)
         mx.eval(total)  # one chunk's rows alive at a time
     return picked - total
@@ -179,6 +179,8 @@ def build(
                    "its base model")  # fmt: skip
     # the classifier's modules in place of the ones not loaded (never evaluated, never stored)
     lm.decoder.embed_tokens = classifier_bb.decoder.embed_tokens
+    if "lm_head" in classifier_bb.model:  # an untied output layer: the classifier's, shared
+        lm.model.lm_head = classifier_bb.model.lm_head
     for i in range(shared):
         lm.decoder.layers[i] = classifier_bb.layers[i]
     lm.runtime = runtime.place(lm.model, config, use=dict(classifier_bb.runtime.fast_paths),
