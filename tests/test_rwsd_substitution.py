@@ -339,6 +339,25 @@ def test_the_parus_probe_joins_premise_connective_and_choice(tiny_model_dir):  #
     assert got["pmi"][0] == pytest.approx(given - prior, rel=1e-5)
 
 
+def test_the_own_blocks_take_the_recipes_16_bit_scales(rwsd_runs, tmp_path):
+    """A recipe's scale_dtype reaches the language model's own blocks as it reaches the backbone:
+    the copy is the recipe's bits per weight, and the run loads and decides with it."""
+    data, runs = rwsd_runs
+    recipe = tmp_path / "q8-h.toml"
+    recipe.write_text('name = "q8-h"\nbits = 8\ngroup_size = 32\nscale_dtype = "float16"\n')
+    out = tmp_path / "q8-h"
+    quantize(runs["substitution"], out, recipe=str(recipe))
+    own = mx.load(str(out / "substitution" / "model.safetensors"))
+    backbone = mx.load(str(out / "backbone" / "model.safetensors"))
+    for weights in (own, backbone):
+        scales = [v.dtype for k, v in weights.items() if k.endswith((".scales", ".biases"))]
+        assert scales and set(scales) == {mx.float16}
+    predictor = predict.load(out)
+    assert predictor.model.substitution is not None
+    val = load_split(data, "RWSD", "val")
+    assert len(predictor.predict("RWSD", val)) == len(val)
+
+
 def test_a_quantized_output_layer_gives_its_log_probabilities_in_chunks(
     tiny_model_dir,  # noqa: F811
     monkeypatch,

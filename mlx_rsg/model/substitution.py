@@ -40,6 +40,7 @@ from mlx_rsg.model.backbone import (
     weight_rows,
 )
 from mlx_rsg.model_files import weight_hashes
+from mlx_rsg.quant.rtn import cast_scales
 from mlx_rsg.tasks.rwsd import RWSDRecord, pronoun_key, substituted
 
 BATCH = 8  # records per forward: a tail's rows of the 262k-word output are 1 MB each (float32)
@@ -192,15 +193,18 @@ def build(
     return Substitution(lm, tokenizer)
 
 
-def write_own_blocks(sub: Substitution, shared: int, bits: int, group_size: int,
-                     dst: Path) -> None:  # fmt: skip
+def write_own_blocks(sub: Substitution, shared: int, bits: int, group_size: int, dst: Path,
+                     scale_dtype: str | None = None) -> None:  # fmt: skip
     """A quantized run's copy of its language model's own blocks (above the `shared` ones) and
-    final norm, quantized round-to-nearest at `bits` and `group_size` (the run's backbone's), as
-    a model directory `build` reads with its embedding and shared blocks from the classifier."""
+    final norm, quantized round-to-nearest at `bits` and `group_size` with scales and biases in
+    `scale_dtype` (the run's backbone's: None keeps the model's own), as a model directory
+    `build` reads with its embedding and shared blocks from the classifier."""
     lm = sub.lm
     own = nn.Module()
     own.layers = lm.decoder.layers[shared:]  # the same block objects: quantized in place
     nn.quantize(own, group_size=group_size, bits=bits)
+    if scale_dtype:
+        cast_scales(own, getattr(mx, scale_dtype))
     keep = tuple(f"model.layers.{i}." for i in range(shared, lm.num_layers)) + ("model.norm.",)
     weights = {k: v for k, v in tree_flatten(lm.model.parameters()) if k.startswith(keep)}
     dst.mkdir(parents=True)

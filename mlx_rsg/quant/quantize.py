@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx_lm
 from mlx.utils import tree_flatten
-from mlx_lm.utils import compute_bits_per_weight, save_config, save_model
+from mlx_lm.utils import save_config, save_model
 
 from mlx_rsg import predict
 from mlx_rsg.accel.blas import warn_if_slow
@@ -126,23 +125,10 @@ def _quantize_with(model, config: dict, recipe: Recipe, src_dir: Path, calib_dat
     if distill is not None:
         counts["distill"] = distill.apply(log)
     if recipe.scale_dtype:
-        counts["bits_per_weight"] = cast_scales(model, getattr(mx, recipe.scale_dtype))
+        counts["bits_per_weight"] = rtn.cast_scales(model, getattr(mx, recipe.scale_dtype))
     norms = [v.dtype for k, v in tree_flatten(model.parameters()) if k.endswith("norm.weight")]
     counts["norms_dtype"] = str(norms[0]).removeprefix("mlx.core.") if norms else "float32"
     return qconfig, counts
-
-
-def cast_scales(model, dtype: mx.Dtype) -> float:
-    """Every quantized module's scales and biases in `dtype`, in place (float16 scales take
-    q4 at group 64 from 5 to 4.5 bits per weight); returns the new bits per weight. The layers
-    compute in the input's dtype as before (`embed` casts the gathered rows back)."""
-    for _, module in model.named_modules():
-        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-            module.scales = module.scales.astype(dtype)
-            if module.get("biases") is not None:
-                module.biases = module.biases.astype(dtype)
-    mx.eval(model.parameters())
-    return round(float(compute_bits_per_weight(model)), 3)
 
 
 def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib_data=None,
@@ -242,7 +228,8 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
         sub = substitution.build(model.backbone, rwsd, predictor.tokenizer, run_dir, verify=False)
         q = qconfig["quantization"]
         own = dst / substitution.OWN_BLOCKS
-        substitution.write_own_blocks(sub, rwsd["shared_blocks"], q["bits"], q["group_size"], own)
+        substitution.write_own_blocks(sub, rwsd["shared_blocks"], q["bits"], q["group_size"], own,
+                                      recipe.scale_dtype)  # fmt: skip
         rwsd["lm"] = {"path": substitution.OWN_BLOCKS, "sha256": weight_hashes(own),
                       "copied": True}  # fmt: skip
     write_json(dst / "run.json", new)

@@ -6,6 +6,8 @@ import contextlib
 import io
 from typing import Any
 
+import mlx.core as mx
+import mlx.nn as nn
 from mlx_lm.utils import compute_bits_per_weight, quantize_model
 
 from mlx_rsg.accel import fastpaths
@@ -36,3 +38,16 @@ def quantize_backbone(model, config: dict[str, Any], recipe: Recipe) -> tuple[di
     counts["bits_per_weight"] = round(float(compute_bits_per_weight(model)), 3)
     fastpaths.apply(model, qconfig)  # the new layers run as they will when loaded back
     return qconfig, counts
+
+
+def cast_scales(model, dtype: mx.Dtype) -> float:
+    """Every quantized module's scales and biases in `dtype`, in place (float16 scales take
+    q4 at group 64 from 5 to 4.5 bits per weight); returns the new bits per weight. The layers
+    compute in the input's dtype as before (`embed` casts the gathered rows back)."""
+    for _, module in model.named_modules():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            module.scales = module.scales.astype(dtype)
+            if module.get("biases") is not None:
+                module.biases = module.biases.astype(dtype)
+    mx.eval(model.parameters())
+    return round(float(compute_bits_per_weight(model)), 3)
