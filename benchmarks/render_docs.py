@@ -206,7 +206,7 @@ def quantization(results: Path) -> str:
         rows.append([q["recipe"] if q else "fp32", f"{q['bits_per_weight']:.2f}" if q else "32",
                      f"{v['total']:.3f}",
                      f"{100 * v['delta']:+.2f} ± {100 * se:.2f}" if q else "",
-                     f"{100 * v['flip_rate']:.1f} %", round(v["size_bytes"]["total"] / 2**20),
+                     f"{100 * v['flip_rate']:.2f} %", round(v["size_bytes"]["total"] / 2**20),
                      f"{v['throughput']['examples_per_s']:.2f}"])  # fmt: skip
     return _table(["weights", "bits / weight", "val total", "Δ fp32 (points) ± SE",
                    "decisions changed", "size MB", "records/s (batch 16)"], rows)  # fmt: skip
