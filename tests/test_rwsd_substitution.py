@@ -340,8 +340,8 @@ def test_the_parus_probe_joins_premise_connective_and_choice(tiny_model_dir):  #
 
 
 def test_the_own_blocks_take_the_recipes_16_bit_scales(rwsd_runs, tmp_path):
-    """A recipe's scale_dtype reaches the language model's own blocks as it reaches the backbone:
-    the copy is the recipe's bits per weight, and the run loads and decides with it."""
+    """A recipe's scale_dtype reaches the language model's own blocks as it reaches the backbone
+    (float16 scales and biases in both files), and the run loads and decides with them."""
     data, runs = rwsd_runs
     recipe = tmp_path / "q8-h.toml"
     recipe.write_text('name = "q8-h"\nbits = 8\ngroup_size = 32\nscale_dtype = "float16"\n')
