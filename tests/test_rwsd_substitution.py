@@ -358,6 +358,29 @@ def test_the_own_blocks_take_the_recipes_16_bit_scales(rwsd_runs, tmp_path):
     assert len(predictor.predict("RWSD", val)) == len(val)
 
 
+def test_the_own_blocks_take_the_recipes_overrides(rwsd_runs, tmp_path):
+    """A recipe's [overrides] reach the language model's own blocks as they reach the backbone:
+    q4 with 8-bit attention gives 8-bit attention and 4-bit MLP in both, recorded per path in
+    the copy's config, and the run loads them at those widths and decides."""
+    data, runs = rwsd_runs
+    recipe = tmp_path / "q4-attn8.toml"
+    recipe.write_text('name = "q4-attn8"\nbits = 4\ngroup_size = 32\n'
+                      '[overrides]\n"self_attn" = { bits = 8 }\n')  # fmt: skip
+    out = tmp_path / "q4-attn8"
+    quantize(runs["substitution"], out, recipe=str(recipe))
+    qblock = json.loads((out / "substitution" / "config.json").read_text())["quantization"]
+    assert qblock["bits"] == 4
+    assert qblock["model.layers.1.self_attn.q_proj"] == {"bits": 8, "group_size": 32,
+                                                         "mode": "affine"}  # fmt: skip
+    assert not any(k.startswith("model.layers.0.") for k in qblock)  # shared: the backbone's
+    lm = predict.load(out).model.substitution.lm
+    assert lm.layers[1].self_attn.q_proj.bits == lm.layers[0].self_attn.q_proj.bits == 8
+    assert lm.layers[1].mlp.down_proj.bits == lm.layers[0].mlp.down_proj.bits == 4
+    predictor = predict.load(out)
+    val = load_split(data, "RWSD", "val")
+    assert len(predictor.predict("RWSD", val)) == len(val)
+
+
 def test_a_quantized_output_layer_gives_its_log_probabilities_in_chunks(
     tiny_model_dir,  # noqa: F811
     monkeypatch,

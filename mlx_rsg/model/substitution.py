@@ -40,6 +40,7 @@ from mlx_rsg.model.backbone import (
     weight_rows,
 )
 from mlx_rsg.model_files import weight_hashes
+from mlx_rsg.quant.recipe import Recipe
 from mlx_rsg.quant.rtn import cast_scales
 from mlx_rsg.tasks.rwsd import RWSDRecord, pronoun_key, substituted
 
@@ -193,21 +194,37 @@ def build(
     return Substitution(lm, tokenizer)
 
 
-def write_own_blocks(sub: Substitution, shared: int, bits: int, group_size: int, dst: Path,
-                     scale_dtype: str | None = None) -> None:  # fmt: skip
+def write_own_blocks(sub: Substitution, shared: int, recipe: Recipe, dst: Path) -> None:
     """A quantized run's copy of its language model's own blocks (above the `shared` ones) and
-    final norm, quantized round-to-nearest at `bits` and `group_size` with scales and biases in
-    `scale_dtype` (the run's backbone's: None keeps the model's own), as a model directory
-    `build` reads with its embedding and shared blocks from the classifier."""
+    final norm, rounded to nearest as `recipe` rounds the backbone: its bits and group, its
+    `[overrides]` by module path (mlx-lm's per-path entries in the copy's config, as the backbone
+    records them), its scale dtype; as a model directory `build` reads with its embedding and
+    shared blocks from the classifier. A module whose width is not a multiple of its group stays
+    as it is, as in the backbone."""
     lm = sub.lm
-    own = nn.Module()
-    own.layers = lm.decoder.layers[shared:]  # the same block objects: quantized in place
-    nn.quantize(own, group_size=group_size, bits=bits)
-    if scale_dtype:
-        cast_scales(own, getattr(mx, scale_dtype))
-    keep = tuple(f"model.layers.{i}." for i in range(shared, lm.num_layers)) + ("model.norm.",)
+    default = {"bits": recipe.bits, "group_size": recipe.group_size}
+    qblock: dict[str, Any] = {**default, "mode": "affine"}
+    own = tuple(f"model.layers.{i}." for i in range(shared, lm.num_layers))
+
+    def predicate(path: str, module) -> bool | dict:
+        if not (path.startswith(own) and hasattr(module, "to_quantized")):
+            return False
+        p = recipe.params_for(path)
+        if module.weight.shape[-1] % p["group_size"]:
+            return False
+        if p == default:
+            return True
+        qblock[path] = {**p, "mode": "affine"}
+        return qblock[path]
+
+    nn.quantize(lm.model, recipe.group_size, recipe.bits, class_predicate=predicate)  # in place
+    if recipe.scale_dtype:
+        holder = nn.Module()
+        holder.layers = lm.decoder.layers[shared:]
+        cast_scales(holder, getattr(mx, recipe.scale_dtype))
+    keep = own + ("model.norm.",)
     weights = {k: v for k, v in tree_flatten(lm.model.parameters()) if k.startswith(keep)}
     dst.mkdir(parents=True)
     mx.save_safetensors(str(dst / "model.safetensors"), weights)
-    config = {**lm.config, "quantization": {"group_size": group_size, "bits": bits}}
+    config = {**lm.config, "quantization": qblock}
     save_config(config, config_path=dst / "config.json")

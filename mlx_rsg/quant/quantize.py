@@ -197,6 +197,9 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     dropped = model.blocks_dropped  # a --feature-layer run's unused blocks, not loaded
     if dropped:
         config = dict(model.backbone.config)
+    # [sensitivity]'s overrides are measured on the classifier's blocks: the RWSD language
+    # model's own blocks (other weights at the same indices) get the recipe as declared
+    declared = recipe
     recipe, sensitivity, correction, distill = _measure_float(model, predictor.tokenizer,
                                                               recipe, calib_data, log)  # fmt: skip
     qconfig, counts = _quantize_with(model.lm, config, recipe, src_backbone, calib_data, log,
@@ -226,10 +229,8 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     rwsd = new.get("decisions", {}).get("RWSD", {})
     if rwsd.get("by") == "substitution":  # its language model's own blocks, quantized beside
         sub = substitution.build(model.backbone, rwsd, predictor.tokenizer, run_dir, verify=False)
-        q = qconfig["quantization"]
         own = dst / substitution.OWN_BLOCKS
-        substitution.write_own_blocks(sub, rwsd["shared_blocks"], q["bits"], q["group_size"], own,
-                                      recipe.scale_dtype)  # fmt: skip
+        substitution.write_own_blocks(sub, rwsd["shared_blocks"], declared, own)
         rwsd["lm"] = {"path": substitution.OWN_BLOCKS, "sha256": weight_hashes(own),
                       "copied": True}  # fmt: skip
     write_json(dst / "run.json", new)
