@@ -41,19 +41,23 @@ def test_wheel_ships_recipes_where_recipes_py_looks():
 
 def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     """`--recipe path/to/x.toml` reads the user's file; the levers docs/quantization.md measured
-    (benchmarks/quantize_recipes/, and the shipped q4-gptq-long-bc and q4-gptq-long-sens-bc)
-    resolve with the fields they were measured with."""
+    (benchmarks/quantize_recipes/, and the shipped q4-gptq-long-bc, q4-gptq-long-sens-bc and
+    q8-gptq-long) resolve with the fields they were measured with."""
     from pathlib import Path
 
     from mlx_rsg.quant.recipe import resolve_recipe
 
     here = Path(__file__).resolve().parent.parent / "benchmarks" / "quantize_recipes"
     recipes = {p.stem: resolve_recipe(recipe=str(p)) for p in sorted(here.glob("*.toml"))}
-    for shipped in ("q4-gptq-long-bc", "q4-gptq-long-sens-bc"):
+    for shipped in ("q4-gptq-long-bc", "q4-gptq-long-sens-bc", "q8-gptq-long"):
         recipes[shipped] = resolve_recipe(recipe=shipped)
     assert recipes["q4-h-e5"].scale_dtype == "float16"
     assert recipes["q4-h-e5"].params_for("model.embed_tokens") == {"bits": 5, "group_size": 128}
     assert recipes["q4-gptq-long-bc"].calibration["examples"] == 512
+    q8_gptq = recipes["q8-gptq-long"]
+    assert (q8_gptq.method, q8_gptq.bits, q8_gptq.group_size) == ("gptq", 8, 64)
+    assert q8_gptq.calibration == recipes["q4-gptq-long-bc"].calibration
+    assert q8_gptq.bias_correction is None and q8_gptq.sensitivity is None
     assert all(r.bias_correction == {"units": 128, "seed": 0}
                for name, r in recipes.items() if name.endswith("-bc"))  # fmt: skip
     assert all(r.name == name for name, r in recipes.items())
