@@ -464,6 +464,20 @@ def quantize_real(results: Path) -> str:
     return _bench_table(results, REAL_QUANTIZE[0])
 
 
+def embedding_rows(results: Path) -> str:
+    """docs/quantization.md: the 4-bit run's embedding rows swapped (benchmarks/embedding_rows.py),
+    below the run as bench measured it (its flip rates times the same decisions)."""
+    probe = _load(results, "embedding_rows.json")
+    bench = _load(results, REAL_QUANTIZE[0])
+    run = next(v for v in bench["variants"] if v["name"] == Path(probe["run"]).name)
+    sizes = {t: n for t, (_, n) in next(iter(probe["modes"].values()))["flips"].items()}
+    flips = {t: [round(run["flips"][t] * n), n] for t, n in sizes.items()}
+    benched = {"raised": 0, "extra_mb": 0.0, "flips": flips,
+               "total": [sum(k for k, _ in flips.values()), sum(sizes.values())]}  # fmt: skip
+    return _script("embedding_rows").table({**probe, "modes": {"as benched": benched,
+                                                               **probe["modes"]}})  # fmt: skip
+
+
 def quantize_real_more(results: Path) -> str:
     """docs/quantization.md: the second bench of the real run, its float pass included."""
     return _bench_table(results, REAL_QUANTIZE[1])
@@ -526,6 +540,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "share-run": share_run,
     "quantize-real": quantize_real,
     "quantize-real-more": quantize_real_more,
+    "embedding-rows": embedding_rows,
     "rwsd-substitution": rwsd_substitution,
     "quantize-1000": quantize_1000,
     "quickstart-steps": quickstart_steps,

@@ -381,6 +381,47 @@ def test_the_own_blocks_take_the_recipes_overrides(rwsd_runs, tmp_path):
     assert len(predictor.predict("RWSD", val)) == len(val)
 
 
+def test_the_embedding_rows_probe_swaps_the_rows_it_says(rwsd_runs, tmp_path,
+                                                        tiny_model_dir):  # noqa: F811
+    """benchmarks/embedding_rows.py: `train8` rounds exactly the rows of the tokens in the train
+    units at 8 bits and leaves the others as the 4-bit run has them; `float` puts the float
+    model's rows back; the RWSD language model reads the swapped rows too; and a run compared
+    with its own predictions changed nothing."""
+    import embedding_rows
+
+    from mlx_rsg.submission import read_submission, write_submission
+
+    data, runs = rwsd_runs
+    out = tmp_path / "q4"
+    quantize(runs["substitution"], out, bits=4, group_size=32)
+    val = load_split(data, "RWSD", "val")
+    own = predict.load(out)
+    zip_path = write_submission(tmp_path / "own.zip",
+                                {"RWSD": (val, own.predictions("RWSD", val)[0])})  # fmt: skip
+    assert embedding_rows.flips(own, data, read_submission(zip_path)) == {"RWSD": [0, len(val)]}
+
+    q = own.model.backbone.decoder.embed_tokens
+    low = np.array(mx.dequantize(q.weight, q.scales, q.biases, q.group_size, q.bits))
+    floats = mx.load(str(tiny_model_dir / "model.safetensors"))["model.embed_tokens.weight"]
+    w, sc, bi = mx.quantize(floats, 32, 8)  # the embedding's own group
+    high = np.array(mx.dequantize(w, sc, bi, 32, 8))
+    seen = embedding_rows.train_rows(own, data, ["RWSD"])
+    info = embedding_rows.swap_embedding(own, tiny_model_dir, "train8", data)
+    assert info["raised"] == len(seen) > 0 and info["train_tasks"] == ["RWSD"]
+    rows = np.array(own.model.backbone.decoder.embed_tokens.weight)
+    raised = np.zeros(len(rows), dtype=bool)
+    raised[sorted(seen)] = True
+    assert np.array_equal(rows[raised], high[raised])
+    assert np.array_equal(rows[~raised], low[~raised])
+    assert own.model.substitution.lm.decoder.embed_tokens is own.model.backbone.decoder.embed_tokens  # noqa: E501
+
+    back = predict.load(out)
+    embedding_rows.swap_embedding(back, tiny_model_dir, "float", data)
+    assert np.array_equal(np.array(back.model.backbone.decoder.embed_tokens.weight),
+                          np.array(floats.astype(mx.float32)))  # fmt: skip
+    assert back.model.substitution.lm.decoder.embed_tokens is back.model.backbone.decoder.embed_tokens  # noqa: E501
+
+
 def test_a_quantized_output_layer_gives_its_log_probabilities_in_chunks(
     tiny_model_dir,  # noqa: F811
     monkeypatch,
