@@ -202,20 +202,23 @@ REAL_QUANTIZE = ("quality/quantize/bench.json", "quality/quantize-q8gptq-mixed/b
 def quantization(results: Path) -> str:
     """README: the real run against its 8- and 4-bit variants on full val (bench.json), the
     widest first."""
-    rows = []
+    variants = []  # (variant, its own bench's float records/s)
     for i, name in enumerate(REAL_QUANTIZE):
         bench = _load(results, name)
         float_speed = bench["variants"][0]["throughput"]["examples_per_s"]
-        for v in bench["variants"][1 if i else 0:]:
-            q = v["quantization"]
-            se = (v.get("delta_se") or {}).get("total")
-            speed = v["throughput"]["examples_per_s"]
-            rows.append([q["recipe"] if q else "fp32",
-                         f"{q['bits_per_weight']:.2f}" if q else "32", f"{v['total']:.3f}",
-                         f"{100 * v['delta']:+.2f} ± {100 * se:.2f}" if q else "",
-                         f"{100 * v['flip_rate']:.2f} %", round(v["size_bytes"]["total"] / 2**20),
-                         f"{speed:.2f} ({speed / float_speed:.2f}x)"])  # fmt: skip
-    rows[1:] = sorted(rows[1:], key=lambda r: (-float(r[1]), float(r[4].rstrip(" %"))))
+        variants += [(v, float_speed) for v in bench["variants"][1 if i else 0:]]
+    # the widest first (as printed: q4's 5.006 and 4.999 are both 5.00), then the fewest flips
+    variants[1:] = sorted(variants[1:], key=lambda p: (
+        -round(p[0]["quantization"]["bits_per_weight"], 2), p[0]["flip_rate"]))  # fmt: skip
+    rows = []
+    for v, float_speed in variants:
+        q = v["quantization"]
+        se = (v.get("delta_se") or {}).get("total")
+        speed = v["throughput"]["examples_per_s"]
+        rows.append([q["recipe"] if q else "fp32", f"{q['bits_per_weight']:.2f}" if q else "32",
+                     f"{v['total']:.3f}", f"{100 * v['delta']:+.2f} ± {100 * se:.2f}" if q else "",
+                     f"{100 * v['flip_rate']:.2f} %", round(v["size_bytes"]["total"] / 2**20),
+                     f"{speed:.2f} ({speed / float_speed:.2f}x)"])  # fmt: skip
     return _table(["weights", "bits / weight", "val total", "Δ fp32 (points) ± SE",
                    "decisions changed", "size MB",
                    "records/s, batch 16 (vs fp32 in the same bench)"], rows)  # fmt: skip
