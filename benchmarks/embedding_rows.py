@@ -48,7 +48,7 @@ def train_rows(predictor, data: Path, tasks: list[str]) -> set[int]:
 
 def swap_embedding(predictor, model_dir: Path, mode: str, data: Path) -> dict:
     """Replace the run's embedding (and its RWSD language model's, the same module) as `mode`
-    says; returns what was done (rows raised, bits per weight they add)."""
+    says; returns what was done (the rows raised and the MB they would add stored)."""
     import mlx.core as mx
     import mlx.nn as nn
 
@@ -108,7 +108,8 @@ def table(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True, help="a quantized run directory")
-    ap.add_argument("--model", type=Path, required=True, help="the float model it was made from")
+    ap.add_argument("--model", type=Path, required=True,
+                    help="the float model it was made from (its model.safetensors)")
     ap.add_argument("--baseline", type=Path, required=True,
                     help="the float run's val predictions (bench's submission zip)")
     ap.add_argument("--data", type=Path, required=True)
