@@ -373,10 +373,10 @@ def test_the_own_blocks_take_the_recipes_overrides(rwsd_runs, tmp_path):
     assert qblock["model.layers.1.self_attn.q_proj"] == {"bits": 8, "group_size": 32,
                                                          "mode": "affine"}  # fmt: skip
     assert not any(k.startswith("model.layers.0.") for k in qblock)  # shared: the backbone's
-    lm = predict.load(out).model.substitution.lm
+    predictor = predict.load(out)
+    lm = predictor.model.substitution.lm
     assert lm.layers[1].self_attn.q_proj.bits == lm.layers[0].self_attn.q_proj.bits == 8
     assert lm.layers[1].mlp.down_proj.bits == lm.layers[0].mlp.down_proj.bits == 4
-    predictor = predict.load(out)
     val = load_split(data, "RWSD", "val")
     assert len(predictor.predict("RWSD", val)) == len(val)
 

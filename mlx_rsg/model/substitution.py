@@ -40,8 +40,8 @@ from mlx_rsg.model.backbone import (
     weight_rows,
 )
 from mlx_rsg.model_files import weight_hashes
+from mlx_rsg.quant import rtn
 from mlx_rsg.quant.recipe import Recipe
-from mlx_rsg.quant.rtn import cast_scales
 from mlx_rsg.tasks.rwsd import RWSDRecord, pronoun_key, substituted
 
 BATCH = 8  # records per forward: a tail's rows of the 262k-word output are 1 MB each (float32)
@@ -202,29 +202,14 @@ def write_own_blocks(sub: Substitution, shared: int, recipe: Recipe, dst: Path) 
     shared blocks from the classifier. A module whose width is not a multiple of its group stays
     as it is, as in the backbone."""
     lm = sub.lm
-    default = {"bits": recipe.bits, "group_size": recipe.group_size}
-    qblock: dict[str, Any] = {**default, "mode": "affine"}
     own = tuple(f"model.layers.{i}." for i in range(shared, lm.num_layers))
-
-    def predicate(path: str, module) -> bool | dict:
-        if not (path.startswith(own) and hasattr(module, "to_quantized")):
-            return False
-        p = recipe.params_for(path)
-        if module.weight.shape[-1] % p["group_size"]:
-            return False
-        if p == default:
-            return True
-        qblock[path] = {**p, "mode": "affine"}
-        return qblock[path]
-
-    nn.quantize(lm.model, recipe.group_size, recipe.bits, class_predicate=predicate)  # in place
+    qconfig = rtn.quantize_modules(lm.model, lm.config, recipe, under=own)
     if recipe.scale_dtype:
         holder = nn.Module()
         holder.layers = lm.decoder.layers[shared:]
-        cast_scales(holder, getattr(mx, recipe.scale_dtype))
+        rtn.cast_scales(holder, getattr(mx, recipe.scale_dtype))
     keep = own + ("model.norm.",)
     weights = {k: v for k, v in tree_flatten(lm.model.parameters()) if k.startswith(keep)}
     dst.mkdir(parents=True)
     mx.save_safetensors(str(dst / "model.safetensors"), weights)
-    config = {**lm.config, "quantization": qblock}
-    save_config(config, config_path=dst / "config.json")
+    save_config(qconfig, config_path=dst / "config.json")

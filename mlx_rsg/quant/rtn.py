@@ -21,23 +21,37 @@ def quantize_backbone(model, config: dict[str, Any], recipe: Recipe) -> tuple[di
     is quantized; mlx-lm writes a per-path entry for every module whose parameters differ from
     the recipe's defaults, which is the format its loader reads back."""
     counts = {"quantized": 0, "skipped": []}
-    default = {"bits": recipe.bits, "group_size": recipe.group_size}
-
-    def predicate(path: str, module) -> bool | dict:
-        p = recipe.params_for(path)
-        if module.weight.shape[-1] % p["group_size"]:
-            counts["skipped"].append(path)
-            return False
-        counts["quantized"] += 1
-        return True if p == default else {**p, "mode": "affine"}
-
-    with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints bits per weight; we log it
-        model, qconfig = quantize_model(
-            model, config, recipe.group_size, recipe.bits, mode="affine", quant_predicate=predicate
-        )
+    qconfig = quantize_modules(model, config, recipe, counts=counts)
     counts["bits_per_weight"] = round(float(compute_bits_per_weight(model)), 3)
     fastpaths.apply(model, qconfig)  # the new layers run as they will when loaded back
     return qconfig, counts
+
+
+def quantize_modules(model, config: dict[str, Any], recipe: Recipe, under: tuple[str, ...] = ("",),
+                     counts: dict | None = None) -> dict:  # fmt: skip
+    """Quantize in place, as `recipe` says, the modules whose paths start with one of `under`
+    (mlx-lm's `quantize_model`, its print silenced); returns the config with mlx-lm's
+    quantization block. A module whose input width does not divide its group stays as it is
+    (in `counts["skipped"]`, the others counted in `counts["quantized"]`, when given)."""
+    default = {"bits": recipe.bits, "group_size": recipe.group_size}
+
+    def predicate(path: str, module) -> bool | dict:
+        if not path.startswith(under):
+            return False
+        p = recipe.params_for(path)
+        if module.weight.shape[-1] % p["group_size"]:
+            if counts is not None:
+                counts["skipped"].append(path)
+            return False
+        if counts is not None:
+            counts["quantized"] += 1
+        return True if p == default else {**p, "mode": "affine"}
+
+    with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints bits per weight; we log it
+        _, qconfig = quantize_model(
+            model, config, recipe.group_size, recipe.bits, mode="affine", quant_predicate=predicate
+        )
+    return qconfig
 
 
 def cast_scales(model, dtype: mx.Dtype) -> float:
