@@ -84,12 +84,13 @@ def swap_embedding(predictor, model_dir: Path, mode: str, data: Path) -> dict:
 
 
 def flips(predictor, data: Path, baseline: dict) -> dict[str, list[int]]:
-    """[changed, decisions] per task on its val split (LiDiRus: its only, labelled file)."""
+    """[changed, decisions] per task of `baseline` on the val records bench scores (LiDiRus:
+    its one labelled file, by the TERRa head)."""
+    records = predict.data_records(predictor.info, str(data), "val", "all", None)
     out = {}
     for task in baseline:
-        records = load_split(data, task, "test" if task == "LiDiRus" else "val")
-        preds, _, _ = predictor.predictions(task, records)
-        out[task] = list(flip_counts(task, records, preds, baseline[task]))
+        preds, _, _ = predictor.predictions(task, records[task])
+        out[task] = list(flip_counts(task, records[task], preds, baseline[task]))
     return out
 
 
