@@ -27,6 +27,7 @@ from results_io import save  # benchmarks/results_io.py, beside this script
 from mlx_rsg import predict  # first: OpenBLAS before anything imports mlx
 from mlx_rsg.bench.compare import flip_counts
 from mlx_rsg.data import load_split
+from mlx_rsg.errors import UserError
 from mlx_rsg.model.batching import encode_units
 from mlx_rsg.submission import read_submission
 from mlx_rsg.tasks import make_units
@@ -118,6 +119,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).parent / "results" / "embedding_rows.json")
     a = ap.parse_args()
+    if not (a.model / "model.safetensors").is_file():
+        ap.error(f"--model: {a.model / 'model.safetensors'}: no such file")
+    try:  # a bad run, zip or data directory: one line, as the CLI says it
+        run(a)
+    except UserError as e:
+        ap.error(str(e))
+
+
+def run(a: argparse.Namespace) -> None:
     baseline = read_submission(a.baseline)
     result = {"benchmark": "embedding_rows", "run": str(a.run), "model": str(a.model),
               "baseline": str(a.baseline), "tasks": list(baseline), "modes": {}}  # fmt: skip
