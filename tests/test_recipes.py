@@ -41,15 +41,17 @@ def test_wheel_ships_recipes_where_recipes_py_looks():
 
 def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     """`--recipe path/to/x.toml` reads the user's file; the levers docs/quantization.md measured
-    (benchmarks/quantize_recipes/, and the shipped q4-gptq-long-bc, q4-gptq-long-sens-bc and
-    q8-gptq-long) resolve with the fields they were measured with."""
+    (benchmarks/quantize_recipes/, and the shipped q4-gptq-long-bc, q4-gptq-long-sens-bc,
+    q4-gptq-long-sens-rows-bc and q8-gptq-long) resolve with the fields they were measured
+    with."""
     from pathlib import Path
 
     from mlx_rsg.quant.recipe import resolve_recipe
 
     here = Path(__file__).resolve().parent.parent / "benchmarks" / "quantize_recipes"
     recipes = {p.stem: resolve_recipe(recipe=str(p)) for p in sorted(here.glob("*.toml"))}
-    for shipped in ("q4-gptq-long-bc", "q4-gptq-long-sens-bc", "q8-gptq-long"):
+    for shipped in ("q4-gptq-long-bc", "q4-gptq-long-sens-bc", "q4-gptq-long-sens-rows-bc",
+                    "q8-gptq-long"):
         recipes[shipped] = resolve_recipe(recipe=shipped)
     assert recipes["q4-h-e5"].scale_dtype == "float16"
     assert recipes["q4-h-e5"].params_for("model.embed_tokens") == {"bits": 5, "group_size": 128}
@@ -69,6 +71,12 @@ def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     assert sens.sensitivity == {"units": 16, "budget": 5.0, "high_bits": 8, "seed": 0}
     assert recipes["q4-gptq-long-sens-bc"].sensitivity == sens.sensitivity
     assert recipes["q4-gptq-long-sens-bc"].calibration == recipes["q4-gptq-long-bc"].calibration
+    rows = recipes["q4-gptq-long-sens-rows-bc"]
+    assert rows.embedding_rows == {"bits": 8} and rows.scale_dtype == "float16"
+    assert rows.params_for("model.embed_tokens")["bits"] == 3
+    assert rows.params_for("model.layers.0.self_attn.q_proj")["bits"] == 4
+    assert (rows.sensitivity, rows.calibration) == (sens.sensitivity,
+                                                    recipes["q4-gptq-long-bc"].calibration)
     assert recipes["q4-dwq-t025"].distill == {**dwq.distill, "temperature": 0.25}
     assert dwq.calibrated and sens.calibrated and sens.scale_dtype == "float16"
     with pytest.raises(UserError, match="no such quantize recipe file"):

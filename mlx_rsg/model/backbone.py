@@ -25,6 +25,7 @@ from mlx_rsg.accel import blas, runtime
 from mlx_rsg.accel.runtime import Runtime
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import check_safetensors
+from mlx_rsg.model import row_embedding
 
 # Model types whose embeddings are multiplied by sqrt(hidden_size).
 _SCALED_EMBEDDINGS = {"gemma", "gemma2", "gemma3", "gemma3_text"}
@@ -94,10 +95,12 @@ def load_checked(model_dir: Path, lazy: bool = False,
     for f in sorted(model_dir.glob("*.safetensors")):
         check_safetensors(f, exact=False)
     try:
-        return load_model(model_dir, lazy=lazy, strict=strict)
+        model, config = load_model(model_dir, lazy=lazy, strict=strict)
     except Exception as e:  # noqa: BLE001 - mlx-lm raises ValueError, TypeError, KeyError...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{model_dir}: cannot load the model: {msg}") from None
+    row_embedding.attach(model, model_dir)  # a recipe's [embedding_rows], which mlx-lm skips
+    return model, config
 
 
 def check_architecture(model: nn.Module, config: dict[str, Any], where: str | Path) -> None:
@@ -225,6 +228,8 @@ def output_layer(bb: Backbone) -> nn.Module:
 def weight_rows(layer: nn.Module, rows: mx.array | slice) -> mx.array:
     """Rows of a Linear's or Embedding's weight (output rows, input width), float32;
     dequantized if the layer is quantized."""
+    if isinstance(layer, row_embedding.RowPrecisionEmbedding):
+        return layer.rows(rows).astype(mx.float32)
     if hasattr(layer, "scales"):  # QuantizedLinear / QuantizedEmbedding
         biases = layer.biases[rows] if getattr(layer, "biases", None) is not None else None
         w = mx.dequantize(layer.weight[rows], layer.scales[rows], biases,

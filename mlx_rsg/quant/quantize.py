@@ -30,20 +30,21 @@ from typing import Any
 import mlx.core as mx
 import mlx_lm
 from mlx.utils import tree_flatten
-from mlx_lm.utils import save_config, save_model
+from mlx_lm.utils import compute_bits_per_weight, save_config, save_model
 
 from mlx_rsg import predict
 from mlx_rsg.accel.blas import warn_if_slow
 from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import atomic_dir, check_replaceable, read_json_object, write_json
-from mlx_rsg.model import methods, substitution
+from mlx_rsg.model import methods, row_embedding, substitution
 from mlx_rsg.model.backbone import load_checked
 from mlx_rsg.model.methods.lora import fuse_lora
 from mlx_rsg.model_files import MANIFEST, copy_model_dir, weight_hashes, write_manifest
 from mlx_rsg.quant import gptq, rtn
 from mlx_rsg.quant.bias_correction import BiasCorrection
 from mlx_rsg.quant.distill import Distillation
+from mlx_rsg.quant.embedding_rows import EmbeddingRows
 from mlx_rsg.quant.recipe import Recipe, resolve_recipe
 from mlx_rsg.quant.sensitivity import Sensitivity
 from mlx_rsg.run import WEIGHTS, mark_merged, read_run_json, resolve_backbone
@@ -71,13 +72,16 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def write_quantized(src_dir: Path, dst: Path, model, qconfig: dict[str, Any]) -> None:
-    """A model directory readable by `mlx_lm.load`: weights, config, the source's tokenizer."""
+    """A model directory readable by `mlx_lm.load`: weights, config, the source's tokenizer;
+    an embedding's high rows (`[embedding_rows]`) in their own file, which mlx-lm does not read."""
     copy_model_dir(src_dir, dst)  # tokenizer + any extra json; weights are replaced below
     for f in dst.glob("*.safetensors"):
         f.unlink()
     for stale in ("model.safetensors.index.json", MANIFEST):
         (dst / stale).unlink(missing_ok=True)
-    save_model(dst, model)
+    with row_embedding.low_rows_only(model):
+        save_model(dst, model)
+    row_embedding.save(model, dst)
     save_config(dict(qconfig), config_path=dst / "config.json")
 
 
@@ -96,6 +100,7 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
         "sensitivity": counts.get("sensitivity"),
         "distill": counts.get("distill"),
         "bias_correction": counts.get("bias_correction"),
+        "embedding_rows": counts.get("embedding_rows"),
         "blocks_dropped": counts.get("blocks_dropped", 0),
         "bits_per_weight": counts["bits_per_weight"],
         "quantized_modules": counts["quantized"],
@@ -137,10 +142,11 @@ def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib
     config = _read_config(model_dir)
     model, _ = load_checked(model_dir)
     levers = ((recipe.bias_correction, "bias correction"), (recipe.distill, "distill"),
-              (recipe.sensitivity, "sensitivity"))  # fmt: skip
+              (recipe.sensitivity, "sensitivity"), (recipe.embedding_rows, "embedding rows"))
     for lever, name in levers:
         if lever and log is not None:
-            log(f"{recipe.name}: {name} skipped: a model directory has no heads to match")
+            log(f"{recipe.name}: {name} skipped: a model directory has no heads to match "
+                "nor tasks to read")
     qconfig, counts = _quantize_with(model, config, recipe, model_dir, calib_data, log, world)
     if not counts["quantized"]:
         raise UserError(
@@ -158,14 +164,20 @@ def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib
 
 def _measure_float(model, tokenizer, recipe: Recipe, calib_data, log) -> tuple:
     """What the recipe's levers measure on the float run before anything is quantized: the
-    sensitivities (which give the recipe its overrides), the heads' mean logits (bias
+    float embedding rows of the train text (whose cost the sensitivity's budget then pays),
+    the sensitivities (which give the recipe its overrides), the heads' mean logits (bias
     correction), the heads' probabilities (distillation). Returns (recipe, each or None)."""
     say = log or (lambda _: None)
-    sensitivity = correction = distill = None
+    rows = sensitivity = correction = distill = None
+    if recipe.embedding_rows:
+        rows = EmbeddingRows(model, tokenizer, calib_data, **recipe.embedding_rows)
+        say(f"embedding rows: {len(rows.ids)} tokens of the train text, kept at {rows.bits} bits")
     if recipe.sensitivity:
         say(f"sensitivity: each module's effect on the heads, on "
             f"{recipe.sensitivity['units']} train units per task")
-        sensitivity = Sensitivity(model, tokenizer, calib_data, recipe, **recipe.sensitivity)
+        paid = {"reserved": rows.reserved_bits(recipe), "keep": (rows.path,)} if rows else {}
+        sensitivity = Sensitivity(model, tokenizer, calib_data, recipe, **recipe.sensitivity,
+                                  **paid)  # fmt: skip
         recipe = sensitivity.recipe(recipe)
     if recipe.bias_correction:
         say(f"bias correction: scoring {recipe.bias_correction['units']} train units per task "
@@ -174,7 +186,7 @@ def _measure_float(model, tokenizer, recipe: Recipe, calib_data, log) -> tuple:
     if recipe.distill:
         say(f"distill: scoring {recipe.distill['units']} train units per task with the float heads")
         distill = Distillation(model, tokenizer, calib_data, **recipe.distill)
-    return recipe, sensitivity, correction, distill
+    return recipe, sensitivity, correction, distill, rows
 
 
 def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=None, log=None,
@@ -192,7 +204,6 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     predictor = predict.load(run_dir, verify=False, calibrated=False, world=world,
                              decisions=False)  # fmt: skip
     model = predictor.model
-    method = info["classifier"].get("method")
     n_fused = fuse_lora(model)
     dropped = model.blocks_dropped  # a --feature-layer run's unused blocks, not loaded
     if dropped:
@@ -200,10 +211,13 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     # [sensitivity]'s overrides are measured on the classifier's blocks: the RWSD language
     # model's own blocks (other weights at the same indices) get the recipe as declared
     declared = recipe
-    recipe, sensitivity, correction, distill = _measure_float(model, predictor.tokenizer,
-                                                              recipe, calib_data, log)  # fmt: skip
+    recipe, sensitivity, correction, distill, rows = _measure_float(
+        model, predictor.tokenizer, recipe, calib_data, log)  # fmt: skip
     qconfig, counts = _quantize_with(model.lm, config, recipe, src_backbone, calib_data, log,
                                      world, distill)  # fmt: skip
+    if rows is not None:  # before the bias correction, which measures the model as stored
+        counts["embedding_rows"] = rows.apply(model.lm)
+        counts["bits_per_weight"] = round(float(compute_bits_per_weight(model.lm)), 3)
     if correction is not None:
         counts["bias_correction"] = correction.apply()
     counts["blocks_dropped"] = dropped
@@ -215,7 +229,18 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
         return counts
     write_quantized(src_backbone, dst / "backbone", model.lm, qconfig)
     save_weights(dst / WEIGHTS, weights_outside_backbone(model))
+    _write_run_json(run_dir, dst, info, predictor, n_fused, recipe, declared)
+    if (run_dir / "metrics.json").is_file():  # the fp32 run's own validation history
+        shutil.copy2(run_dir / "metrics.json", dst / "metrics.json")
+    return counts
 
+
+def _write_run_json(run_dir: Path, dst: Path, info: dict, predictor, n_fused: int,
+                    recipe: Recipe, declared: Recipe) -> None:  # fmt: skip
+    """dst/run.json: the run's, with its backbone now dst/backbone (merged, quantized by
+    `recipe`) and, for a run that decides RWSD by substitution, its language model's own blocks
+    quantized beside (as `declared`, the recipe before [sensitivity]'s overrides)."""
+    model, method = predictor.model, info["classifier"].get("method")
     new = copy.deepcopy(info)
     if methods.get(method).mergeable:  # adapters are not linear: they stay beside the backbone
         mark_merged(new, len(model.backbone.layers), method, n_fused)
@@ -234,9 +259,6 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
         rwsd["lm"] = {"path": substitution.OWN_BLOCKS, "sha256": weight_hashes(own),
                       "copied": True}  # fmt: skip
     write_json(dst / "run.json", new)
-    if (run_dir / "metrics.json").is_file():  # the fp32 run's own validation history
-        shutil.copy2(run_dir / "metrics.json", dst / "metrics.json")
-    return counts
 
 
 # ---------------------------------------------------------------- entry point
@@ -307,6 +329,10 @@ def _report(counts: dict, rec: Recipe, out: Path, log) -> None:
         c = counts["sensitivity"]
         log(f"sensitivity: {len(c['raised'])} modules at {c['high_bits']} bits within "
             f"{c['budget']} bits per weight ({c['seconds']} s)")
+    if counts.get("embedding_rows"):
+        c = counts["embedding_rows"]
+        log(f"embedding rows: {c['rows']} rows of the train text at {c['bits']} bits"
+            + (f" (skipped: {c['skipped']})" if c.get("skipped") else ""))
     if counts.get("distill"):
         c = counts["distill"]
         held = c["kl"]["holdout"]

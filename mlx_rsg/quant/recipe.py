@@ -26,8 +26,9 @@ DISTILL = {"units": 32, "holdout": 32, "epochs": 1, "batch_size": 4, "lr": 1e-7,
            "temperature": 1.0, "seed": 0}  # fmt: skip
 # quant/sensitivity.py: `budget` in bits per weight as mlx-lm counts them
 SENSITIVITY = {"units": 64, "budget": 5.0, "high_bits": 8, "seed": 0}
+EMBEDDING_ROWS = {"bits": 8}  # quant/embedding_rows.py: the run's train tokens' rows at `bits`
 FIELDS = {"name", "bits", "group_size", "overrides", "method", "calibration", "scale_dtype",
-          "bias_correction", "distill", "sensitivity"}  # fmt: skip
+          "bias_correction", "distill", "sensitivity", "embedding_rows"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Recipe:
     bias_correction: dict[str, int] | None = None  # {units, seed}: quant/bias_correction.py
     distill: dict[str, float] | None = None  # DISTILL's fields: quant/distill.py
     sensitivity: dict[str, float] | None = None  # SENSITIVITY's fields: quant/sensitivity.py
+    embedding_rows: dict[str, int] | None = None  # EMBEDDING_ROWS's: quant/embedding_rows.py
 
     def params_for(self, path: str) -> dict[str, int]:
         for key, p in self.overrides.items():
@@ -67,6 +69,7 @@ class Recipe:
             **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
             **({"distill": self.distill} if self.distill else {}),
             **({"sensitivity": self.sensitivity} if self.sensitivity else {}),
+            **({"embedding_rows": self.embedding_rows} if self.embedding_rows else {}),
         }
 
     @property
@@ -77,9 +80,10 @@ class Recipe:
     @property
     def calibrated_by(self) -> list[str]:
         """What reads --calib-data: GPTQ's Hessians, sensitivities, distillation, the heads'
-        bias correction."""
+        bias correction, the embedding rows of the train text."""
         levers = {"sensitivity": self.sensitivity, "distill": self.distill,
-                  "bias correction": self.bias_correction}  # fmt: skip
+                  "bias correction": self.bias_correction,
+                  "embedding rows": self.embedding_rows}  # fmt: skip
         return (([self.method] if self.method != "rtn" else [])
                 + [name for name, table in levers.items() if table is not None])
 
@@ -136,9 +140,15 @@ def resolve_recipe(
         if sensitivity["high_bits"] not in BITS or sensitivity["high_bits"] <= r_bits:
             raise UserError(f"{where}: field 'sensitivity.high_bits': "
                             f"{sensitivity['high_bits']} is not one of {BITS} above {r_bits}")
-    return Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean, method=method,
-                  calibration=cal, scale_dtype=scale_dtype, bias_correction=correction,
-                  distill=distill, sensitivity=sensitivity)  # fmt: skip
+    rows = _table(raw, "embedding_rows", EMBEDDING_ROWS, where) if "embedding_rows" in raw else None
+    out = Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean, method=method,
+                 calibration=cal, scale_dtype=scale_dtype, bias_correction=correction,
+                 distill=distill, sensitivity=sensitivity, embedding_rows=rows)  # fmt: skip
+    emb_bits = out.params_for("model.embed_tokens")["bits"]
+    if rows and (rows["bits"] not in BITS or rows["bits"] <= emb_bits):
+        raise UserError(f"{where}: field 'embedding_rows.bits': {rows['bits']} is not one of "
+                        f"{BITS} above the embedding's {emb_bits}")  # fmt: skip
+    return out
 
 
 def _table(raw: dict, key: str, defaults: dict, where: str) -> dict:

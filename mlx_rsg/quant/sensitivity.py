@@ -46,12 +46,13 @@ def round_trip(w: mx.array, bits: int, group_size: int) -> mx.array:
 
 
 def bits_per_weight(sizes: dict[str, int], widths: dict[str, dict], other: int,
-                    scale_bits: int) -> float:  # fmt: skip
+                    scale_bits: int, reserved: int = 0) -> float:  # fmt: skip
     """Bits per weight as mlx-lm counts them (all bytes over all parameters): each quantized
-    module's codes plus a scale and a bias per group, `other` float parameters at 32 bits."""
+    module's codes plus a scale and a bias per group, `other` float parameters at 32 bits, and
+    `reserved` bits that add no parameter (`[embedding_rows]`' rows)."""
     bits = sum(n * (p["bits"] + 2 * scale_bits / p["group_size"]) for n, p in
                ((sizes[k], widths[k]) for k in sizes))  # fmt: skip
-    return (bits + 32 * other) / (sum(sizes.values()) + other)
+    return (bits + 32 * other + reserved) / (sum(sizes.values()) + other)
 
 
 def sensitivities(model, batches: list, recipe: Recipe, high_bits: int) -> dict[str, float]:
@@ -94,18 +95,20 @@ def sensitivities(model, batches: list, recipe: Recipe, high_bits: int) -> dict[
 
 
 def choose(sens: dict[str, float], sizes: dict[str, int], recipe: Recipe, other: int,
-           budget: float, high_bits: int) -> dict[str, dict]:  # fmt: skip
+           budget: float, high_bits: int, reserved: int = 0,
+           keep: tuple[str, ...] = ()) -> dict[str, dict]:  # fmt: skip
     """Overrides raising the most sensitive modules (per extra bit) to `high_bits` while the
-    bits per weight stay within `budget`; the recipe's own widths elsewhere."""
+    bits per weight, `reserved` bits included, stay within `budget`; the recipe's own widths
+    elsewhere, and for the modules in `keep`."""
     scale_bits = 16 if recipe.scale_dtype in ("float16", "bfloat16") else 32
     widths = {p: recipe.params_for(p) for p in sizes}
     chosen: dict[str, dict] = {}
     for p in sorted(sens, key=lambda p: sens[p] / max(1, high_bits - widths[p]["bits"]),
                     reverse=True):  # fmt: skip
-        if widths[p]["bits"] >= high_bits or sens[p] <= 0:
+        if widths[p]["bits"] >= high_bits or sens[p] <= 0 or p in keep:
             continue
         trial = {**widths, p: {**widths[p], "bits": high_bits}}
-        if bits_per_weight(sizes, trial, other, scale_bits) > budget:
+        if bits_per_weight(sizes, trial, other, scale_bits, reserved) > budget:
             break
         widths, chosen[p] = trial, {"bits": high_bits}
     return chosen
@@ -115,7 +118,11 @@ class Sensitivity:
     """Measure on the float run, then `recipe` gives the recipe with the chosen overrides."""
 
     def __init__(self, model, tokenizer, data_dir: str | Path, recipe: Recipe, units: int,
-                 budget: float, high_bits: int, seed: int):  # fmt: skip
+                 budget: float, high_bits: int, seed: int, reserved: int = 0,
+                 keep: tuple[str, ...] = ()):  # fmt: skip
+        """`reserved`: bits the recipe adds outside the modules' widths, spent from the budget
+        first; `keep`: modules not to raise. (`[embedding_rows]` reserves its rows and keeps the
+        embedding, whose rows it raises itself.)"""
         start = time.perf_counter()
         train, _ = draw_records(data_dir, list(model.heads), units, 0, seed)
         batches = task_batches(model, tokenizer, train, BATCH_SIZE)
@@ -123,10 +130,12 @@ class Sensitivity:
         modules = quantizable(model.lm, recipe)
         sizes = {p: m.weight.size for p, m in modules.items()}
         other = sum(v.size for _, v in tree_flatten(model.lm.parameters())) - sum(sizes.values())
-        self.overrides = choose(self.sens, sizes, recipe, other, budget, high_bits)
+        self.overrides = choose(self.sens, sizes, recipe, other, budget, high_bits, reserved,
+                                keep)  # fmt: skip
         self.record = {"data": str(Path(data_dir).resolve()), "split": "train",
                        "units_per_task": units, "seed": seed, "budget": budget,
-                       "high_bits": high_bits, "raised": sorted(self.overrides),
+                       "high_bits": high_bits, "reserved_bits": reserved,
+                       "raised": sorted(self.overrides),
                        "sensitivity": {p: round(s, 6) for p, s in self.sens.items()},
                        "parameters": sizes,
                        "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
