@@ -1,13 +1,18 @@
 """`train --dtype bfloat16` against float32 on the real model: time, peak memory, losses.
 
     python benchmarks/bench_precision.py --model MODEL_DIR --data RSG_DIR [--units 150]
+    python benchmarks/bench_precision.py --model MODEL_DIR --data RSG_DIR --real
 
-Runs `mlx-rsg train` twice, once per dtype, each in its own process (peak RSS from wait4), on the
-real recipe's flags (freeze 14 of 18 blocks, lengths `auto` up to 640, lr 5e-5 / 1e-3) with a
-smaller budget: ~--units training units per task, one epoch, --eval units of val per task. Same
-seed, so the same batches in the same order: the per-batch losses of the two runs are compared
-directly. Writes benchmarks/results/precision.json and prints a table. On the CPU the bfloat16
-run multiplies through float32 GEMMs (`accel/fast_half.py`); on a Mac it runs Metal's bf16 GEMMs.
+Runs `mlx-rsg train` twice, once per dtype, each in its own process (peak RSS from wait4). By
+default on an earlier recipe's flags (freeze 14 of 18 blocks, lengths `auto` up to 640, lr 5e-5 /
+1e-3) with a smaller budget: ~--units training units per task, one epoch; results/precision.json.
+With --real, on the committed real run's own command (benchmarks/results/quality.json: its
+blocks, per-task budgets and dev split) for its first epoch, the one that fills the prefix cache;
+results/precision_real.json. Either way --eval val units per task are scored at the end, and RWSD
+is decided by its head (the substitution language model is not training). Same seed, so the same
+batches in the same order: the per-batch losses of the two runs are compared directly. On the CPU
+the bfloat16 run multiplies through float32 GEMMs (`accel/fast_half.py`); on a Mac it runs Metal's
+bf16 GEMMs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,13 +36,33 @@ HERE = Path(__file__).parent
 DTYPES = ("float32", "bfloat16")
 
 
+def real_flags(quality: Path) -> list[str]:
+    """The committed real run's training flags (its command in quality.json, before the note in
+    parentheses), without the model, the data, the output and the number of epochs."""
+    command = json.loads(quality.read_text())["run"]["command"].split("  (")[0]
+    words = shlex.split(command)[3:]  # mlx-rsg train MODEL_DIR ...
+    flags = []
+    while words:
+        flag = words.pop(0)
+        value = words.pop(0) if words and not words[0].startswith("--") else None
+        if flag not in ("--data", "-o", "--epochs"):
+            flags += [flag] if value is None else [flag, value]
+    return flags
+
+
+def recipe_flags(args) -> list[str]:
+    if args.real:
+        return real_flags(args.quality)
+    return ["--method", "freeze", "--freeze-layers", str(args.freeze),
+            "--max-train-per-task", str(args.units), "--lr", "5e-5", "--head-lr", "1e-3",
+            "--warmup", "30", "--max-len", "640", "--task-max-len", "auto"]  # fmt: skip
+
+
 def train(args, dtype: str, out: Path) -> dict:
     cli = "from mlx_rsg.cli import main; main()"
     cmd = [sys.executable, "-c", cli, "train", args.model, "--data", args.data, "-o", str(out),
-           "--method", "freeze", "--freeze-layers", str(args.freeze), "--epochs", "1",
-           "--max-train-per-task", str(args.units), "--max-eval-per-task", str(args.eval),
-           "--lr", "5e-5", "--head-lr", "1e-3", "--warmup", "30", "--max-len", "640",
-           "--task-max-len", "auto", "--dtype", dtype]  # fmt: skip
+           *recipe_flags(args), "--epochs", "1", "--max-eval-per-task", str(args.eval),
+           "--rwsd-decision", "head", "--dtype", dtype]  # fmt: skip
     start = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(child.pid, 0)
@@ -80,8 +106,12 @@ def main() -> None:
     ap.add_argument("--freeze", type=int, default=14, help="frozen bottom blocks")
     ap.add_argument("--units", type=int, default=150, help="training units per task")
     ap.add_argument("--eval", type=int, default=16, help="val units per task")
-    ap.add_argument("--out", default=str(HERE / "results" / "precision.json"))
+    ap.add_argument("--real", action="store_true",
+                    help="the committed real run's flags (from --quality), its first epoch")
+    ap.add_argument("--quality", type=Path, default=HERE / "results" / "quality.json")
+    ap.add_argument("--out", help="default results/precision.json, with --real precision_real.json")
     args = ap.parse_args()
+    out = Path(args.out or HERE / "results" / f"precision{'_real' if args.real else ''}.json")
     import mlx_rsg  # noqa: F401, I001 - before MLX: it puts the fast BLAS in place
     import mlx.core as mx
     from mlx_rsg.accel import blas
@@ -98,9 +128,12 @@ def main() -> None:
         "benchmark": "precision",
         "model": args.model,
         "command": "python benchmarks/bench_precision.py --model MODEL_DIR --data RSG_DIR "
-        f"--freeze {args.freeze} --units {args.units} --eval {args.eval}",
-        "recipe": f"freeze {args.freeze} blocks, --max-len 640 --task-max-len auto, one epoch, "
-        f"~{args.units} training units per task",
+        + (f"--real --eval {args.eval}" if args.real else
+           f"--freeze {args.freeze} --units {args.units} --eval {args.eval}"),
+        "recipe": (f"the real run's flags, {' '.join(recipe_flags(args))}, its first epoch "
+                   "(filling the prefix cache) with its dev pass" if args.real else
+                   f"freeze {args.freeze} blocks, --max-len 640 --task-max-len auto, one epoch, "
+                   f"~{args.units} training units per task"),
         "runs": runs,
         "bfloat16_over_float32": {
             "train_seconds": round(runs["bfloat16"]["train_seconds"]
@@ -115,7 +148,7 @@ def main() -> None:
         "device": str(mx.default_device()),
         "versions": {"mlx": mx.__version__},
     }
-    save(Path(args.out), result, table(result))
+    save(out, result, table(result))
 
 
 if __name__ == "__main__":
