@@ -30,7 +30,6 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.quant import gptq
-from mlx_lm.utils import compute_bits_per_weight
 
 from mlx_rsg.accel import fastpaths
 from mlx_rsg.data import available_splits, load_split
@@ -38,6 +37,7 @@ from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.model.backbone import Backbone, hidden_states, load_tokenizer
 from mlx_rsg.model.batching import encode_units
+from mlx_rsg.quant import rtn
 from mlx_rsg.tasks import REGISTRY, make_units
 
 PAD_ID = 0  # batching.collate's right padding
@@ -284,7 +284,7 @@ def quantize_gptq(
     counts = {
         "quantized": n_quantized,
         "skipped": [],
-        "bits_per_weight": round(float(compute_bits_per_weight(model)), 3),
+        "bits_per_weight": rtn.bits_per_weight(model),
         "calibration": {
             "method": "gptq",
             "data": str(data_dir.resolve()),

@@ -30,7 +30,7 @@ from typing import Any
 import mlx.core as mx
 import mlx_lm
 from mlx.utils import tree_flatten
-from mlx_lm.utils import compute_bits_per_weight, save_config, save_model
+from mlx_lm.utils import save_config, save_model
 
 from mlx_rsg import predict
 from mlx_rsg.accel.blas import warn_if_slow
@@ -217,7 +217,7 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
                                      world, distill)  # fmt: skip
     if rows is not None:  # before the bias correction, which measures the model as stored
         counts["embedding_rows"] = rows.apply(model.lm)
-        counts["bits_per_weight"] = round(float(compute_bits_per_weight(model.lm)), 3)
+        counts["bits_per_weight"] = rtn.bits_per_weight(model.lm)
     if correction is not None:
         counts["bias_correction"] = correction.apply()
     counts["blocks_dropped"] = dropped

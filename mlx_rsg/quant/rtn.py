@@ -22,7 +22,7 @@ def quantize_backbone(model, config: dict[str, Any], recipe: Recipe) -> tuple[di
     the recipe's defaults, which is the format its loader reads back."""
     counts = {"quantized": 0, "skipped": []}
     qconfig = quantize_modules(model, config, recipe, counts=counts)
-    counts["bits_per_weight"] = round(float(compute_bits_per_weight(model)), 3)
+    counts["bits_per_weight"] = bits_per_weight(model)
     fastpaths.apply(model, qconfig)  # the new layers run as they will when loaded back
     return qconfig, counts
 
@@ -64,4 +64,10 @@ def cast_scales(model, dtype: mx.Dtype) -> float:
             if module.get("biases") is not None:
                 module.biases = module.biases.astype(dtype)
     mx.eval(model.parameters())
+    return bits_per_weight(model)
+
+
+def bits_per_weight(model) -> float:
+    """Bits per weight as mlx-lm counts them (all bytes over all parameters), as the manifest
+    records them."""
     return round(float(compute_bits_per_weight(model)), 3)
