@@ -130,7 +130,7 @@ def main() -> None:
         "command": "python benchmarks/bench_precision.py --model MODEL_DIR --data RSG_DIR "
         + (f"--real --eval {args.eval}" if args.real else
            f"--freeze {args.freeze} --units {args.units} --eval {args.eval}"),
-        "recipe": (f"the real run's flags, {' '.join(recipe_flags(args))}, its first epoch "
+        "recipe": (f"The real run's flags, {' '.join(recipe_flags(args))}, its first epoch "
                    "(filling the prefix cache) with its dev pass" if args.real else
                    f"freeze {args.freeze} blocks, --max-len 640 --task-max-len auto, one epoch, "
                    f"~{args.units} training units per task"),

@@ -534,6 +534,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "distill-lr": _script_table("distill_lr", "distill_lr.json"),
     "distill-runs": distill_runs,
     "precision": _script_table("bench_precision", "precision.json"),
+    "precision-real": _script_table("bench_precision", "precision_real.json"),
     "real-run": real_run,
     "real-epochs": real_epochs,
     "earlier-runs": earlier_runs,
