@@ -196,7 +196,8 @@ def real_command(results: Path) -> str:
 # the real run and its variants, full val: two benches of the same run on the same units (the
 # second added recipes measured after the first), each variant's speed against its own bench's
 # float pass
-REAL_QUANTIZE = ("quality/quantize/bench.json", "quality/quantize-q8gptq-mixed/bench.json")
+REAL_QUANTIZE = ("quality/quantize/bench.json", "quality/quantize-q8gptq-mixed/bench.json",
+                 "quality/quantize-rows/bench.json")
 
 
 def quantization(results: Path) -> str:
@@ -486,6 +487,11 @@ def quantize_real_more(results: Path) -> str:
     return _bench_table(results, REAL_QUANTIZE[1])
 
 
+def quantize_real_rows(results: Path) -> str:
+    """docs/quantization.md: the third bench of the real run, the embedding rows stored."""
+    return _bench_table(results, REAL_QUANTIZE[2])
+
+
 def quantize_1000(results: Path) -> str:
     """docs/quantization.md: bench's own table for the run before the fixes and its variants."""
     return _bench_table(results, "quality/earlier/quantize-1000/bench.json")
@@ -545,6 +551,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "quantize-real": quantize_real,
     "quantize-real-more": quantize_real_more,
     "embedding-rows": embedding_rows,
+    "quantize-real-rows": quantize_real_rows,
     "rwsd-substitution": rwsd_substitution,
     "quantize-1000": quantize_1000,
     "quickstart-steps": quickstart_steps,

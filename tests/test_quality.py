@@ -122,6 +122,7 @@ def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root
 QUANTIZED = [(RESULTS / "quality" / "quantize", RESULTS / "quality" / "val_predictions.zip"),
              (RESULTS / "quality" / "quantize-q8gptq-mixed",
               RESULTS / "quality" / "val_predictions.zip"),
+             (RESULTS / "quality" / "quantize-rows", RESULTS / "quality" / "val_predictions.zip"),
              (EARLIER / "quantize-block12-head", EARLIER / "block12-head.zip"),
              (EARLIER / "quantize-1000", EARLIER / "1000.zip"),
              (EARLIER / "quantize-640", EARLIER / "640.zip")]  # fmt: skip
@@ -138,7 +139,7 @@ def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_roo
 
     bench = json.loads((bench_dir / "bench.json").read_text())
     names = [v["name"] for v in bench["variants"]]
-    assert names[0] == bench["baseline"] and len(names) >= 3  # fp32 and at least two recipes
+    assert names[0] == bench["baseline"] and len(names) >= 2  # fp32 and at least one recipe
     for v in bench["variants"]:
         got = rescore(bench_dir / v["submission"], real_rsg_root)
         assert got["total"] == pytest.approx(v["total"], abs=1e-12), v["name"]
