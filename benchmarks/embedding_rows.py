@@ -26,25 +26,12 @@ from results_io import save  # benchmarks/results_io.py, beside this script
 
 from mlx_rsg import predict  # first: OpenBLAS before anything imports mlx
 from mlx_rsg.bench.compare import flip_counts
-from mlx_rsg.data import load_split
 from mlx_rsg.errors import UserError
-from mlx_rsg.model.batching import encode_units
+from mlx_rsg.quant.embedding_rows import train_token_ids
 from mlx_rsg.submission import read_submission
-from mlx_rsg.tasks import make_units
 
 MODES = ("train8", "float")
 HIGH_BITS = 8
-
-
-def train_rows(predictor, data: Path, tasks: list[str]) -> set[int]:
-    """Token ids of every train unit of `tasks`, as the run encodes them."""
-    cfg = predictor.model.cfg
-    seen: set[int] = set()
-    for task in tasks:
-        units = make_units(task, load_split(data, task, "train"), prompt=cfg.prompt)
-        for e in encode_units(units, predictor.tokenizer, cfg.max_len_for(task)):
-            seen.update(e.ids)
-    return seen
 
 
 def swap_embedding(predictor, model_dir: Path, mode: str, data: Path) -> dict:
@@ -63,8 +50,8 @@ def swap_embedding(predictor, model_dir: Path, mode: str, data: Path) -> dict:
     if mode == "float":
         rows = float_rows
     else:
-        tasks = [t for t in predictor.info["tasks"] if (data / t / "train.jsonl").is_file()]
-        seen = sorted(train_rows(predictor, data, tasks))
+        # the rows `[embedding_rows]` raises (quant/embedding_rows.py)
+        seen, tasks = train_token_ids(predictor.model, predictor.tokenizer, data)
         w, s, b = mx.quantize(float_rows, q.group_size, HIGH_BITS)
         high = mx.dequantize(w, s.astype(q.scales.dtype).astype(mx.float32),
                              b.astype(q.scales.dtype).astype(mx.float32), q.group_size,

@@ -405,12 +405,12 @@ def test_the_embedding_rows_probe_swaps_the_rows_it_says(rwsd_runs, tmp_path,
     floats = mx.load(str(tiny_model_dir / "model.safetensors"))["model.embed_tokens.weight"]
     w, sc, bi = mx.quantize(floats, 32, 8)  # the embedding's own group
     high = np.array(mx.dequantize(w, sc, bi, 32, 8))
-    seen = embedding_rows.train_rows(own, data, ["RWSD"])
+    seen, _ = embedding_rows.train_token_ids(own.model, own.tokenizer, data)
     info = embedding_rows.swap_embedding(own, tiny_model_dir, "train8", data)
     assert info["raised"] == len(seen) > 0 and info["train_tasks"] == ["RWSD"]
     rows = np.array(own.model.backbone.decoder.embed_tokens.weight)
     raised = np.zeros(len(rows), dtype=bool)
-    raised[sorted(seen)] = True
+    raised[seen] = True
     assert np.array_equal(rows[raised], high[raised])
     assert np.array_equal(rows[~raised], low[~raised])
     assert own.model.substitution.lm.decoder.embed_tokens is own.model.backbone.decoder.embed_tokens  # noqa: E501
