@@ -74,17 +74,33 @@ CONFIGS = {
                             "--lr", "5e-5"],
     "freeze-top4-block14": ["--method", "freeze", "--feature-layer", "14", "--freeze-layers",
                             "10", "--lr", "5e-5"],
+    # The quickstart's budget (issue 26: "the quickstart takes whatever is best per minute"):
+    # its own heads recipe against the real run's shape, trained blocks and all, at its length.
+    "qs-heads": ["--method", "heads", "--feature-layer", "10", "--epochs", "10",
+                 "--head-lr", "2e-3", "--warmup", "10", "--batch-size", "16", "--grad-accum", "1"],
+    "qs-freeze-block10-1ep": ["--method", "freeze", "--feature-layer", "10", "--freeze-layers",
+                              "6", "--lr", "5e-5", "--epochs", "1"],
+    "qs-freeze-block10": ["--method", "freeze", "--feature-layer", "10", "--freeze-layers", "6",
+                          "--lr", "5e-5"],
+    "qs-freeze-block12": ["--method", "freeze", "--feature-layer", "12", "--freeze-layers", "8",
+                          "--lr", "5e-5"],
+    # PARus trained mirrored as well (`--augment PARus`) against as drawn, the real run's shape.
+    "parus-block12": ["--method", "freeze", "--feature-layer", "12", "--freeze-layers", "8",
+                      "--lr", "5e-5"],
+    "parus-block12-mirror": ["--method", "freeze", "--feature-layer", "12", "--freeze-layers",
+                             "8", "--lr", "5e-5", "--augment", "PARus"],
 }  # fmt: skip
 # name -> the `mlx-rsg quantize --recipe` its backbone is made with from --model (default: --model)
 BASES = {"qlora-top4-r8-lr1e-3": "q4"}
 
 
-def common_flags(args) -> list[str]:
+def common_flags(args, seed: int | None = None) -> list[str]:
     return [
         "--tasks", args.tasks, "--max-train-per-task", str(args.train_per_task),
         "--dev-per-task", str(args.dev_per_task), "--max-eval-per-task", str(args.val_per_task),
         "--epochs", str(args.epochs), "--max-len", str(args.max_len), "--task-max-len", "auto",
-        "--head-lr", "1e-3", "--warmup", "20", "--seed", str(args.seed),
+        "--head-lr", "1e-3", "--warmup", "20",
+        "--seed", str(args.seeds[0] if seed is None else seed),
     ]  # fmt: skip
 
 
@@ -110,10 +126,13 @@ def base_model(name: str, args) -> Path:
     return out
 
 
-def run_one(name: str, flags: list[str], args) -> dict:
-    run = args.runs / name
+def run_one(name: str, flags: list[str], args, seed: int) -> dict:
+    """One configuration at one seed (the seed draws the records, the dev split and the batches);
+    with several --seeds each run's directory and label carry its seed."""
+    label = name if len(args.seeds) == 1 else f"{name} (seed {seed})"
+    run = args.runs / (name if len(args.seeds) == 1 else f"{name}-seed{seed}")
     cmd = [*CLI, "train", str(base_model(name, args)), "--data", str(args.data), "-o", str(run),
-           "--force", *common_flags(args), *flags]  # fmt: skip
+           "--force", *common_flags(args, seed), *flags]  # fmt: skip
     print(f"== {name}: mlx-rsg {' '.join(cmd[len(CLI):])}", file=sys.stderr, flush=True)
     if args.reuse and _finished(run, cmd[len(CLI):]):
         print(f"   {run}: finished with these flags; reused", file=sys.stderr)
@@ -124,7 +143,9 @@ def run_one(name: str, flags: list[str], args) -> dict:
     best = metrics["history"][metrics["best"]["epoch"] - 1]
     final = metrics["final"]
     return {
-        "name": name,
+        "name": label,
+        "config": name,
+        "seed": seed,
         "flags": flags,
         **({"base": f"--model quantized by `--recipe {BASES[name]}`"} if name in BASES else {}),
         "trainable_parameters": trainable_parameters(run),
@@ -164,6 +185,27 @@ def table(result: dict) -> str:
                  f"{r['dev_loss']:.4f}" if r.get("dev_loss") is not None else "",
                  *(f"{r['val']['tasks'][t]:.3f}" for t in tasks), f"{r['val']['total']:.3f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    means = seed_means(result)
+    return "\n".join(lines) + (f"\n\nMean over the seeds:\n\n{means}" if means else "")
+
+
+def seed_means(result: dict) -> str:
+    """Each configuration's mean over the seeds it ran with: minutes, dev as trained and
+    calibrated, dev log-loss and val (empty with one seed)."""
+    by: dict[str, list[dict]] = {}
+    for r in result["runs"]:
+        by.setdefault(r.get("config", r["name"]), []).append(r)
+    if all(len(rs) == 1 for rs in by.values()):
+        return ""
+    head = ["config", "seeds", "minutes", "dev", "dev calibrated", "dev log-loss", "val mean"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, rs in by.items():
+        values = [(r["seconds"] / 60, r["dev"]["score"], r["dev_calibrated"]["score"],
+                   r["dev_loss"], r["val"]["total"]) for r in rs]  # fmt: skip
+        means = [sum(column) / len(rs) for column in zip(*values, strict=True)]
+        cells = [name, len(rs), f"{means[0]:.1f}", *(f"{m:.3f}" for m in means[1:3]),
+                 f"{means[3]:.4f}", f"{means[4]:.3f}"]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -181,7 +223,8 @@ def main() -> None:
     ap.add_argument("--val-per-task", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--max-len", type=int, default=160)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0],
+                    help="comma-separated seeds: every configuration runs once per seed")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ablation.json")
     args = ap.parse_args()
 
@@ -192,7 +235,7 @@ def main() -> None:
     from mlx_rsg.accel import blas
     from mlx_rsg.version import __version__
 
-    runs = [run_one(n, CONFIGS[n], args) for n in names]
+    runs = [run_one(n, CONFIGS[n], args, seed) for seed in args.seeds for n in names]
     result = {
         "benchmark": "ablation",
         "model": str(args.model),
