@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -104,6 +105,21 @@ def test_parus_two_choices_in_one_group():
     r2 = PARusRecord(8, "Пол намок.", "Дождь.", "Солнце.", "cause", None)
     assert "\nПричина: " in text_of(T.make_units("PARus", [r2])[0])
     assert [u.label for u in T.make_units("PARus", [r2])] == [None, None]
+
+
+def test_parus_mirrored_makes_the_right_choice_the_premise_and_turns_the_question():
+    r = PARusRecord(7, "Мужчина открыл кран.", "Пол намок.", "Вода потекла.", "effect", 1)
+    (m,) = T.REGISTRY["PARus"].augmented(r)
+    assert m == PARusRecord(-8, "Вода потекла.", "Пол намок.", "Мужчина открыл кран.", "cause", 1)
+    units = T.make_units("PARus", [m])
+    assert [u.key for u in units] == [(-8, 0), (-8, 1)] and [u.label for u in units] == [0, 1]
+    assert text_of(units[1]) == "Вода потекла.\nПричина: Мужчина открыл кран."
+    r0 = PARusRecord(3, "Пол намок.", "Дождь.", "Солнце.", "cause", 0)
+    (m0,) = T.REGISTRY["PARus"].augmented(r0)
+    assert (m0.premise, m0.choice1, m0.choice2, m0.question, m0.label) == (
+        "Дождь.", "Пол намок.", "Солнце.", "effect", 0)  # fmt: skip
+    assert T.REGISTRY["PARus"].augmented(replace(r0, label=None)) == []
+    assert T.REGISTRY["TERRa"].augmented(NLIRecord(0, "а", "б", "entailment")) == []
 
 
 def muserc_record(idx=0):

@@ -371,6 +371,35 @@ def test_task_max_len_auto_fits_each_task_and_predict_uses_it(tiny_model_dir, ti
     assert clf.model.cfg.max_len_for("RCB") == want["RCB"]
 
 
+def test_augment_trains_each_parus_record_mirrored_too_and_nothing_else(tiny_model_dir, tiny_rsg_dir):  # noqa: F811, E501
+    from mlx_rsg.model.backbone import load_tokenizer
+    from mlx_rsg.tasks import REGISTRY, make_units
+    from mlx_rsg.train.plan import epoch_units, load_task_data
+
+    tok = load_tokenizer(tiny_model_dir)
+    plain = tiny_train_config(dev_per_task=1)
+    data = load_task_data(Path(tiny_rsg_dir), plain, log=lambda m: None)
+    lens = dict.fromkeys(plain.tasks, 64)
+    before = epoch_units(data, tok, plain, 0, lens)
+    after = epoch_units(data, tok, tiny_train_config(dev_per_task=1, augment=("parus",)), 0, lens)
+    assert [e.unit for e in after["TERRa"]] == [e.unit for e in before["TERRa"]]
+    n = len(before["PARus"])
+    assert [e.unit for e in after["PARus"][:n]] == [e.unit for e in before["PARus"]]
+    mirrored = [REGISTRY["PARus"].augmented(r)[0] for r in data["PARus"].train]
+    assert [e.unit for e in after["PARus"][n:]] == make_units("PARus", mirrored, train=True)
+    assert data["PARus"].dev and all(r.idx >= 0 for r in data["PARus"].dev)  # dev: as drawn
+
+
+def test_augment_names_a_trained_task_that_has_one():
+    for bad, msg in ((("TERRa",), "'TERRa' is not a trained task with an augmentation"),
+                     (("RuCoS",), "these have one: PARus")):  # fmt: skip
+        with pytest.raises(UserError, match=msg):
+            tiny_train_config(augment=bad).validate()
+    with pytest.raises(UserError, match="these have one: none of --tasks"):
+        tiny_train_config(tasks=("TERRa",), augment=("PARus",)).validate()
+    tiny_train_config(augment=("parus",)).validate()
+
+
 def test_auto_lengths_fit_every_split_that_is_scored(tiny_model_dir):  # noqa: F811
     """Fitted on train alone, RWSD's length cut half its (longer) val units: `auto` takes the
     longest of the splits' 95 % fits, LiDiRus counting for TERRa's head."""

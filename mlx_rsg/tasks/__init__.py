@@ -50,6 +50,8 @@ REGISTRY: dict[str, Task] = {
 }
 TASKS = tuple(REGISTRY)
 TRAIN_TASKS = tuple(t for t, task in REGISTRY.items() if task.has_train)
+# tasks whose module defines `augmented` (train's --augment)
+AUGMENTABLE = tuple(t for t, task in REGISTRY.items() if type(task).augmented is not Task.augmented)
 # How a unit ends: "plain", or "answer": with the task's `Answer` question where it has one
 PROMPTS = ("plain", "answer")
 

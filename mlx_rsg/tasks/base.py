@@ -8,6 +8,7 @@ record, scored by accuracy). The methods, in the order data flows through them:
   unlabelled_field(record)               the field that lacks a gold label, None if labelled
   texts(record), label_values(record)    what `mlx-rsg data info` reports
   group_keys(record)                     texts records share: they go to one side of a dev split
+  augmented(record) -> [record]          more training records from one (`--augment`)
   units(record, train, rng, max_negatives) -> [Unit]    what the model classifies
   decode(record, by_key) -> prediction   unit scores back to a prediction (the "decode form")
   candidates(record)                     choice tasks: what each unit proposes
@@ -92,6 +93,11 @@ class Task:
 
     def units(self, record, train: bool = False, rng=None, max_negatives=None) -> list[Unit]:
         raise NotImplementedError
+
+    def augmented(self, record) -> list:
+        """Further training records made from `record` alone (`--augment`), each with an idx no
+        official record has; []: the task has no augmentation."""
+        return []
 
     def examples(self, record, max_negatives: int | None = None) -> int:
         """How many classification examples (units) a record gives in training."""

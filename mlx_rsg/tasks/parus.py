@@ -3,7 +3,7 @@ one choice, scored against each other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,6 +23,7 @@ class PARusRecord:
 
 
 QUESTION = {"cause": "\nПричина:", "effect": "\nСледствие:"}
+TURNED = {"cause": "effect", "effect": "cause"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,19 @@ class PARus(Task):
 
     def group_keys(self, record: PARusRecord) -> tuple:
         return (("premise", record.premise),)
+
+    def augmented(self, record: PARusRecord) -> list[PARusRecord]:
+        """The record mirrored (COPA's symmetry): the right choice becomes the premise, the
+        question turns (a cause's effect is the premise it explained), and the old premise is
+        the right choice in the right choice's place, against the same wrong one. Its idx is
+        negative, so its keys never meet an official record's. Unlabelled records give none."""
+        if record.label is None:
+            return []
+        right = (record.choice1, record.choice2)[record.label]
+        choices = [record.choice1, record.choice2]
+        choices[record.label] = record.premise
+        return [replace(record, idx=-1 - record.idx, premise=right, choice1=choices[0],
+                        choice2=choices[1], question=TURNED[record.question])]  # fmt: skip
 
     def units(self, record: PARusRecord, train=False, rng=None, max_negatives=None) -> list[Unit]:
         out = []

@@ -10,7 +10,7 @@ from mlx_rsg.errors import UserError
 from mlx_rsg.model.config import DTYPES, ClassifierConfig, parse_task_max_len
 from mlx_rsg.model.methods import METHODS
 from mlx_rsg.options import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bounds, check_bounds, opt
-from mlx_rsg.tasks import PROMPTS, REGISTRY, TRAIN_TASKS, official_name
+from mlx_rsg.tasks import AUGMENTABLE, PROMPTS, REGISTRY, TRAIN_TASKS, official_name
 
 REFERENCE_FROZEN_FRACTION = 12 / 26  # the reference froze 12 of Gemma-3-1b's 26 layers
 PROBABILITY = Bounds(0, 1, high_open=True)  # a dropout rate
@@ -122,6 +122,11 @@ class TrainConfig:
         "whichever scores higher on the dev split (the head without one).",
         choices=list(RWSD_DECISIONS),
     )  # fmt: skip
+    augment: tuple[str, ...] = opt(
+        (), "Tasks whose training records are also trained on transformed (dev, val and the "
+        "budgets count the records as drawn): PARus, each record mirrored (the right choice as "
+        "the premise, the question turned, the premise as the right choice)."
+    )  # fmt: skip
     max_negatives: int = opt(4, "RuCoS: wrong entities sampled per query per epoch.",
                              bounds=AT_LEAST_0)  # fmt: skip
     checkpoint_every: int = opt(
@@ -181,8 +186,18 @@ class TrainConfig:
         if self.rwsd_decision not in RWSD_DECISIONS:
             msg = f"{self.rwsd_decision!r} is not one of {', '.join(RWSD_DECISIONS)}"
             raise UserError(f"--rwsd-decision: {msg}")
+        for name in self.augment:
+            task = official_name(name)
+            if task not in self.tasks or task not in AUGMENTABLE:
+                can = ", ".join(t for t in self.tasks if t in AUGMENTABLE) or "none of --tasks"
+                raise UserError(f"--augment: {name!r} is not a trained task with an augmentation "
+                                f"(these have one: {can})")  # fmt: skip
         if self.refit and not self.dev_per_task:
             raise UserError("--refit: needs --dev-per-task (the epochs to train are chosen on dev)")
+
+    def augments(self, task: str) -> bool:
+        """Whether --augment names `task` (in any case)."""
+        return task in {official_name(name) for name in self.augment}
 
     def train_budget(self, task: str) -> int | None:
         """~How many training examples `task` gets: its --task-max-train entry, else

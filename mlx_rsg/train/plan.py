@@ -128,11 +128,14 @@ def epoch_units(data: dict[str, TaskData], tokenizer, cfg: TrainConfig, epoch: i
                 max_lens: dict[str, int]) -> dict[str, list]:  # fmt: skip
     """Every task's encoded training units of one epoch, truncated to its `max_lens` entry.
     Units are rebuilt per epoch only because RuCoS draws fresh negatives; the rng depends on
-    (seed, task, epoch) alone."""
+    (seed, task, epoch) alone. A task --augment names trains its augmented records too."""
     out = {}
     for task in cfg.tasks:
         rng = seeded_generator(f"{cfg.seed}:{task}:units:{epoch}")
-        units = make_units(task, data[task].train, train=True, rng=rng,
+        records = data[task].train
+        if cfg.augments(task):
+            records = [*records, *(a for r in records for a in REGISTRY[task].augmented(r))]
+        units = make_units(task, records, train=True, rng=rng,
                            max_negatives=cfg.max_negatives, prompt=cfg.prompt)  # fmt: skip
         out[task] = encode_units(units, tokenizer, max_lens[task])
     return out
