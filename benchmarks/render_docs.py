@@ -569,6 +569,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "label-words": _script_table("ablation", "label_words.json"),
     "qlora": _script_table("ablation", "qlora.json"),
     "ablation-blocks": _script_table("ablation", "ablation_blocks.json"),
+    "ablation-quickstart": _script_table("ablation", "ablation_quickstart.json"),
+    "parus-mirror": _script_table("ablation", "parus_mirror.json"),
     "qlora-bench": qlora_bench,
     "q4lora-half": _beside("q4lora-half", "QLoRA on q4", "half", "float `freeze`"),
     "block12-half": _beside("block12-half", "the first 12 blocks", "half", "all 18 blocks"),
