@@ -456,6 +456,86 @@ def rwsd_substitution(results: Path) -> str:
                   rows)  # fmt: skip
 
 
+def _ablation_means(results: Path, name: str) -> dict[str, dict[str, float]]:
+    """Each configuration of an ablation.py result: minutes, dev as it decides (calibrated where
+    it was) and val once, averaged over the seeds it ran with."""
+    by: dict[str, list[dict]] = {}
+    for r in _load(results, name)["runs"]:
+        by.setdefault(r.get("config", r["name"]), []).append(r)
+
+    def mean(rs: list[dict], f: Callable[[dict], float]) -> float:
+        return sum(f(r) for r in rs) / len(rs)
+
+    return {n: {"minutes": mean(rs, lambda r: r["seconds"] / 60),
+                "dev": mean(rs, lambda r: (r.get("dev_calibrated") or r["dev"])["score"]),
+                "val": mean(rs, lambda r: r["val"]["total"])} for n, rs in by.items()}  # fmt: skip
+
+
+# issue 26's levers measured by ablation.py: (lever, result file, with it, without it, kept)
+ABLATION_LEVERS = [
+    ("label words, heads (`--prompt answer --head-init label-words`)", "label_words.json",
+     "heads-words", "heads", "no"),
+    ("label words, top 4 blocks trained", "label_words.json", "freeze-top4-words", "freeze-top4",
+     "no"),
+    ("the first 12 blocks (`--feature-layer 12`)", "ablation_blocks.json", "freeze-top4-block12",
+     "freeze-top4", "yes"),
+    ("PARus mirrored (`--augment PARus`), 3 seeds", "parus_mirror.json", "parus-block12-mirror",
+     "parus-block12", "no"),
+    ("the quickstart: `freeze` 1 epoch against its `heads`", "ablation_quickstart.json",
+     "qs-freeze-block10-1ep", "qs-heads", "yes (quickstart)"),
+]  # fmt: skip
+
+
+def levers(results: Path) -> str:
+    """docs/training.md: issue 26's levers in one table, each against the same run without it,
+    from the result files that measured them."""
+    rows = _exact_levers(results)
+    for lever, name, on, off, kept in ABLATION_LEVERS:
+        m = _ablation_means(results, name)
+        a, b = m[on], m[off]
+        rows.append([lever, f"`{name}`", f"{a['minutes']:.1f} vs {b['minutes']:.1f} min",
+                     f"{a['dev']:.3f} vs {b['dev']:.3f}", f"{a['val']:.3f} vs {b['val']:.3f}",
+                     kept])  # fmt: skip
+    rows += _zero_shot_levers(results)
+    return _table(["lever", "measured in", "cost (with vs without)", "dev (with vs without)",
+                   "val once (with vs without)", "in the recipe"], rows)  # fmt: skip
+
+
+def _exact_levers(results: Path) -> list[list]:
+    """Levers that change no decision: shared prefixes in training and in scoring."""
+    modes = _load(results, "shared_train.json")["modes"]
+    whole, shared = modes["records together, whole"], modes["records together, shared"]
+    scoring = _load(results, "scoring.json")
+    same = "the same decisions" if scoring["decisions_agree"] else "decisions differ"
+    return [
+        ["shared prefixes in training (exact)", "`shared_train.json`",
+         f"{shared['seconds']:.0f} vs {whole['seconds']:.0f} s per MuSeRC epoch "
+         f"({whole['seconds'] / shared['seconds']:.2f}x)",
+         f"mean loss {shared['mean_loss']:.4f} vs {whole['mean_loss']:.4f}", "", "yes"],
+        ["prefix sharing in scoring, against transformers", "`scoring.json`",
+         f"{scoring['seconds']['mlx']:.0f} vs {scoring['seconds']['torch']:.0f} s "
+         f"({scoring['speedup']:.2f}x)", same, same, "yes"],
+    ]  # fmt: skip
+
+
+def _zero_shot_levers(results: Path) -> list[list]:
+    """Levers scored without training, where train is the dev split: nothing learned from it."""
+    parus = _load(results, "parus_likelihood.json")["splits"]["train"]
+    rwsd = _load(results, "rwsd_substitution.json")["splits"]
+    best = max(parus["sum"], parus["mean"], parus["pmi"])
+    return [
+        ["PARus by each choice's likelihood", "`parus_likelihood.json`",
+         f"{parus['seconds'] / 60:.1f} min on train", f"train {best:.3f} (best of three) vs "
+         f"{parus['constant']:.3f} constant", "not scored", "no"],
+        ["RWSD by substitution", "`rwsd_substitution.json`",
+         f"{rwsd['val']['seconds'] / 60:.1f} min on val",
+         f"train {rwsd['train']['partial']['accuracy_group_decoded']:.3f} vs "
+         f"{rwsd['train']['constant_false']:.3f} constant",
+         f"{rwsd['val']['partial']['accuracy_group_decoded']:.3f} vs "
+         f"{rwsd['val']['constant_false']:.3f} constant", "yes (`--rwsd-decision dev`)"],
+    ]  # fmt: skip
+
+
 def _bench_table(results: Path, name: str) -> str:
     """bench's own first table (bench.md's), from its bench.json."""
     from mlx_rsg.bench.report import write_markdown
@@ -553,6 +633,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "embedding-rows": embedding_rows,
     "quantize-real-rows": quantize_real_rows,
     "rwsd-substitution": rwsd_substitution,
+    "levers": levers,
     "quantize-1000": quantize_1000,
     "quickstart-steps": quickstart_steps,
     "quickstart-output": quickstart_output,

@@ -23,6 +23,7 @@ def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, cap
         batch_size=8,
         max_len=64,
         max_train_per_task=24,
+        dev_per_task=8,
         max_eval_per_task=8,
     )
     work = tmp_path / "qs"
@@ -40,18 +41,20 @@ def test_quickstart_runs_every_step_then_reuses_them(tiny_rsg_dir, tmp_path, cap
         assert set(v["scores"]) >= {"TERRa", "RCB", "PARus", "LiDiRus"}
     assert "fp32" in out.out and "| q4-gptq | q4-gptq (q4 g64, " in out.out  # table printed
     # Bench scores the records training evaluated on: its fp32 total is training's final total.
-    final = json.loads((work / "runs" / "fp32" / "metrics.json").read_text())["final"]
+    metrics = json.loads((work / "runs" / "fp32" / "metrics.json").read_text())
+    final = metrics["final"]
     fp32 = bench["variants"][0]
     total = fp32["total"] if fp32["total"] is not None else fp32["total_fixture"]
     assert total == pytest.approx(final["total"], abs=1e-12)  # summation order only
-    assert f"with LiDiRus, as bench counts, {final['total']:.3f}" in out.out
+    assert f"with LiDiRus, as bench counts: {final['total']:.3f}" in out.out
+    assert final["split"] == "val" and "dev_loss" in metrics["history"][0]  # chosen on dev
     # It says it was a demonstration, and how to run the full recipe on the same model and data.
-    assert ("This was a demonstration of the pipeline: `heads` on an inner block's features, "
-            "~24 training examples per task") in out.out
-    # The heads read block 1 of the tiny model's 2 (10/18 of the depth), and so does bench.
+    assert ("This was a demonstration of the pipeline: `freeze` for 2 epochs on ~24 training "
+            "examples per task of at most 64 tokens") in out.out
+    # It reads and trains block 1 of the tiny model's 2 (10/18 of the depth), and so does bench.
     run = json.loads((work / "runs" / "fp32" / "run.json").read_text())
-    assert run["classifier"]["feature_layer"] == 1
-    assert "[2/4] train heads on block 1 of 2 for " in out.err
+    assert run["classifier"]["feature_layer"] == 1 and run["train"]["freeze_layers"] == 0
+    assert "[2/4] train freeze: blocks 1-1 of 2 for " in out.err
     assert f"mlx-rsg train {work / 'model'} --data {tiny_rsg_dir} -o runs/g270m" in out.out
     runs = work / "runs"
     assert f"mlx-rsg serve {runs / 'fp32'} {runs / 'q8'} {runs / 'q4'}" in out.out
@@ -96,7 +99,7 @@ def test_force_deletes_only_a_quickstart_directory(tiny_rsg_dir, tmp_path):
 
 
 @pytest.mark.parametrize("depth, block", [(18, 10), (2, 1), (1, 1), (30, 17), (9, 5)])
-def test_the_heads_read_block_ten_of_eighteen_at_any_depth(depth, block):
+def test_it_reads_block_ten_of_eighteen_at_any_depth(depth, block):
     assert feature_layer(QuickstartConfig(), depth) == block
 
 
