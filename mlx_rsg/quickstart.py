@@ -212,7 +212,8 @@ def quickstart(data_dir: str | Path, work_dir: str | Path, cfg: QuickstartConfig
     print(
         f"\nThis was a demonstration of the pipeline: `{cfg.method}` for {cfg.epochs} "
         f"epoch{'s' if cfg.epochs != 1 else ''} on ~{cfg.max_train_per_task} training examples "
-        f"per task of at most {cfg.max_len} tokens, scored on ~{cfg.max_eval_per_task} val examples per task. "
+        f"per task of at most {cfg.max_len} tokens, scored on ~{cfg.max_eval_per_task} val "
+        "examples per task. "
         "The full recipe (docs/training.md) trains blocks 9-12 of the first 12 on up to 1,800 "
         "examples per task of up to 640 tokens for 2 epochs, and scores all of val once "
         "(its minutes and score on 2 cores: the README, and docs/training.md, \"Score against "
