@@ -9,7 +9,9 @@ records per task). Reported per configuration: trainable parameters (what the ru
 and trained layers / LoRA / adapters), minutes (training plus each epoch's dev evaluation:
 metrics.json's train_seconds; the single val pass and model loading are not counted), the dev
 score it was selected on and the val score. A lever that wins on dev and val at a cost worth
-paying earns its place in the recipe.
+paying earns its place in the recipe. With `--seeds 0,1,2` every configuration runs once per
+seed (each seed draws its own records, dev split and batches) and the table ends with each
+configuration's means over them, for levers smaller than one run's noise.
 
 Writes benchmarks/results/ablation.json and prints a table. Each run's directory is kept under
 --runs for inspection.
