@@ -191,22 +191,38 @@ def table(result: dict) -> str:
     return "\n".join(lines) + (f"\n\nMean over the seeds:\n\n{means}" if means else "")
 
 
-def seed_means(result: dict) -> str:
-    """Each configuration's mean over the seeds it ran with: minutes, dev as trained and
-    calibrated, dev log-loss and val (empty with one seed)."""
+def config_means(result: dict) -> dict[str, dict]:
+    """Each configuration's runs (one per seed) averaged: seeds, minutes, dev as trained, dev as
+    decided (calibrated, where the run calibrated), dev log-loss (None where a run lacks it) and
+    val."""
     by: dict[str, list[dict]] = {}
     for r in result["runs"]:
         by.setdefault(r.get("config", r["name"]), []).append(r)
-    if all(len(rs) == 1 for rs in by.values()):
+
+    def mean(rs: list[dict], f) -> float:
+        return sum(f(r) for r in rs) / len(rs)
+
+    return {name: {"seeds": len(rs), "minutes": mean(rs, lambda r: r["seconds"] / 60),
+                   "dev": mean(rs, lambda r: r["dev"]["score"]),
+                   "dev_calibrated": mean(rs, lambda r: (r.get("dev_calibrated")
+                                                        or r["dev"])["score"]),
+                   "dev_loss": (None if any(r.get("dev_loss") is None for r in rs)
+                                else mean(rs, lambda r: r["dev_loss"])),
+                   "val": mean(rs, lambda r: r["val"]["total"])}
+            for name, rs in by.items()}  # fmt: skip
+
+
+def seed_means(result: dict) -> str:
+    """Each configuration's mean over the seeds it ran with: minutes, dev as trained and
+    calibrated, dev log-loss and val (empty with one seed)."""
+    means = config_means(result)
+    if all(m["seeds"] == 1 for m in means.values()):
         return ""
     head = ["config", "seeds", "minutes", "dev", "dev calibrated", "dev log-loss", "val mean"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for name, rs in by.items():
-        values = [(r["seconds"] / 60, r["dev"]["score"], r["dev_calibrated"]["score"],
-                   r["dev_loss"], r["val"]["total"]) for r in rs]  # fmt: skip
-        means = [sum(column) / len(rs) for column in zip(*values, strict=True)]
-        cells = [name, len(rs), f"{means[0]:.1f}", *(f"{m:.3f}" for m in means[1:3]),
-                 f"{means[3]:.4f}", f"{means[4]:.3f}"]  # fmt: skip
+    for name, m in means.items():
+        cells = [name, m["seeds"], f"{m['minutes']:.1f}", f"{m['dev']:.3f}",
+                 f"{m['dev_calibrated']:.3f}", f"{m['dev_loss']:.4f}", f"{m['val']:.3f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 

@@ -456,21 +456,6 @@ def rwsd_substitution(results: Path) -> str:
                   rows)  # fmt: skip
 
 
-def _ablation_means(results: Path, name: str) -> dict[str, dict[str, float]]:
-    """Each configuration of an ablation.py result: minutes, dev as it decides (calibrated where
-    it was) and val once, averaged over the seeds it ran with."""
-    by: dict[str, list[dict]] = {}
-    for r in _load(results, name)["runs"]:
-        by.setdefault(r.get("config", r["name"]), []).append(r)
-
-    def mean(rs: list[dict], f: Callable[[dict], float]) -> float:
-        return sum(f(r) for r in rs) / len(rs)
-
-    return {n: {"minutes": mean(rs, lambda r: r["seconds"] / 60),
-                "dev": mean(rs, lambda r: (r.get("dev_calibrated") or r["dev"])["score"]),
-                "val": mean(rs, lambda r: r["val"]["total"])} for n, rs in by.items()}  # fmt: skip
-
-
 # issue 26's levers measured by ablation.py: (lever, result file, with it, without it, kept)
 ABLATION_LEVERS = [
     ("label words, heads (`--prompt answer --head-init label-words`)", "label_words.json",
@@ -491,11 +476,11 @@ def levers(results: Path) -> str:
     from the result files that measured them."""
     rows = _exact_levers(results)
     for lever, name, on, off, kept in ABLATION_LEVERS:
-        m = _ablation_means(results, name)
+        m = _script("ablation").config_means(_load(results, name))
         a, b = m[on], m[off]
         rows.append([lever, f"`{name}`", f"{a['minutes']:.1f} vs {b['minutes']:.1f} min",
-                     f"{a['dev']:.3f} vs {b['dev']:.3f}", f"{a['val']:.3f} vs {b['val']:.3f}",
-                     kept])  # fmt: skip
+                     f"{a['dev_calibrated']:.3f} vs {b['dev_calibrated']:.3f}",
+                     f"{a['val']:.3f} vs {b['val']:.3f}", kept])  # fmt: skip
     rows += _zero_shot_levers(results)
     return _table(["lever", "measured in", "cost (with vs without)", "dev (with vs without)",
                    "val once (with vs without)", "in the recipe"], rows)  # fmt: skip
