@@ -137,6 +137,35 @@ def test_the_shipped_combination_on_the_tiny_run(lora_run, tmp_path):  # noqa: F
     assert rows[0]["label"] in ("entailment", "not_entailment")
 
 
+def test_every_linear_at_8_bits_beside_a_low_table(lora_run, tmp_path):  # noqa: F811
+    """q8-gptq-long-e3-rows-bc's shape on the tiny run (groups of 32 where it has 128): every
+    Linear GPTQ'd at 8 bits, the table at 3 with the train rows at 8, bias correction. mlx-lm
+    loads it so, module by module, and with the same table and rows the heads end nearer the
+    float run's than with 4-bit Linears: what the recipe buys with its bits."""
+    import mlx.nn as nn
+    from mlx_lm import load
+
+    from mlx_rsg import predict
+    from mlx_rsg.quant import distill
+
+    run, data = lora_run
+    common = ('group_size = 32\nmethod = "gptq"\nscale_dtype = "float16"\n[overrides]\n'
+              '"embed_tokens" = { bits = 3 }\n[calibration]\nexamples = 16\nmax_len = 64\n'
+              "[bias_correction]\nunits = 8\n" + ROWS)  # fmt: skip
+    outs = {bits: quantize(run, tmp_path / f"q{bits}", calib_data=data,
+                           recipe=_recipe(tmp_path / f"q{bits}.toml", f"bits = {bits}\n" + common))
+            for bits in (8, 4)}  # fmt: skip
+    model = load(str(outs[8] / "backbone"))[0]
+    linears = [m.bits for m in model.modules() if isinstance(m, nn.QuantizedLinear)]
+    assert linears and set(linears) == {8} and model.model.embed_tokens.bits == 3
+    manifest = json.loads((outs[8] / "mlx_rsg.json").read_text())
+    assert manifest["embedding_rows"]["rows"] > 0 and manifest["bias_correction"]
+    ref = predict.load(run, calibrated=False)
+    records, _ = distill.draw_records(data, list(ref.model.heads), 8, 0, 0)
+    kl = {b: _head_kl(predict.load(out, calibrated=False), ref, records) for b, out in outs.items()}
+    assert kl[8] < 0.25 * kl[4], kl
+
+
 def test_choose_spends_the_reserved_bits_first():
     """`sensitivity.choose` with bits reserved raises fewer modules, never past the budget, and
     never one it is told to keep (the embedding, whose rows `[embedding_rows]` raises)."""

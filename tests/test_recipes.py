@@ -42,8 +42,8 @@ def test_wheel_ships_recipes_where_recipes_py_looks():
 def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     """`--recipe path/to/x.toml` reads the user's file; the levers docs/quantization.md measured
     (benchmarks/quantize_recipes/, and the shipped q4-gptq-long-bc, q4-gptq-long-sens-bc,
-    q4-gptq-long-sens-rows-bc and q8-gptq-long) resolve with the fields they were measured
-    with."""
+    q4-gptq-long-sens-rows-bc, q8-gptq-long and q8-gptq-long-e3-rows-bc) resolve with the fields
+    they were measured with."""
     from pathlib import Path
 
     from mlx_rsg.quant.recipe import resolve_recipe
@@ -51,7 +51,7 @@ def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     here = Path(__file__).resolve().parent.parent / "benchmarks" / "quantize_recipes"
     recipes = {p.stem: resolve_recipe(recipe=str(p)) for p in sorted(here.glob("*.toml"))}
     for shipped in ("q4-gptq-long-bc", "q4-gptq-long-sens-bc", "q4-gptq-long-sens-rows-bc",
-                    "q8-gptq-long"):
+                    "q8-gptq-long", "q8-gptq-long-e3-rows-bc"):
         recipes[shipped] = resolve_recipe(recipe=shipped)
     assert recipes["q4-h-e5"].scale_dtype == "float16"
     assert recipes["q4-h-e5"].params_for("model.embed_tokens") == {"bits": 5, "group_size": 128}
@@ -78,6 +78,12 @@ def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     assert (rows.sensitivity, rows.calibration) == (sens.sensitivity,
                                                     recipes["q4-gptq-long-bc"].calibration)
     assert recipes["q4-dwq-t025"].distill == {**dwq.distill, "temperature": 0.25}
+    e3 = recipes["q8-gptq-long-e3-rows-bc"]
+    assert (e3.method, e3.bits, e3.group_size, e3.scale_dtype) == ("gptq", 8, 128, "float16")
+    assert e3.params_for("model.embed_tokens") == {"bits": 3, "group_size": 128}
+    assert e3.params_for("model.layers.0.mlp.down_proj") == {"bits": 8, "group_size": 128}
+    assert (e3.embedding_rows, e3.calibration, e3.sensitivity) == (
+        {"bits": 8}, q8_gptq.calibration, None)
     assert dwq.calibrated and sens.calibrated and sens.scale_dtype == "float16"
     with pytest.raises(UserError, match="no such quantize recipe file"):
         recipe_path("quantize", str(here / "missing.toml"))
