@@ -532,6 +532,8 @@ def test_cli_corrupt_or_mismatched_model_dir(tiny_model_dir, tmp_path, damage, n
         (["--recipe", "{tmp}/epoch.toml"], ["epoch.toml", "distill.epoch", "not one of"]),
         (["--recipe", "{tmp}/high.toml"], ["high.toml", "sensitivity.high_bits", "above 4"]),
         (["--recipe", "{tmp}/typo.toml"], ["typo.toml", "field 'bias_corection'", "not a recipe"]),
+        (["--recipe", "{tmp}/sub.toml"], ["sub.toml", "substitution", "'bits': 7 is not one of"]),
+        (["--recipe", "{tmp}/subkey.toml"], ["subkey.toml", "'substitution.mode': not one of"]),
     ],
 )
 def test_cli_bad_recipe_choices(tiny_model_dir, tmp_path, args, needles):  # noqa: F811
@@ -542,6 +544,8 @@ def test_cli_bad_recipe_choices(tiny_model_dir, tmp_path, args, needles):  # noq
     (tmp_path / "epoch.toml").write_text("bits = 4\n[distill]\nepoch = 2\n")
     (tmp_path / "high.toml").write_text("bits = 4\n[sensitivity]\nhigh_bits = 4\n")
     (tmp_path / "typo.toml").write_text("bits = 4\n[bias_corection]\nunits = 64\n")
+    (tmp_path / "sub.toml").write_text("bits = 8\n[substitution]\nbits = 7\n")
+    (tmp_path / "subkey.toml").write_text('bits = 8\n[substitution]\nmode = "affine"\n')
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     out = tmp_path / "out"
     _one_error_line(_cli(tiny_model_dir, *args, "-o", out), *needles)

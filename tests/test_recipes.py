@@ -84,6 +84,7 @@ def test_a_recipe_file_of_ones_own_and_the_measured_levers_resolve():
     assert e3.params_for("model.layers.0.mlp.down_proj") == {"bits": 8, "group_size": 128}
     assert (e3.embedding_rows, e3.calibration, e3.sensitivity) == (
         {"bits": 8}, q8_gptq.calibration, None)
+    assert e3.substitution == {"bits": 4, "group_size": 64}
     assert dwq.calibrated and sens.calibrated and sens.scale_dtype == "float16"
     with pytest.raises(UserError, match="no such quantize recipe file"):
         recipe_path("quantize", str(here / "missing.toml"))

@@ -381,6 +381,28 @@ def test_the_own_blocks_take_the_recipes_overrides(rwsd_runs, tmp_path):
     assert len(predictor.predict("RWSD", val)) == len(val)
 
 
+def test_the_own_blocks_take_the_recipes_substitution_width(rwsd_runs, tmp_path):
+    """A recipe's [substitution] width is the own blocks' (4 bits beside an 8-bit backbone): the
+    copy's config and the loaded language model say so, the backbone is the one the same recipe
+    without the table writes, byte for byte, and the run decides."""
+    data, runs = rwsd_runs
+    text = 'bits = 8\ngroup_size = 32\n'
+    outs = {}
+    for name, extra in (("q8", ""), ("q8-lm4", "[substitution]\nbits = 4\n")):
+        recipe = tmp_path / f"{name}.toml"
+        recipe.write_text(f'name = "{name}"\n' + text + extra)
+        outs[name] = quantize(runs["substitution"], tmp_path / name, recipe=str(recipe))
+    qblock = json.loads((outs["q8-lm4"] / "substitution" / "config.json").read_text())
+    assert (qblock["quantization"]["bits"], qblock["quantization"]["group_size"]) == (4, 32)
+    same = [(o / "backbone" / "model.safetensors").read_bytes() for o in outs.values()]
+    assert same[0] == same[1]
+    predictor = predict.load(outs["q8-lm4"])
+    lm = predictor.model.substitution.lm
+    assert lm.layers[1].mlp.down_proj.bits == 4 and lm.layers[0].mlp.down_proj.bits == 8
+    val = load_split(data, "RWSD", "val")
+    assert len(predictor.predict("RWSD", val)) == len(val)
+
+
 def test_the_embedding_rows_probe_swaps_the_rows_it_says(rwsd_runs, tmp_path,
                                                         tiny_model_dir):  # noqa: F811
     """benchmarks/embedding_rows.py: `train8` rounds exactly the rows of the tokens in the train

@@ -22,6 +22,7 @@ the heads' biases for the shift quantization leaves in their mean logits (`bias_
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -239,7 +240,8 @@ def _write_run_json(run_dir: Path, dst: Path, info: dict, predictor, n_fused: in
                     recipe: Recipe, declared: Recipe) -> None:  # fmt: skip
     """dst/run.json: the run's, with its backbone now dst/backbone (merged, quantized by
     `recipe`) and, for a run that decides RWSD by substitution, its language model's own blocks
-    quantized beside (as `declared`, the recipe before [sensitivity]'s overrides)."""
+    quantized beside (as `declared`, the recipe before [sensitivity]'s overrides, at its
+    `[substitution]` width where it has one)."""
     model, method = predictor.model, info["classifier"].get("method")
     new = copy.deepcopy(info)
     if methods.get(method).mergeable:  # adapters are not linear: they stay beside the backbone
@@ -255,7 +257,9 @@ def _write_run_json(run_dir: Path, dst: Path, info: dict, predictor, n_fused: in
     if rwsd.get("by") == "substitution":  # its language model's own blocks, quantized beside
         sub = substitution.build(model.backbone, rwsd, predictor.tokenizer, run_dir, verify=False)
         own = dst / substitution.OWN_BLOCKS
-        substitution.write_own_blocks(sub, rwsd["shared_blocks"], declared, own)
+        width = declared.substitution or {}
+        substitution.write_own_blocks(sub, rwsd["shared_blocks"],
+                                      dataclasses.replace(declared, **width), own)  # fmt: skip
         rwsd["lm"] = {"path": substitution.OWN_BLOCKS, "sha256": weight_hashes(own),
                       "copied": True}  # fmt: skip
     write_json(dst / "run.json", new)

@@ -1,7 +1,7 @@
 """A quantize recipe (a `quantize/*.toml` file, or q8 / q4 by --bits): bits and group size for
 every module, per-path overrides, the method (rtn | gptq) and its calibration set, the dtype of
-the scales and biases, and for a run the classifier-aware distillation of the scales and biases
-and the heads' bias correction."""
+the scales and biases, and for a run the classifier-aware distillation of the scales and biases,
+the heads' bias correction, and the width of the RWSD language model's own blocks."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ DISTILL = {"units": 32, "holdout": 32, "epochs": 1, "batch_size": 4, "lr": 1e-7,
 SENSITIVITY = {"units": 64, "budget": 5.0, "high_bits": 8, "seed": 0}
 EMBEDDING_ROWS = {"bits": 8}  # quant/embedding_rows.py: the run's train tokens' rows at `bits`
 FIELDS = {"name", "bits", "group_size", "overrides", "method", "calibration", "scale_dtype",
-          "bias_correction", "distill", "sensitivity", "embedding_rows"}  # fmt: skip
+          "bias_correction", "distill", "sensitivity", "embedding_rows",
+          "substitution"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Recipe:
     distill: dict[str, float] | None = None  # DISTILL's fields: quant/distill.py
     sensitivity: dict[str, float] | None = None  # SENSITIVITY's fields: quant/sensitivity.py
     embedding_rows: dict[str, int] | None = None  # EMBEDDING_ROWS's: quant/embedding_rows.py
+    # {bits, group_size} of the RWSD language model's own blocks (model/substitution.py); None:
+    # the recipe's own
+    substitution: dict[str, int] | None = None
 
     def params_for(self, path: str) -> dict[str, int]:
         for key, p in self.overrides.items():
@@ -70,6 +74,7 @@ class Recipe:
             **({"distill": self.distill} if self.distill else {}),
             **({"sensitivity": self.sensitivity} if self.sensitivity else {}),
             **({"embedding_rows": self.embedding_rows} if self.embedding_rows else {}),
+            **({"substitution": self.substitution} if self.substitution else {}),
         }
 
     @property
@@ -141,9 +146,14 @@ def resolve_recipe(
             raise UserError(f"{where}: field 'sensitivity.high_bits': "
                             f"{sensitivity['high_bits']} is not one of {BITS} above {r_bits}")
     rows = _table(raw, "embedding_rows", EMBEDDING_ROWS, where) if "embedding_rows" in raw else None
+    substitution = None
+    if "substitution" in raw:
+        substitution = _table(raw, "substitution", {"bits": r_bits, "group_size": r_group}, where)
+        _check_params(f"{where}: substitution", **substitution)
     out = Recipe(name=name, bits=r_bits, group_size=r_group, overrides=clean, method=method,
                  calibration=cal, scale_dtype=scale_dtype, bias_correction=correction,
-                 distill=distill, sensitivity=sensitivity, embedding_rows=rows)  # fmt: skip
+                 distill=distill, sensitivity=sensitivity, embedding_rows=rows,
+                 substitution=substitution)  # fmt: skip
     emb_bits = out.params_for("model.embed_tokens")["bits"]
     if rows and (rows["bits"] not in BITS or rows["bits"] <= emb_bits):
         raise UserError(f"{where}: field 'embedding_rows.bits': {rows['bits']} is not one of "
