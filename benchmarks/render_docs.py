@@ -198,6 +198,10 @@ def real_command(results: Path) -> str:
 # float pass
 REAL_QUANTIZE = ("quality/quantize/bench.json", "quality/quantize-q8gptq-mixed/bench.json",
                  "quality/quantize-rows/bench.json")
+# a copy of the real run trained again with its command (its weights were gone): its own float
+# pass, so its variants are measured against that copy, not the committed run
+REAL_E3 = "quality/quantize-e3/bench.json"
+E3_COMPOSED = "quality/quantize-e3/q8-gptq-long-e3-rows-bc-lm4.json"  # compose_copy.py's
 
 
 def quantization(results: Path) -> str:
@@ -557,6 +561,33 @@ def quantize_real_rows(results: Path) -> str:
     return _bench_table(results, REAL_QUANTIZE[2])
 
 
+def quantize_e3_brief(results: Path) -> str:
+    """README: a copy of the real run trained again and its copies, every Linear at 8 bits
+    against the rows recipe in one bench, and the shipped recipe's copy (its RWSD language
+    model's blocks at 4 bits) composed from that bench and a bench of RWSD alone
+    (benchmarks/compose_copy.py), whose backbone is the benched copy's."""
+    bench = _load(results, REAL_E3)
+    composed = _load(results, E3_COMPOSED)
+    kept = next(v for v in bench["variants"] if v["name"] == composed["composed"]["variant"])
+    rows = []
+    for v in [*bench["variants"], {**composed, "quantization": kept["quantization"]}]:
+        q, se = v["quantization"], v.get("delta_se")
+        n = round(v["flips"]["RWSD"] * bench["tasks"]["RWSD"]["records"]) if q else 0
+        rows.append([f"`{v['name']}`", f"{q['bits_per_weight']:.2f}" if q else "32",
+                     f"{v['scores']['RWSD']['score']:.3f}" + (f" ({n} changed)" if q else ""),
+                     f"{v['total']:.3f}",
+                     f"{100 * v['delta']:+.2f} ± {100 * se['total']:.2f}" if q else "",
+                     f"{100 * v['flip_rate']:.2f} %",
+                     round(v["size_bytes"]["total"] / 2**20)])  # fmt: skip
+    return _table(["copy", "bits / weight (backbone)", "RWSD", "val total",
+                   "Δ fp32 (points) ± SE", "decisions changed", "size MB"], rows)  # fmt: skip
+
+
+def quantize_real_e3(results: Path) -> str:
+    """docs/quantization.md: bench's own table for the retrained copy, then each copy in brief."""
+    return _bench_table(results, REAL_E3) + "\n\n" + quantize_e3_brief(results)
+
+
 def quantize_1000(results: Path) -> str:
     """docs/quantization.md: bench's own table for the run before the fixes and its variants."""
     return _bench_table(results, "quality/earlier/quantize-1000/bench.json")
@@ -617,6 +648,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "quantize-real-more": quantize_real_more,
     "embedding-rows": embedding_rows,
     "quantize-real-rows": quantize_real_rows,
+    "quantize-real-e3": quantize_real_e3,
+    "quantize-e3-brief": quantize_e3_brief,
     "rwsd-substitution": rwsd_substitution,
     "levers": levers,
     "quantize-1000": quantize_1000,

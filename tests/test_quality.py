@@ -117,12 +117,16 @@ def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root
 
 
 # (bench directory, the fp32 run's own committed predictions): the README's and
-# docs/quantization.md's tables, on the real run (two benches), on the same run before its RWSD
-# decision by substitution (`earlier/block12-head`), the 1,000-example run and the 640-example run
+# docs/quantization.md's tables, on the real run (three benches), on a copy of it trained again
+# with the same command (`quantize-e3`, and its bench of RWSD alone: their val pass is bench's
+# own, so there is no zip of the run's to compare), on the same run before its RWSD decision by
+# substitution (`earlier/block12-head`), the 1,000-example run and the 640-example run
 QUANTIZED = [(RESULTS / "quality" / "quantize", RESULTS / "quality" / "val_predictions.zip"),
              (RESULTS / "quality" / "quantize-q8gptq-mixed",
               RESULTS / "quality" / "val_predictions.zip"),
              (RESULTS / "quality" / "quantize-rows", RESULTS / "quality" / "val_predictions.zip"),
+             (RESULTS / "quality" / "quantize-e3", None),
+             (RESULTS / "quality" / "quantize-e3" / "rwsd-lm4", None),
              (EARLIER / "quantize-block12-head", EARLIER / "block12-head.zip"),
              (EARLIER / "quantize-1000", EARLIER / "1000.zip"),
              (EARLIER / "quantize-640", EARLIER / "640.zip")]  # fmt: skip
@@ -132,7 +136,8 @@ QUANTIZED = [(RESULTS / "quality" / "quantize", RESULTS / "quality" / "val_predi
 def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_root, bench_dir,
                                                                     run_zip):  # fmt: skip
     """Every variant's zip scores what bench.json says, and the fp32 zip holds the same
-    predictions as the run's own committed zip (bench scored the run that was committed)."""
+    predictions as the run's own committed zip, where there is one (bench scored the run that
+    was committed)."""
     import json
 
     from mlx_rsg.submission import read_submission
@@ -145,8 +150,40 @@ def test_the_committed_quantized_predictions_rescore_to_their_bench(real_rsg_roo
         assert got["total"] == pytest.approx(v["total"], abs=1e-12), v["name"]
         for task, s in v["scores"].items():
             assert got["tasks"][task]["score"] == pytest.approx(s["score"], abs=1e-12)
-    fp32 = read_submission(bench_dir / bench["variants"][0]["submission"])
-    assert fp32 == read_submission(run_zip)
+    if run_zip is not None:
+        fp32 = read_submission(bench_dir / bench["variants"][0]["submission"])
+        assert fp32 == read_submission(run_zip)
+
+
+def test_the_composed_copy_is_its_two_benches(real_rsg_root):
+    """benchmarks/compose_copy.py's copy (`q8-gptq-long-e3-rows-bc` with its RWSD language
+    model's blocks at 4 bits): its zip holds the benched copy's decisions on every task but RWSD
+    and the RWSD bench's on RWSD, whose float run decided RWSD as the full bench's did; it
+    scores what its JSON says, with as many decisions changed as it counts."""
+    import json
+
+    from mlx_rsg.submission import read_submission
+
+    bench_dir = RESULTS / "quality" / "quantize-e3"
+    composed = json.loads((bench_dir / "q8-gptq-long-e3-rows-bc-lm4.json").read_text())
+    full = json.loads((bench_dir / "bench.json").read_text())
+    alone = json.loads((bench_dir / "rwsd-lm4" / "bench.json").read_text())
+    kept = next(v for v in full["variants"] if v["name"] == composed["composed"]["variant"])
+    got, kept, base = (read_submission(bench_dir / v["submission"])
+                       for v in (composed, kept, full["variants"][0]))  # fmt: skip
+    alone_base, alone_copy = (read_submission(bench_dir / "rwsd-lm4" / v["submission"])
+                              for v in alone["variants"])  # fmt: skip
+    assert got["RWSD"] == alone_copy["RWSD"] and alone_base["RWSD"] == base["RWSD"]
+    assert {t: p for t, p in got.items() if t != "RWSD"} == {
+        t: p for t, p in kept.items() if t != "RWSD"}
+    assert rescore(bench_dir / composed["submission"], real_rsg_root)["total"] == pytest.approx(
+        composed["total"], abs=1e-12)
+    changed = sum(got[t][i] != base[t][i] for t in base if t != "MuSeRC" for i in base[t])
+    changed += sum(got["MuSeRC"][i][a] != base["MuSeRC"][i][a]
+                   for i in base["MuSeRC"] for a in base["MuSeRC"][i])  # fmt: skip
+    decisions = sum(len(p) for t, p in base.items() if t != "MuSeRC")
+    decisions += sum(len(answers) for answers in base["MuSeRC"].values())
+    assert changed / decisions == pytest.approx(composed["flip_rate"], abs=1e-12)
 
 
 def _drawn_bench_rescores(bench_dir: Path, real_rsg_root: Path) -> dict:
