@@ -152,6 +152,18 @@ def test_zip_without_top_folder_and_per_task_zips(fixture_root, tmp_path):
     assert data.load_split(per_task / "Terra.zip", "TERRa", "val") == want[("TERRa", "val")]
 
 
+def test_linked_task_folders_are_read(fixture_root, tmp_path):
+    """A data directory of links to task folders (one way to pick tasks) reads as the folders
+    themselves, and a link back to the directory does not loop."""
+    want = _load_all(fixture_root)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for task_dir in fixture_root.iterdir():
+        (linked / task_dir.name).symlink_to(task_dir.resolve(), target_is_directory=True)
+    (linked / "again").symlink_to(linked, target_is_directory=True)
+    assert _load_all(linked) == want
+
+
 def test_jsonl_gz_directory_and_zip(fixture_root, tmp_path):
     want = _load_all(fixture_root)
     gz = tmp_path / "gz"

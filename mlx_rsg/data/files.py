@@ -77,8 +77,9 @@ def _index(root: Path) -> dict[tuple[str, str], tuple[str, Callable[[], bytes]]]
 
 def _walk(root: Path, add: Callable, add_zip: Callable) -> None:
     """Every file up to two folders below `root` to `add`, zips to `add_zip`; hidden ones
-    skipped."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    skipped. Linked folders are followed (a data directory of links to task folders is a
+    common way to pick tasks); the depth limit keeps a link loop finite."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
         rel = here.relative_to(root).parts
         dirnames[:] = [d for d in dirnames if len(rel) < 2 and not d.startswith(".")]
