@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def compose(bench_dir: Path, variant: str, from_dir: Path, data: Path, name: str
     write_submission(bench_dir / submission, {t: (records[t], preds[t]) for t in records})
     return {
         "name": name,
-        "composed": {"variant": variant, "tasks_from": {t: str(from_dir.relative_to(bench_dir))
+        "composed": {"variant": variant, "tasks_from": {t: os.path.relpath(from_dir, bench_dir)
                                                         for t in other["tasks"]}},  # fmt: skip
         "scores": scores,
         "total": total,
