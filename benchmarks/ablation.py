@@ -222,7 +222,8 @@ def seed_means(result: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, m in means.items():
         cells = [name, m["seeds"], f"{m['minutes']:.1f}", f"{m['dev']:.3f}",
-                 f"{m['dev_calibrated']:.3f}", f"{m['dev_loss']:.4f}", f"{m['val']:.3f}"]
+                 f"{m['dev_calibrated']:.3f}",
+                 f"{m['dev_loss']:.4f}" if m["dev_loss"] is not None else "", f"{m['val']:.3f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
