@@ -32,13 +32,19 @@ def compose(bench_dir: Path, variant: str, from_dir: Path, data: Path, name: str
     from mlx_rsg.submission import read_submission, write_submission
     from mlx_rsg.tasks import total_score
 
-    bench = json.loads((bench_dir / "bench.json").read_text())
-    other = json.loads((from_dir / "bench.json").read_text())
-    row = next(v for v in bench["variants"] if v["name"] == variant)
+    bench, other = _bench(bench_dir), _bench(from_dir)
+    names = [v["name"] for v in bench["variants"][1:]]
+    if variant not in names:
+        raise SystemExit(f"{bench_dir}/bench.json: no variant {variant!r} (it has "
+                         f"{', '.join(names) or 'none'})")  # fmt: skip
+    if len(other["variants"]) != 2:
+        raise SystemExit(f"{from_dir}/bench.json: {len(other['variants']) - 1} variants; the "
+                         "copy takes its tasks from exactly one")  # fmt: skip
+    row = bench["variants"][1:][names.index(variant)]
     base = read_submission(bench_dir / bench["variants"][0]["submission"])
     preds = read_submission(bench_dir / row["submission"])
     other_base, other_copy = (read_submission(from_dir / v["submission"])
-                              for v in other["variants"][:2])  # fmt: skip
+                              for v in other["variants"])  # fmt: skip
     for task in other["tasks"]:
         if other_base[task] != base[task]:
             raise SystemExit(f"{from_dir}: its float run decides {task} unlike {bench_dir}'s")
@@ -67,6 +73,15 @@ def compose(bench_dir: Path, variant: str, from_dir: Path, data: Path, name: str
         "size_bytes": _sizes(row["size_bytes"], other["variants"][1]["size_bytes"]),
         "submission": str(submission),
     }
+
+
+def _bench(bench_dir: Path) -> dict:
+    """DIR/bench.json, or one line saying why not."""
+    path = bench_dir / "bench.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: not a readable bench result ({e})") from None
 
 
 def _sizes(kept: dict, other: dict) -> dict:
