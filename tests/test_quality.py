@@ -168,9 +168,9 @@ def test_the_composed_copy_is_its_two_benches(real_rsg_root):
     composed = json.loads((bench_dir / "q8-gptq-long-e3-rows-bc-lm4.json").read_text())
     full = json.loads((bench_dir / "bench.json").read_text())
     alone = json.loads((bench_dir / "rwsd-lm4" / "bench.json").read_text())
-    kept = next(v for v in full["variants"] if v["name"] == composed["composed"]["variant"])
+    kept_row = next(v for v in full["variants"] if v["name"] == composed["composed"]["variant"])
     got, kept, base = (read_submission(bench_dir / v["submission"])
-                       for v in (composed, kept, full["variants"][0]))  # fmt: skip
+                       for v in (composed, kept_row, full["variants"][0]))  # fmt: skip
     alone_base, alone_copy = (read_submission(bench_dir / "rwsd-lm4" / v["submission"])
                               for v in alone["variants"])  # fmt: skip
     assert got["RWSD"] == alone_copy["RWSD"] and alone_base["RWSD"] == base["RWSD"]
