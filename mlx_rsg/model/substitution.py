@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.utils import save_config
 
 from mlx_rsg.accel import runtime
+from mlx_rsg.accel.fast_quant import shared_dequant
 from mlx_rsg.errors import UserError, located
 from mlx_rsg.model.backbone import (
     Backbone,
@@ -44,7 +45,7 @@ from mlx_rsg.quant import rtn
 from mlx_rsg.quant.recipe import Recipe
 from mlx_rsg.tasks.rwsd import RWSDRecord, pronoun_key, substituted
 
-BATCH = 8  # records per forward: a tail's rows of the 262k-word output are 1 MB each (float32)
+BATCH = 8  # records per forward through the blocks
 
 
 @dataclass
@@ -90,52 +91,75 @@ def tail_log_likelihoods(lm: Backbone, tokenizer, pairs: Sequence[tuple[str, str
         rows.append((ids, max(shared, 1)))
     out = np.zeros(len(rows), dtype=np.float64)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # batches of like lengths
-    for at in range(0, len(order), batch_size):
-        chunk = order[at:at + batch_size]
-        for i, value in zip(chunk, _batch_scores(lm, [rows[i] for i in chunk]), strict=True):
-            out[i] = value
+    for at in range(0, len(order), WAVE):
+        wave = order[at:at + WAVE]
+        batches = [wave[b:b + batch_size] for b in range(0, len(wave), batch_size)]
+        states, where = _tail_states(lm, [[rows[i] for i in chunk] for chunk in batches])
+        if where:
+            targets = [rows[batches[k][b]][0][t] for k, b, t in where]
+            logp = np.array(token_log_probs(lm, states, targets), dtype=np.float64)
+            np.add.at(out, [batches[k][b] for k, b, _ in where], logp)  # in token order
     return out
 
 
-def _batch_scores(lm: Backbone, rows: list[tuple[list[int], int]]) -> list[float]:
-    """Sum of log P(ids[t] | ids[:t]) for t >= first, per (ids, first), right-padded (causal:
-    a pad never reaches a real position)."""
-    width = max(len(ids) for ids, _ in rows)
-    tokens = mx.array([ids + [0] * (width - len(ids)) for ids, _ in rows])
-    h = final_norm(lm, run_layers(lm, embed(lm, tokens)))
-    where = [(b, t) for b, (ids, first) in enumerate(rows) for t in range(first, len(ids))]
-    if not where:
-        return [0.0] * len(rows)
-    rows_b, pos = mx.array([b for b, _ in where]), mx.array([t - 1 for _, t in where])
-    logp = np.array(token_log_probs(lm, h[rows_b, pos], [rows[b][0][t] for b, t in where]))
-    sums = [0.0] * len(rows)
-    for (b, _), value in zip(where, logp, strict=True):
-        sums[b] += float(value)
-    return sums
+def _tail_states(lm: Backbone, batches: list[list[tuple[list[int], int]]]) -> tuple:
+    """The final-normed states (N, D) that predict each tail token ids[t], t >= first, of every
+    (ids, first) of every batch (right-padded: causal, a pad never reaches a real position),
+    and the (batch, row, t) each of them predicts. Block by block over all the batches: a
+    quantized block is dequantized once for them all (`shared_dequant`), not once per batch."""
+    tokens = [mx.array([ids + [0] * (max(len(i) for i, _ in batch) - len(ids))
+                        for ids, _ in batch]) for batch in batches]  # fmt: skip
+    hs = [embed(lm, t) for t in tokens]
+    for i in range(lm.num_layers):
+        with shared_dequant():
+            for k, h in enumerate(hs):
+                hs[k] = run_layers(lm, h, i, i + 1)
+                mx.eval(hs[k])  # one batch's activations alive at a time
+    states, where = [], []
+    for k, (batch, h) in enumerate(zip(batches, hs, strict=True)):
+        at = [(b, t) for b, (ids, first) in enumerate(batch) for t in range(first, len(ids))]
+        if at:
+            rows_b, pos = mx.array([b for b, _ in at]), mx.array([t - 1 for _, t in at])
+            states.append(final_norm(lm, h)[rows_b, pos].astype(mx.float32))
+            where += [(k, b, t) for b, t in at]
+    return (mx.concatenate(states) if states else None), where
 
 
 def token_log_probs(lm: Backbone, h: mx.array, targets: list[int]) -> mx.array:
     """log P(target | final-normed state) per row of h (N, D), through the output layer
-    (`output_layer`: an LM head, or the tied embedding). A quantized one is dequantized
-    OUTPUT_CHUNK rows at a time and multiplied as a plain GEMM: on this CPU MLX's quantized
-    matmul over Gemma's 262,144 output rows took 36.8 s for 8 RWSD records of the real run's q8
-    copy, the chunks 3.7 s (the logits are the same: the rows are what the quantized layer
-    multiplies by)."""
+    (`output_layer`: an LM head, or the tied embedding), ROWS_PER_PASS states at a time.
+    Each pass reads the output weights OUTPUT_CHUNK rows at a time (dequantized, where the
+    layer is quantized) and multiplies them as a plain GEMM: on this CPU MLX's quantized
+    matmul over Gemma's 262,144 output rows took 36.8 s for 8 RWSD records of the real run's
+    q8 copy, the chunks 3.7 s (the logits are the same: the rows are what the quantized layer
+    multiplies by). The passes are what make the rows read once per call, not once per batch
+    of records: dequantizing a 3-bit table per batch made a quantized copy's RWSD 2.4x slower
+    than the float run's (docs/quantization.md)."""
     h = h.astype(mx.float32)
-    picked = mx.sum(h * output_rows(lm, targets), axis=-1)
     out = output_layer(lm)
-    if not hasattr(out, "scales"):
-        logits = out.as_linear(h) if isinstance(out, nn.Embedding) else out(h)
-        return picked - mx.logsumexp(logits.astype(mx.float32), axis=-1)
-    total = None
-    for start in range(0, out.weight.shape[0], OUTPUT_CHUNK):
-        lse = mx.logsumexp(h @ weight_rows(out, slice(start, start + OUTPUT_CHUNK)).T, axis=-1)
-        total = lse if total is None else mx.logaddexp(total, lse)
-        mx.eval(total)  # one chunk's rows alive at a time
-    return picked - total
+    bias = out.get("bias") if isinstance(out, nn.Module) else None
+    parts = []
+    for at in range(0, h.shape[0], ROWS_PER_PASS):
+        part, ids = h[at:at + ROWS_PER_PASS], targets[at:at + ROWS_PER_PASS]
+        picked = mx.sum(part * output_rows(lm, ids), axis=-1)
+        if bias is not None:
+            picked = picked + bias[mx.array(ids)].astype(mx.float32)
+        total = None
+        for start in range(0, out.weight.shape[0], OUTPUT_CHUNK):
+            rows = slice(start, start + OUTPUT_CHUNK)
+            logits = part @ weight_rows(out, rows).T
+            if bias is not None:
+                logits = logits + bias[rows].astype(mx.float32)
+            lse = mx.logsumexp(logits, axis=-1)
+            total = lse if total is None else mx.logaddexp(total, lse)
+            mx.eval(total)  # one chunk's rows alive at a time
+        parts.append(picked - total)
+    return mx.concatenate(parts) if parts else mx.zeros((0,))
 
 
-OUTPUT_CHUNK = 16384  # dequantized output rows at a time: 40 MB at hidden 640 (float32)
+OUTPUT_CHUNK = 16384  # output rows read at a time: 40 MB at hidden 640 (float32)
+ROWS_PER_PASS = 2048  # states per pass over the output rows: 128 MB of logits per chunk
+WAVE = 256  # records whose hidden states are kept between blocks (~2.5 KB per token at 640)
 OWN_BLOCKS = "substitution"  # a quantized run's directory of the language model's own blocks
 
 
