@@ -661,6 +661,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "shared-train": _script_table("bench_shared_train", "shared_train.json"),
     "scoring": _script_table("bench_scoring", "scoring.json"),
     "serve": _script_table("bench_serve", "serve.json"),
+    "rwsd-scoring": _script_table("bench_rwsd_scoring", "rwsd_scoring.json"),
     "distributed": _script_table("bench_distributed", "distributed.json"),
     "fast-quant": _script_table("bench_quantize", "quantize.json", "summary"),
     "ablation": _script_table("ablation", "ablation.json"),
