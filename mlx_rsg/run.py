@@ -336,9 +336,18 @@ def quantization(ref: RunRef) -> dict | None:
         manifest = {}
     recipe = recipe or manifest.get("recipe") or {}
     if q and isinstance(recipe, dict) and recipe.get("name"):  # config.json has bits only
+        stored = manifest.get("stored")
         q = {**q, "recipe": recipe["name"], "method": recipe.get("method", "rtn"),
-             "bits_per_weight": manifest.get("bits_per_weight")}  # fmt: skip
+             "bits_per_weight": _number(manifest.get("bits_per_weight")),
+             "bits_per_weight_stored": _number(stored.get("bits_per_weight"))
+             if isinstance(stored, dict) else None}  # fmt: skip
     return q
+
+
+def _number(value: Any) -> float | None:
+    """A manifest's number, or None where it holds something else (it is only reported)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else None
 
 
 def task_info(tasks: list[str]) -> dict[str, Any]:

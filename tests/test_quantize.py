@@ -17,6 +17,7 @@ G = 32
 
 @pytest.mark.parametrize("recipe", ["q8", "q4", "q4-mixed"])
 def test_model_dir_round_trip_through_mlx_lm_load(tiny_model_dir, tmp_path, recipe):  # noqa: F811
+    import mlx.core as mx
     import mlx.nn as nn
     from mlx_lm import load
 
@@ -35,6 +36,11 @@ def test_model_dir_round_trip_through_mlx_lm_load(tiny_model_dir, tmp_path, reci
     manifest = json.loads((out / "mlx_rsg.json").read_text())
     assert manifest["recipe"]["name"] == recipe
     assert manifest["source"] == str(Path(tiny_model_dir).resolve())
+    # a model directory stores its backbone only: the same bits per weight, and its files' bytes
+    stored = manifest["stored"]
+    assert stored["bits_per_weight"] == manifest["bits_per_weight"]
+    weights = [v for f in out.glob("*.safetensors") for v in mx.load(str(f)).values()]
+    assert stored["backbone"]["bytes"] == sum(v.nbytes for v in weights)
     assert tokenizer.encode("Мама мыла раму") == load(str(tiny_model_dir))[1].encode(
         "Мама мыла раму"
     )

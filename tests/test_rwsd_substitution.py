@@ -403,6 +403,56 @@ def test_the_own_blocks_take_the_recipes_substitution_width(rwsd_runs, tmp_path)
     assert len(predictor.predict("RWSD", val)) == len(val)
 
 
+def test_the_manifest_counts_every_weight_the_copy_stores(rwsd_runs, tmp_path):
+    """The manifest's `stored`: the backbone, the RWSD language model's own blocks and the
+    heads, each the bytes of its files' tensors and its parameters unpacked (the same whatever
+    their bits), and the bits per weight over them all, which the own blocks at 4 bits lower
+    while the backbone's bits per weight stay."""
+    _, runs = rwsd_runs
+    manifests = {}
+    for name, extra in (("q8", ""), ("q8-lm4", "[substitution]\nbits = 4\n")):
+        recipe = tmp_path / f"{name}.toml"
+        recipe.write_text(f'name = "{name}"\nbits = 8\ngroup_size = 32\n' + extra)
+        out = quantize(runs["substitution"], tmp_path / name, recipe=str(recipe))
+        manifests[name] = json.loads((out / "mlx_rsg.json").read_text())
+        stored = manifests[name]["stored"]
+        parts = {"backbone": sorted((out / "backbone").glob("*.safetensors")),
+                 "substitution": sorted((out / "substitution").glob("*.safetensors")),
+                 "trainable": [out / "trainable.safetensors"]}  # fmt: skip
+        assert set(stored) == {*parts, "bits_per_weight"}
+        for part, files in parts.items():
+            tensors = [v for f in files for v in mx.load(str(f)).values()]
+            assert stored[part]["bytes"] == sum(v.nbytes for v in tensors), part
+        heads = mx.load(str(out / "trainable.safetensors")).values()
+        assert stored["trainable"]["parameters"] == sum(v.size for v in heads)
+        total = sum(stored[p]["bytes"] for p in parts)
+        params = sum(stored[p]["parameters"] for p in parts)
+        assert stored["bits_per_weight"] == round(8 * total / params, 3)
+    q8, lm4 = manifests["q8"], manifests["q8-lm4"]
+    assert q8["bits_per_weight"] == lm4["bits_per_weight"]
+    for part in ("backbone", "substitution", "trainable"):
+        assert q8["stored"][part]["parameters"] == lm4["stored"][part]["parameters"]
+    assert lm4["stored"]["substitution"]["bytes"] < q8["stored"]["substitution"]["bytes"]
+    assert lm4["stored"]["bits_per_weight"] < q8["stored"]["bits_per_weight"]
+    # bench's weights cell: the backbone's bits per weight, then all the copy stores
+    from mlx_rsg.bench.report import write_markdown
+    from mlx_rsg.run import open_runs, quantization
+
+    q = quantization(open_runs([str(tmp_path / "q8-lm4")])[0])
+    assert (q["bits_per_weight"], q["bits_per_weight_stored"]) == (
+        lm4["bits_per_weight"], lm4["stored"]["bits_per_weight"])  # fmt: skip
+    row = {"name": "q8-lm4", "quantization": q, "scores": {}, "total": 0.5, "delta": 0.0,
+           "flip_rate": 0.0, "size_bytes": {"total": 1}, "memory": {"mlx_peak_bytes": 1,
+           "rss_peak_bytes": 1}, "latency_ms": {"p50": 1.0, "p95": 1.0},
+           "throughput": {"examples_per_s": 1.0}}  # fmt: skip
+    bench = {"tasks": {}, "variants": [row], "skipped": {}, "baseline": "q8-lm4",
+             "env": {"device": "cpu"}, "config": {"split": "val", "data": "d",
+             "max_per_task": None, "seed": 0, "batch_size": 16}}  # fmt: skip
+    cell = write_markdown(bench).splitlines()[2].split(" | ")[1]
+    assert cell == (f"q8-lm4 (q8 g32, {lm4['bits_per_weight']:.2f} b/w, "
+                    f"{lm4['stored']['bits_per_weight']:.2f} stored)")  # fmt: skip
+
+
 def test_the_embedding_rows_probe_swaps_the_rows_it_says(rwsd_runs, tmp_path,
                                                         tiny_model_dir):  # noqa: F811
     """benchmarks/embedding_rows.py: `train8` rounds exactly the rows of the tokens in the train

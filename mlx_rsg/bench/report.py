@@ -36,6 +36,9 @@ def _quant(q) -> str:
     bits = f"q{q.get('bits', '?')} g{q.get('group_size', '?')}"
     if q.get("bits_per_weight"):
         bits += f", {q['bits_per_weight']:.2f} b/w"
+        stored = q.get("bits_per_weight_stored")
+        if stored and round(stored, 2) != round(q["bits_per_weight"], 2):
+            bits += f", {stored:.2f} stored"
     return f"{q['recipe']} ({bits})" if q.get("recipe") else bits
 
 
@@ -86,7 +89,8 @@ def write_markdown(result: dict[str, Any]) -> str:
         "Per-task cells: the official metric (two-metric tasks averaged). total: their "
         "unweighted mean over the real-data tasks; Δ fp32: total minus the baseline's, ± its "
         "standard error (paired bootstrap over records); flips: "
-        "share of predictions that differ from the baseline's; size: weight files on disk; "
+        "share of predictions that differ from the baseline's; b/w: the backbone's (stored: "
+        "over all the copy stores, where it is more); size: weight files on disk; "
         "peak: MLX peak memory; RSS: process high-water; p50/p95: one record at batch 1; "
         f"ex/s: records per second at batch {cfg['batch_size']}.",
     ]

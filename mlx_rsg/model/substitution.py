@@ -218,22 +218,24 @@ def build(
     return Substitution(lm, tokenizer)
 
 
-def write_own_blocks(sub: Substitution, shared: int, recipe: Recipe, dst: Path) -> None:
+def write_own_blocks(sub: Substitution, shared: int, recipe: Recipe, dst: Path) -> dict:
     """A quantized run's copy of its language model's own blocks (above the `shared` ones) and
     final norm, rounded to nearest as `recipe` rounds the backbone: its bits and group, its
     `[overrides]` by module path (mlx-lm's per-path entries in the copy's config, as the backbone
     records them), its scale dtype; as a model directory `build` reads with its embedding and
     shared blocks from the classifier. A module whose width is not a multiple of its group stays
-    as it is, as in the backbone."""
+    as it is, as in the backbone. Returns what it stored (`rtn.stored`)."""
     lm = sub.lm
     own = tuple(f"model.layers.{i}." for i in range(shared, lm.num_layers))
     qconfig = rtn.quantize_modules(lm.model, lm.config, recipe, under=own)
+    holder = nn.Module()
+    holder.layers = lm.decoder.layers[shared:]
     if recipe.scale_dtype:
-        holder = nn.Module()
-        holder.layers = lm.decoder.layers[shared:]
         rtn.cast_scales(holder, getattr(mx, recipe.scale_dtype))
+    holder.norm = lm.decoder.norm
     keep = own + ("model.norm.",)
     weights = {k: v for k, v in tree_flatten(lm.model.parameters()) if k.startswith(keep)}
     dst.mkdir(parents=True)
     mx.save_safetensors(str(dst / "model.safetensors"), weights)
     save_config(qconfig, config_path=dst / "config.json")
+    return rtn.stored(holder)

@@ -103,7 +103,8 @@ def _manifest(source: Path, kind: str, recipe: Recipe, counts: dict) -> dict[str
         "bias_correction": counts.get("bias_correction"),
         "embedding_rows": counts.get("embedding_rows"),
         "blocks_dropped": counts.get("blocks_dropped", 0),
-        "bits_per_weight": counts["bits_per_weight"],
+        "bits_per_weight": counts["bits_per_weight"],  # the backbone's, as mlx-lm counts them
+        "stored": counts.get("stored"),  # every weight the copy stores, by part, and their b/w
         "quantized_modules": counts["quantized"],
         "skipped_modules": counts["skipped"],
         # norms stay in the model's own dtype (a `train --dtype bfloat16` run's: bfloat16)
@@ -156,6 +157,7 @@ def _quantize_model_dir(model_dir: Path, dst: Path | None, recipe: Recipe, calib
         )
     if dst is None:
         return counts
+    counts["stored"] = rtn.stored_bits_per_weight({"backbone": rtn.stored(model)})
     write_quantized(model_dir, dst, model, qconfig)
     return counts
 
@@ -229,19 +231,25 @@ def _quantize_run(run_dir: Path, dst: Path | None, recipe: Recipe, calib_data=No
     if dst is None:
         return counts
     write_quantized(src_backbone, dst / "backbone", model.lm, qconfig)
-    save_weights(dst / WEIGHTS, weights_outside_backbone(model))
-    _write_run_json(run_dir, dst, info, predictor, n_fused, recipe, declared)
+    trainable = weights_outside_backbone(model)
+    save_weights(dst / WEIGHTS, trainable)
+    own = _write_run_json(run_dir, dst, info, predictor, n_fused, recipe, declared)
+    heads = {"parameters": sum(v.size for v in trainable.values()),
+             "bytes": sum(v.nbytes for v in trainable.values())}  # fmt: skip
+    parts = {"backbone": rtn.stored(model.lm), **({"substitution": own} if own else {}),
+             "trainable": heads}  # fmt: skip
+    counts["stored"] = rtn.stored_bits_per_weight(parts)
     if (run_dir / "metrics.json").is_file():  # the fp32 run's own validation history
         shutil.copy2(run_dir / "metrics.json", dst / "metrics.json")
     return counts
 
 
 def _write_run_json(run_dir: Path, dst: Path, info: dict, predictor, n_fused: int,
-                    recipe: Recipe, declared: Recipe) -> None:  # fmt: skip
+                    recipe: Recipe, declared: Recipe) -> dict | None:  # fmt: skip
     """dst/run.json: the run's, with its backbone now dst/backbone (merged, quantized by
     `recipe`) and, for a run that decides RWSD by substitution, its language model's own blocks
     quantized beside (as `declared`, the recipe before [sensitivity]'s overrides, at its
-    `[substitution]` width where it has one)."""
+    `[substitution]` width where it has one): returns what those store (None: no such blocks)."""
     model, method = predictor.model, info["classifier"].get("method")
     new = copy.deepcopy(info)
     if methods.get(method).mergeable:  # adapters are not linear: they stay beside the backbone
@@ -253,16 +261,16 @@ def _write_run_json(run_dir: Path, dst: Path, info: dict, predictor, n_fused: in
         "source": info["backbone"].get("path"),
     }
     new["quantized"] = {"from": str(run_dir.resolve()), "recipe": recipe.as_dict()}
-    rwsd = new.get("decisions", {}).get("RWSD", {})
+    rwsd, stored = new.get("decisions", {}).get("RWSD", {}), None
     if rwsd.get("by") == "substitution":  # its language model's own blocks, quantized beside
         sub = substitution.build(model.backbone, rwsd, predictor.tokenizer, run_dir, verify=False)
         own = dst / substitution.OWN_BLOCKS
-        width = declared.substitution or {}
-        substitution.write_own_blocks(sub, rwsd["shared_blocks"],
-                                      dataclasses.replace(declared, **width), own)  # fmt: skip
+        width = dataclasses.replace(declared, **(declared.substitution or {}))
+        stored = substitution.write_own_blocks(sub, rwsd["shared_blocks"], width, own)
         rwsd["lm"] = {"path": substitution.OWN_BLOCKS, "sha256": weight_hashes(own),
                       "copied": True}  # fmt: skip
     write_json(dst / "run.json", new)
+    return stored
 
 
 # ---------------------------------------------------------------- entry point
@@ -347,7 +355,9 @@ def _report(counts: dict, rec: Recipe, out: Path, log) -> None:
         c = counts["bias_correction"]
         log(f"bias correction: heads re-centred on {sum(c['units'].values())} train units "
             f"in {c['seconds']} s")
+    stored = (counts.get("stored") or {}).get("bits_per_weight")
     log(
         f"quantized {counts['quantized']} modules ({rec.name}: {rec.bits}-bit, group "
-        f"{rec.group_size}; {counts['bits_per_weight']} bits per weight) -> {out}"
+        f"{rec.group_size}; {counts['bits_per_weight']} bits per weight"
+        + (f", {stored} over all the copy stores" if stored else "") + f") -> {out}"
     )

@@ -8,7 +8,8 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.utils import compute_bits_per_weight, quantize_model
+from mlx.utils import tree_flatten
+from mlx_lm.utils import compute_bits_per_weight, get_total_parameters, quantize_model
 
 from mlx_rsg.accel import fastpaths
 from mlx_rsg.quant.recipe import Recipe
@@ -71,3 +72,18 @@ def bits_per_weight(model) -> float:
     """Bits per weight as mlx-lm counts them (all bytes over all parameters), as the manifest
     records them."""
     return round(float(compute_bits_per_weight(model)), 3)
+
+
+def stored(module: nn.Module) -> dict[str, int]:
+    """What `module` stores: its parameters as mlx-lm counts them (a quantized weight as its
+    unpacked size) and the bytes of every array it holds."""
+    nbytes = sum(v.nbytes for _, v in tree_flatten(module.parameters()))
+    return {"parameters": int(get_total_parameters(module)), "bytes": int(nbytes)}
+
+
+def stored_bits_per_weight(parts: dict[str, dict[str, int]]) -> dict:
+    """`parts` ({name: stored(...)}) with the bits per weight over all of them: what a copy
+    stores, the RWSD language model's own blocks and the heads beside its backbone."""
+    params = sum(p["parameters"] for p in parts.values())
+    nbytes = sum(p["bytes"] for p in parts.values())
+    return {**parts, "bits_per_weight": round(8 * nbytes / params, 3) if params else None}
