@@ -2,11 +2,16 @@
 share of the float model's decisions it changed, with the Δ of the total beside each point.
 
     pip install -e ".[charts]"        # matplotlib
-    python benchmarks/quantize_chart.py [--bench results/quality/quantize/bench.json ...]
+    python benchmarks/quantize_chart.py [--bench results/quality/quantize/bench.json ...] \
+        [--composed results/quality/quantize-e3/q8-gptq-long-e3-rows-bc-lm4.json ...]
 
 Several --bench files of the same baseline on the same units (one bench per lever) make one
-chart. Writes flips.png beside the first. Nothing here runs a model: it reads what `mlx-rsg bench`
-measured (bits per weight from each variant's manifest, flips, Δ and its standard error).
+series; a bench of another baseline (another float run) starts a series of its own, in its own
+colour, named by its baseline: each point's flips and Δ are against its own float run. A
+--composed copy (`compose_copy.py`) joins the series of the bench its variant is in, at that
+variant's bits per weight. Writes flips.png beside the first bench. Nothing here runs a model:
+it reads what `mlx-rsg bench` measured (bits per weight from each variant's manifest: the
+backbone's, flips, Δ and its standard error).
 """
 
 from __future__ import annotations
@@ -41,6 +46,32 @@ def merged(benches: list[dict]) -> dict:
                                                       for v in b["variants"][1:]]}  # fmt: skip
 
 
+def series(benches: list[dict], composed: list[dict] = ()) -> list[dict]:
+    """Benches grouped by baseline: per series, the baseline's name and its points (the
+    variants of every bench of that baseline, then each composed copy of one of them)."""
+    out: list[dict] = []
+    for b in benches:
+        same = next((g for g in out if g["baseline"] == b["baseline"]), None)
+        if same is None:
+            out.append({"baseline": b["baseline"], "tasks": b["tasks"], "points": points(b),
+                        "benches": [b]})  # fmt: skip
+        elif same["tasks"] != b["tasks"]:
+            raise SystemExit(f"error: bench of {b['baseline']} on other units than the first's")
+        else:
+            same["points"] += points({"variants": b["variants"][1:]})
+            same["benches"].append(b)
+    for c in composed:
+        variant = c["composed"]["variant"]
+        home = next((g for g in out for p in g["points"] if p["recipe"] == variant), None)
+        if home is None:
+            raise SystemExit(f"error: {c['name']}: its variant {variant} is in no --bench given")
+        bits = next(p["bits_per_weight"] for p in home["points"] if p["recipe"] == variant)
+        home["points"].append({"recipe": c["name"], "bits_per_weight": bits,
+                               "flips": c["flip_rate"], "delta": c["delta"],
+                               "delta_se": (c.get("delta_se") or {}).get("total")})  # fmt: skip
+    return out
+
+
 def _spread(ys: list[float], gap: float) -> list[float]:
     """Label heights for ascending `ys`, each at least `gap` above the one below (labels of
     points at nearly the same height would print over each other)."""
@@ -50,29 +81,35 @@ def _spread(ys: list[float], gap: float) -> list[float]:
     return out
 
 
-def chart(bench: dict, out: Path) -> None:
+def chart(groups: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = sorted(points(bench), key=lambda p: p["flips"])
+    pts = sorted(((p, i) for i, g in enumerate(groups) for p in g["points"]),
+                 key=lambda pi: pi[0]["flips"])  # fmt: skip
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     fig, ax = plt.subplots(figsize=(7, max(3.0, 1.6 + 0.22 * len(pts))), dpi=120)
-    top = 100 * max(p["flips"] for p in pts)
-    label_y = _spread([100 * p["flips"] for p in pts], gap=top / (1.6 * len(pts)))
-    for p, y in zip(pts, label_y, strict=True):
-        ax.scatter(p["bits_per_weight"], 100 * p["flips"], color="tab:blue")
+    top = 100 * max(p["flips"] for p, _ in pts)
+    label_y = _spread([100 * p["flips"] for p, _ in pts], gap=top / (1.6 * len(pts)))
+    for (p, i), y in zip(pts, label_y, strict=True):
+        ax.scatter(p["bits_per_weight"], 100 * p["flips"], color=colours[i % len(colours)])
         delta = f"{100 * p['delta']:+.1f}" + (f" ± {100 * p['delta_se']:.1f}" if p["delta_se"]
                                               is not None else "")  # fmt: skip
         ax.annotate(f"{p['recipe']} ({delta})", (p["bits_per_weight"], 100 * p["flips"]),
                     xytext=(p["bits_per_weight"] + 0.4, y), fontsize=7, va="center",
                     arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"})  # fmt: skip
-    ax.set_xlabel("bits per weight (scales and biases included)")
+    for i, g in enumerate(groups):
+        ax.scatter([], [], color=colours[i % len(colours)], label=f"against {g['baseline']}")
+    ax.set_xlabel("bits per weight of the backbone (scales and biases included)")
     ax.set_ylabel("decisions changed, %")
-    ax.set_title(f"Size against flips: variants of {bench['baseline']} "
-                 "(Δ total in points ± SE)", fontsize=10)  # fmt: skip
-    ax.set_xlim(left=4.5, right=max(p["bits_per_weight"] for p in pts) + 2.5)
+    of = "" if len(groups) > 1 else f": variants of {groups[0]['baseline']}"  # else the legend
+    ax.set_title(f"Size against flips{of} (Δ total in points ± SE)", fontsize=10)
+    ax.set_xlim(left=4.5, right=max(p["bits_per_weight"] for p, _ in pts) + 2.5)
     ax.grid(alpha=0.3)
+    if len(groups) > 1:
+        ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(out)
 
@@ -81,9 +118,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", type=Path, nargs="+",
                     default=[RESULTS / "quality/quantize/bench.json"])  # fmt: skip
+    ap.add_argument("--composed", type=Path, nargs="*", default=[])
     args = ap.parse_args()
     benches = [json.loads(p.read_text()) for p in args.bench]
-    chart(merged(benches), args.bench[0].with_name("flips.png"))
+    composed = [json.loads(p.read_text()) for p in args.composed]
+    chart(series(benches, composed), args.bench[0].with_name("flips.png"))
 
 
 if __name__ == "__main__":
