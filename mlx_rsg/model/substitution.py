@@ -120,7 +120,7 @@ def _tail_states(lm: Backbone, batches: list[list[tuple[list[int], int]]]) -> tu
         at = [(b, t) for b, (ids, first) in enumerate(batch) for t in range(first, len(ids))]
         if at:
             rows_b, pos = mx.array([b for b, _ in at]), mx.array([t - 1 for _, t in at])
-            states.append(final_norm(lm, h)[rows_b, pos].astype(mx.float32))
+            states.append(final_norm(lm, h[rows_b, pos]).astype(mx.float32))  # per row
             where += [(k, b, t) for b, t in at]
     return (mx.concatenate(states) if states else None), where
 
@@ -133,8 +133,8 @@ def token_log_probs(lm: Backbone, h: mx.array, targets: list[int]) -> mx.array:
     matmul over Gemma's 262,144 output rows took 36.8 s for 8 RWSD records of the real run's
     q8 copy, the chunks 3.7 s (the logits are the same: the rows are what the quantized layer
     multiplies by). The passes are what make the rows read once per call, not once per batch
-    of records: dequantizing a 3-bit table per batch made a quantized copy's RWSD 2.4x slower
-    than the float run's (docs/quantization.md)."""
+    of records: read per batch of 8, a 3-bit table made a quantized copy's RWSD scoring 2.4 to
+    3.6 times slower than the float run's (docs/quantization.md)."""
     h = h.astype(mx.float32)
     out = output_layer(lm)
     bias = out.get("bias") if isinstance(out, nn.Module) else None
