@@ -451,6 +451,11 @@ def test_the_manifest_counts_every_weight_the_copy_stores(rwsd_runs, tmp_path):
     cell = write_markdown(bench).splitlines()[2].split(" | ")[1]
     assert cell == (f"q8-lm4 (q8 g32, {lm4['bits_per_weight']:.2f} b/w, "
                     f"{lm4['stored']['bits_per_weight']:.2f} stored)")  # fmt: skip
+    # a manifest whose numbers are not numbers: reported without them, not a traceback
+    damaged = tmp_path / "q8-lm4" / "mlx_rsg.json"
+    damaged.write_text(json.dumps({**lm4, "bits_per_weight": "5", "stored": [1]}))
+    row["quantization"] = quantization(open_runs([str(tmp_path / "q8-lm4")])[0])
+    assert write_markdown(bench).splitlines()[2].split(" | ")[1] == "q8-lm4 (q8 g32)"
 
 
 def test_the_embedding_rows_probe_swaps_the_rows_it_says(rwsd_runs, tmp_path,
