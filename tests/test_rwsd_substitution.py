@@ -546,7 +546,7 @@ def test_a_call_reads_each_quantized_weight_once_whatever_its_batches(
     """The blocks run block by block over all the batches and the output layer then reads
     every tail token's state at once: a quantized copy dequantizes each weight once per call,
     not once per batch of records (per batch, it made the real run's 3-bit-table copy score
-    RWSD 2.4x slower than the float run). The scores are each pair's scored alone."""
+    RWSD several times slower than the float run). The scores are each pair's scored alone."""
     from mlx_rsg.accel import fast_quant, fastpaths
     from mlx_rsg.model import substitution
 
