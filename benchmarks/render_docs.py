@@ -588,6 +588,11 @@ def quantize_real_e3(results: Path) -> str:
     return _bench_table(results, REAL_E3) + "\n\n" + quantize_e3_brief(results)
 
 
+def quantize_e3_direct(results: Path) -> str:
+    """docs/quantization.md: bench's own table for the shipped copy, benched whole."""
+    return _bench_table(results, "quality/quantize-e3/direct/bench.json")
+
+
 def quantize_1000(results: Path) -> str:
     """docs/quantization.md: bench's own table for the run before the fixes and its variants."""
     return _bench_table(results, "quality/earlier/quantize-1000/bench.json")
@@ -650,6 +655,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "quantize-real-rows": quantize_real_rows,
     "quantize-real-e3": quantize_real_e3,
     "quantize-e3-brief": quantize_e3_brief,
+    "quantize-e3-direct": quantize_e3_direct,
     "rwsd-substitution": rwsd_substitution,
     "levers": levers,
     "quantize-1000": quantize_1000,

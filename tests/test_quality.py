@@ -119,7 +119,8 @@ def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root
 # (bench directory, the fp32 run's own committed predictions): the README's and
 # docs/quantization.md's tables, on the real run (three benches), on a copy of it trained again
 # with the same command (`quantize-e3`, and its bench of RWSD alone: their val pass is bench's
-# own, so there is no zip of the run's to compare), on the same run before its RWSD decision by
+# own, so there is no zip of the run's to compare; `direct`, the shipped copy benched whole: its
+# float pass is the first bench's), on the same run before its RWSD decision by
 # substitution (`earlier/block12-head`), the 1,000-example run and the 640-example run
 QUANTIZED = [(RESULTS / "quality" / "quantize", RESULTS / "quality" / "val_predictions.zip"),
              (RESULTS / "quality" / "quantize-q8gptq-mixed",
@@ -127,6 +128,9 @@ QUANTIZED = [(RESULTS / "quality" / "quantize", RESULTS / "quality" / "val_predi
              (RESULTS / "quality" / "quantize-rows", RESULTS / "quality" / "val_predictions.zip"),
              (RESULTS / "quality" / "quantize-e3", None),
              (RESULTS / "quality" / "quantize-e3" / "rwsd-lm4", None),
+             (RESULTS / "quality" / "quantize-e3" / "direct",
+              RESULTS / "quality" / "quantize-e3" / "submissions"
+              / "g270m-block12-rwsd-retrained.zip"),
              (EARLIER / "quantize-block12-head", EARLIER / "block12-head.zip"),
              (EARLIER / "quantize-1000", EARLIER / "1000.zip"),
              (EARLIER / "quantize-640", EARLIER / "640.zip")]  # fmt: skip
@@ -184,6 +188,24 @@ def test_the_composed_copy_is_its_two_benches(real_rsg_root):
     decisions = sum(len(p) for t, p in base.items() if t != "MuSeRC")
     decisions += sum(len(answers) for answers in base["MuSeRC"].values())
     assert changed / decisions == pytest.approx(composed["flip_rate"], abs=1e-12)
+
+
+def test_the_shipped_copy_benched_whole_decides_as_composed():
+    """The shipped copy (`q8-gptq-long-e3-rows-bc` with `[substitution]` at 4 bits), quantized
+    again and benched whole, decided every val record as compose_copy.py's composition of the
+    two earlier benches said it would, so the composed flips and Δ are the copy's own."""
+    import json
+
+    from mlx_rsg.submission import read_submission
+
+    bench_dir = RESULTS / "quality" / "quantize-e3"
+    composed = json.loads((bench_dir / "q8-gptq-long-e3-rows-bc-lm4.json").read_text())
+    direct = json.loads((bench_dir / "direct" / "bench.json").read_text())
+    whole = direct["variants"][1]
+    assert read_submission(bench_dir / "direct" / whole["submission"]) == read_submission(
+        bench_dir / composed["submission"])  # fmt: skip
+    assert whole["flip_rate"] == pytest.approx(composed["flip_rate"], abs=1e-12)
+    assert whole["delta"] == pytest.approx(composed["delta"], abs=1e-12)
 
 
 def _drawn_bench_rescores(bench_dir: Path, real_rsg_root: Path) -> dict:
