@@ -53,13 +53,11 @@ def series(benches: list[dict], composed: list[dict] = ()) -> list[dict]:
     for b in benches:
         same = next((g for g in out if g["baseline"] == b["baseline"]), None)
         if same is None:
-            out.append({"baseline": b["baseline"], "tasks": b["tasks"], "points": points(b),
-                        "benches": [b]})  # fmt: skip
+            out.append({"baseline": b["baseline"], "tasks": b["tasks"], "points": points(b)})
         elif same["tasks"] != b["tasks"]:
             raise SystemExit(f"error: bench of {b['baseline']} on other units than the first's")
         else:
             same["points"] += points({"variants": b["variants"][1:]})
-            same["benches"].append(b)
     for c in composed:
         variant = c["composed"]["variant"]
         home = next((g for g in out for p in g["points"] if p["recipe"] == variant), None)
