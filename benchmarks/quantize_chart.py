@@ -40,10 +40,15 @@ def merged(benches: list[dict]) -> dict:
     """Benches of one baseline on the same units as one: the first's baseline, every variant."""
     first = benches[0]
     for b in benches[1:]:
-        if b["baseline"] != first["baseline"] or b["tasks"] != first["tasks"]:
-            raise SystemExit(f"error: bench of {b['baseline']} on other units than the first's")
+        _check_units(first, b, baseline=True)
     return {**first, "variants": first["variants"] + [v for b in benches[1:]
                                                       for v in b["variants"][1:]]}  # fmt: skip
+
+
+def _check_units(first: dict, b: dict, baseline: bool = False) -> None:
+    """Bench `b` measured the units `first` did (and, with `baseline`, of the same float run)."""
+    if b["tasks"] != first["tasks"] or (baseline and b["baseline"] != first["baseline"]):
+        raise SystemExit(f"error: bench of {b['baseline']} on other units than the first's")
 
 
 def series(benches: list[dict], composed: list[dict] = ()) -> list[dict]:
@@ -54,9 +59,8 @@ def series(benches: list[dict], composed: list[dict] = ()) -> list[dict]:
         same = next((g for g in out if g["baseline"] == b["baseline"]), None)
         if same is None:
             out.append({"baseline": b["baseline"], "tasks": b["tasks"], "points": points(b)})
-        elif same["tasks"] != b["tasks"]:
-            raise SystemExit(f"error: bench of {b['baseline']} on other units than the first's")
         else:
+            _check_units(same, b)
             same["points"] += points({"variants": b["variants"][1:]})
     for c in composed:
         variant = c["composed"]["variant"]

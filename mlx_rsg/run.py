@@ -346,8 +346,7 @@ def quantization(ref: RunRef) -> dict | None:
 
 def _number(value: Any) -> float | None:
     """A manifest's number, or None where it holds something else (it is only reported)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok else None
+    return float(value) if _is_number(value) else None
 
 
 def task_info(tasks: list[str]) -> dict[str, Any]:

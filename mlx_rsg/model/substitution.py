@@ -107,9 +107,10 @@ def _tail_states(lm: Backbone, batches: list[list[tuple[list[int], int]]]) -> tu
     (ids, first) of every batch (right-padded: causal, a pad never reaches a real position),
     and the (batch, row, t) each of them predicts. Block by block over all the batches: a
     quantized block is dequantized once for them all (`shared_dequant`), not once per batch."""
-    tokens = [mx.array([ids + [0] * (max(len(i) for i, _ in batch) - len(ids))
-                        for ids, _ in batch]) for batch in batches]  # fmt: skip
-    hs = [embed(lm, t) for t in tokens]
+    hs = []
+    for batch in batches:
+        width = max(len(ids) for ids, _ in batch)
+        hs.append(embed(lm, mx.array([ids + [0] * (width - len(ids)) for ids, _ in batch])))
     for i in range(lm.num_layers):
         with shared_dequant():
             for k, h in enumerate(hs):
