@@ -57,24 +57,40 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def _results(out: Path) -> dict:
+    """The results file so far (other labels stay), or one line saying why it cannot be read."""
+    if not out.exists():
+        return {"benchmark": "rwsd_scoring", "labels": {}}
+    try:
+        result = json.loads(out.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {out}: not a readable JSON file ({e})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("labels"), dict):
+        raise SystemExit(f"error: {out}: no field labels (not this benchmark's results file)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--data", required=True)
     ap.add_argument("--label", required=True)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results" / "rwsd_scoring.json"))
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     from mlx_rsg.accel.fastpaths import machine
     from mlx_rsg.data import load_split
+    from mlx_rsg.errors import UserError
 
-    records = load_split(a.data, "RWSD", "val")
-    rows = [score(run, records, a.repeats) for run in a.runs]
+    out = Path(a.out)
+    result = _results(out)  # read first: a file it cannot add to fails before any scoring
+    try:  # a bad data directory or run: one line, and nothing written
+        records = load_split(a.data, "RWSD", "val")
+        rows = [score(run, records, a.repeats) for run in a.runs]
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     for row in rows:
         row["vs_first"] = round(row["records_per_s"] / rows[0]["records_per_s"], 3)
-    out = Path(a.out)
-    result = json.loads(out.read_text()) if out.exists() else {"benchmark": "rwsd_scoring",
-                                                                "labels": {}}  # fmt: skip
     import mlx_rsg  # the commit of the code that scored (a worktree's, for code before a change)
 
     code = Path(mlx_rsg.__file__).parent

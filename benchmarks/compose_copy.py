@@ -10,9 +10,10 @@ copies that differ in it hold the same backbone, byte for byte, and decide every
 Instead of a second full bench (~40 min on 2 cores), the tasks of the `--from` bench (RWSD alone,
 its float run again) replace the `--variant`'s. The float decisions of those tasks must be the
 same in both benches (the same run), or nothing is written. Then the copy is measured as bench
-measures a variant: scores and total, Δ and its paired-bootstrap SE, flips per task and by
-direction (bench's own functions, on the zips), and the files it would store. Writes
-BENCH/NAME.json and BENCH/submissions/NAME.zip; nothing here runs a model.
+measures a variant, with bench's own functions on the zips: scores and total, Δ and its
+paired-bootstrap SE, flips per task and by direction (`against_baseline`; not by margin, which
+needs logits), and the files it would store. Writes BENCH/NAME.json and
+BENCH/submissions/NAME.zip; nothing here runs a model.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from quality import val_records
 
 def compose(bench_dir: Path, variant: str, from_dir: Path, data: Path, name: str) -> dict:
     """The composed copy's measurements (bench's variant fields that need no model run)."""
-    from mlx_rsg.bench.compare import flip_counts, flip_directions, metrics, paired_bootstrap
+    from mlx_rsg.bench.compare import against_baseline, metrics
     from mlx_rsg.submission import read_submission, write_submission
     from mlx_rsg.tasks import total_score
 
@@ -50,7 +51,6 @@ def compose(bench_dir: Path, variant: str, from_dir: Path, data: Path, name: str
             raise SystemExit(f"{from_dir}: its float run decides {task} unlike {bench_dir}'s")
         preds[task] = other_copy[task]
     records = {t: val_records(data, t) for t in base}
-    counts = {t: flip_counts(t, records[t], preds[t], base[t]) for t in records}
     scores = {t: metrics(t, records[t], preds[t]) for t in records}
     base_total = bench["variants"][0]["total"]
     total = total_score({t: {k: v for k, v in s.items() if k != "score"}
@@ -64,11 +64,7 @@ def compose(bench_dir: Path, variant: str, from_dir: Path, data: Path, name: str
         "scores": scores,
         "total": total,
         "delta": total - base_total,
-        "delta_se": paired_bootstrap(records, preds, base, list(records)),
-        "flips": {t: k / n for t, (k, n) in counts.items()},
-        "flip_rate": sum(k for k, _ in counts.values()) / sum(n for _, n in counts.values()),
-        "flip_directions": {t: flip_directions(t, records[t], preds[t], base[t])
-                            for t in records},  # fmt: skip
+        **against_baseline(records, preds, base),
         # the kept variant's files, the other's language model blocks: what the copy stores
         "size_bytes": _sizes(row["size_bytes"], other["variants"][1]["size_bytes"]),
         "submission": str(submission),

@@ -21,6 +21,31 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+# what this script reads of `mlx-rsg bench`'s bench.json, its variants, and compose_copy.py's file
+BENCH_FIELDS = ("baseline", "tasks", "variants")
+VARIANT_FIELDS = ("name", "quantization", "flip_rate", "delta")
+COMPOSED_FIELDS = ("name", "composed", "flip_rate", "delta")
+
+
+def read(path: Path, fields: tuple[str, ...], variant_fields: tuple[str, ...] = ()) -> dict:
+    """A results file, or one line naming the file and the first field it lacks."""
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {path}: not a readable JSON file ({e})") from None
+    _require(path, out, fields, "")
+    if variant_fields:
+        if not isinstance(out["variants"], list):
+            raise SystemExit(f"error: {path}: field variants is not a list")
+        for i, v in enumerate(out["variants"]):
+            _require(path, v, variant_fields, f"variants[{i}].")
+    return out
+
+
+def _require(path: Path, obj, fields: tuple[str, ...], prefix: str) -> None:
+    missing = next((f for f in fields if not isinstance(obj, dict) or f not in obj), None)
+    if missing is not None:
+        raise SystemExit(f"error: {path}: no field {prefix}{missing}")
 
 
 def points(bench: dict) -> list[dict]:
@@ -84,7 +109,12 @@ def _spread(ys: list[float], gap: float) -> list[float]:
 
 
 def chart(groups: list[dict], out: Path) -> None:
-    import matplotlib
+    if not any(g["points"] for g in groups):
+        raise SystemExit("error: no quantized variant in the benches given: nothing to draw")
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit('error: the chart needs matplotlib: pip install -e ".[charts]"') from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -116,14 +146,14 @@ def chart(groups: list[dict], out: Path) -> None:
     fig.savefig(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", type=Path, nargs="+",
                     default=[RESULTS / "quality/quantize/bench.json"])  # fmt: skip
     ap.add_argument("--composed", type=Path, nargs="*", default=[])
-    args = ap.parse_args()
-    benches = [json.loads(p.read_text()) for p in args.bench]
-    composed = [json.loads(p.read_text()) for p in args.composed]
+    args = ap.parse_args(argv)
+    benches = [read(p, BENCH_FIELDS, VARIANT_FIELDS) for p in args.bench]
+    composed = [read(p, COMPOSED_FIELDS) for p in args.composed]
     chart(series(benches, composed), args.bench[0].with_name("flips.png"))
 
 

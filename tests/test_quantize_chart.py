@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -42,3 +44,36 @@ def test_a_series_on_other_units_or_a_composed_copy_of_no_bench_is_refused():
     stray = {"name": "x-lm4", "composed": {"variant": "x"}, "flip_rate": 0.0, "delta": 0.0}
     with pytest.raises(SystemExit, match="x-lm4: its variant x is in no --bench given"):
         quantize_chart.series([bench("run", variant("q8", 9.0, 0.0, 0.0))], [stray])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "not a readable JSON file"),
+        ("{", "not a readable JSON file"),
+        ("[]", "no field baseline"),
+        ('{"baseline": "run", "tasks": {}}', "no field variants"),
+        ('{"baseline": "run", "tasks": {}, "variants": {}}', "field variants is not a list"),
+        ('{"baseline": "run", "tasks": {}, "variants": [{"name": "run"}]}',
+         "no field variants\\[0\\].quantization"),
+    ],
+)
+def test_a_bench_file_it_cannot_read_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "bench.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(str(path))}: {message}"):
+        quantize_chart.main(["--bench", str(path)])
+    assert not (tmp_path / "flips.png").exists()
+
+
+def test_a_composed_file_it_cannot_read_or_no_quantized_variant_is_one_line(tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench("run")))  # the float run alone
+    with pytest.raises(SystemExit, match="^error: no quantized variant"):
+        quantize_chart.main(["--bench", str(path)])
+    composed = tmp_path / "copy.json"
+    composed.write_text(json.dumps({"name": "x", "flip_rate": 0.0, "delta": 0.0}))
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(str(composed))}: no field composed"):
+        quantize_chart.main(["--bench", str(path), "--composed", str(composed)])
+    assert not (tmp_path / "flips.png").exists()

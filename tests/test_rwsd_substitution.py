@@ -16,6 +16,7 @@ from tiny_model import tiny_model_dir, tiny_train_config  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
+import bench_rwsd_scoring  # noqa: E402
 import rwsd_substitution as probe  # noqa: E402
 
 from mlx_rsg import predict  # noqa: E402
@@ -248,6 +249,33 @@ def test_bad_arguments_are_one_line_before_any_work(tiny_model_dir, tmp_path, mo
     assert run("--model", str(tiny_model_dir), "--data", str(tmp_path), "--blocks", "9").endswith(
         "--blocks: 9 is not a block in 1..2")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_the_scoring_benchmark_says_a_bad_input_in_one_line(rwsd_runs, tmp_path):
+    data, runs = rwsd_runs
+    out = tmp_path / "scoring.json"
+
+    def fails(*args: str, out: Path = out) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            bench_rwsd_scoring.main([*args, "--label", "x", "--out", str(out)])
+        return str(exit_.value.code)
+
+    assert fails(str(tmp_path / "none"), "--data", str(data)) == (
+        f"error: {tmp_path / 'none'}: not a run directory (no run.json)")
+    assert fails(str(runs["substitution"]), "--data", str(tmp_path)).startswith(
+        f"error: {tmp_path}")  # a data directory without RWSD
+    assert fails(str(runs["substitution"]), str(runs["head"]), "--data", str(data)) == (
+        f"error: {runs['head']}: does not decide RWSD by substitution")
+    assert not out.exists()  # nothing written
+    bad = tmp_path / "other.json"
+    bad.write_text("[]")
+    assert fails(str(runs["substitution"]), "--data", str(data), out=bad) == (
+        f"error: {bad}: no field labels (not this benchmark's results file)")
+    assert bad.read_text() == "[]"
+    bench_rwsd_scoring.main([str(runs["substitution"]), "--data", str(data), "--label", "x",
+                             "--repeats", "1", "--out", str(out)])  # fmt: skip
+    row = json.loads(out.read_text())["labels"]["x"][0]
+    assert row["vs_first"] == 1.0 and len(row["decisions"]) == len(load_split(data, "RWSD", "val"))
 
 
 def test_serve_never_decides_one_requests_twins_with_anothers(rwsd_runs):

@@ -5,6 +5,7 @@ is (paired bootstrap over records)."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
@@ -99,4 +100,31 @@ def flips_by_margin(records: dict[str, list], preds: dict, base_preds: dict,
         "decisions": decisions.tolist(),
         "flipped": flipped.tolist(),
         "tasks": [t for t in records if not REGISTRY[t].choice and t in base_logits],
+    }
+
+
+def against_baseline(records: dict[str, list], preds: dict, base_preds: dict | None,
+                     base_logits: dict[str, np.ndarray] | None = None,
+                     fixtures: frozenset[str] | set[str] = frozenset(),
+                     seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """A run's decisions against the baseline's: flips per task, overall and by direction, the
+    paired-bootstrap SE of each delta over the real (not fixture) tasks, and the flips by the
+    baseline's margin (None without its logits). The baseline's own row (`base_preds` None)
+    compares with itself: no flips, no SE, no margins."""
+    against = base_preds is not None
+    base = base_preds if against else preds
+    flips, flip_n, flip_total = {}, 0, 0
+    for task, recs in records.items():
+        k, n = flip_counts(task, recs, preds[task], base[task])
+        flips[task] = k / n if n else 0.0
+        flip_n, flip_total = flip_n + k, flip_total + n
+    real = [t for t in records if t not in fixtures]
+    margins = against and base_logits is not None
+    return {
+        "flips": flips,
+        "flip_rate": flip_n / flip_total if flip_total else 0.0,
+        "flip_directions": {t: flip_directions(t, recs, preds[t], base[t])
+                            for t, recs in records.items()},  # fmt: skip
+        "delta_se": paired_bootstrap(records, preds, base, real, seed=seed) if against else None,
+        "flips_by_margin": flips_by_margin(records, preds, base, base_logits) if margins else None,
     }

@@ -59,14 +59,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_rsg.accel import blas
-from mlx_rsg.bench.compare import (
-    flat_predictions,
-    flip_counts,
-    flip_directions,
-    flips_by_margin,
-    metrics,
-    paired_bootstrap,
-)
+from mlx_rsg.bench.compare import against_baseline, flat_predictions, metrics
 from mlx_rsg.bench.config import BenchConfig
 from mlx_rsg.bench.report import write_chart, write_markdown
 from mlx_rsg.data import available_splits
@@ -323,7 +316,7 @@ def bench_run(ref: RunRef, records, sample, base_preds, base_logits, cfg: BenchC
     zip_rel = f"submissions/{ref.name}.zip"
     if out is not None:
         check_submission(out / zip_rel, records, preds, {t: scores[t] for t in records})
-    compared = _against_baseline(records, preds, base_preds, base_logits, fixtures, cfg.seed)
+    compared = against_baseline(records, preds, base_preds, base_logits, fixtures, cfg.seed)
     n_records = sum(len(r) for r in records.values())
     row = {
         "name": ref.name,
@@ -345,29 +338,6 @@ def bench_run(ref: RunRef, records, sample, base_preds, base_logits, cfg: BenchC
         "submission": zip_rel,
     }
     return row, preds, logits
-
-
-def _against_baseline(records, preds, base_preds, base_logits, fixtures,
-                      seed: int) -> dict[str, Any]:  # fmt: skip
-    """A run's decisions against the baseline's: flips per task, overall and by direction, the
-    paired-bootstrap SE of each delta, and the flips by the baseline's margin. The baseline's
-    own row (`base_preds` None) compares with itself: no flips, no SE, no margins."""
-    against = base_preds is not None
-    base = base_preds if against else preds
-    flips, flip_n, flip_total = {}, 0, 0
-    for task, recs in records.items():
-        k, n = flip_counts(task, recs, preds[task], base[task])
-        flips[task] = k / n if n else 0.0
-        flip_n, flip_total = flip_n + k, flip_total + n
-    real = [t for t in records if t not in fixtures]
-    return {
-        "flips": flips,
-        "flip_rate": flip_n / flip_total if flip_total else 0.0,
-        "flip_directions": {t: flip_directions(t, recs, preds[t], base[t])
-                            for t, recs in records.items()},  # fmt: skip
-        "delta_se": paired_bootstrap(records, preds, base, real, seed=seed) if against else None,
-        "flips_by_margin": flips_by_margin(records, preds, base, base_logits) if against else None,
-    }
 
 
 def _class_reports(records, preds) -> dict[str, Any]:
