@@ -593,6 +593,12 @@ def quantize_e3_direct(results: Path) -> str:
     return _bench_table(results, "quality/quantize-e3/direct/bench.json")
 
 
+def quantize_committed(results: Path) -> str:
+    """docs/quantization.md: bench's own table for the shipped recipe on the committed run,
+    trained again with its machine's kernels."""
+    return _bench_table(results, "quality/quantize-committed/bench.json")
+
+
 def quantize_1000(results: Path) -> str:
     """docs/quantization.md: bench's own table for the run before the fixes and its variants."""
     return _bench_table(results, "quality/earlier/quantize-1000/bench.json")
@@ -656,6 +662,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "quantize-real-e3": quantize_real_e3,
     "quantize-e3-brief": quantize_e3_brief,
     "quantize-e3-direct": quantize_e3_direct,
+    "quantize-committed": quantize_committed,
     "rwsd-substitution": rwsd_substitution,
     "levers": levers,
     "quantize-1000": quantize_1000,
