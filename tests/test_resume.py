@@ -117,3 +117,34 @@ def test_resume_refills_the_prefix_cache_in_the_batches_it_was_filled_in(tiny_mo
     T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, stop_after_batches=stop, log=lambda m: None)
     T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, resume=True, log=lambda m: None)
     assert losses(run) == losses(full)
+
+
+def test_a_run_records_its_runtime_and_a_resume_under_other_choices_says_so(
+        tiny_model_dir, tiny_rsg_dir, tmp_path, monkeypatch):  # noqa: F811  # fmt: skip
+    """run.json keeps what the floats depend on beyond flags, data and weights (kernels, fast
+    paths, cores): a resume under other choices still runs, and says it is no longer the same
+    run and which environment pins the recorded choices."""
+    from mlx_rsg.accel import blas
+    from mlx_rsg.accel.cpu_parallel import cpu_cores
+
+    cfg = tiny_train_config(epochs=2, checkpoint_every=2)
+    run = tmp_path / "run"
+    monkeypatch.setenv("MLX_RSG_FAST_PATHS", "none")
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, stop_after_batches=3, log=lambda m: None)
+    recorded = json.loads((run / "run.json").read_text())["runtime"]
+    assert recorded == {"device": "cpu", "blas": blas.describe(), "blas_kernels": blas.corename(),
+                        "fast_paths": [], "cores": cpu_cores()}  # fmt: skip
+    same: list[str] = []
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, resume=True, stop_after_batches=5,
+            log=same.append)  # fmt: skip
+    assert not [m for m in same if m.startswith("note: resumed")]
+    monkeypatch.setenv("MLX_RSG_FAST_PATHS", "gelu")
+    other: list[str] = []
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, resume=True, log=other.append)
+    pin = "MLX_RSG_FAST_PATHS=none" + (f" OPENBLAS_CORETYPE={blas.corename()}"
+                                       if blas.corename() else "")  # fmt: skip
+    assert [m for m in other if m.startswith("note: resumed")] == [
+        "note: resumed with other choices than the run started with (fast_paths [] then, "
+        f"['gelu'] now): it goes on, but not bit for bit; to pin its own: {pin}"]
+    # the record is the start's: a resume does not overwrite it
+    assert json.loads((run / "run.json").read_text())["runtime"] == recorded

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -52,3 +53,33 @@ def place(model: nn.Module, config: dict, log=None, use: dict[str, bool] | None 
         row_parts=cores if on_cpu and used.get("rows") else 1,
         keep_dequantized=keep,
     )
+
+
+def record(rt: Runtime) -> dict[str, Any]:
+    """What a run's floats depend on besides its flags, data and weights, for run.json: the
+    device, the BLAS and the kernels OpenBLAS picked, the fast paths its modules got, and the
+    cores (the row split makes one chunk per core). Two machines that differ here train sister
+    runs, not the same one; `pinning` asks another machine for the same choices."""
+    return {
+        "device": rt.device,
+        "blas": rt.blas,
+        "blas_kernels": blas.corename() if rt.device == "cpu" else None,
+        "fast_paths": sorted(p for p, on in rt.fast_paths.items() if on),
+        "cores": rt.cores,
+    }
+
+
+def pinning(recorded: dict[str, Any]) -> dict[str, str]:
+    """The environment that makes this machine choose what `recorded` says (its kernels where
+    OpenBLAS can run them, its fast paths); the cores are the machine's or the launch's."""
+    env = {"MLX_RSG_FAST_PATHS": ",".join(recorded.get("fast_paths") or []) or "none"}
+    if recorded.get("blas_kernels"):
+        env["OPENBLAS_CORETYPE"] = recorded["blas_kernels"]
+    return env
+
+
+def differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between a run's recorded runtime and this process's, one phrase each."""
+    return [f"{k} {recorded.get(k)!r} then, {now.get(k)!r} now"
+            for k in ("device", "blas_kernels", "fast_paths", "cores")
+            if k in recorded and recorded.get(k) != now.get(k)]  # fmt: skip

@@ -44,6 +44,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
+from mlx_rsg.accel import runtime
 from mlx_rsg.distributed import SINGLE, World
 from mlx_rsg.errors import UserError
 from mlx_rsg.io import read_json_object, write_json
@@ -259,6 +260,7 @@ class _Loop:
             loop.init_heads()
         loop.optimizer = make_optimizer(cfg, loop.total_steps())
         if resume and world.is_main:
+            _check_runtime(run_dir, bb.runtime, log)
             loop.position = read_checkpoint(run_dir, model, loop.optimizer)
             log(f"resuming at epoch {loop.position.epoch + 1}, "
                 f"batch {loop.position.batch_in_epoch}")  # fmt: skip
@@ -270,6 +272,7 @@ class _Loop:
                 "format": RUN_FORMAT, "version": RUN_VERSION, "status": "training",
                 "backbone": backbone_ref(model_dir, hashes), "classifier": config_dict(model.cfg),
                 "train": config_dict(cfg), "heads": heads, "tasks": task_info(list(data)),
+                "runtime": runtime.record(bb.runtime),
             })  # fmt: skip
         losses = run_dir / "losses.jsonl" if world.is_main else None  # others: in memory
         loop.losses = LossLog(losses, loop.position.batch if resume else None)
@@ -698,6 +701,17 @@ def _write_own_backbone(loop: _Loop, model_dir: Path, fuse: bool, info: dict) ->
     shutil.rmtree(run_dir / "backbone", ignore_errors=True)
     tmp.rename(run_dir / "backbone")
     info["backbone"] = {**info["backbone"], "copied": True}
+
+
+def _check_runtime(run_dir: Path, now: runtime.Runtime, log) -> None:
+    """A run resumed where the kernels, fast paths or cores differ from its start goes on as a
+    sister of the run it would have been (its floats drift apart): say so, and how to pin them."""
+    recorded = read_run_json(run_dir).get("runtime")
+    changed = runtime.differences(recorded, runtime.record(now)) if recorded else []
+    if changed:
+        env = " ".join(f"{k}={v}" for k, v in runtime.pinning(recorded).items())
+        log(f"note: resumed with other choices than the run started with ({'; '.join(changed)}): "
+            f"it goes on, but not bit for bit; to pin its own: {env}")
 
 
 def _rwsd_decision(loop: _Loop, model_dir: Path, calibration: dict) -> dict[str, Any]:
