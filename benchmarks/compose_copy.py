@@ -59,6 +59,7 @@ def compose(bench_dir: Path, variant: str, from_dir: Path, data: Path, name: str
     write_submission(bench_dir / submission, {t: (records[t], preds[t]) for t in records})
     return {
         "name": name,
+        "baseline": bench["baseline"],
         "composed": {"variant": variant, "tasks_from": {t: os.path.relpath(from_dir, bench_dir)
                                                         for t in other["tasks"]}},  # fmt: skip
         "scores": scores,

@@ -8,8 +8,9 @@ share of the float model's decisions it changed, with the Δ of the total beside
 Several --bench files of the same baseline on the same units (one bench per lever) make one
 series; a bench of another baseline (another float run) starts a series of its own, in its own
 colour, named by its baseline: each point's flips and Δ are against its own float run. A
---composed copy (`compose_copy.py`) joins the series of the bench its variant is in, at that
-variant's bits per weight. Writes flips.png beside the first bench. Nothing here runs a model:
+--composed copy (`compose_copy.py`) joins the series of the bench its variant is in (of its
+baseline, where two benches hold that variant), at that variant's bits per weight. Writes
+flips.png beside the first bench. Nothing here runs a model:
 it reads what `mlx-rsg bench` measured (bits per weight from each variant's manifest: the
 backbone's, flips, Δ and its standard error).
 """
@@ -89,7 +90,8 @@ def series(benches: list[dict], composed: list[dict] = ()) -> list[dict]:
             same["points"] += points({"variants": b["variants"][1:]})
     for c in composed:
         variant = c["composed"]["variant"]
-        home = next((g for g in out for p in g["points"] if p["recipe"] == variant), None)
+        home = next((g for g in out for p in g["points"] if p["recipe"] == variant
+                     and g["baseline"] == c.get("baseline", g["baseline"])), None)  # fmt: skip
         if home is None:
             raise SystemExit(f"error: {c['name']}: its variant {variant} is in no --bench given")
         bits = next(p["bits_per_weight"] for p in home["points"] if p["recipe"] == variant)

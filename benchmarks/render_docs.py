@@ -193,11 +193,11 @@ def real_command(results: Path) -> str:
     ])  # fmt: skip
 
 
-# the real run and its variants, full val: two benches of the same run on the same units (the
-# second added recipes measured after the first), each variant's speed against its own bench's
-# float pass
+# the real run and its variants, full val: benches of the same run on the same units (each later
+# one added recipes measured after the first; the fourth ran on its weights trained again bit for
+# bit), each variant's speed against its own bench's float pass
 REAL_QUANTIZE = ("quality/quantize/bench.json", "quality/quantize-q8gptq-mixed/bench.json",
-                 "quality/quantize-rows/bench.json")
+                 "quality/quantize-rows/bench.json", "quality/quantize-committed/bench.json")
 # a copy of the real run trained again with its command (its weights were gone): its own float
 # pass, so its variants are measured against that copy, not the committed run
 REAL_E3 = "quality/quantize-e3/bench.json"

@@ -38,6 +38,15 @@ def test_each_baseline_is_a_series_and_a_composed_copy_joins_its_variants():
                                       "flips": 0.005, "delta": 0.002, "delta_se": 0.003}
 
 
+def test_a_composed_copy_joins_its_own_baselines_series_when_two_hold_its_variant():
+    run = bench("run", variant("e3", 4.99, 0.007, 0.002))
+    copy = bench("copy", variant("e3", 4.99, 0.004, -0.0004))
+    composed = {"name": "e3-lm4", "baseline": "copy", "composed": {"variant": "e3"},
+                "flip_rate": 0.005, "delta": 0.002, "delta_se": {"total": 0.003}}  # fmt: skip
+    groups = quantize_chart.series([run, copy], [composed])
+    assert [[p["recipe"] for p in g["points"]] for g in groups] == [["e3"], ["e3", "e3-lm4"]]
+
+
 def test_a_series_on_other_units_or_a_composed_copy_of_no_bench_is_refused():
     with pytest.raises(SystemExit, match="other units"):
         quantize_chart.series([bench("run"), bench("run", tasks={"PARus": {}})])
