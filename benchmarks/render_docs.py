@@ -596,7 +596,7 @@ def quantize_e3_direct(results: Path) -> str:
 def quantize_committed(results: Path) -> str:
     """docs/quantization.md: bench's own table for the shipped recipe on the committed run,
     trained again with its machine's kernels."""
-    return _bench_table(results, "quality/quantize-committed/bench.json")
+    return _bench_table(results, REAL_QUANTIZE[3])
 
 
 def quantize_1000(results: Path) -> str:
