@@ -11,7 +11,11 @@ metrics.json's train_seconds; the single val pass and model loading are not coun
 score it was selected on and the val score. A lever that wins on dev and val at a cost worth
 paying earns its place in the recipe. With `--seeds 0,1,2` every configuration runs once per
 seed (each seed draws its own records, dev split and batches) and the table ends with each
-configuration's means over them, for levers smaller than one run's noise.
+configuration's means over them, for levers smaller than one run's noise. With `--folds N` every
+configuration runs N times instead, on one seed, with `train --dev-fold K/N` (K = 1..N): every
+training record is held out once, and the table ends with the folds pooled (cross-validation:
+each epoch's held-out scores and log-losses weighted by the records they stand on, the epoch
+chosen by the pooled log-loss), for tasks too small for one dev split to tell levers apart.
 
 Writes benchmarks/results/ablation.json and prints a table. Each run's directory is kept under
 --runs for inspection.
@@ -91,15 +95,24 @@ CONFIGS = {
                       "--lr", "5e-5"],
     "parus-block12-mirror": ["--method", "freeze", "--feature-layer", "12", "--freeze-layers",
                              "8", "--lr", "5e-5", "--augment", "PARus"],
+    # PARus cross-validated (--folds 5): the real run's shape against fewer trained weights (its
+    # block-12 features with a head alone; a lower learning rate) and deeper features (the top 4
+    # of all 18 blocks trained).
+    "parus-block12-heads": ["--method", "heads", "--feature-layer", "12", "--head-lr", "3e-3"],
+    "parus-block12-lr1e-5": ["--method", "freeze", "--feature-layer", "12", "--freeze-layers",
+                             "8", "--lr", "1e-5"],
+    "parus-block18": ["--method", "freeze", "--freeze-layers", "14", "--lr", "5e-5"],
 }  # fmt: skip
 # name -> the `mlx-rsg quantize --recipe` its backbone is made with from --model (default: --model)
 BASES = {"qlora-top4-r8-lr1e-3": "q4"}
 
 
-def common_flags(args, seed: int | None = None) -> list[str]:
+def common_flags(args, seed: int | None = None, fold: int | None = None) -> list[str]:
+    dev = (["--dev-per-task", str(args.dev_per_task)] if fold is None
+           else ["--dev-fold", f"{fold}/{args.folds}"])  # fmt: skip
     return [
         "--tasks", args.tasks, "--max-train-per-task", str(args.train_per_task),
-        "--dev-per-task", str(args.dev_per_task), "--max-eval-per-task", str(args.val_per_task),
+        *dev, "--max-eval-per-task", str(args.val_per_task),
         "--epochs", str(args.epochs), "--max-len", str(args.max_len), "--task-max-len", "auto",
         "--head-lr", "1e-3", "--warmup", "20",
         "--seed", str(args.seeds[0] if seed is None else seed),
@@ -128,13 +141,17 @@ def base_model(name: str, args) -> Path:
     return out
 
 
-def run_one(name: str, flags: list[str], args, seed: int) -> dict:
-    """One configuration at one seed (the seed draws the records, the dev split and the batches);
-    with several --seeds each run's directory and label carry its seed."""
-    label = name if len(args.seeds) == 1 else f"{name} (seed {seed})"
-    run = args.runs / (name if len(args.seeds) == 1 else f"{name}-seed{seed}")
+def run_one(name: str, flags: list[str], args, seed: int, fold: int | None = None) -> dict:
+    """One configuration at one seed (the seed draws the records, the dev split and the batches)
+    and, with --folds, one fold as its dev split; with several --seeds or folds each run's
+    directory and label carry its seed or fold."""
+    label, run = name, args.runs / name
+    if len(args.seeds) > 1:
+        label, run = f"{label} (seed {seed})", run.with_name(f"{run.name}-seed{seed}")
+    if fold is not None:
+        label, run = f"{label} (fold {fold})", run.with_name(f"{run.name}-fold{fold}")
     cmd = [*CLI, "train", str(base_model(name, args)), "--data", str(args.data), "-o", str(run),
-           "--force", *common_flags(args, seed), *flags]  # fmt: skip
+           "--force", *common_flags(args, seed, fold), *flags]  # fmt: skip
     print(f"== {name}: mlx-rsg {' '.join(cmd[len(CLI):])}", file=sys.stderr, flush=True)
     if args.reuse and _finished(run, cmd[len(CLI):]):
         print(f"   {run}: finished with these flags; reused", file=sys.stderr)
@@ -148,6 +165,7 @@ def run_one(name: str, flags: list[str], args, seed: int) -> dict:
         "name": label,
         "config": name,
         "seed": seed,
+        **({"fold": fold} if fold is not None else {}),
         "flags": flags,
         **({"base": f"--model quantized by `--recipe {BASES[name]}`"} if name in BASES else {}),
         "trainable_parameters": trainable_parameters(run),
@@ -160,6 +178,10 @@ def run_one(name: str, flags: list[str], args, seed: int) -> dict:
         "val": {"total": final["total"],
                 "tasks": {t: v["score"] for t, v in final["tasks"].items()}},
         "calibration": final.get("calibration"),
+        # every epoch's dev scores, log-losses and records, for the folds' pooling
+        "epochs": [{"tasks": {t: v["score"] for t, v in h["tasks"].items()},
+                    "dev_loss": (h.get("dev_loss") or {}).get("tasks"),
+                    "records": h.get("records")} for h in metrics["history"]],
     }  # fmt: skip
 
 
@@ -187,8 +209,63 @@ def table(result: dict) -> str:
                  f"{r['dev_loss']:.4f}" if r.get("dev_loss") is not None else "",
                  *(f"{r['val']['tasks'][t]:.3f}" for t in tasks), f"{r['val']['total']:.3f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    means = seed_means(result)
-    return "\n".join(lines) + (f"\n\nMean over the seeds:\n\n{means}" if means else "")
+    means, pooled = seed_means(result), fold_table(result)
+    return ("\n".join(lines) + (f"\n\nMean over the seeds:\n\n{means}" if means else "")
+            + (f"\n\nThe folds pooled:\n\n{pooled}" if pooled else ""))  # fmt: skip
+
+
+def cross_validation(result: dict) -> dict[str, dict]:
+    """Each configuration's folds pooled, per epoch: every task's held-out score and log-loss
+    weighted by the records each fold held out (exact for accuracy and the mean log-loss; a
+    weighted mean of the folds' F1 or MCC otherwise), their means over the tasks, and the epoch
+    with the lowest pooled log-loss. Empty without --folds."""
+    by: dict[str, list[dict]] = {}
+    for r in result["runs"]:
+        if "fold" in r:
+            by.setdefault(r["config"], []).append(r)
+    out = {}
+    for name, rs in by.items():
+        epochs = []
+        for e in range(min(len(r["epochs"]) for r in rs)):
+            entries = [r["epochs"][e] for r in rs]
+            n = {t: sum(x["records"][t] for x in entries) for t in entries[0]["tasks"]}
+
+            def pooled(key: str, entries=entries, n=n) -> dict[str, float]:
+                return {t: sum(x[key][t] * x["records"][t] for x in entries) / n[t] for t in n}
+
+            score, loss = pooled("tasks"), pooled("dev_loss")
+            epochs.append({"tasks": score, "score": sum(score.values()) / len(score),
+                           "dev_loss": loss, "loss": sum(loss.values()) / len(loss),
+                           "records": n})  # fmt: skip
+        best = min(range(len(epochs)), key=lambda e: epochs[e]["loss"])
+        out[name] = {"folds": len(rs), "minutes": sum(r["seconds"] for r in rs) / 60,
+                     "epochs": epochs, "best_epoch": best + 1,
+                     "val": sum(r["val"]["total"] for r in rs) / len(rs)}  # fmt: skip
+    return out
+
+
+def fold_table(result: dict) -> str:
+    """One row per configuration with --folds: the pooled held-out score at each epoch, the epoch
+    the pooled log-loss chooses, its score ± a binomial standard error over the records held out
+    (exact for accuracy), its log-loss, and the folds' mean val (no choice is made on val)."""
+    cv = cross_validation(result)
+    if not cv:
+        return ""
+    n_epochs = max(len(c["epochs"]) for c in cv.values())
+    head = ["config", "folds", "records held out", "minutes (all folds)",
+            *(f"epoch {e + 1}" for e in range(n_epochs)), "epoch chosen", "score ± SE",
+            "log-loss", "val mean (folds)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, c in cv.items():
+        best = c["epochs"][c["best_epoch"] - 1]
+        held = min(best["records"].values())
+        se = (best["score"] * (1 - best["score"]) / held) ** 0.5
+        cells = [name, c["folds"], ", ".join(f"{t} {k}" for t, k in best["records"].items()),
+                 f"{c['minutes']:.1f}", *(f"{e['score']:.3f}" for e in c["epochs"]),
+                 *([""] * (n_epochs - len(c["epochs"]))), c["best_epoch"],
+                 f"{best['score']:.3f} ± {se:.3f}", f"{best['loss']:.4f}", f"{c['val']:.3f}"]
+        lines.append("| " + " | ".join(str(x) for x in cells) + " |")
+    return "\n".join(lines)
 
 
 def config_means(result: dict) -> dict[str, dict]:
@@ -214,9 +291,9 @@ def config_means(result: dict) -> dict[str, dict]:
 
 def seed_means(result: dict) -> str:
     """Each configuration's mean over the seeds it ran with: minutes, dev as trained and
-    calibrated, dev log-loss and val (empty with one seed)."""
+    calibrated, dev log-loss and val (empty with one seed, and with --folds: `fold_table`)."""
     means = config_means(result)
-    if all(m["seeds"] == 1 for m in means.values()):
+    if any("fold" in r for r in result["runs"]) or all(m["seeds"] == 1 for m in means.values()):
         return ""
     head = ["config", "seeds", "minutes", "dev", "dev calibrated", "dev log-loss", "val mean"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -244,6 +321,9 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=160)
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0],
                     help="comma-separated seeds: every configuration runs once per seed")
+    ap.add_argument("--folds", type=int, default=0,
+                    help="N >= 2: every configuration runs once per fold of train as its dev "
+                    "split (`train --dev-fold K/N`, the first seed) and the folds are pooled")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ablation.json")
     args = ap.parse_args()
 
@@ -254,15 +334,22 @@ def main() -> None:
     from mlx_rsg.accel import blas
     from mlx_rsg.version import __version__
 
-    runs = [run_one(n, CONFIGS[n], args, seed) for seed in args.seeds for n in names]
+    if args.folds == 1 or args.folds < 0 or args.folds and len(args.seeds) > 1:
+        raise SystemExit("--folds: needs N >= 2 and one seed (the folds of one seed partition "
+                         "train)")  # fmt: skip
+    folds = range(1, args.folds + 1) if args.folds else [None]
+    runs = [run_one(n, CONFIGS[n], args, seed, fold)
+            for seed in args.seeds for n in names for fold in folds]  # fmt: skip
     result = {
         "benchmark": "ablation",
         "model": str(args.model),
         "data": str(args.data),
-        "common_flags": common_flags(args),
+        "common_flags": common_flags(args, fold=1 if args.folds else None),
         "blas": blas.describe(),
         "versions": {"mlx_rsg": __version__},
         "runs": runs,
+        **({"folds": args.folds, "cross_validation": cross_validation({"runs": runs})}
+           if args.folds else {}),  # fmt: skip
     }
     from results_io import save  # benchmarks/results_io.py, beside this script
 

@@ -268,7 +268,7 @@ def train_command(model_dir, data_dir, run_dir, tasks, resume, fuse, copy_backbo
     if not world.is_main:
         return
     best, final = metrics.get("best") or {}, metrics.get("final")
-    split = "dev" if cfg.dev_per_task else "val"
+    split = "dev" if cfg.has_dev else "val"
     click.echo(
         f"best epoch {best.get('epoch')}: {split} score {best.get('score', float('nan')):.4f}"
         + (f"; val total with LiDiRus {final['total']:.4f}" if final else "")

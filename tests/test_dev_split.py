@@ -83,6 +83,54 @@ def test_groups_never_straddle_train_and_dev():
             assert not {key(r) for r in train} & {key(r) for r in dev}, (task, seed)
 
 
+def test_dev_folds_partition_train_into_balanced_whole_groups():
+    """--dev-fold K/N: the N folds of one seed are disjoint, cover every record once, keep
+    near-copies together, hold about as many examples each, and follow the seed."""
+    terra = _terra([f"p{i // 3}" for i in range(60)] + [f"q{i}" for i in range(13)])
+    folds = [split_dev("TERRa", terra, tiny_train_config(dev_fold=f"{k}/5", seed=1))
+             for k in range(1, 6)]  # fmt: skip
+    devs = [[r.idx for r in dev] for _, dev in folds]
+    assert sorted(i for dev in devs for i in dev) == list(range(73))  # each record held out once
+    for (train, dev), idx in zip(folds, devs, strict=True):
+        assert idx == sorted(idx) and len(train) + len(dev) == 73
+        assert not {r.premise for r in train} & {r.premise for r in dev}
+    sizes = sorted(len(d) for d in devs)
+    assert sum(sizes) == 73 and sizes[-1] - sizes[0] <= 3  # within one group of each other
+    other = split_dev("TERRa", terra, tiny_train_config(dev_fold="1/5", seed=2))[1]
+    assert [r.idx for r in other] != devs[0]
+    assert split_dev("TERRa", terra, tiny_train_config(dev_fold="1/5", seed=1))[1] == folds[0][1]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("3", "'3' is not K/N"), ("a/5", "'a/5' is not K/N"), ("0/5", "'0/5': needs N >= 2 and 1"),
+    ("6/5", "'6/5': needs N >= 2 and 1 <= K <= N"), ("1/1", "'1/1': needs N >= 2"),
+])  # fmt: skip
+def test_a_bad_dev_fold_is_one_line(spec, message):
+    with pytest.raises(UserError, match=f"^--dev-fold: {message}"):
+        tiny_train_config(dev_fold=spec).validate()
+
+
+def test_more_folds_than_groups_is_refused():
+    with pytest.raises(UserError, match="--dev-fold 1/5: TERRa has 4 groups of training records, "
+                       "fewer than its 5 folds"):  # fmt: skip
+        split_dev("TERRa", _terra(["a", "b", "c", "d"]), tiny_train_config(dev_fold="1/5"))
+
+
+def test_a_fold_run_chooses_on_its_fold_and_counts_its_records(tiny_model_dir, tiny_rsg_dir,
+                                                               tmp_path):  # noqa: F811
+    """A --dev-fold run is a dev run: its epoch is chosen on the fold, val is scored once, and
+    each epoch's entry says how many records each dev score stands on."""
+    cfg = tiny_train_config(dev_fold="2/3", epochs=1, tasks=("TERRa", "PARus"))
+    logs: list[str] = []
+    metrics = T.train(tiny_model_dir, tiny_rsg_dir, tmp_path / "fold", cfg, log=logs.append)
+    data = {t: load_split(tiny_rsg_dir, t, "train") for t in cfg.tasks}
+    held = {t: len(split_dev(t, recs, cfg)[1]) for t, recs in data.items()}
+    assert metrics["history"][0]["records"] == held
+    assert all(0 < n < len(data[t]) for t, n in held.items())
+    assert metrics["final"]["split"] == "val" and "dev_loss" in metrics["history"][0]
+    assert any(m.startswith(f"TERRa: {48 - held['TERRa']}/") for m in logs), logs
+
+
 def _labelled(task, golds):
     field = {"TERRa": ("premise", "hypothesis"), "RCB": ("premise", "hypothesis")}[task]
     return [parse_record(task, {field[0]: f"p{i}", field[1]: "h", "label": g, "idx": i})
@@ -349,7 +397,7 @@ def test_refit_trains_again_and_resumes_exactly(tiny_model_dir, tiny_rsg_dir, tm
 
 
 def test_refit_needs_a_dev_split(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
-    with pytest.raises(UserError, match="--refit: needs --dev-per-task"):
+    with pytest.raises(UserError, match="--refit: needs --dev-per-task or --dev-fold"):
         T.train(tiny_model_dir, tiny_rsg_dir, tmp_path / "r", tiny_train_config(refit=True))
 
 

@@ -49,6 +49,21 @@ def sample_records(items: list, limit: int | None, seed: int, salt: str, size=No
     return [items[i] for i in sorted(keep)]
 
 
+def fold_of(items: list, k: int, n: int, seed: int, salt: str, size=None) -> list:
+    """The k-th (1..n) of n folds of `items`, kept in their original order: items shuffled once
+    from (seed, salt), each to the fold with the fewest examples so far (`size` as
+    `sample_records` counts them), so that the n folds of one seed partition the items and hold
+    about as many examples each."""
+    size = size or (lambda _: 1)
+    order = list(range(len(items)))
+    random.Random(f"{seed}:{salt}").shuffle(order)
+    totals, fold = [0] * n, [0] * len(items)
+    for i in order:
+        fold[i] = min(range(n), key=lambda f: totals[f])
+        totals[fold[i]] += size(items[i])
+    return [item for item, f in zip(items, fold, strict=True) if f == k - 1]
+
+
 def sample_examples(task: str, records: list, limit: int | None, seed: int, split: str) -> list:
     """~`limit` examples of a split as whole records: the records `train --max-eval-per-task
     LIMIT --seed SEED` evaluates on for split val, and `bench`/`predict --max-per-task` score."""

@@ -99,6 +99,13 @@ class TrainConfig:
         "written to RUN_DIR/val_predictions.zip (0: no dev split; epochs are chosen on val).",
         bounds=AT_LEAST_0,
     )  # fmt: skip
+    dev_fold: str | None = opt(
+        None, "K/N: the dev split is the K-th of N folds of train's record groups (drawn from "
+        "--seed, near-copies kept together, balanced by examples) instead of --dev-per-task's "
+        "draw; the N runs K = 1..N with one seed hold every training record out once "
+        "(cross-validation, for tasks too small for one dev split to tell levers apart; "
+        "`benchmarks/ablation.py --folds N` pools them).",
+    )  # fmt: skip
     calibrate: bool = opt(
         True, "With --dev-per-task: offset each label head's decision for the metric its task "
         "is scored by (thresholds, RCB's class biases, LiDiRus's MCC; one-standard-error rule)."
@@ -192,8 +199,27 @@ class TrainConfig:
                 can = ", ".join(t for t in self.tasks if t in AUGMENTABLE) or "none of --tasks"
                 raise UserError(f"--augment: {name!r} is not a trained task with an augmentation "
                                 f"(these have one: {can})")  # fmt: skip
-        if self.refit and not self.dev_per_task:
-            raise UserError("--refit: needs --dev-per-task (the epochs to train are chosen on dev)")
+        self.folds()  # a bad --dev-fold fails here, before any work
+        if self.refit and not self.has_dev:
+            raise UserError("--refit: needs --dev-per-task or --dev-fold (the epochs to train are "
+                            "chosen on dev)")  # fmt: skip
+
+    @property
+    def has_dev(self) -> bool:
+        """Whether a dev split is carved out of train (--dev-per-task or --dev-fold)."""
+        return bool(self.dev_per_task or self.dev_fold)
+
+    def folds(self) -> tuple[int, int] | None:
+        """--dev-fold as (K, N) with 1 <= K <= N and N >= 2; None without it; one-line errors."""
+        if self.dev_fold is None:
+            return None
+        k, slash, n = str(self.dev_fold).partition("/")
+        if not (slash and k.strip().isdigit() and n.strip().isdigit()):
+            raise UserError(f"--dev-fold: {self.dev_fold!r} is not K/N (e.g. 2/5)")
+        k, n = int(k), int(n)
+        if n < 2 or not 1 <= k <= n:
+            raise UserError(f"--dev-fold: {self.dev_fold!r}: needs N >= 2 and 1 <= K <= N")
+        return k, n
 
     def augments(self, task: str) -> bool:
         """Whether --augment names `task` (in any case)."""

@@ -449,12 +449,14 @@ class _Loop:
         if pos.phase == "refit":
             self._end_refit_epoch(epoch)
             return
-        split = "dev" if cfg.dev_per_task else "val"
-        logits = {} if cfg.dev_per_task else None
+        split = "dev" if cfg.has_dev else "val"
+        logits = {} if cfg.has_dev else None
+        records = {t: getattr(self.data[t], split) for t in cfg.tasks}
+        records = {t: recs for t, recs in records.items() if recs}
         scores = evaluate(
             self.model,
             self.tokenizer,
-            {t: getattr(self.data[t], split) for t in cfg.tasks if getattr(self.data[t], split)},
+            records,
             cfg.batch_size,
             log=self.log,
             cache=self.eval_cache,
@@ -462,7 +464,9 @@ class _Loop:
             world=self.world,
             logits=logits,
         )
-        entry = {"epoch": epoch + 1, "step": pos.step, **scores}
+        # how many records each score stands on (folds of a cross-validation are pooled by it)
+        entry = {"epoch": epoch + 1, "step": pos.step, **scores,
+                 "records": {t: len(recs) for t, recs in records.items()}}  # fmt: skip
         line = f"epoch {epoch + 1}: {split} score {scores['score']:.4f} " + " ".join(
             f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items()
         )
@@ -616,11 +620,11 @@ def _write_metrics(run_dir: Path, cfg: TrainConfig, position: Position, final: d
 
 
 def _metrics(cfg: TrainConfig, position: Position, final: dict | None) -> dict:
-    split = "dev (carved from train)" if cfg.dev_per_task else "val"
+    split = "dev (carved from train)" if cfg.has_dev else "val"
     how = f"best epoch by the mean official {split} score of the trained tasks"
-    if cfg.dev_per_task and cfg.calibrate:
+    if cfg.has_dev and cfg.calibrate:
         how += ", label heads at their calibrated offsets"
-    if cfg.dev_per_task and cfg.select == "loss":
+    if cfg.has_dev and cfg.select == "loss":
         how = "best epoch by the lowest mean dev log-loss of the trained tasks' heads"
     if cfg.refit:
         how += "; then trained again on train + dev for that many epochs (--refit)"
@@ -641,7 +645,7 @@ def _finish(loop: _Loop, model_dir: Path, fuse: bool, copy_backbone: bool) -> di
     _load_best(loop)
     model = loop.model
     final = None
-    if cfg.dev_per_task:
+    if cfg.has_dev:
         final = _score_val_once(loop, model_dir)
     elif "LiDiRus" in loop.data or "RWSD" in loop.data:
         chosen = loop.position.history[loop.position.best["epoch"] - 1]

@@ -12,7 +12,13 @@ import numpy as np
 
 from mlx_rsg.data import available_splits, load_split
 from mlx_rsg.data.info import fitting_max_len, unit_lengths
-from mlx_rsg.data.sample import diagnostic_records, examples_in, sample_examples, sample_records
+from mlx_rsg.data.sample import (
+    diagnostic_records,
+    examples_in,
+    fold_of,
+    sample_examples,
+    sample_records,
+)
 from mlx_rsg.errors import UserError
 from mlx_rsg.model import shared_prefix
 from mlx_rsg.model.batching import encode_units, make_batches
@@ -53,14 +59,25 @@ def record_groups(task: str, records: list) -> list[list]:
 
 
 def split_dev(task: str, records: list, cfg: TrainConfig) -> tuple[list, list]:
-    """(train, dev): ~--dev-per-task examples of whole groups of records (`record_groups`: a
-    record and its near-copies) drawn from the seed, the rest train. No group straddles the two;
-    with no dev split, all of them train."""
-    if not cfg.dev_per_task:
+    """(train, dev): whole groups of records (`record_groups`: a record and its near-copies), the
+    rest train: ~--dev-per-task examples drawn from the seed, or --dev-fold's fold K of N. No
+    group straddles the two; with no dev split, all of them train."""
+    if not cfg.has_dev:
         return list(records), []
     groups = record_groups(task, records)
-    drawn = sample_records(groups, cfg.dev_per_task, cfg.seed, f"{task}:dev",
-                           lambda g: sum(examples_in(task, r) for r in g))  # fmt: skip
+
+    def size(group: list) -> int:
+        return sum(examples_in(task, r) for r in group)
+
+    folds = cfg.folds()
+    if folds is not None:
+        k, n = folds
+        if len(groups) < n:
+            raise UserError(f"--dev-fold {cfg.dev_fold}: {task} has {len(groups)} groups of "
+                            f"training records, fewer than its {n} folds")  # fmt: skip
+        drawn = fold_of(groups, k, n, cfg.seed, f"{task}:folds", size)
+    else:
+        drawn = sample_records(groups, cfg.dev_per_task, cfg.seed, f"{task}:dev", size)
     if len(drawn) == len(groups):
         raise UserError(f"--dev-per-task {cfg.dev_per_task}: it would take all of {task}'s "
                         f"{len(records)} training records")  # fmt: skip
