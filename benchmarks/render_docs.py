@@ -485,9 +485,32 @@ def levers(results: Path) -> str:
         rows.append([lever, f"`{name}`", f"{a['minutes']:.1f} vs {b['minutes']:.1f} min",
                      f"{a['dev_calibrated']:.3f} vs {b['dev_calibrated']:.3f}",
                      f"{a['val']:.3f} vs {b['val']:.3f}", kept])  # fmt: skip
-    rows += _zero_shot_levers(results)
+    rows += _cv_levers(results) + _zero_shot_levers(results)
     return _table(["lever", "measured in", "cost (with vs without)", "dev (with vs without)",
                    "val once (with vs without)", "in the recipe"], rows)  # fmt: skip
+
+
+# PARus's levers cross-validated (parus_cv.json), each against the real run's shape
+CV_LEVERS = [
+    ("PARus: a head alone on block 12's features, 5-fold CV", "parus-block12-heads"),
+    ("PARus: trained blocks at lr 1e-5, 5-fold CV", "parus-block12-lr1e-5"),
+    ("PARus: the top 4 of all 18 blocks, 5-fold CV", "parus-block18"),
+]
+
+
+def _cv_levers(results: Path) -> list[list]:
+    """Levers measured by cross-validation: the pooled held-out score at the epoch the pooled
+    log-loss chose, and the folds' mean val."""
+    cv = _load(results, "parus_cv.json")["cross_validation"]
+    base = cv["parus-block12"]
+
+    def held(c: dict) -> float:
+        return c["epochs"][c["best_epoch"] - 1]["score"]
+
+    return [[lever, "`parus_cv.json`", f"{cv[on]['minutes']:.1f} vs {base['minutes']:.1f} min",
+             f"{held(cv[on]):.3f} vs {held(base):.3f} (train's 400, held out)",
+             f"{cv[on]['val']:.3f} vs {base['val']:.3f} (fold mean)", "no"]
+            for lever, on in CV_LEVERS]  # fmt: skip
 
 
 def _exact_levers(results: Path) -> list[list]:
@@ -684,6 +707,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "ablation-blocks": _script_table("ablation", "ablation_blocks.json"),
     "ablation-quickstart": _script_table("ablation", "ablation_quickstart.json"),
     "parus-mirror": _script_table("ablation", "parus_mirror.json"),
+    "parus-cv": _script_table("ablation", "parus_cv.json", "fold_table"),
     "qlora-bench": qlora_bench,
     "q4lora-half": _beside("q4lora-half", "QLoRA on q4", "half", "float `freeze`"),
     "block12-half": _beside("block12-half", "the first 12 blocks", "half", "all 18 blocks"),
