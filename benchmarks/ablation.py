@@ -163,6 +163,7 @@ def run_one(name: str, flags: list[str], args, seed: int, fold: int | None = Non
     final = metrics["final"]
     return {
         "name": label,
+        "run": str(run),
         "config": name,
         "seed": seed,
         **({"fold": fold} if fold is not None else {}),
@@ -214,6 +215,10 @@ def table(result: dict) -> str:
             + (f"\n\nThe folds pooled:\n\n{pooled}" if pooled else ""))  # fmt: skip
 
 
+def _against(p: dict | None) -> str:
+    return "" if p is None else f"{p['mean']['difference']:+.3f} ± {p['mean']['se']:.3f}"
+
+
 def cross_validation(result: dict) -> dict[str, dict]:
     """Each configuration's folds pooled, per epoch: every task's held-out score and log-loss
     weighted by the records each fold held out (exact for accuracy and the mean log-loss; a
@@ -244,17 +249,57 @@ def cross_validation(result: dict) -> dict[str, dict]:
     return out
 
 
+def out_of_fold(runs: list[dict], epoch: int) -> dict[str, dict]:
+    """{task: {idx: decision}}: the folds' dev decisions at `epoch` (each run's
+    dev_predictions/epochN.zip), together every training record's once."""
+    from mlx_rsg.submission import read_submission
+
+    out: dict[str, dict] = {}
+    for r in runs:
+        for task, preds in read_submission(Path(r["run"]) / "dev_predictions" /
+                                           f"epoch{epoch}.zip").items():  # fmt: skip
+            out.setdefault(task, {}).update(preds)
+    return out
+
+
+def paired(result: dict, data: Path) -> dict[str, dict]:
+    """Each configuration's out-of-fold decisions (at the epoch its pooled log-loss chose)
+    against the first configuration's, on the same training records: the difference of each
+    task's official score and of their mean, with paired-bootstrap standard errors."""
+    from mlx_rsg.bench.compare import metrics, paired_bootstrap
+    from mlx_rsg.data import load_split
+
+    cv, by = result["cross_validation"], {}
+    for r in result["runs"]:
+        by.setdefault(r["config"], []).append(r)
+    oof = {name: out_of_fold(by[name], c["best_epoch"]) for name, c in cv.items()}
+    first = next(iter(cv))
+    records = {t: [r for r in load_split(data, t, "train") if r.idx in oof[first][t]]
+               for t in oof[first]}  # fmt: skip
+    out = {}
+    for name in list(cv)[1:]:
+        se = paired_bootstrap(records, oof[name], oof[first], list(records))
+        diff = {t: metrics(t, recs, oof[name][t])["score"]
+                - metrics(t, recs, oof[first][t])["score"] for t, recs in records.items()}
+        out[name] = {"against": first, "tasks": {t: {"difference": d, "se": se["tasks"][t]}
+                                                for t, d in diff.items()},
+                     "mean": {"difference": sum(diff.values()) / len(diff), "se": se["total"]}}
+    return out
+
+
 def fold_table(result: dict) -> str:
     """One row per configuration with --folds: the pooled held-out score at each epoch, the epoch
     the pooled log-loss chooses, its score ± a binomial standard error over the records held out
-    (exact for accuracy), its log-loss, and the folds' mean val (no choice is made on val)."""
+    (exact for accuracy), its log-loss, its difference from the first configuration on the same
+    records ± a paired-bootstrap standard error (`paired`), and the folds' mean val (no choice is
+    made on val)."""
     cv = cross_validation(result)
     if not cv:
         return ""
     n_epochs = max(len(c["epochs"]) for c in cv.values())
     head = ["config", "folds", "records held out", "minutes (all folds)",
             *(f"epoch {e + 1}" for e in range(n_epochs)), "epoch chosen", "score ± SE",
-            "log-loss", "val mean (folds)"]  # fmt: skip
+            "log-loss", "against the first (paired)", "val mean (folds)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, c in cv.items():
         best = c["epochs"][c["best_epoch"] - 1]
@@ -263,7 +308,8 @@ def fold_table(result: dict) -> str:
         cells = [name, c["folds"], ", ".join(f"{t} {k}" for t, k in best["records"].items()),
                  f"{c['minutes']:.1f}", *(f"{e['score']:.3f}" for e in c["epochs"]),
                  *([""] * (n_epochs - len(c["epochs"]))), c["best_epoch"],
-                 f"{best['score']:.3f} ± {se:.3f}", f"{best['loss']:.4f}", f"{c['val']:.3f}"]
+                 f"{best['score']:.3f} ± {se:.3f}", f"{best['loss']:.4f}",
+                 _against(result.get("paired", {}).get(name)), f"{c['val']:.3f}"]
         lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     return "\n".join(lines)
 
@@ -348,9 +394,10 @@ def main() -> None:
         "blas": blas.describe(),
         "versions": {"mlx_rsg": __version__},
         "runs": runs,
-        **({"folds": args.folds, "cross_validation": cross_validation({"runs": runs})}
-           if args.folds else {}),  # fmt: skip
     }
+    if args.folds:
+        result["folds"], result["cross_validation"] = args.folds, cross_validation(result)
+        result["paired"] = paired(result, args.data)
     from results_io import save  # benchmarks/results_io.py, beside this script
 
     save(args.out, result, table(result))

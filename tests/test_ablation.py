@@ -3,10 +3,14 @@ score per epoch, weighted by the records each fold held out."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
+
+from mlx_rsg.data import load_split
+from mlx_rsg.submission import write_submission
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import ablation  # noqa: E402
@@ -33,7 +37,7 @@ def test_folds_pool_by_the_records_they_held_out():
     assert cv["best_epoch"] == 1 and e1["records"] == {"PARus": 40}
     assert cv["folds"] == 2 and cv["minutes"] == 2.0 and cv["val"] == pytest.approx(0.5)
     table = ablation.table({"runs": runs})
-    row = "| a | 2 | PARus 40 | 2.0 | 0.600 | 0.475 | 1 | 0.600 ± 0.077 | 0.6750 | 0.500 |"
+    row = "| a | 2 | PARus 40 | 2.0 | 0.600 | 0.475 | 1 | 0.600 ± 0.077 | 0.6750 |  | 0.500 |"
     assert row in table.split("The folds pooled:")[1]
     assert "Mean over the seeds" not in table  # folds are not seeds
 
@@ -43,3 +47,33 @@ def test_runs_without_folds_have_no_pooling():
     del run["fold"]
     assert ablation.cross_validation({"runs": [run]}) == {}
     assert ablation.fold_table({"runs": [run]}) == ""
+
+
+def test_paired_compares_out_of_fold_decisions_on_the_same_records(tmp_path):
+    """Two configurations' folds (two of 4 PARus records each) read back from their
+    dev_predictions at the chosen epoch: b decides 6 of the 8 right, a 4, on the same records."""
+    data = tmp_path / "data"
+    (data / "PARus").mkdir(parents=True)
+    rows = [{"premise": f"p{i}", "choice1": "a", "choice2": "b", "question": "cause",
+             "label": i % 2, "idx": i} for i in range(8)]  # fmt: skip
+    (data / "PARus" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = load_split(data, "PARus", "train")
+
+    def fold_runs(config: str, right: set[int]) -> list[dict]:
+        runs = []
+        for fold, held in ((1, records[:4]), (2, records[4:])):
+            run = tmp_path / f"{config}-fold{fold}"
+            (run / "dev_predictions").mkdir(parents=True)
+            preds = [r.label if r.idx in right else 1 - r.label for r in held]
+            write_submission(run / "dev_predictions" / "epoch2.zip", {"PARus": (held, preds)})
+            runs.append({"config": config, "fold": fold, "run": str(run)})
+        return runs
+
+    result = {"runs": fold_runs("a", {0, 1, 2, 3}) + fold_runs("b", set(range(6))),
+              "cross_validation": {"a": {"best_epoch": 2}, "b": {"best_epoch": 2}}}  # fmt: skip
+    p = ablation.paired(result, data)
+    assert list(p) == ["b"] and p["b"]["against"] == "a"
+    assert p["b"]["tasks"]["PARus"]["difference"] == pytest.approx(6 / 8 - 4 / 8)
+    assert p["b"]["mean"]["difference"] == pytest.approx(0.25)
+    # two records differ, both for b: the paired SE is that of 2 in 8, sqrt(.25 * .75 / 8) ~ 0.15
+    assert 0.1 < p["b"]["mean"]["se"] < 0.2

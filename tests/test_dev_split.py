@@ -116,19 +116,26 @@ def test_more_folds_than_groups_is_refused():
         split_dev("TERRa", _terra(["a", "b", "c", "d"]), tiny_train_config(dev_fold="1/5"))
 
 
-def test_a_fold_run_chooses_on_its_fold_and_counts_its_records(tiny_model_dir, tiny_rsg_dir,
-                                                               tmp_path):  # noqa: F811
-    """A --dev-fold run is a dev run: its epoch is chosen on the fold, val is scored once, and
-    each epoch's entry says how many records each dev score stands on."""
-    cfg = tiny_train_config(dev_fold="2/3", epochs=1, tasks=("TERRa", "PARus"))
+def test_a_fold_run_keeps_its_dev_decisions(tiny_model_dir, tiny_rsg_dir, tmp_path):  # noqa: F811
+    """A --dev-fold run is a dev run: its epoch is chosen on the fold and val is scored once.
+    Each epoch's entry says how many records each dev score stands on, and its dev records'
+    decisions (dev_predictions/epochN.zip) re-score to that epoch's dev scores."""
+    cfg = tiny_train_config(dev_fold="2/3", epochs=2, tasks=("TERRa", "PARus"))
     logs: list[str] = []
-    metrics = T.train(tiny_model_dir, tiny_rsg_dir, tmp_path / "fold", cfg, log=logs.append)
+    run = tmp_path / "fold"
+    metrics = T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, log=logs.append)
     data = {t: load_split(tiny_rsg_dir, t, "train") for t in cfg.tasks}
-    held = {t: len(split_dev(t, recs, cfg)[1]) for t, recs in data.items()}
-    assert metrics["history"][0]["records"] == held
-    assert all(0 < n < len(data[t]) for t, n in held.items())
+    held = {t: split_dev(t, recs, cfg)[1] for t, recs in data.items()}
+    assert all(0 < len(held[t]) < len(data[t]) for t in cfg.tasks)
     assert metrics["final"]["split"] == "val" and "dev_loss" in metrics["history"][0]
-    assert any(m.startswith(f"TERRa: {48 - held['TERRa']}/") for m in logs), logs
+    assert any(m.startswith(f"TERRa: {48 - len(held['TERRa'])}/") for m in logs), logs
+    for h in metrics["history"]:
+        assert h["records"] == {t: len(recs) for t, recs in held.items()}
+        back = read_submission(run / "dev_predictions" / f"epoch{h['epoch']}.zip")
+        assert set(back) == set(cfg.tasks)
+        for task, records in held.items():
+            got = task_score(task, score_task(task, records, back[task]))
+            assert got == pytest.approx(h["tasks"][task]["score"], abs=1e-9), (task, h["epoch"])
 
 
 def _labelled(task, golds):

@@ -103,6 +103,7 @@ from mlx_rsg.version import __version__
 from mlx_rsg.weights import save_weights, trainable_weights, write_backbone
 
 VAL_PREDICTIONS = "val_predictions.zip"  # written into RUN_DIR with --dev-per-task
+DEV_PREDICTIONS = "dev_predictions"  # epochN.zip per epoch, with a dev split
 
 
 def _same_config(saved: TrainConfig, cfg: TrainConfig) -> None:
@@ -450,23 +451,9 @@ class _Loop:
             self._end_refit_epoch(epoch)
             return
         split = "dev" if cfg.has_dev else "val"
-        logits = {} if cfg.has_dev else None
-        records = {t: getattr(self.data[t], split) for t in cfg.tasks}
-        records = {t: recs for t, recs in records.items() if recs}
-        scores = evaluate(
-            self.model,
-            self.tokenizer,
-            records,
-            cfg.batch_size,
-            log=self.log,
-            cache=self.eval_cache,
-            desc=f"{split} {epoch + 1}/{cfg.epochs}",
-            world=self.world,
-            logits=logits,
-        )
+        scores, logits, records = self._score_epoch(epoch, split)
         # how many records each score stands on (folds of a cross-validation are pooled by it)
-        entry = {"epoch": epoch + 1, "step": pos.step, **scores,
-                 "records": {t: len(recs) for t, recs in records.items()}}  # fmt: skip
+        entry = {"epoch": epoch + 1, "step": pos.step, **scores, "records": records}
         line = f"epoch {epoch + 1}: {split} score {scores['score']:.4f} " + " ".join(
             f"{t}={v['score']:.3f}" for t, v in scores["tasks"].items()
         )
@@ -501,6 +488,22 @@ class _Loop:
         if main:
             _write_metrics(self.run_dir, cfg, pos, final=None)
             write_checkpoint(self.run_dir, self.model, self.optimizer, pos)
+
+    def _score_epoch(self, epoch: int, split: str) -> tuple[dict, dict | None, dict[str, int]]:
+        """The epoch's scores on `split`; with a dev split also its logits per task, and each
+        dev record's decision (as trained) in RUN_DIR/dev_predictions/epochN.zip. Returns the
+        records scored per task too."""
+        cfg = self.cfg
+        logits, predictions = ({}, {}) if cfg.has_dev else (None, None)
+        records = {t: getattr(self.data[t], split) for t in cfg.tasks}
+        records = {t: recs for t, recs in records.items() if recs}
+        scores = evaluate(self.model, self.tokenizer, records, cfg.batch_size, log=self.log,
+                          cache=self.eval_cache, desc=f"{split} {epoch + 1}/{cfg.epochs}",
+                          predictions=predictions, world=self.world, logits=logits)  # fmt: skip
+        if predictions and self.world.is_main:
+            (self.run_dir / DEV_PREDICTIONS).mkdir(exist_ok=True)
+            write_submission(self.run_dir / DEV_PREDICTIONS / f"epoch{epoch + 1}.zip", predictions)
+        return scores, logits, {t: len(recs) for t, recs in records.items()}
 
     def start_refit(self, model_dir: Path) -> None:
         """--refit: choose the calibration on dev with the best epoch's weights, then start
