@@ -110,6 +110,11 @@ def test_a_bad_dev_fold_is_one_line(spec, message):
         tiny_train_config(dev_fold=spec).validate()
 
 
+def test_a_fold_and_a_drawn_dev_split_are_one_or_the_other():
+    with pytest.raises(UserError, match="^--dev-fold and --dev-per-task: give one"):
+        tiny_train_config(dev_fold="1/5", dev_per_task=12).validate()
+
+
 def test_more_folds_than_groups_is_refused():
     with pytest.raises(UserError, match="--dev-fold 1/5: TERRa has 4 groups of training records, "
                        "fewer than its 5 folds"):  # fmt: skip

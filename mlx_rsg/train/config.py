@@ -199,7 +199,8 @@ class TrainConfig:
                 can = ", ".join(t for t in self.tasks if t in AUGMENTABLE) or "none of --tasks"
                 raise UserError(f"--augment: {name!r} is not a trained task with an augmentation "
                                 f"(these have one: {can})")  # fmt: skip
-        self.folds()  # a bad --dev-fold fails here, before any work
+        if self.folds() is not None and self.dev_per_task:  # a bad --dev-fold fails here too
+            raise UserError("--dev-fold and --dev-per-task: give one (the fold is the dev split)")
         if self.refit and not self.has_dev:
             raise UserError("--refit: needs --dev-per-task or --dev-fold (the epochs to train are "
                             "chosen on dev)")  # fmt: skip
