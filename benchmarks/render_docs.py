@@ -513,6 +513,32 @@ def _cv_levers(results: Path) -> list[list]:
             for lever, on in CV_LEVERS]  # fmt: skip
 
 
+PARUS_CV_SEEDS = {0: "parus_cv.json", 1: "parus_cv_seed1.json", 2: "parus_cv_seed2.json"}
+
+
+def parus_cv_seeds(results: Path) -> str:
+    """docs/training.md: the real run's shape and the head alone cross-validated at three seeds
+    (each its own partition into folds): pooled held-out accuracies, the paired difference, and
+    the difference's mean over the seeds with its standard error over them."""
+    rows, diffs = [], []
+    for seed, name in PARUS_CV_SEEDS.items():
+        r = _load(results, name)
+        cv, p = r["cross_validation"], r["paired"]["parus-block12-heads"]["mean"]
+
+        def held(c: dict) -> float:
+            return c["epochs"][c["best_epoch"] - 1]["score"]
+
+        diffs.append(p["difference"])
+        rows.append([seed, f"{held(cv['parus-block12']):.3f}",
+                     f"{held(cv['parus-block12-heads']):.3f}",
+                     f"{p['difference']:+.3f} ± {p['se']:.3f}"])  # fmt: skip
+    mean = sum(diffs) / len(diffs)
+    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+    rows.append(["mean", "", "", f"{mean:+.3f} ± {se:.3f} (over the seeds)"])
+    return _table(["seed", "the real run's shape", "a head alone", "head alone − shape (paired)"],
+                  rows)  # fmt: skip
+
+
 def _exact_levers(results: Path) -> list[list]:
     """Levers that change no decision: shared prefixes in training and in scoring."""
     modes = _load(results, "shared_train.json")["modes"]
@@ -708,6 +734,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "ablation-quickstart": _script_table("ablation", "ablation_quickstart.json"),
     "parus-mirror": _script_table("ablation", "parus_mirror.json"),
     "parus-cv": _script_table("ablation", "parus_cv.json", "fold_table"),
+    "parus-cv-seeds": parus_cv_seeds,
     "qlora-bench": qlora_bench,
     "q4lora-half": _beside("q4lora-half", "QLoRA on q4", "half", "float `freeze`"),
     "block12-half": _beside("block12-half", "the first 12 blocks", "half", "all 18 blocks"),
