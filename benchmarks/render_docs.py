@@ -498,17 +498,18 @@ CV_LEVERS = [
 ]
 
 
+def _held_out(cv: dict) -> float:
+    """A cross-validated configuration's pooled held-out score at the epoch it chose."""
+    return cv["epochs"][cv["best_epoch"] - 1]["score"]
+
+
 def _cv_levers(results: Path) -> list[list]:
     """Levers measured by cross-validation: the pooled held-out score at the epoch the pooled
     log-loss chose, and the folds' mean val."""
     cv = _load(results, "parus_cv.json")["cross_validation"]
     base = cv["parus-block12"]
-
-    def held(c: dict) -> float:
-        return c["epochs"][c["best_epoch"] - 1]["score"]
-
     return [[lever, "`parus_cv.json`", f"{cv[on]['minutes']:.1f} vs {base['minutes']:.1f} min",
-             f"{held(cv[on]):.3f} vs {held(base):.3f} (train's 400, held out)",
+             f"{_held_out(cv[on]):.3f} vs {_held_out(base):.3f} (train's 400, held out)",
              f"{cv[on]['val']:.3f} vs {base['val']:.3f} (fold mean)", "no"]
             for lever, on in CV_LEVERS]  # fmt: skip
 
@@ -524,13 +525,9 @@ def parus_cv_seeds(results: Path) -> str:
     for seed, name in PARUS_CV_SEEDS.items():
         r = _load(results, name)
         cv, p = r["cross_validation"], r["paired"]["parus-block12-heads"]["mean"]
-
-        def held(c: dict) -> float:
-            return c["epochs"][c["best_epoch"] - 1]["score"]
-
         diffs.append(p["difference"])
-        rows.append([seed, f"{held(cv['parus-block12']):.3f}",
-                     f"{held(cv['parus-block12-heads']):.3f}",
+        rows.append([seed, f"{_held_out(cv['parus-block12']):.3f}",
+                     f"{_held_out(cv['parus-block12-heads']):.3f}",
                      f"{p['difference']:+.3f} ± {p['se']:.3f}"])  # fmt: skip
     mean = sum(diffs) / len(diffs)
     se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
