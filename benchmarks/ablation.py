@@ -215,6 +215,20 @@ def table(result: dict) -> str:
             + (f"\n\nThe folds pooled:\n\n{pooled}" if pooled else ""))  # fmt: skip
 
 
+def by_config(runs: list[dict]) -> dict[str, list[dict]]:
+    """The runs of each configuration (one per seed or fold), configurations in order of their
+    first run (results from before `config` was recorded go by `name`)."""
+    out: dict[str, list[dict]] = {}
+    for r in runs:
+        out.setdefault(r.get("config") or r["name"], []).append(r)
+    return out
+
+
+def chosen_epoch(cv: dict) -> dict:
+    """A cross-validated configuration's pooled entry at the epoch its pooled log-loss chose."""
+    return cv["epochs"][cv["best_epoch"] - 1]
+
+
 def _against(p: dict | None) -> str:
     return "" if p is None else f"{p['mean']['difference']:+.3f} ± {p['mean']['se']:.3f}"
 
@@ -224,12 +238,8 @@ def cross_validation(result: dict) -> dict[str, dict]:
     weighted by the records each fold held out (exact for accuracy and the mean log-loss; a
     weighted mean of the folds' F1 or MCC otherwise), their means over the tasks, and the epoch
     with the lowest pooled log-loss. Empty without --folds."""
-    by: dict[str, list[dict]] = {}
-    for r in result["runs"]:
-        if "fold" in r:
-            by.setdefault(r["config"], []).append(r)
     out = {}
-    for name, rs in by.items():
+    for name, rs in by_config([r for r in result["runs"] if "fold" in r]).items():
         epochs = []
         for e in range(min(len(r["epochs"]) for r in rs)):
             entries = [r["epochs"][e] for r in rs]
@@ -269,9 +279,7 @@ def paired(result: dict, data: Path) -> dict[str, dict]:
     from mlx_rsg.bench.compare import metrics, paired_bootstrap
     from mlx_rsg.data import load_split
 
-    cv, by = result["cross_validation"], {}
-    for r in result["runs"]:
-        by.setdefault(r["config"], []).append(r)
+    cv, by = result["cross_validation"], by_config(result["runs"])
     oof = {name: out_of_fold(by[name], c["best_epoch"]) for name, c in cv.items()}
     first = next(iter(cv))
     records = {t: [r for r in load_split(data, t, "train") if r.idx in oof[first][t]]
@@ -302,7 +310,7 @@ def fold_table(result: dict) -> str:
             "log-loss", "against the first (paired)", "val mean (folds)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, c in cv.items():
-        best = c["epochs"][c["best_epoch"] - 1]
+        best = chosen_epoch(c)
         held = min(best["records"].values())
         se = (best["score"] * (1 - best["score"]) / held) ** 0.5
         cells = [name, c["folds"], ", ".join(f"{t} {k}" for t, k in best["records"].items()),
@@ -318,9 +326,7 @@ def config_means(result: dict) -> dict[str, dict]:
     """Each configuration's runs (one per seed) averaged: seeds, minutes, dev as trained, dev as
     decided (calibrated, where the run calibrated), dev log-loss (None where a run lacks it) and
     val."""
-    by: dict[str, list[dict]] = {}
-    for r in result["runs"]:
-        by.setdefault(r.get("config", r["name"]), []).append(r)
+    by = by_config(result["runs"])
 
     def mean(rs: list[dict], f) -> float:
         return sum(f(r) for r in rs) / len(rs)

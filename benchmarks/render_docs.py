@@ -500,7 +500,7 @@ CV_LEVERS = [
 
 def _held_out(cv: dict) -> float:
     """A cross-validated configuration's pooled held-out score at the epoch it chose."""
-    return cv["epochs"][cv["best_epoch"] - 1]["score"]
+    return _script("ablation").chosen_epoch(cv)["score"]
 
 
 def _cv_levers(results: Path) -> list[list]:
