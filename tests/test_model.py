@@ -362,3 +362,23 @@ def test_a_feature_layer_run_trains_the_top_blocks_of_those_it_keeps(tiny_model_
         classifier_config(tiny_train_config(method="freeze", feature_layer=3), 2)
     default = tiny_train_config(method="lora", feature_layer=1, freeze_layers=None)
     assert classifier_config(default, 2).freeze_layers == 0  # round(12/26 x 1 block kept)
+
+
+def test_a_head_only_loss_is_the_same_loss_with_no_gradient_into_the_backbone(tiny_model_dir, tok):
+    """--head-only: the task's loss and head gradient as usual, nothing into the trained
+    blocks (which the other tasks' batches still train)."""
+    model = model_for(tiny_model_dir, method="freeze", freeze_layers=1)
+    model.train()  # dropout 0: the two computations see the same features
+    batch = collate(encode_units([nli_unit(0, "Кошка сидит.", "Кошка спит.", 1),
+                                  nli_unit(1, "Собака спала во дворе.", "Собака спит.")], tok, 64))
+    full = nn.value_and_grad(model, lambda m: loss_fn(m, batch)[0])
+    alone = nn.value_and_grad(model, lambda m: loss_fn(m, batch, head_only=True)[0])
+    (loss, grads), (loss_h, grads_h) = full(model), alone(model)
+    assert float(loss_h) == float(loss)
+    flat, flat_h = dict(tree_flatten(grads)), dict(tree_flatten(grads_h))
+    blocks = [k for k in flat if not k.startswith("heads.")]
+    assert blocks and any(float(mx.abs(flat[k]).max()) > 0 for k in blocks)
+    assert all(float(mx.abs(flat_h[k]).max()) == 0 for k in blocks)
+    for k in ("heads.TERRa.weight", "heads.TERRa.bias"):
+        assert np.array_equal(np.array(flat_h[k]), np.array(flat[k])) and float(
+            mx.abs(flat[k]).max()) > 0

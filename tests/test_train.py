@@ -466,6 +466,31 @@ def test_adapters_and_lora_train_through_the_loop(tiny_model_dir, tiny_rsg_dir, 
     assert all(np.isfinite(r["loss"]) for r in losses(run))
 
 
+def test_head_only_tasks_train_their_heads_and_leave_the_blocks_alone(tiny_model_dir,  # noqa: F811
+                                                                     tiny_rsg_dir, tmp_path):  # noqa: F811, E501
+    """With every trained task --head-only (and no weight decay) the trainable block ends the
+    run bit-identical to the base model's, while each head has learnt."""
+    from mlx.utils import tree_flatten
+
+    from mlx_rsg.model.backbone import load_backbone
+    from mlx_rsg.predict import load
+
+    run = tmp_path / "run"
+    cfg = tiny_train_config(epochs=1, weight_decay=0.0, head_only=("terra", "RCB", "PARus"))
+    T.train(tiny_model_dir, tiny_rsg_dir, run, cfg, log=lambda m: None)
+    before = dict(tree_flatten(load_backbone(tiny_model_dir).layers[1].parameters()))
+    after = dict(tree_flatten(load(run).model.backbone.layers[1].parameters()))
+    assert all(np.array_equal(np.array(before[n]), np.array(after[n])) for n in before)
+    weights = mx.load(str(run / "trainable.safetensors"))
+    assert all(float(mx.abs(weights[f"heads.{t}.weight"]).max()) > 0 for t in cfg.tasks)
+
+
+def test_head_only_names_a_trained_task():
+    with pytest.raises(UserError, match="--head-only: 'DaNetQA' is not one of the trained"):
+        tiny_train_config(head_only=("DaNetQA",)).validate()
+    assert tiny_train_config(head_only=("parus",)).head_only_tasks() == {"PARus"}
+
+
 @pytest.mark.parametrize("method", ["heads", "freeze"])
 def test_a_copied_backbone_keeps_only_the_blocks_a_feature_layer_run_reads(
     tiny_model_dir, tiny_rsg_dir, tmp_path, method  # noqa: F811

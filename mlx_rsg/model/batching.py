@@ -217,11 +217,17 @@ def collate(rows: Sequence[EncodedUnit], min_shared: int | None = None) -> Batch
     )
 
 
-def loss_fn(model, batch: Batch, h0: mx.array | None = None) -> tuple[mx.array, int]:
+def loss_fn(model, batch: Batch, h0: mx.array | None = None,
+            head_only: bool = False) -> tuple[mx.array, int]:  # fmt: skip
     """Mean cross-entropy and how many examples it averages. Label tasks: over the head's
     classes per unit. Choice tasks: a softmax over each group's unit scores (groups may differ
-    in size, as RuCoS candidates do), the target being the unit labelled 1."""
-    logits = model(batch, h0)
+    in size, as RuCoS candidates do), the target being the unit labelled 1. `head_only`: the
+    loss reaches the head alone (no gradient into the backbone; the same loss)."""
+    if head_only:
+        features = mx.stop_gradient(model.features(batch, h0))
+        logits = model.head_logits(features, model.head_for(batch))
+    else:
+        logits = model(batch, h0)
     if not REGISTRY[batch.task].choice:
         return nn.losses.cross_entropy(logits, batch.labels, reduction="mean"), logits.shape[0]
     scores = logits[:, 0]

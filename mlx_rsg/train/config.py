@@ -134,6 +134,11 @@ class TrainConfig:
         "budgets count the records as drawn): PARus, each record mirrored (the right choice as "
         "the premise, the question turned, the premise as the right choice)."
     )  # fmt: skip
+    head_only: tuple[str, ...] = opt(
+        (), "Tasks whose loss trains only their own head: the blocks the other tasks train still "
+        "shape the features it reads, but get no gradient from it (a small task's noise kept "
+        "out of the shared blocks; PARus, cross-validated: docs/training.md).",
+    )  # fmt: skip
     max_negatives: int = opt(4, "RuCoS: wrong entities sampled per query per epoch.",
                              bounds=AT_LEAST_0)  # fmt: skip
     checkpoint_every: int = opt(
@@ -193,17 +198,25 @@ class TrainConfig:
         if self.rwsd_decision not in RWSD_DECISIONS:
             msg = f"{self.rwsd_decision!r} is not one of {', '.join(RWSD_DECISIONS)}"
             raise UserError(f"--rwsd-decision: {msg}")
+        self._check_task_lists()
+        if self.folds() is not None and self.dev_per_task:  # a bad --dev-fold fails here too
+            raise UserError("--dev-fold and --dev-per-task: give one (the fold is the dev split)")
+        if self.refit and not self.has_dev:
+            raise UserError("--refit: needs --dev-per-task or --dev-fold (the epochs to train are "
+                            "chosen on dev)")  # fmt: skip
+
+    def _check_task_lists(self) -> None:
+        """--augment and --head-only name trained tasks (--augment: ones with an augmentation)."""
         for name in self.augment:
             task = official_name(name)
             if task not in self.tasks or task not in AUGMENTABLE:
                 can = ", ".join(t for t in self.tasks if t in AUGMENTABLE) or "none of --tasks"
                 raise UserError(f"--augment: {name!r} is not a trained task with an augmentation "
                                 f"(these have one: {can})")  # fmt: skip
-        if self.folds() is not None and self.dev_per_task:  # a bad --dev-fold fails here too
-            raise UserError("--dev-fold and --dev-per-task: give one (the fold is the dev split)")
-        if self.refit and not self.has_dev:
-            raise UserError("--refit: needs --dev-per-task or --dev-fold (the epochs to train are "
-                            "chosen on dev)")  # fmt: skip
+        for name in self.head_only:
+            if official_name(name) not in self.tasks:
+                raise UserError(f"--head-only: {name!r} is not one of the trained tasks "
+                                f"({', '.join(self.tasks)})")  # fmt: skip
 
     @property
     def has_dev(self) -> bool:
@@ -225,6 +238,10 @@ class TrainConfig:
     def augments(self, task: str) -> bool:
         """Whether --augment names `task` (in any case)."""
         return task in {official_name(name) for name in self.augment}
+
+    def head_only_tasks(self) -> frozenset[str]:
+        """The official names of the tasks --head-only names."""
+        return frozenset(official_name(name) for name in self.head_only)
 
     def train_budget(self, task: str) -> int | None:
         """~How many training examples `task` gets: its --task-max-train entry, else

@@ -331,8 +331,10 @@ class _Loop:
         """(loss, examples), gradients of the model's trainable parameters, both at the current
         loss scale (1 unless float16: `loss_scale.py`)."""
 
+        head_only = self.cfg.head_only_tasks()
+
         def scaled(model, batch, h0):
-            loss, n = loss_fn(model, batch, h0)
+            loss, n = loss_fn(model, batch, h0, head_only=batch.task in head_only)
             return loss * self.position.loss_scale, n
 
         return nn.value_and_grad(self.model, scaled)
