@@ -78,12 +78,20 @@ def _constant_row(q: dict) -> list:
             f"{q['majority_total']:.3f}"]  # fmt: skip
 
 
+def _run_table(q: dict, label: str) -> str:
+    """A run's val scores, its paired difference to the run it was compared with, and the best
+    constant answers."""
+    return _table(SCORES_HEAD, [_scores_row(label, q), _difference_row(q), _constant_row(q)])
+
+
 def real_run(results: Path) -> str:
-    """docs/training.md: the real run's val scores, its paired difference to the run it was
-    compared with, and the best constant answers (quality.json)."""
-    q = _load(results, "quality.json")
-    return _table(SCORES_HEAD, [_scores_row("**this run**", q), _difference_row(q),
-                                _constant_row(q)])  # fmt: skip
+    """docs/training.md: the real run's val table (quality.json)."""
+    return _run_table(_load(results, "quality.json"), "**this run**")
+
+
+def block12_run(results: Path) -> str:
+    """docs/training.md: the real run before `--head-only PARus` (quality/earlier/block12.json)."""
+    return _run_table(_load(results, "quality/earlier/block12.json"), "**the run before it**")
 
 
 EARLIER_RUNS = [  # docs/training.md: the runs before the real one, each re-scored by a test
@@ -159,6 +167,11 @@ def two_epochs(results: Path) -> str:
     return _epochs(_load(results, "quality/earlier/2ep.json"))
 
 
+def block12_epochs(results: Path) -> str:
+    """docs/training.md: the real run before `--head-only PARus`, per epoch."""
+    return _epochs(_load(results, "quality/earlier/block12.json"))
+
+
 def fixes_epochs(results: Path) -> str:
     """docs/training.md: the run with the fixes, per epoch."""
     return _epochs(_load(results, "quality/earlier/fixes.json"))
@@ -193,9 +206,11 @@ def real_command(results: Path) -> str:
     ])  # fmt: skip
 
 
-# the real run and its variants, full val: benches of the same run on the same units (each later
-# one added recipes measured after the first; the fourth ran on its weights trained again bit for
-# bit), each variant's speed against its own bench's float pass
+# the real run (--head-only PARus) and the shipped recipe, full val
+PARUS_HEAD_QUANTIZE = "quality/quantize-parus-head/bench.json"
+# the run before it (quality/earlier/block12) and its variants, full val: benches of the same run
+# on the same units (each later one added recipes measured after the first; the fourth ran on its
+# weights trained again bit for bit), each variant's speed against its own bench's float pass
 REAL_QUANTIZE = ("quality/quantize/bench.json", "quality/quantize-q8gptq-mixed/bench.json",
                  "quality/quantize-rows/bench.json", "quality/quantize-committed/bench.json")
 # a copy of the real run trained again with its command (its weights were gone): its own float
@@ -205,10 +220,20 @@ E3_COMPOSED = "quality/quantize-e3/q8-gptq-long-e3-rows-bc-lm4.json"  # compose_
 
 
 def quantization(results: Path) -> str:
-    """README: the real run against its 8- and 4-bit variants on full val (bench.json), the
-    widest first."""
+    """README: the run before the real one against its 8- and 4-bit variants on full val."""
+    return _quantization_table(results, REAL_QUANTIZE)
+
+
+def quantization_real(results: Path) -> str:
+    """README: the real run against the shipped recipe on full val."""
+    return _quantization_table(results, (PARUS_HEAD_QUANTIZE,))
+
+
+def _quantization_table(results: Path, benches: tuple[str, ...]) -> str:
+    """A float run against its variants on full val (bench.json, several benches of one run:
+    each variant's speed against its own bench's float pass), the widest first."""
     variants = []  # (variant, its own bench's float records/s)
-    for i, name in enumerate(REAL_QUANTIZE):
+    for i, name in enumerate(benches):
         bench = _load(results, name)
         float_speed = bench["variants"][0]["throughput"]["examples_per_s"]
         variants += [(v, float_speed) for v in bench["variants"][1 if i else 0:]]
@@ -485,7 +510,7 @@ def levers(results: Path) -> str:
         rows.append([lever, f"`{name}`", f"{a['minutes']:.1f} vs {b['minutes']:.1f} min",
                      f"{a['dev_calibrated']:.3f} vs {b['dev_calibrated']:.3f}",
                      f"{a['val']:.3f} vs {b['val']:.3f}", kept])  # fmt: skip
-    rows += _cv_levers(results) + _zero_shot_levers(results)
+    rows += _cv_levers(results) + _real_run_levers(results) + _zero_shot_levers(results)
     return _table(["lever", "measured in", "cost (with vs without)", "dev (with vs without)",
                    "val once (with vs without)", "in the recipe"], rows)  # fmt: skip
 
@@ -551,6 +576,25 @@ def _exact_levers(results: Path) -> list[list]:
          f"{scoring['seconds']['mlx']:.0f} vs {scoring['seconds']['torch']:.0f} s "
          f"({scoring['speedup']:.2f}x)", same, same, "yes"],
     ]  # fmt: skip
+
+
+def _real_run_levers(results: Path) -> list[list]:
+    """Levers measured as a real run against the run before it: the same command without the
+    lever (training minutes are each run's own machine's)."""
+    run, before = _load(results, "quality.json"), _load(results, "quality/earlier/block12.json")
+
+    def chosen(q: dict) -> dict:
+        return q["run"]["history"][q["run"]["best_epoch"] - 1]
+
+    a, b = chosen(run), chosen(before)
+    return [["PARus's head alone in the real run (`--head-only PARus`)", "`quality.json`",
+             f"{run['run']['train_seconds'] / 60:.1f} vs "
+             f"{before['run']['train_seconds'] / 60:.1f} min training (Zen 4 vs Zen 3)",
+             f"{a['calibrated']['score']:.3f} vs {b['calibrated']['score']:.3f} "
+             f"(PARus {a['tasks']['PARus']['score']:.3f} vs {b['tasks']['PARus']['score']:.3f})",
+             f"{run['total']:.3f} vs {before['total']:.3f} (PARus "
+             f"{run['tasks']['PARus']['score']:.3f} vs {before['tasks']['PARus']['score']:.3f})",
+             "yes"]]  # fmt: skip
 
 
 def _zero_shot_levers(results: Path) -> list[list]:
@@ -645,6 +689,11 @@ def quantize_committed(results: Path) -> str:
     return _bench_table(results, REAL_QUANTIZE[3])
 
 
+def quantize_parus_head(results: Path) -> str:
+    """docs/quantization.md: bench's own table for the shipped recipe on the real run."""
+    return _bench_table(results, PARUS_HEAD_QUANTIZE)
+
+
 def quantize_1000(results: Path) -> str:
     """docs/quantization.md: bench's own table for the run before the fixes and its variants."""
     return _bench_table(results, "quality/earlier/quantize-1000/bench.json")
@@ -696,6 +745,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "precision-real": _script_table("bench_precision", "precision_real.json"),
     "real-run": real_run,
     "real-epochs": real_epochs,
+    "block12-run": block12_run,
+    "block12-epochs": block12_epochs,
     "earlier-runs": earlier_runs,
     "fixes-epochs": fixes_epochs,
     "2ep-epochs": two_epochs,
@@ -709,6 +760,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "quantize-e3-brief": quantize_e3_brief,
     "quantize-e3-direct": quantize_e3_direct,
     "quantize-committed": quantize_committed,
+    "quantize-parus-head": quantize_parus_head,
+    "quantization-real": quantization_real,
     "rwsd-substitution": rwsd_substitution,
     "levers": levers,
     "quantize-1000": quantize_1000,

@@ -117,18 +117,19 @@ def test_the_committed_predictions_rescore_to_the_committed_scores(real_rsg_root
 
 
 # (bench directory, the fp32 run's own committed predictions): the README's and
-# docs/quantization.md's tables, on the real run (four benches; the fourth ran on its weights
-# trained again bit for bit, so its float pass must decide as the committed run did), on a copy
+# docs/quantization.md's tables, on the real run (`--head-only PARus`), on the run before it
+# (`earlier/block12`: four benches; the fourth ran on its weights trained again bit for bit, so
+# its float pass must decide as that run did), on a copy
 # of it trained again with other kernels (`quantize-e3`, and its bench of RWSD alone: their val
 # pass is bench's own, so there is no zip of the run's to compare; `direct`, the shipped copy
 # benched whole: its float pass is the first bench's), on the same run before its RWSD decision
 # by substitution (`earlier/block12-head`), the 1,000-example run and the 640-example run
-QUANTIZED = [(RESULTS / "quality" / "quantize", RESULTS / "quality" / "val_predictions.zip"),
-             (RESULTS / "quality" / "quantize-q8gptq-mixed",
+QUANTIZED = [(RESULTS / "quality" / "quantize-parus-head",
               RESULTS / "quality" / "val_predictions.zip"),
-             (RESULTS / "quality" / "quantize-rows", RESULTS / "quality" / "val_predictions.zip"),
-             (RESULTS / "quality" / "quantize-committed",
-              RESULTS / "quality" / "val_predictions.zip"),
+             (RESULTS / "quality" / "quantize", EARLIER / "block12.zip"),
+             (RESULTS / "quality" / "quantize-q8gptq-mixed", EARLIER / "block12.zip"),
+             (RESULTS / "quality" / "quantize-rows", EARLIER / "block12.zip"),
+             (RESULTS / "quality" / "quantize-committed", EARLIER / "block12.zip"),
              (RESULTS / "quality" / "quantize-e3", None),
              (RESULTS / "quality" / "quantize-e3" / "rwsd-lm4", None),
              (RESULTS / "quality" / "quantize-e3" / "direct",
