@@ -126,6 +126,11 @@ def _beside(run: str, label: str, base: str, base_label: str) -> Callable[[Path]
     return render
 
 
+def _chosen(q: dict) -> dict:
+    """A run's history entry (dev scores as trained and calibrated) at the epoch it chose."""
+    return q["run"]["history"][q["run"]["best_epoch"] - 1]
+
+
 def _epochs(q: dict) -> str:
     """A run's dev scores per epoch (as trained), their mean, calibrated mean and log-loss; the
     chosen epoch in bold, then its calibrated task scores."""
@@ -138,7 +143,7 @@ def _epochs(q: dict) -> str:
         rows.append([f"**{h['epoch']} (chosen)**" if chosen else h["epoch"],
                      *(f"{h['tasks'][t]['score']:.3f}" for t in tasks), f"{h['score']:.3f}",
                      f"{h['calibrated']['score']:.3f}", f"**{loss}**" if chosen else loss])
-    best = run["history"][run["best_epoch"] - 1]["calibrated"]["tasks"]
+    best = _chosen(q)["calibrated"]["tasks"]
     rows.append([f"{run['best_epoch']}, calibrated", *(f"{best[t]:.3f}" for t in tasks),
                  "", "", ""])  # fmt: skip
     return _table(["epoch", *tasks, "dev mean", "calibrated", "dev log-loss"], rows)
@@ -582,11 +587,7 @@ def _real_run_levers(results: Path) -> list[list]:
     """Levers measured as a real run against the run before it: the same command without the
     lever (training minutes are each run's own machine's)."""
     run, before = _load(results, "quality.json"), _load(results, "quality/earlier/block12.json")
-
-    def chosen(q: dict) -> dict:
-        return q["run"]["history"][q["run"]["best_epoch"] - 1]
-
-    a, b = chosen(run), chosen(before)
+    a, b = _chosen(run), _chosen(before)
     return [["PARus's head alone in the real run (`--head-only PARus`)", "`quality.json`",
              f"{run['run']['train_seconds'] / 60:.1f} vs "
              f"{before['run']['train_seconds'] / 60:.1f} min training (Zen 4 vs Zen 3)",

@@ -223,11 +223,10 @@ def loss_fn(model, batch: Batch, h0: mx.array | None = None,
     classes per unit. Choice tasks: a softmax over each group's unit scores (groups may differ
     in size, as RuCoS candidates do), the target being the unit labelled 1. `head_only`: the
     loss reaches the head alone (no gradient into the backbone; the same loss)."""
+    features = model.features(batch, h0)
     if head_only:
-        features = mx.stop_gradient(model.features(batch, h0))
-        logits = model.head_logits(features, model.head_for(batch))
-    else:
-        logits = model(batch, h0)
+        features = mx.stop_gradient(features)
+    logits = model.head_logits(features, model.head_for(batch))
     if not REGISTRY[batch.task].choice:
         return nn.losses.cross_entropy(logits, batch.labels, reduction="mean"), logits.shape[0]
     scores = logits[:, 0]
