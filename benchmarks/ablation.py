@@ -102,9 +102,16 @@ CONFIGS = {
     "parus-block12-lr1e-5": ["--method", "freeze", "--feature-layer", "12", "--freeze-layers",
                              "8", "--lr", "1e-5"],
     "parus-block18": ["--method", "freeze", "--freeze-layers", "14", "--lr", "5e-5"],
+    # PARus's head on the blocks the real run trained (`--trained-run`, its PARus head-only, so
+    # PARus's records never reached them) against a head on the base model's block 8: the
+    # frozen prefix's output in the real run's shape, the base model's features at no extra cost.
+    "parus-trained12-heads": ["--method", "heads", "--feature-layer", "12", "--head-lr", "3e-3"],
+    "parus-block8-heads": ["--method", "heads", "--feature-layer", "8", "--head-lr", "3e-3"],
 }  # fmt: skip
-# name -> the `mlx-rsg quantize --recipe` its backbone is made with from --model (default: --model)
-BASES = {"qlora-top4-r8-lr1e-3": "q4"}
+# name -> the backbone it trains on, made from --model once under --runs (default: --model):
+# ("quantize", RECIPE) by `mlx-rsg quantize --recipe RECIPE`; ("trained", None) the blocks that
+# --trained-run trained in place of the base's (benchmarks/trained_backbone.py).
+BASES = {"qlora-top4-r8-lr1e-3": ("quantize", "q4"), "parus-trained12-heads": ("trained", None)}
 
 
 def common_flags(args, seed: int | None = None, fold: int | None = None) -> list[str]:
@@ -129,16 +136,37 @@ CLI = [sys.executable, "-c", "from mlx_rsg.cli import main; main()"]  # this env
 
 
 def base_model(name: str, args) -> Path:
-    """The backbone `name` trains on: --model, or --model quantized by its BASES recipe (made
-    once under --runs and reused)."""
+    """The backbone `name` trains on: --model, or its BASES backbone (made once under --runs
+    and reused)."""
     if name not in BASES:
         return args.model
-    out = args.runs / f"base-{BASES[name]}"
+    kind, recipe = BASES[name]
+    if kind == "trained":
+        if args.trained_run is None:
+            raise SystemExit(f"{name}: needs --trained-run (the run whose blocks it reads)")
+        out = args.runs / "base-trained"
+        if not (out / "mlx_rsg.json").exists():
+            from trained_backbone import trained_backbone  # benchmarks/, beside this script
+
+            print(f"== base of {name}: {args.trained_run}'s blocks", file=sys.stderr, flush=True)
+            trained_backbone(args.trained_run, out)
+        return out
+    out = args.runs / f"base-{recipe}"
     if not (out / "mlx_rsg.json").exists():
-        cmd = ["quantize", str(args.model), "--recipe", BASES[name], "-o", str(out), "--force"]
+        cmd = ["quantize", str(args.model), "--recipe", recipe, "-o", str(out), "--force"]
         print(f"== base of {name}: mlx-rsg {' '.join(cmd)}", file=sys.stderr, flush=True)
         subprocess.run([*CLI, *cmd], check=True)
     return out
+
+
+def base_note(name: str, args) -> dict:
+    """What a run's result says of a backbone other than --model."""
+    if name not in BASES:
+        return {}
+    kind, recipe = BASES[name]
+    if kind == "trained":
+        return {"base": f"the blocks `{args.trained_run}` trained, in --model"}
+    return {"base": f"--model quantized by `--recipe {recipe}`"}
 
 
 def run_one(name: str, flags: list[str], args, seed: int, fold: int | None = None) -> dict:
@@ -168,7 +196,7 @@ def run_one(name: str, flags: list[str], args, seed: int, fold: int | None = Non
         "seed": seed,
         **({"fold": fold} if fold is not None else {}),
         "flags": flags,
-        **({"base": f"--model quantized by `--recipe {BASES[name]}`"} if name in BASES else {}),
+        **base_note(name, args),
         "trainable_parameters": trainable_parameters(run),
         "seconds": metrics["train_seconds"],  # training + each epoch's dev evaluation
         "best_epoch": metrics["best"]["epoch"],
@@ -376,6 +404,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=0,
                     help="N >= 2: every configuration runs once per fold of train as its dev "
                     "split (`train --dev-fold K/N`, the first seed) and the folds are pooled")
+    ap.add_argument("--trained-run", type=Path,
+                    help="a freeze run whose trained blocks the `trained` BASES read")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ablation.json")
     args = ap.parse_args()
 

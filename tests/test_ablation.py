@@ -7,9 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from tiny_model import tiny_model_dir, tiny_rsg_dir, tiny_train_config  # noqa: F401
 
 from mlx_rsg.data import load_split
+from mlx_rsg.errors import UserError
 from mlx_rsg.submission import write_submission
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -77,3 +80,32 @@ def test_paired_compares_out_of_fold_decisions_on_the_same_records(tmp_path):
     assert p["b"]["mean"]["difference"] == pytest.approx(0.25)
     # two records differ, both for b: the paired SE is that of 2 in 8, sqrt(.25 * .75 / 8) ~ 0.15
     assert 0.1 < p["b"]["mean"]["se"] < 0.2
+
+
+def test_a_runs_trained_backbone_is_the_base_with_its_trained_blocks(tiny_model_dir,  # noqa: F811
+                                                                     tiny_rsg_dir, tmp_path):  # noqa: F811, E501
+    """benchmarks/trained_backbone.py (ablation's `trained` base): every weight of the model it
+    writes is the run's as `predict.load` gives it (trained block and final norm included), the
+    frozen ones the base's; a run that is not `freeze` is one line."""
+    from mlx.utils import tree_flatten
+    from trained_backbone import trained_backbone
+
+    from mlx_rsg import train as T
+    from mlx_rsg.model.backbone import load_backbone
+    from mlx_rsg.predict import load
+
+    run = tmp_path / "run"
+    T.train(tiny_model_dir, tiny_rsg_dir, run, tiny_train_config(epochs=1), log=lambda m: None)
+    names = trained_backbone(run, tmp_path / "made")
+    assert names and all(".layers.1." in n or n == "model.norm.weight" for n in names)
+    made = dict(tree_flatten(load_backbone(tmp_path / "made").model.parameters()))
+    ran = dict(tree_flatten(load(run).model.backbone.model.parameters()))
+    base = dict(tree_flatten(load_backbone(tiny_model_dir).model.parameters()))
+    assert made.keys() == ran.keys()
+    assert all(np.array_equal(np.array(made[k]), np.array(ran[k])) for k in made)
+    assert [k for k in made if not np.array_equal(np.array(made[k]), np.array(base[k]))]
+    heads_run = tmp_path / "heads"
+    T.train(tiny_model_dir, tiny_rsg_dir, heads_run, tiny_train_config(epochs=1, method="heads"),
+            log=lambda m: None)  # fmt: skip
+    with pytest.raises(UserError, match="a heads run; only freeze runs"):
+        trained_backbone(heads_run, tmp_path / "made2")
