@@ -515,7 +515,8 @@ def levers(results: Path) -> str:
         rows.append([lever, f"`{name}`", f"{a['minutes']:.1f} vs {b['minutes']:.1f} min",
                      f"{a['dev_calibrated']:.3f} vs {b['dev_calibrated']:.3f}",
                      f"{a['val']:.3f} vs {b['val']:.3f}", kept])  # fmt: skip
-    rows += _cv_levers(results) + _real_run_levers(results) + _zero_shot_levers(results)
+    rows += (_cv_levers(results) + _block8_lever(results) + _real_run_levers(results)
+             + _zero_shot_levers(results))  # fmt: skip
     return _table(["lever", "measured in", "cost (with vs without)", "dev (with vs without)",
                    "val once (with vs without)", "in the recipe"], rows)  # fmt: skip
 
@@ -544,26 +545,74 @@ def _cv_levers(results: Path) -> list[list]:
             for lever, on in CV_LEVERS]  # fmt: skip
 
 
+def _block8_lever(results: Path) -> list[list]:
+    """PARus's head on the base model's block 8 against one on the real run's blocks, both
+    cross-validated at three seeds: means over the seeds."""
+    cvs = [_load(results, name)["cross_validation"] for name in PARUS_CV_BLOCK8.values()]
+
+    def mean(name: str, f) -> float:
+        return sum(f(cv[name]) for cv in cvs) / len(cvs)
+
+    on, off = "parus-block8-heads", "parus-trained12-heads"
+    return [["PARus: a head on the base model's block 8 (the frozen prefix), 5-fold CV x 3 seeds",
+             "`parus_cv_block8_seed*.json`",
+             f"{mean(on, lambda c: c['minutes']):.1f} vs {mean(off, lambda c: c['minutes']):.1f} "
+             "min", f"{mean(on, _held_out):.3f} vs {mean(off, _held_out):.3f} (train's 400, held "
+             "out; against a head on the real run's blocks)",
+             f"{mean(on, lambda c: c['val']):.3f} vs {mean(off, lambda c: c['val']):.3f} "
+             "(fold mean)", "no"]]  # fmt: skip
+
+
 PARUS_CV_SEEDS = {0: "parus_cv.json", 1: "parus_cv_seed1.json", 2: "parus_cv_seed2.json"}
+PARUS_CV_BLOCK8 = {s: f"parus_cv_block8_seed{s}.json" for s in (0, 1, 2)}
+
+
+def _cv_seeds(results: Path, files: dict[int, str], configs: dict[str, tuple[str, str]],
+              with_val: bool = False) -> str:  # fmt: skip
+    """Configurations cross-validated at several seeds (each its own partition into folds): each
+    one's pooled held-out accuracy per seed (and its folds' mean val), each but the first minus
+    the first (paired), and those differences' means with their standard errors over the
+    seeds. configs: name -> (column label, short label), the first the one the others are
+    paired against."""
+    names, labels = list(configs), [label for label, _ in configs.values()]
+    rows, diffs = [], {n: [] for n in names[1:]}
+    for seed, name in files.items():
+        r = _load(results, name)
+        cv, row = r["cross_validation"], [seed]
+        for n in names:
+            val = f" (val {cv[n]['val']:.3f})" if with_val else ""
+            row.append(f"{_held_out(cv[n]):.3f}{val}")
+        for n in names[1:]:
+            p = r["paired"][n]["mean"]
+            diffs[n].append(p["difference"])
+            row.append(f"{p['difference']:+.3f} ± {p['se']:.3f}")
+        rows.append(row)
+    last = ["mean", *[""] * len(names)]
+    for d in diffs.values():
+        mean = sum(d) / len(d)
+        se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+        last.append(f"{mean:+.3f} ± {se:.3f} (over the seeds)")
+    short = [s for _, s in configs.values()]
+    return _table(["seed", *labels, *(f"{x} − {short[0]} (paired)" for x in short[1:])],
+                  [*rows, last])  # fmt: skip
 
 
 def parus_cv_seeds(results: Path) -> str:
-    """docs/training.md: the real run's shape and the head alone cross-validated at three seeds
-    (each its own partition into folds): pooled held-out accuracies, the paired difference, and
-    the difference's mean over the seeds with its standard error over them."""
-    rows, diffs = [], []
-    for seed, name in PARUS_CV_SEEDS.items():
-        r = _load(results, name)
-        cv, p = r["cross_validation"], r["paired"]["parus-block12-heads"]["mean"]
-        diffs.append(p["difference"])
-        rows.append([seed, f"{_held_out(cv['parus-block12']):.3f}",
-                     f"{_held_out(cv['parus-block12-heads']):.3f}",
-                     f"{p['difference']:+.3f} ± {p['se']:.3f}"])  # fmt: skip
-    mean = sum(diffs) / len(diffs)
-    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
-    rows.append(["mean", "", "", f"{mean:+.3f} ± {se:.3f} (over the seeds)"])
-    return _table(["seed", "the real run's shape", "a head alone", "head alone − shape (paired)"],
-                  rows)  # fmt: skip
+    """docs/training.md: the real run's shape and the head alone cross-validated at three
+    seeds."""
+    return _cv_seeds(results, PARUS_CV_SEEDS,
+                     {"parus-block12": ("the real run's shape", "shape"),
+                      "parus-block12-heads": ("a head alone", "head alone")})  # fmt: skip
+
+
+def parus_cv_block8(results: Path) -> str:
+    """docs/training.md: PARus's head on the real run's trained blocks against heads on the base
+    model's block 8 and block 12, cross-validated at three seeds."""
+    return _cv_seeds(results, PARUS_CV_BLOCK8,
+                     {"parus-trained12-heads": ("on the real run's blocks", "real run's"),
+                      "parus-block8-heads": ("on base block 8", "block 8"),
+                      "parus-block12-heads": ("on base block 12", "block 12")},
+                     with_val=True)  # fmt: skip
 
 
 def _exact_levers(results: Path) -> list[list]:
@@ -786,6 +835,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "parus-mirror": _script_table("ablation", "parus_mirror.json"),
     "parus-cv": _script_table("ablation", "parus_cv.json", "fold_table"),
     "parus-cv-seeds": parus_cv_seeds,
+    "parus-cv-block8": parus_cv_block8,
     "qlora-bench": qlora_bench,
     "q4lora-half": _beside("q4lora-half", "QLoRA on q4", "half", "float `freeze`"),
     "block12-half": _beside("block12-half", "the first 12 blocks", "half", "all 18 blocks"),
