@@ -13,17 +13,20 @@ adapters add modules).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
 from mlx_rsg.errors import UserError  # first: OpenBLAS before anything imports mlx
+from mlx_rsg.io import atomic_dir
+from mlx_rsg.model_files import MANIFEST, write_manifest
 from mlx_rsg.run import read_run_json, resolve_backbone
 
 
-def trained_backbone(run: Path, out: Path) -> list[str]:
-    """Write OUT: the run's base model directory (checked against the hashes the run recorded)
-    with the run's backbone weights in place, in one weights file. Returns the names of the
-    weights replaced."""
+def trained_backbone(run: Path, out: Path, force: bool = False) -> list[str]:
+    """Write OUT, atomically: the run's base model directory (checked against the hashes the
+    run recorded) with the run's backbone weights in place, in one weights file, and a manifest
+    that says so. Returns the names of the weights replaced."""
     import mlx.core as mx
 
     info = read_run_json(run)
@@ -39,9 +42,16 @@ def trained_backbone(run: Path, out: Path) -> list[str]:
     missing = sorted(set(trained) - set(weights))
     if missing:
         raise UserError(f"{run}: {missing[0]} is not a weight of {base}")
-    shutil.copytree(base, out, ignore=shutil.ignore_patterns("model*.safetensors*"))
-    mx.save_safetensors(str(out / "model.safetensors"), {**weights, **trained},
-                        metadata={"format": "mlx"})  # fmt: skip
+    made = base / MANIFEST  # how the base was made (convert writes it; a hand-made one lacks it)
+    manifest = json.loads(made.read_text()) if made.is_file() else {}
+    with atomic_dir(out, force, MANIFEST, inputs=(run, base)) as tmp:
+        for f in base.iterdir():
+            if f.is_file() and not f.name.startswith("model") and f.name != MANIFEST:
+                shutil.copy2(f, tmp / f.name)
+        mx.save_safetensors(str(tmp / "model.safetensors"), {**weights, **trained},
+                            metadata={"format": "mlx"})  # fmt: skip
+        trained_from = {"run": str(run), "weights": len(trained)}
+        write_manifest(tmp, {**manifest, "trained_blocks": trained_from})
     return sorted(trained)
 
 
@@ -49,8 +59,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="replace OUT if it is a model directory")
     args = p.parse_args()
-    names = trained_backbone(args.run, args.out)
+    try:  # a bad run or model directory: one line, as the CLI says it
+        names = trained_backbone(args.run, args.out, args.force)
+    except UserError as e:
+        p.error(str(e))
     print(f"{args.out}: {len(names)} weights from {args.run}")
 
 

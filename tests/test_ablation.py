@@ -104,6 +104,10 @@ def test_a_runs_trained_backbone_is_the_base_with_its_trained_blocks(tiny_model_
     assert made.keys() == ran.keys()
     assert all(np.array_equal(np.array(made[k]), np.array(ran[k])) for k in made)
     assert [k for k in made if not np.array_equal(np.array(made[k]), np.array(base[k]))]
+    assert json.loads((tmp_path / "made" / "mlx_rsg.json").read_text())["trained_blocks"] == {
+        "run": str(run), "weights": len(names)}
+    with pytest.raises(UserError, match="exists"):  # never over a directory without --force
+        trained_backbone(run, tmp_path / "made")
     heads_run = tmp_path / "heads"
     T.train(tiny_model_dir, tiny_rsg_dir, heads_run, tiny_train_config(epochs=1, method="heads"),
             log=lambda m: None)  # fmt: skip
