@@ -29,6 +29,8 @@ POINTS = [
     ("the same on the first 12 blocks", "quality/earlier/block12-half.json"),
     # the real run as its three budgets compare: RWSD by its head (quality.json: by substitution)
     ("the same on the first 12 blocks", "quality/earlier/block12-head.json"),
+    # the real run: block12's command with --head-only PARus, RWSD by substitution, in one piece
+    ("the real run (PARus's head alone, RWSD by substitution)", "quality.json"),
 ]
 
 
@@ -62,7 +64,7 @@ def chart(result: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 5.2), dpi=120)
     for recipe in dict.fromkeys(p["recipe"] for p in result["points"]):
         pts = sorted((p["minutes"], p["total"], p["epochs"], Path(p["file"]).stem)
                      for p in result["points"] if p["recipe"] == recipe)  # fmt: skip
@@ -79,7 +81,8 @@ def chart(result: dict, out: Path) -> None:
     ax.set_ylabel("val total, 8 tasks")
     ax.set_title("Gemma-3-270M on RSG: score against minutes")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")  # the corner the points leave most room in
+    # below the axes: the points fill every corner
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(out)
 
