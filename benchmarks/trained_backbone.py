@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from mlx_rsg.errors import UserError  # first: OpenBLAS before anything imports mlx
 from mlx_rsg.io import atomic_dir
-from mlx_rsg.model_files import MANIFEST, write_manifest
+from mlx_rsg.model_files import MANIFEST, copy_model_dir, write_manifest
 from mlx_rsg.run import read_run_json, resolve_backbone
 
 
@@ -45,9 +44,7 @@ def trained_backbone(run: Path, out: Path, force: bool = False) -> list[str]:
     made = base / MANIFEST  # how the base was made (convert writes it; a hand-made one lacks it)
     manifest = json.loads(made.read_text()) if made.is_file() else {}
     with atomic_dir(out, force, MANIFEST, inputs=(run, base)) as tmp:
-        for f in base.iterdir():
-            if f.is_file() and not f.name.startswith("model") and f.name != MANIFEST:
-                shutil.copy2(f, tmp / f.name)
+        copy_model_dir(base, tmp, weights=False)
         mx.save_safetensors(str(tmp / "model.safetensors"), {**weights, **trained},
                             metadata={"format": "mlx"})  # fmt: skip
         trained_from = {"run": str(run), "weights": len(trained)}

@@ -13,6 +13,7 @@ from mlx_rsg.io import write_json
 
 # Files of a model directory that a standalone copy needs (weights, config, tokenizer).
 _MODEL_FILE_GLOBS = ("*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja")
+_WEIGHTS_INDEX = "model.safetensors.index.json"  # which shard holds each weight
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -31,12 +32,15 @@ def weight_hashes(model_dir: Path) -> dict[str, str]:
     return {f.name: sha256_file(f) for f in files}
 
 
-def copy_model_dir(src: Path, dst: Path) -> None:
-    """Copy the files that make a loadable model directory (not caches, not adapters)."""
+def copy_model_dir(src: Path, dst: Path, weights: bool = True) -> None:
+    """Copy the files that make a loadable model directory (not caches, not adapters).
+    `weights=False`: all of them but the weights and their index, for a caller that writes
+    weights of its own (a quantized or trained copy), so the source's are never copied."""
     dst.mkdir(parents=True, exist_ok=True)
     for pattern in _MODEL_FILE_GLOBS:
         for f in Path(src).glob(pattern):
-            shutil.copy2(f, dst / f.name)
+            if weights or not (f.suffix == ".safetensors" or f.name == _WEIGHTS_INDEX):
+                shutil.copy2(f, dst / f.name)
 
 
 MANIFEST = "mlx_rsg.json"  # how a model directory was made (convert, quantize)

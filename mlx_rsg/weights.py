@@ -41,14 +41,11 @@ def load_trainable(model, path: Path) -> None:
 def write_backbone(bb, src_dir: Path, dst: Path) -> None:
     """Write a standalone model directory: the (possibly fused) backbone weights plus the source
     directory's tokenizer files and config (bb's own where it kept fewer blocks)."""
-    copy_model_dir(src_dir, dst)
+    copy_model_dir(src_dir, dst, weights=False)
     if bb.config.get("num_hidden_layers") != read_json_object(dst / "config.json").get(
         "num_hidden_layers"
     ):
         save_config(dict(bb.config), config_path=dst / "config.json")
-    for f in dst.glob("*.safetensors"):
-        f.unlink()
-    (dst / "model.safetensors.index.json").unlink(missing_ok=True)
     weights = dict(tree_flatten(bb.model.parameters()))
     mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})
 

@@ -522,3 +522,22 @@ def test_a_copied_backbone_keeps_only_the_blocks_a_feature_layer_run_reads(
     records = load_split(tiny_rsg_dir, "TERRa", "val")
     a, b = (np.asarray(load(r).predictions("TERRa", records)[2]) for r in (run, whole))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_copy_model_dir_without_weights_copies_the_rest(tmp_path):
+    """`copy_model_dir(weights=False)` (quantize's and a fused backbone's directories, which
+    write weights of their own): config, tokenizer and manifest copied; no shard, no index."""
+    from mlx_rsg.model_files import copy_model_dir
+
+    src = tmp_path / "src"
+    src.mkdir()
+    names = ["config.json", "tokenizer.json", "tokenizer.model", "mlx_rsg.json",
+             "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+             "model.safetensors.index.json", "notes.md"]  # fmt: skip
+    for name in names:
+        (src / name).write_text(name)
+    copy_model_dir(src, tmp_path / "without", weights=False)
+    copy_model_dir(src, tmp_path / "whole")
+    assert sorted(p.name for p in (tmp_path / "without").iterdir()) == [
+        "config.json", "mlx_rsg.json", "tokenizer.json", "tokenizer.model"]
+    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == sorted(names[:-1])

@@ -75,11 +75,8 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
 def write_quantized(src_dir: Path, dst: Path, model, qconfig: dict[str, Any]) -> None:
     """A model directory readable by `mlx_lm.load`: weights, config, the source's tokenizer;
     an embedding's high rows (`[embedding_rows]`) in their own file, which mlx-lm does not read."""
-    copy_model_dir(src_dir, dst)  # tokenizer + any extra json; weights are replaced below
-    for f in dst.glob("*.safetensors"):
-        f.unlink()
-    for stale in ("model.safetensors.index.json", MANIFEST):
-        (dst / stale).unlink(missing_ok=True)
+    copy_model_dir(src_dir, dst, weights=False)  # tokenizer + any extra json
+    (dst / MANIFEST).unlink(missing_ok=True)
     with row_embedding.low_rows_only(model):
         save_model(dst, model)
     row_embedding.save(model, dst)
