@@ -135,38 +135,44 @@ def trainable_parameters(run: Path) -> int:
 CLI = [sys.executable, "-c", "from mlx_rsg.cli import main; main()"]  # this environment's
 
 
-def base_model(name: str, args) -> Path:
-    """The backbone `name` trains on: --model, or its BASES backbone (made once under --runs
-    and reused)."""
+def base_model(name: str, args) -> tuple[Path, dict]:
+    """The backbone `name` trains on, and what its result says of it: --model, or its BASES
+    backbone (made once under --runs, and reused while it is the one asked for)."""
     if name not in BASES:
-        return args.model
+        return args.model, {}
     kind, recipe = BASES[name]
     if kind == "trained":
-        if args.trained_run is None:
-            raise SystemExit(f"{name}: needs --trained-run (the run whose blocks it reads)")
-        out = args.runs / "base-trained"
-        if not (out / "mlx_rsg.json").exists():
-            from trained_backbone import trained_backbone  # benchmarks/, beside this script
-
-            print(f"== base of {name}: {args.trained_run}'s blocks", file=sys.stderr, flush=True)
-            trained_backbone(args.trained_run, out)
-        return out
+        return _trained_base(name, args), {"base": f"the blocks `{args.trained_run}` trained, "
+                                                   "in --model"}  # fmt: skip
     out = args.runs / f"base-{recipe}"
     if not (out / "mlx_rsg.json").exists():
         cmd = ["quantize", str(args.model), "--recipe", recipe, "-o", str(out), "--force"]
         print(f"== base of {name}: mlx-rsg {' '.join(cmd)}", file=sys.stderr, flush=True)
         subprocess.run([*CLI, *cmd], check=True)
+    return out, {"base": f"--model quantized by `--recipe {recipe}`"}
+
+
+def _trained_base(name: str, args) -> Path:
+    """--model with the blocks --trained-run trained (benchmarks/trained_backbone.py), made
+    again when the one under --runs came from another run."""
+    if args.trained_run is None:
+        raise SystemExit(f"{name}: needs --trained-run (the run whose blocks it reads)")
+    out = args.runs / "base-trained"
+    try:
+        made_from = json.loads((out / "mlx_rsg.json").read_text())["trained_blocks"]["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        made_from = None
+    if made_from != str(args.trained_run):
+        from trained_backbone import trained_backbone  # benchmarks/, beside this script
+
+        from mlx_rsg.errors import UserError
+
+        print(f"== base of {name}: {args.trained_run}'s blocks", file=sys.stderr, flush=True)
+        try:
+            trained_backbone(args.trained_run, out, force=True)
+        except UserError as e:  # not a freeze run, a moved base: one line
+            raise SystemExit(f"--trained-run: {e}") from None
     return out
-
-
-def base_note(name: str, args) -> dict:
-    """What a run's result says of a backbone other than --model."""
-    if name not in BASES:
-        return {}
-    kind, recipe = BASES[name]
-    if kind == "trained":
-        return {"base": f"the blocks `{args.trained_run}` trained, in --model"}
-    return {"base": f"--model quantized by `--recipe {recipe}`"}
 
 
 def run_one(name: str, flags: list[str], args, seed: int, fold: int | None = None) -> dict:
@@ -178,7 +184,8 @@ def run_one(name: str, flags: list[str], args, seed: int, fold: int | None = Non
         label, run = f"{label} (seed {seed})", run.with_name(f"{run.name}-seed{seed}")
     if fold is not None:
         label, run = f"{label} (fold {fold})", run.with_name(f"{run.name}-fold{fold}")
-    cmd = [*CLI, "train", str(base_model(name, args)), "--data", str(args.data), "-o", str(run),
+    base, base_note = base_model(name, args)
+    cmd = [*CLI, "train", str(base), "--data", str(args.data), "-o", str(run),
            "--force", *common_flags(args, seed, fold), *flags]  # fmt: skip
     print(f"== {name}: mlx-rsg {' '.join(cmd[len(CLI):])}", file=sys.stderr, flush=True)
     if args.reuse and _finished(run, cmd[len(CLI):]):
@@ -196,7 +203,7 @@ def run_one(name: str, flags: list[str], args, seed: int, fold: int | None = Non
         "seed": seed,
         **({"fold": fold} if fold is not None else {}),
         "flags": flags,
-        **base_note(name, args),
+        **base_note,
         "trainable_parameters": trainable_parameters(run),
         "seconds": metrics["train_seconds"],  # training + each epoch's dev evaluation
         "best_epoch": metrics["best"]["epoch"],

@@ -113,3 +113,33 @@ def test_a_runs_trained_backbone_is_the_base_with_its_trained_blocks(tiny_model_
             log=lambda m: None)  # fmt: skip
     with pytest.raises(UserError, match="a heads run; only freeze runs"):
         trained_backbone(heads_run, tmp_path / "made2")
+
+
+def test_the_trained_base_is_made_again_only_for_another_run(tiny_model_dir, tiny_rsg_dir,  # noqa: F811
+                                                            tmp_path):  # noqa: F811
+    """ablation's `trained` base under --runs is reused for the same --trained-run, made again
+    from another one, and a missing or bad --trained-run is one line."""
+    import argparse
+
+    from mlx_rsg import train as T
+
+    runs = {}
+    for seed in (0, 1):
+        runs[seed] = tmp_path / f"run{seed}"
+        T.train(tiny_model_dir, tiny_rsg_dir, runs[seed], tiny_train_config(epochs=1, seed=seed),
+                log=lambda m: None)  # fmt: skip
+    args = argparse.Namespace(runs=tmp_path / "ablation", trained_run=runs[0])
+    path, note = ablation.base_model("parus-trained12-heads", args)
+    assert note == {"base": f"the blocks `{runs[0]}` trained, in --model"}
+    weights = path / "model.safetensors"
+    first = weights.stat().st_mtime_ns
+    assert ablation.base_model("parus-trained12-heads", args)[0] == path
+    assert weights.stat().st_mtime_ns == first  # reused
+    args.trained_run = runs[1]
+    ablation.base_model("parus-trained12-heads", args)
+    manifest = json.loads((path / "mlx_rsg.json").read_text())
+    assert manifest["trained_blocks"]["run"] == str(runs[1])
+    for bad, says in ((None, "needs --trained-run"), (tmp_path / "nothing", "--trained-run: ")):
+        args.trained_run = bad
+        with pytest.raises(SystemExit, match=says):
+            ablation.base_model("parus-trained12-heads", args)
